@@ -1,0 +1,100 @@
+"""One exception tree for the domain.
+
+Every error keeps its data in fields and builds a lowercase message from the real values. The
+transports turn a `RoomError` into a wire ``error`` message using its stable ``code``; nothing
+below this module knows about the wire.
+"""
+
+from __future__ import annotations
+
+
+class RoomError(Exception):
+    """Base class of every domain error. ``code`` is the stable wire error code."""
+
+    code = "room_error"
+
+
+class InvalidChanges(RoomError):
+    """A ChangeSet is malformed, or does not fit the document it is applied to."""
+
+    code = "invalid_changes"
+
+
+class InvalidMessage(RoomError):
+    """A message is not one the protocol knows, or fails validation."""
+
+    code = "invalid_message"
+
+
+class DocumentTooLarge(RoomError):
+    """Applying a change would make the document longer than the configured limit."""
+
+    code = "too_large"
+
+    def __init__(self, length: int, limit: int) -> None:
+        self.length = length
+        self.limit = limit
+        super().__init__(f"document would be {length} characters, the limit is {limit}; the change was not applied")
+
+
+class VersionTooOld(RoomError):
+    """A push or hello refers to a version the kept history no longer reaches back to."""
+
+    code = "version_too_old"
+
+    def __init__(self, version: int, oldest: int, current: int) -> None:
+        self.version = version
+        self.oldest = oldest
+        self.current = current
+        super().__init__(
+            f"version {version} is older than the oldest kept version {oldest} "
+            f"(current is {current}); resynchronise with hello"
+        )
+
+
+class VersionFromFuture(RoomError):
+    """A push refers to a version the document has not reached."""
+
+    code = "invalid_version"
+
+    def __init__(self, version: int, current: int) -> None:
+        self.version = version
+        self.current = current
+        super().__init__(f"version {version} is ahead of the document's version {current}")
+
+
+class RateLimited(RoomError):
+    """A connection sent more messages than its token bucket allows."""
+
+    code = "rate_limited"
+
+    def __init__(self, retry_after: float) -> None:
+        self.retry_after = retry_after
+        super().__init__(f"too many messages; retry in {retry_after:.2f} s")
+
+
+class InvalidJson(RoomError):
+    """A frame is not a JSON object."""
+
+    code = "invalid_json"
+
+
+class MessageTooLarge(RoomError):
+    """A frame is larger than the configured message size limit."""
+
+    code = "too_large"
+
+    def __init__(self, size: int, limit: int) -> None:
+        self.size = size
+        self.limit = limit
+        super().__init__(f"message is {size} bytes, the limit is {limit}")
+
+
+class RoomFull(RoomError):
+    """A room already has as many members as it may."""
+
+    code = "room_full"
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        super().__init__(f"the room already has {limit} members, the most it may have")

@@ -1,0 +1,80 @@
+"""Every setting of collab pad, read once from the environment.
+
+Defaults serve a single container with no setup. Each field is documented in
+``docs/configuration.md``; a test checks that the two agree.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class LogFormat(StrEnum):
+    JSON = "json"
+    CONSOLE = "console"
+
+
+class Settings(BaseSettings):
+    """The application's configuration (environment variables, case-insensitive)."""
+
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    data_dir: Path = Path("data")
+    redis_url: str | None = None
+    log_format: LogFormat = LogFormat.CONSOLE
+    log_level: str = "INFO"
+    storage_secret: str | None = None
+
+    # Document
+    max_document_chars: int = Field(default=100_000, ge=1)
+    history_limit: int = Field(default=2_000, ge=1)
+    dedup_clients: int = Field(default=10_000, ge=1)
+    default_language: str = "python"
+
+    # Per-connection limits
+    rate_limit_per_second: float = Field(default=60.0, gt=0)
+    rate_limit_burst: int = Field(default=300, ge=1)
+    max_message_bytes: int = Field(default=0, ge=0)
+    max_username_chars: int = Field(default=40, ge=1)
+    allowed_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    # Fan-out and liveness
+    outbound_queue_size: int = Field(default=1_000, ge=1)
+    send_timeout_seconds: float = Field(default=10.0, gt=0)
+    heartbeat_interval_seconds: float = Field(default=30.0, gt=0)
+    heartbeat_timeout_seconds: float = Field(default=90.0, gt=0)
+    room_grace_seconds: float = Field(default=600.0, ge=0)
+    max_members_per_room: int = Field(default=100, ge=1)
+    join_timeout_seconds: float = Field(default=10.0, gt=0)
+
+    @field_validator("allowed_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        # A comma-separated list reads better in an environment variable than JSON.
+        if isinstance(value, str):
+            return [item.strip().rstrip("/") for item in value.split(",") if item.strip()]
+        return value
+
+    @property
+    def frame_limit_bytes(self) -> int:
+        """The WebSocket frame cap: explicit, or room for a full document however it is encoded.
+
+        It must stay well above the largest valid message so that an oversize document gets an
+        ``error`` reply (checked against ``max_document_chars``) instead of a dropped connection.
+        12 bytes a character covers the worst case: an astral character JSON-escaped as
+        ``\\ud83d\\ude00`` by an ASCII-only encoder (4 bytes a character as raw UTF-8).
+        """
+        if self.max_message_bytes:
+            return self.max_message_bytes
+        return self.max_document_chars * 12 + 64 * 1024
+
+
+def load_settings() -> Settings:
+    return Settings()
