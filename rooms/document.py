@@ -1,0 +1,172 @@
+"""The room authority: one text, its version, and the recent history of changes.
+
+Clients push changes made against the version they had seen. The document rebases a push over
+every update committed since that version (``changes.map(update.changes)``, in order), applies
+it, and records it as the next version. Both the server and the clients put the
+earlier-committed insert first at a tie (the server maps with ``before=False``, clients map
+remote updates over their own work with ``before=True``), so every replica converges.
+
+A push is identified by ``(client_id, seq)``; ``seq`` grows with each push of a client, so
+a push whose ``seq`` is not above the last one applied for that client is a resend (after a
+reconnect or a page reload) and is ignored: the client sees its update in the stream instead.
+
+Everything is checked before anything changes: a bad ChangeSet, a version the history no
+longer reaches, or a result over the size limit raises and leaves the document as it was.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+from typing import NewType
+
+from rooms.changes import ChangeSet, utf16_len
+from rooms.errors import DocumentTooLarge, InvalidChanges, VersionFromFuture, VersionTooOld
+
+ClientId = NewType("ClientId", str)
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    """One committed change. ``version`` is the document version after it."""
+
+    version: int
+    client_id: ClientId
+    seq: int
+    changes: ChangeSet
+    user_id: str = ""
+
+
+class Document:
+    """The authoritative text of a room. Pure and synchronous; one per room."""
+
+    def __init__(
+        self,
+        text: str = "",
+        version: int = 0,
+        *,
+        max_chars: int = 100_000,
+        history_limit: int = 2_000,
+        dedup_limit: int = 10_000,
+    ) -> None:
+        if version < 0:
+            raise ValueError(f"version must be non-negative, got {version}")
+        self._text = text
+        self._length = utf16_len(text)
+        self._version = version
+        self.max_chars = max_chars
+        self._history: deque[Update] = deque(maxlen=history_limit)
+        # Last applied seq per client, least recently used first, so the table stays bounded.
+        self._last_seq: OrderedDict[ClientId, int] = OrderedDict()
+        self._dedup_limit = dedup_limit
+
+    @property
+    def text(self) -> str:
+        return self._text
+
+    @property
+    def version(self) -> int:
+        return self._version
+
+    @property
+    def length(self) -> int:
+        """The text's length in UTF-16 code units, the unit of every position on the wire."""
+        return self._length
+
+    def length_at(self, version: int) -> int:
+        """The length the document had at ``version`` (which must still be in the history)."""
+        updates = self.updates_since(version)
+        return updates[0].changes.length if updates else self._length
+
+    @property
+    def oldest_version(self) -> int:
+        """The oldest version a client may still push against or resume from."""
+        if not self._history:
+            return self._version
+        return self._history[0].version - 1
+
+    def last_seq(self, client_id: ClientId) -> int | None:
+        return self._last_seq.get(client_id)
+
+    def is_duplicate(self, client_id: ClientId, seq: int) -> bool:
+        last = self._last_seq.get(client_id)
+        return last is not None and seq <= last
+
+    def updates_since(self, version: int) -> list[Update]:
+        """Every update after ``version``, oldest first."""
+        if version > self._version:
+            raise VersionFromFuture(version, self._version)
+        if version < self.oldest_version:
+            raise VersionTooOld(version, self.oldest_version, self._version)
+        start = len(self._history) - (self._version - version)
+        return [self._history[index] for index in range(start, len(self._history))]
+
+    def rebase(self, changes: ChangeSet, base_version: int) -> ChangeSet:
+        """Map ``changes`` made at ``base_version`` over everything committed since."""
+        for update in self.updates_since(base_version):
+            changes = changes.map(update.changes)
+        return changes
+
+    def push(
+        self,
+        client_id: ClientId,
+        seq: int,
+        base_version: int,
+        changes: ChangeSet,
+        user_id: str = "",
+    ) -> Update | None:
+        """Rebase and apply a client's changes; ``None`` if this ``(client_id, seq)`` was applied."""
+        if self.is_duplicate(client_id, seq):
+            return None
+        rebased = self.rebase(changes, base_version)
+        new_text = rebased.apply(self._text)
+        # A change that shrinks a document already over a lowered limit is still allowed.
+        if len(new_text) > self.max_chars and len(new_text) > len(self._text):
+            raise DocumentTooLarge(len(new_text), self.max_chars)
+        return self._commit(new_text, client_id, seq, rebased, user_id)
+
+    def replace(self, new_text: str, client_id: ClientId, seq: int, user_id: str = "") -> Update | None:
+        """Set the whole text (the seed protocol's ``code_change``) as a minimal change.
+
+        ``None`` when the text is unchanged or the push is a resend.
+        """
+        if len(new_text) > self.max_chars and len(new_text) > len(self._text):
+            raise DocumentTooLarge(len(new_text), self.max_chars)
+        if self.is_duplicate(client_id, seq):
+            return None
+        changes = ChangeSet.diff(self._text, new_text)
+        if changes.is_empty:
+            return None
+        return self._commit(new_text, client_id, seq, changes, user_id)
+
+    def _commit(self, text: str, client_id: ClientId, seq: int, changes: ChangeSet, user_id: str) -> Update:
+        self._text = text
+        self._length = changes.new_length
+        self._version += 1
+        update = Update(self._version, client_id, seq, changes, user_id)
+        self._history.append(update)
+        self._last_seq[client_id] = seq
+        self._last_seq.move_to_end(client_id)
+        if len(self._last_seq) > self._dedup_limit:
+            self._last_seq.popitem(last=False)
+        return update
+
+
+def caret_after(changes: ChangeSet) -> int:
+    """The position just after the last inserted text (or last deletion) in the new document.
+
+    Seed clients expect a ``cursor_position`` with every ``code_change``; for an update from a
+    versioned client this is where its author's caret most likely is.
+    """
+    position = 0  # in the new document
+    caret = 0
+    for part in changes.to_json():
+        if isinstance(part, int):
+            position += part
+            continue
+        if not isinstance(part, list) or not part:
+            raise InvalidChanges(f"unexpected part {part!r}")
+        lines = [line for line in part[1:] if isinstance(line, str)]
+        position += len("\n".join(lines).encode("utf-16-le")) // 2
+        caret = position
+    return caret

@@ -1,0 +1,75 @@
+"""Rate and size limits, as plain data and arithmetic (the caller passes the clock in).
+
+The token bucket lets a burst through (a paste, a reconnect that resends queued work) and then
+holds a connection to a sustained rate. The defaults never trouble a fast typist (a keystroke
+is one push; people peak around 15 a second) but stop a flood within a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from dataclasses import dataclass
+
+from rooms.errors import InvalidMessage, RateLimited
+
+ANONYMOUS = "Anonymous"
+
+
+@dataclass(slots=True)
+class TokenBucket:
+    """A token bucket: ``rate`` tokens a second refill it up to ``burst``; each message takes one."""
+
+    rate: float
+    burst: int
+    tokens: float
+    updated: float
+
+    @classmethod
+    def full(cls, rate: float, burst: int, now: float) -> TokenBucket:
+        return cls(rate=rate, burst=burst, tokens=float(burst), updated=now)
+
+    def take(self, now: float, cost: float = 1.0) -> None:
+        """Spend ``cost`` tokens or raise `RateLimited` saying when enough will be back."""
+        elapsed = max(0.0, now - self.updated)
+        self.tokens = min(float(self.burst), self.tokens + elapsed * self.rate)
+        self.updated = now
+        if self.tokens < cost:
+            raise RateLimited(retry_after=(cost - self.tokens) / self.rate)
+        self.tokens -= cost
+
+
+def clean_username(raw: object, max_chars: int) -> str:
+    """A display name that is safe to show anywhere as text.
+
+    Non-strings, and names left empty after cleaning, become ``"Anonymous"`` (the seed protocol's
+    rule). Control and format characters (newlines, bidi overrides, zero-width joiners used for
+    spoofing) are removed, runs of whitespace collapse to one space, and the result is cut to
+    ``max_chars`` characters. Markup is *not* escaped here: names are data, and every view shows
+    them as text.
+    """
+    if not isinstance(raw, str):
+        return ANONYMOUS
+    kept = []
+    for char in raw:
+        category = unicodedata.category(char)
+        if category.startswith("Z") or char.isspace():
+            kept.append(" ")
+        elif category[0] != "C":
+            kept.append(char)
+    name = " ".join("".join(kept).split())[:max_chars].strip()
+    return name or ANONYMOUS
+
+
+LANGUAGE_MAX_CHARS = 40
+
+
+def clean_language(raw: object) -> str:
+    """A language name such as ``python`` or ``C++``: short, printable, no markup characters."""
+    if not isinstance(raw, str):
+        raise InvalidMessage("language must be a string")
+    name = raw.strip()
+    if not name or len(name) > LANGUAGE_MAX_CHARS:
+        raise InvalidMessage(f"language must be 1 to {LANGUAGE_MAX_CHARS} characters, got {len(name)}")
+    if not all(char.isalnum() or char in "+#._- " for char in name):
+        raise InvalidMessage(f"language {name!r} may only hold letters, digits, spaces and + # . _ -")
+    return name

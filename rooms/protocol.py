@@ -1,0 +1,237 @@
+"""Every wire message of ``/ws/{room_id}``, as pydantic models, and the one parser for frames.
+
+Two protocols share the endpoint (see ``docs/protocol.md``):
+
+* the seed protocol (``join``, ``code_change``, ``sync_request``, ``leave``, ``ping``/``pong``,
+  ``user_joined``, ``user_left``, ``error``), kept verbatim for clients that exist;
+* the versioned protocol (``hello``, ``welcome``, ``push``, ``update``, ``cursor``,
+  ``member_joined``, ``member_left``, ``language``, ``ping``/``pong``, ``error`` with a code).
+
+Client messages ignore unknown fields, so clients may add some without breaking older servers.
+Validation errors never echo the input back: it may be large, or hold what a user typed.
+"""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, TypeAdapter, ValidationError
+
+from rooms.errors import InvalidJson, InvalidMessage, MessageTooLarge
+
+
+class Protocol(StrEnum):
+    SEED = "seed"
+    VERSIONED = "versioned"
+
+
+class ClientMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+# Seed protocol, client to server.
+
+
+class Join(ClientMessage):
+    type: Literal["join"]
+    # Any value: an invalid or missing name becomes "Anonymous", it is not an error.
+    username: JsonValue = None
+
+
+class CodeChange(ClientMessage):
+    type: Literal["code_change"]
+    code: str
+    # Relayed as given: seed clients disagree on its shape (offset, or line and column).
+    cursor_position: JsonValue = None
+
+
+class SyncRequest(ClientMessage):
+    type: Literal["sync_request"]
+
+
+class Leave(ClientMessage):
+    type: Literal["leave"]
+
+
+class Ping(ClientMessage):
+    type: Literal["ping"]
+
+
+class Pong(ClientMessage):
+    type: Literal["pong"]
+
+
+# Versioned protocol, client to server.
+
+
+class Hello(ClientMessage):
+    type: Literal["hello"]
+    client_id: Annotated[str, Field(min_length=1, max_length=128)]
+    username: JsonValue = None
+    version: Annotated[int, Field(ge=0)] | None = None
+    # Opt-in: the server may then send several messages in one frame, as a JSON array.
+    batch: bool = False
+
+
+class Push(ClientMessage):
+    type: Literal["push"]
+    version: Annotated[int, Field(ge=0)]
+    seq: Annotated[int, Field(ge=0)]
+    # Parsed into a ChangeSet by the room, where a malformed one is `invalid_changes`.
+    changes: list[JsonValue]
+
+
+class Cursor(ClientMessage):
+    type: Literal["cursor"]
+    version: Annotated[int, Field(ge=0)]
+    anchor: Annotated[int, Field(ge=0)]
+    head: Annotated[int, Field(ge=0)]
+
+
+class Language(ClientMessage):
+    type: Literal["language"]
+    language: str
+
+
+AnyClientMessage = Annotated[
+    Join | CodeChange | SyncRequest | Leave | Ping | Pong | Hello | Push | Cursor | Language,
+    Field(discriminator="type"),
+]
+_client_adapter: TypeAdapter[AnyClientMessage] = TypeAdapter(AnyClientMessage)
+CLIENT_TYPES = ("join", "code_change", "sync_request", "leave", "ping", "pong", "hello", "push", "cursor", "language")
+
+
+def _describe(error: ValidationError) -> str:
+    parts = []
+    for item in error.errors(include_input=False, include_url=False):
+        where = ".".join(str(loc) for loc in item["loc"][1:]) or "message"
+        parts.append(f"{where}: {item['msg'].lower()}")
+    return "; ".join(parts[:3])
+
+
+def parse_client_message(raw: str | bytes, max_bytes: int) -> AnyClientMessage:
+    """Decode one frame into a client message, or raise a `RoomError` that says what is wrong."""
+    size = len(raw) if isinstance(raw, bytes) else len(raw.encode("utf-8", "surrogatepass"))
+    if size > max_bytes:
+        raise MessageTooLarge(size, max_bytes)
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise InvalidJson(f"message is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidJson(f"message must be a JSON object, got {type(data).__name__}")
+    kind = data.get("type")
+    if kind not in CLIENT_TYPES:
+        raise InvalidMessage(f"unknown message type {str(kind)[:40]!r}; expected one of {', '.join(CLIENT_TYPES)}")
+    try:
+        return _client_adapter.validate_python(data)
+    except ValidationError as exc:
+        raise InvalidMessage(f"invalid {kind} message: {_describe(exc)}") from None
+
+
+# Server to client. Built once per broadcast and serialised once for every recipient.
+
+
+class ServerMessage(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    def encode(self) -> str:
+        return self.model_dump_json(exclude_none=True)
+
+
+class MemberInfo(BaseModel):
+    user_id: str
+    username: str
+    color: str
+
+
+class UserJoined(ServerMessage):
+    type: Literal["user_joined"] = "user_joined"
+    user_id: str
+    username: str
+
+
+class UserLeft(ServerMessage):
+    type: Literal["user_left"] = "user_left"
+    user_id: str
+
+
+class CodeChangeOut(ServerMessage):
+    type: Literal["code_change"] = "code_change"
+    code: str
+    cursor_position: JsonValue = None
+    user_id: str
+
+    def encode(self) -> str:
+        # cursor_position is part of the seed message even when it is null.
+        return self.model_dump_json()
+
+
+class SeedError(ServerMessage):
+    type: Literal["error"] = "error"
+    message: str
+
+
+class Welcome(ServerMessage):
+    type: Literal["welcome"] = "welcome"
+    user_id: str
+    version: int
+    doc: str | None = None
+    members: list[MemberInfo]
+    language: str
+
+
+class UpdateOut(ServerMessage):
+    type: Literal["update"] = "update"
+    version: int
+    client_id: str
+    seq: int
+    changes: list[Any]
+    user_id: str | None = None
+
+
+class CursorOut(ServerMessage):
+    type: Literal["cursor"] = "cursor"
+    user_id: str
+    anchor: int
+    head: int
+    version: int
+
+
+class MemberJoined(ServerMessage):
+    type: Literal["member_joined"] = "member_joined"
+    user_id: str
+    username: str
+    color: str
+
+
+class MemberLeft(ServerMessage):
+    type: Literal["member_left"] = "member_left"
+    user_id: str
+
+
+class LanguageOut(ServerMessage):
+    type: Literal["language"] = "language"
+    language: str
+    user_id: str | None = None
+
+
+class PingOut(ServerMessage):
+    type: Literal["ping"] = "ping"
+
+
+class PongOut(ServerMessage):
+    type: Literal["pong"] = "pong"
+
+
+class ErrorOut(ServerMessage):
+    type: Literal["error"] = "error"
+    code: str
+    message: str
+    retry_after: float | None = None
+
+
+PING = PingOut().encode()
+PONG = PongOut().encode()

@@ -1,0 +1,138 @@
+"""The client side of the versioned protocol: one replica of a room's document.
+
+This is the reference implementation of the algorithm every client runs (the browser component
+does the same with CodeMirror's own ChangeSet); the tests and the load generator use it to
+drive real servers. It is pure: messages in, messages to send out.
+
+State: ``version`` (the last server version applied), ``inflight`` (one sent batch, not yet
+confirmed, with its ``seq``) and ``pending`` (local changes composed, not yet sent). A remote
+update ``U`` is rebased past local work with the same tie-break as the server (the
+earlier-committed insert first), so every replica converges on the server's text::
+
+    inflight' = inflight.map(U);  U1 = U.map(inflight, before=True)
+    pending'  = pending.map(U1);  U2 = U1.map(pending, before=True);  apply U2
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from rooms.changes import ChangeSet, utf16_len
+from rooms.errors import InvalidMessage
+
+
+@dataclass(frozen=True, slots=True)
+class Inflight:
+    """A sent batch. Its ``changes`` are kept rebased onto the replica's current ``version``."""
+
+    seq: int
+    changes: ChangeSet
+
+
+class Replica:
+    """One client's copy of a room's document."""
+
+    def __init__(self, client_id: str, text: str = "", version: int = 0, next_seq: int = 1) -> None:
+        self.client_id = client_id
+        self.text = text
+        self.version = version
+        self.next_seq = next_seq
+        self.inflight: Inflight | None = None
+        self.pending: ChangeSet | None = None
+
+    @property
+    def has_unconfirmed(self) -> bool:
+        return self.inflight is not None or self.pending is not None
+
+    def hello(self, username: str, *, resume: bool = True) -> dict[str, Any]:
+        return {
+            "type": "hello",
+            "client_id": self.client_id,
+            "username": username,
+            "version": self.version if resume else None,
+        }
+
+    def edit(self, changes: ChangeSet) -> dict[str, Any] | None:
+        """Apply a local edit; returns the push to send, if nothing is in flight."""
+        self.text = changes.apply(self.text)
+        self.pending = changes if self.pending is None else self.pending.compose(changes)
+        return self.flush()
+
+    def flush(self) -> dict[str, Any] | None:
+        """Send pending work if nothing is in flight."""
+        if self.inflight is not None or self.pending is None:
+            return None
+        self.inflight = Inflight(self.next_seq, self.pending)
+        self.next_seq += 1
+        self.pending = None
+        return self._push(self.inflight)
+
+    def resend(self) -> dict[str, Any] | None:
+        """After a reconnect: the in-flight batch again, same seq (the server applies it once)."""
+        if self.inflight is None:
+            return self.flush()
+        return self._push(self.inflight)
+
+    def _push(self, inflight: Inflight) -> dict[str, Any]:
+        # The changes were rebased over every update received since they were made, so they
+        # apply to the current version; a resend the server already applied is ignored by seq.
+        return {"type": "push", "version": self.version, "seq": inflight.seq, "changes": inflight.changes.to_json()}
+
+    def welcome(self, message: dict[str, Any]) -> dict[str, Any] | None:
+        """Handle ``welcome``; returns the resend of unconfirmed work, if any.
+
+        With a ``doc`` the server could not resume from our version: local work cannot be
+        rebased onto the snapshot, so it is reported to the caller and dropped from the replica.
+        """
+        doc = message.get("doc")
+        if doc is not None:
+            lost = self.has_unconfirmed
+            self.text = doc
+            self.version = int(message["version"])
+            self.inflight = None
+            self.pending = None
+            if lost:
+                raise UnconfirmedWorkLost(self.version)
+            return None
+        if int(message["version"]) != self.version:
+            raise InvalidMessage(f"welcome resumes at {message['version']}, the replica is at {self.version}")
+        if self.inflight is not None:
+            # The server's history must reach back to our in-flight base for a resend to rebase.
+            return self._push(self.inflight)
+        return self.flush()
+
+    def update(self, message: dict[str, Any]) -> dict[str, Any] | None:
+        """Apply one server ``update``; returns the next push, when one becomes due."""
+        version = int(message["version"])
+        if version != self.version + 1:
+            raise InvalidMessage(f"update {version} does not follow version {self.version}")
+        self.version = version
+        inflight = self.inflight
+        if inflight is not None and message["client_id"] == self.client_id and message["seq"] == inflight.seq:
+            self.inflight = None
+            # The server applied our batch as `changes`, which the replica already shows.
+            return self.flush()
+        remote = ChangeSet.from_json(message["changes"])
+        if inflight is not None:
+            rebased = inflight.changes.map(remote)
+            remote = remote.map(inflight.changes, True)
+            self.inflight = Inflight(inflight.seq, rebased)
+        if self.pending is not None:
+            pending = self.pending.map(remote)
+            remote = remote.map(self.pending, True)
+            self.pending = pending
+        self.text = remote.apply(self.text)
+        return None
+
+    @property
+    def length(self) -> int:
+        return utf16_len(self.text)
+
+
+class UnconfirmedWorkLost(Exception):
+    """The server reset this replica to a snapshot; its unconfirmed edits could not be kept."""
+
+    def __init__(self, version: int) -> None:
+        self.version = version
+        super().__init__(f"the server no longer has the history to rebase local edits (reset to version {version})")
