@@ -1,0 +1,1 @@
+"""FastAPI adapters: the room WebSocket, health checks and metrics."""

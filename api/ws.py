@@ -1,0 +1,158 @@
+"""``/ws/{room_id}``: raw WebSocket clients of either protocol, fed into the room registry.
+
+The first message decides the protocol: ``hello`` starts the versioned protocol; ``join`` (or
+any other seed message, which then joins as "Anonymous") starts the seed protocol. Every error
+is answered with an ``error`` message and the connection stays open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import structlog
+from fastapi import APIRouter, WebSocket
+from starlette.websockets import WebSocketDisconnect, WebSocketState
+
+from api.origins import origin_allowed
+from rooms.errors import InvalidMessage, RoomError
+from rooms.protocol import (
+    CodeChange,
+    ErrorOut,
+    Hello,
+    Join,
+    Leave,
+    Ping,
+    Pong,
+    SyncRequest,
+    parse_client_message,
+)
+from rooms.registry import (
+    CLOSE_NORMAL,
+    CLOSE_POLICY,
+    CLOSE_SERVICE_RESTART,
+    CLOSE_TRY_AGAIN_LATER,
+    RoomRegistry,
+    Session,
+)
+from rooms.settings import Settings
+
+router = APIRouter()
+log = structlog.get_logger("collab.ws")
+
+ROOM_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+class WebSocketTransport:
+    """A Starlette WebSocket as a room `Transport`."""
+
+    name = "websocket"
+
+    def __init__(self, websocket: WebSocket) -> None:
+        self.websocket = websocket
+
+    async def send(self, message: str) -> None:
+        await self.websocket.send_text(message)
+
+    async def close(self, code: int = CLOSE_NORMAL, reason: str = "") -> None:
+        if self.websocket.application_state is not WebSocketState.DISCONNECTED:
+            await self.websocket.close(code, reason)
+
+
+class _Disconnected(Exception):
+    pass
+
+
+async def _receive(websocket: WebSocket) -> str | bytes:
+    message = await websocket.receive()
+    if message["type"] == "websocket.disconnect":
+        raise _Disconnected
+    text: str | None = message.get("text")
+    if text is not None:
+        return text
+    data: bytes = message.get("bytes") or b""
+    return data
+
+
+def _pre_join_error(error: RoomError) -> str:
+    # The protocol is not known yet: the reply carries both the seed field (message) and the
+    # versioned one (code).
+    return ErrorOut(code=error.code, message=str(error)).encode()
+
+
+@router.websocket("/ws/{room_id}")
+async def room_socket(websocket: WebSocket, room_id: str) -> None:
+    registry: RoomRegistry = websocket.app.state.registry
+    settings: Settings = websocket.app.state.settings
+    if not origin_allowed(websocket.headers.get("origin"), websocket.headers.get("host"), settings.allowed_origins):
+        log.info("origin_refused", room_id=room_id)
+        await websocket.close(CLOSE_POLICY, "origin not allowed")  # before accept: HTTP 403
+        return
+    await websocket.accept()
+    if not ROOM_ID.fullmatch(room_id):
+        await websocket.send_text(
+            _pre_join_error(InvalidMessage("room id must be 1 to 64 letters, digits, '-' or '_'"))
+        )
+        await websocket.close(CLOSE_POLICY, "invalid room id")
+        return
+    if not registry.accepting:
+        await websocket.close(CLOSE_SERVICE_RESTART, "server restarting")
+        return
+    structlog.contextvars.bind_contextvars(room_id=room_id)
+    transport = WebSocketTransport(websocket)
+    session: Session | None = None
+    try:
+        session = await _join(websocket, registry, settings, room_id, transport)
+        if session is None:
+            return
+        structlog.contextvars.bind_contextvars(user_id=session.user_id)
+        while not session.closed:
+            raw = await _receive(websocket)
+            try:
+                registry.handle(session, parse_client_message(raw, settings.frame_limit_bytes))
+            except RoomError as error:
+                registry.report(session, error)
+    except (_Disconnected, WebSocketDisconnect):
+        pass
+    finally:
+        if session is not None:
+            registry.leave(session)
+        structlog.contextvars.unbind_contextvars("room_id", "user_id")
+
+
+async def _join(
+    websocket: WebSocket, registry: RoomRegistry, settings: Settings, room_id: str, transport: WebSocketTransport
+) -> Session | None:
+    """Wait for the first valid message and admit the client in the protocol it speaks."""
+    while True:
+        try:
+            async with asyncio.timeout(settings.join_timeout_seconds):
+                raw = await _receive(websocket)
+        except TimeoutError:
+            await websocket.close(CLOSE_POLICY, "send join or hello first")
+            return None
+        try:
+            message = parse_client_message(raw, settings.frame_limit_bytes)
+            match message:
+                case Hello():
+                    return registry.join_versioned(room_id, transport, message)
+                case Join():
+                    return registry.join_seed(room_id, transport, message.username)
+                case Leave():
+                    await websocket.close(CLOSE_NORMAL, "left")
+                    return None
+                case CodeChange() | SyncRequest() | Ping() | Pong():
+                    # A seed client that skipped join: admit it as "Anonymous", then serve it.
+                    session = registry.join_seed(room_id, transport, None)
+                    try:
+                        registry.handle(session, message)
+                    except RoomError as error:
+                        registry.report(session, error)
+                    return session
+                case _:
+                    raise InvalidMessage(f"send hello (or join) before {message.type}")
+        except RoomError as error:
+            await websocket.send_text(_pre_join_error(error))
+            if error.code == "room_full":
+                await websocket.close(CLOSE_TRY_AGAIN_LATER, "room is full")
+                return None

@@ -1,0 +1,55 @@
+"""Prometheus metrics of collab pad, all prefixed ``collab_``.
+
+Each metric is documented in ``docs/operations.md`` (type, labels, meaning); a test keeps the
+two in step. Labels have small fixed value sets (never a room or user id), so the number of
+series stays bounded however many rooms exist.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+# Latencies of in-process work: tens of microseconds to a few hundred milliseconds.
+_FAST_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+# Fan-out includes waiting in a client's queue and the socket write.
+_FANOUT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+CONNECTIONS = Gauge(
+    "collab_connections",
+    "Open client connections that have joined a room.",
+    ["transport", "protocol"],
+)
+ROOMS = Gauge("collab_rooms", "Rooms held in memory (active, or empty within the grace period).")
+MEMBERS = Gauge("collab_members", "Members present in all rooms.")
+MESSAGES = Counter(
+    "collab_messages_total",
+    "Protocol messages, by direction (in from clients, out to clients) and message type.",
+    ["direction", "type"],
+)
+DROPPED = Counter(
+    "collab_dropped_sockets_total",
+    "Connections the server closed because the client could not keep up or went silent.",
+    ["reason"],
+)
+RATE_LIMITED = Counter("collab_rate_limited_total", "Client messages refused by the per-connection rate limit.")
+REJECTED = Counter(
+    "collab_rejected_messages_total",
+    "Client messages answered with an error, by error code.",
+    ["code"],
+)
+UPDATE_APPLY = Histogram(
+    "collab_update_apply_seconds",
+    "Time to rebase and apply one change to a room's document.",
+    buckets=_FAST_BUCKETS,
+)
+FANOUT = Histogram(
+    "collab_fanout_seconds",
+    "Time from a message being queued for a client to its write to the socket completing.",
+    buckets=_FANOUT_BUCKETS,
+)
+DOCUMENT_CHARS = Histogram(
+    "collab_document_chars",
+    "Size of a room's document after each update, in characters.",
+    buckets=(100, 1_000, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000),
+)
+ROOM_EVICTIONS = Counter("collab_room_evictions_total", "Empty rooms unloaded from memory after the grace period.")

@@ -1,0 +1,540 @@
+"""The room registry: rooms, their members, and the fan-out of every change to every client.
+
+Lifecycle: a room is created on first use (`RoomRegistry.join`), a session leaves it in the
+transport's ``finally`` (`RoomRegistry.leave`, idempotent), and a room left empty is evicted
+from memory after ``room_grace_seconds`` unless someone comes back first.
+
+Fan-out policy. Handling a client message is synchronous: the document changes and every
+outgoing message is put in the recipients' queues in the same step, so all clients see updates
+in version order. Each session has its own bounded queue drained by its own task. A client
+whose queue overflows (``outbound_queue_size``), whose socket write takes longer than
+``send_timeout_seconds``, or whose write fails is disconnected, counted in
+``collab_dropped_sockets_total{reason}`` and announced as left; it never delays the others.
+A versioned client that sends nothing (not even ``pong``) for ``heartbeat_timeout_seconds`` is
+dropped the same way; every client gets a ``ping`` each ``heartbeat_interval_seconds``.
+
+Transports (raw WebSocket, NiceGUI) meet rooms through the small `Transport` protocol, so the
+registry is tested with in-memory fakes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Protocol as TypingProtocol
+
+import structlog
+
+from observability import metrics
+from rooms.changes import ChangeSet
+from rooms.document import ClientId, Document, Update, caret_after
+from rooms.errors import InvalidMessage, RateLimited, RoomError, RoomFull, VersionFromFuture, VersionTooOld
+from rooms.limits import TokenBucket, clean_language, clean_username
+from rooms.presence import Member, Presence, Selection, UserId
+from rooms.protocol import (
+    PING,
+    PONG,
+    AnyClientMessage,
+    CodeChange,
+    CodeChangeOut,
+    Cursor,
+    CursorOut,
+    ErrorOut,
+    Hello,
+    Join,
+    Language,
+    LanguageOut,
+    Leave,
+    MemberInfo,
+    MemberJoined,
+    MemberLeft,
+    Ping,
+    Pong,
+    Protocol,
+    Push,
+    SeedError,
+    SyncRequest,
+    UpdateOut,
+    UserJoined,
+    UserLeft,
+    Welcome,
+)
+from rooms.settings import Settings
+
+log = structlog.get_logger("collab.rooms")
+
+RoomId = str
+SERVER_USER_ID = "server"
+
+
+class Transport(TypingProtocol):
+    """What a room needs of a client connection."""
+
+    name: str  # the `transport` label of metrics, e.g. "websocket"
+
+    async def send(self, message: str) -> None: ...
+
+    async def close(self, code: int = 1000, reason: str = "") -> None: ...
+
+
+class DropReason(StrEnum):
+    QUEUE_OVERFLOW = "queue_overflow"
+    SEND_TIMEOUT = "send_timeout"
+    SEND_FAILED = "send_failed"
+    HEARTBEAT_TIMEOUT = "heartbeat_timeout"
+
+
+# WebSocket close codes (RFC 6455 section 7.4.1 and the IANA registry).
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_POLICY = 1008
+CLOSE_SERVICE_RESTART = 1012
+CLOSE_TRY_AGAIN_LATER = 1013
+CLOSE_TIMEOUT_SECONDS = 30.0
+
+
+@dataclass(eq=False)
+class Session:
+    """One client connection in one room."""
+
+    room: Room
+    user_id: UserId
+    client_id: ClientId
+    protocol: Protocol
+    transport: Transport
+    bucket: TokenBucket
+    last_seen: float
+    batch: bool = False
+    seed_seq: int = 0
+    closed: bool = False
+    last_rate_error: float = float("-inf")
+    queue: deque[tuple[str, float]] = field(default_factory=deque)
+    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+
+    @property
+    def log(self) -> structlog.stdlib.BoundLogger:
+        return log.bind(room_id=self.room.room_id, user_id=self.user_id)  # type: ignore[no-any-return]
+
+
+@dataclass(eq=False)
+class Room:
+    room_id: RoomId
+    document: Document
+    language: str
+    presence: Presence = field(default_factory=Presence)
+    sessions: dict[UserId, Session] = field(default_factory=dict)
+    eviction: asyncio.TimerHandle | None = None
+
+
+def _new_user_id() -> UserId:
+    return UserId(secrets.token_hex(6))
+
+
+class RoomRegistry:
+    """All rooms of this process and the sessions in them. See the module docstring."""
+
+    def __init__(self, settings: Settings, clock: Callable[[], float] = time.monotonic) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.rooms: dict[RoomId, Room] = {}
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._closing: set[asyncio.Task[None]] = set()
+        self.accepting = True
+
+    # Lifecycle
+
+    async def start(self) -> None:
+        self._heartbeat = asyncio.create_task(self._heartbeat_loop(), name="collab-heartbeat")
+
+    async def stop(self, code: int = CLOSE_SERVICE_RESTART, reason: str = "server restarting") -> None:
+        """Refuse new sessions, tell every client to reconnect, and stop the background tasks."""
+        self.accepting = False
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat
+        sessions = [s for room in self.rooms.values() for s in room.sessions.values()]
+        for session in sessions:
+            self.leave(session)
+            self._close_later(session, code, reason)
+        if self._closing:
+            await asyncio.wait(set(self._closing), timeout=self.settings.send_timeout_seconds)
+        for room in list(self.rooms.values()):
+            self._evict(room.room_id)
+
+    def room(self, room_id: RoomId) -> Room:
+        """The room with this id, created empty if it does not exist."""
+        room = self.rooms.get(room_id)
+        if room is None:
+            document = Document(
+                max_chars=self.settings.max_document_chars,
+                history_limit=self.settings.history_limit,
+                dedup_limit=self.settings.dedup_clients,
+            )
+            room = Room(room_id, document, self.settings.default_language)
+            self.rooms[room_id] = room
+            metrics.ROOMS.set(len(self.rooms))
+            log.info("room_created", room_id=room_id)
+        elif room.eviction is not None:
+            room.eviction.cancel()
+            room.eviction = None
+        return room
+
+    # Joining and leaving
+
+    def _admit(
+        self,
+        room_id: RoomId,
+        transport: Transport,
+        protocol: Protocol,
+        username: object,
+        client_id: ClientId | None,
+        batch: bool = False,
+    ) -> tuple[Session, Member]:
+        room = self.room(room_id)
+        if len(room.sessions) >= self.settings.max_members_per_room:
+            self._schedule_eviction(room)
+            raise RoomFull(self.settings.max_members_per_room)
+        now = self.clock()
+        user_id = _new_user_id()
+        session = Session(
+            room=room,
+            user_id=user_id,
+            client_id=client_id or ClientId(f"seed-{user_id}"),
+            protocol=protocol,
+            transport=transport,
+            bucket=TokenBucket.full(self.settings.rate_limit_per_second, self.settings.rate_limit_burst, now),
+            last_seen=now,
+            batch=batch,
+        )
+        member = room.presence.add(user_id, clean_username(username, self.settings.max_username_chars))
+        # Announce before registering, so the joiner is not told about itself.
+        self._broadcast_presence(room, member, joined=True)
+        room.sessions[user_id] = session
+        session.task = asyncio.create_task(self._drain(session), name=f"collab-send-{user_id}")
+        metrics.CONNECTIONS.labels(transport.name, protocol.value).inc()
+        metrics.MEMBERS.inc()
+        session.log.info("member_joined", protocol=protocol.value, transport=transport.name)
+        return session, member
+
+    def join_seed(self, room_id: RoomId, transport: Transport, username: object) -> Session:
+        """Admit a seed-protocol client; it gets no reply, the others get ``user_joined``."""
+        session, _ = self._admit(room_id, transport, Protocol.SEED, username, None)
+        return session
+
+    def join_versioned(self, room_id: RoomId, transport: Transport, hello: Hello) -> Session:
+        """Admit a versioned client: ``welcome``, then every update it has not seen, in order."""
+        session, _ = self._admit(
+            room_id, transport, Protocol.VERSIONED, hello.username, ClientId(hello.client_id), hello.batch
+        )
+        room = session.room
+        document = room.document
+        catch_up: list[Update] | None = None
+        if hello.version is not None:
+            try:
+                catch_up = document.updates_since(hello.version)
+            except (VersionTooOld, VersionFromFuture):
+                catch_up = None  # the client resets to the snapshot in `welcome`
+        welcome = Welcome(
+            user_id=session.user_id,
+            version=document.version if catch_up is None or hello.version is None else hello.version,
+            doc=document.text if catch_up is None else None,
+            members=[MemberInfo(**m.describe()) for m in room.presence],
+            language=room.language,
+        )
+        self._send(session, welcome.encode(), "welcome")
+        for update in catch_up or ():
+            self._send(session, self._encode_update(update), "update")
+        for member in room.presence:
+            if member.selection is not None and member.user_id != session.user_id:
+                cursor = CursorOut(
+                    user_id=member.user_id,
+                    anchor=member.selection.anchor,
+                    head=member.selection.head,
+                    version=document.version,
+                )
+                self._send(session, cursor.encode(), "cursor")
+        return session
+
+    def leave(self, session: Session) -> None:
+        """Remove a session from its room and tell the others. Safe to call more than once."""
+        if session.closed:
+            return
+        session.closed = True
+        room = session.room
+        if room.sessions.get(session.user_id) is session:
+            del room.sessions[session.user_id]
+            room.presence.remove(session.user_id)
+            metrics.CONNECTIONS.labels(session.transport.name, session.protocol.value).dec()
+            metrics.MEMBERS.dec()
+            self._broadcast_member_left(room, session.user_id)
+            session.log.info("member_left")
+        if session.task is not None and session.task is not asyncio.current_task():
+            session.task.cancel()
+        if not room.sessions:
+            self._schedule_eviction(room)
+
+    def drop(self, session: Session, reason: DropReason) -> None:
+        """Disconnect a client that cannot keep up or went silent; count it and tell the others."""
+        if session.closed:
+            return
+        metrics.DROPPED.labels(reason.value).inc()
+        session.log.warning("client_dropped", reason=reason.value, queued=len(session.queue))
+        self.leave(session)
+        self._close_later(session, CLOSE_TRY_AGAIN_LATER, f"dropped: {reason.value}")
+
+    def _close_later(self, session: Session, code: int, reason: str) -> None:
+        task = asyncio.create_task(self._close(session, code, reason))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def _close(self, session: Session, code: int, reason: str) -> None:
+        # A generous cap only: cutting a WebSocket close short would cancel the library's own
+        # close timeout, which is what aborts the TCP connection of a client that stopped reading.
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(CLOSE_TIMEOUT_SECONDS):
+                await session.transport.close(code, reason)
+
+    def _schedule_eviction(self, room: Room) -> None:
+        if room.sessions or room.eviction is not None or self.rooms.get(room.room_id) is not room:
+            return
+        grace = self.settings.room_grace_seconds
+        if grace <= 0:
+            self._evict(room.room_id)
+            return
+        room.eviction = asyncio.get_running_loop().call_later(grace, self._evict, room.room_id)
+
+    def _evict(self, room_id: RoomId) -> None:
+        room = self.rooms.get(room_id)
+        if room is None or room.sessions:
+            return
+        if room.eviction is not None:
+            room.eviction.cancel()
+        del self.rooms[room_id]
+        metrics.ROOMS.set(len(self.rooms))
+        metrics.ROOM_EVICTIONS.inc()
+        log.info("room_evicted", room_id=room_id, version=room.document.version)
+
+    # Messages from clients
+
+    def handle(self, session: Session, message: AnyClientMessage) -> None:
+        """Apply one client message. Raises `RoomError` for the transport to report."""
+        if session.closed:
+            return
+        now = self.clock()
+        session.last_seen = now
+        metrics.MESSAGES.labels("in", message.type).inc()
+        try:
+            session.bucket.take(now)
+        except RateLimited:
+            metrics.RATE_LIMITED.inc()
+            raise
+        match message:
+            case Push():
+                self._push(session, message)
+            case CodeChange():
+                self._code_change(session, message)
+            case Cursor():
+                self._cursor(session, message)
+            case Language():
+                self._language(session, message)
+            case SyncRequest():
+                reply = CodeChangeOut(code=session.room.document.text, cursor_position=0, user_id=SERVER_USER_ID)
+                self._send(session, reply.encode(), "code_change")
+            case Ping():
+                self._send(session, PONG, "pong")
+            case Pong():
+                pass
+            case Leave():
+                self.leave(session)
+                self._close_later(session, CLOSE_NORMAL, "left")
+            case Join() | Hello():
+                raise InvalidMessage(f"already joined; {message.type} is only valid as the first message")
+
+    def report(self, session: Session, error: RoomError) -> None:
+        """Answer a client message that failed, in the session's protocol. The connection stays."""
+        metrics.REJECTED.labels(error.code).inc()
+        if isinstance(error, RateLimited):
+            # A flood gets one reply a second, not one per message it sent.
+            now = self.clock()
+            if now - session.last_rate_error < 1.0:
+                return
+            session.last_rate_error = now
+        session.log.info("message_rejected", error_code=error.code)
+        if session.protocol is Protocol.SEED:
+            self._send(session, SeedError(message=str(error)).encode(), "error")
+        else:
+            retry_after = error.retry_after if isinstance(error, RateLimited) else None
+            self._send(
+                session, ErrorOut(code=error.code, message=str(error), retry_after=retry_after).encode(), "error"
+            )
+
+    def _push(self, session: Session, push: Push) -> None:
+        changes = ChangeSet.from_json(push.changes)
+        started = time.perf_counter()
+        update = session.room.document.push(session.client_id, push.seq, push.version, changes, session.user_id)
+        if update is None:
+            return  # a resend of an applied push: the client finds its update in the stream
+        metrics.UPDATE_APPLY.observe(time.perf_counter() - started)
+        self._broadcast_update(session.room, update, session, None)
+
+    def _code_change(self, session: Session, message: CodeChange) -> None:
+        room = session.room
+        started = time.perf_counter()
+        session.seed_seq += 1
+        update = room.document.replace(message.code, session.client_id, session.seed_seq, session.user_id)
+        if update is not None:
+            metrics.UPDATE_APPLY.observe(time.perf_counter() - started)
+            self._broadcast_update(room, update, session, message.cursor_position)
+        else:
+            # Same text, maybe a moved cursor: seed clients relay it as the naive server did.
+            relay = CodeChangeOut(
+                code=room.document.text, cursor_position=message.cursor_position, user_id=session.user_id
+            ).encode()
+            for other in list(room.sessions.values()):
+                if other.protocol is Protocol.SEED and other is not session:
+                    self._send(other, relay, "code_change")
+        position = message.cursor_position
+        if isinstance(position, int) and not isinstance(position, bool) and 0 <= position <= room.document.length:
+            self._set_cursor(session, Selection(position, position))
+
+    def _cursor(self, session: Session, cursor: Cursor) -> None:
+        document = session.room.document
+        length = document.length_at(cursor.version)
+        if cursor.anchor > length or cursor.head > length:
+            raise InvalidMessage(
+                f"cursor ({cursor.anchor}, {cursor.head}) is outside the document of {length} units "
+                f"at version {cursor.version}"
+            )
+        selection = Selection(cursor.anchor, cursor.head)
+        for update in document.updates_since(cursor.version):
+            selection = selection.mapped(update.changes)
+        self._set_cursor(session, selection)
+
+    def _set_cursor(self, session: Session, selection: Selection) -> None:
+        room = session.room
+        room.presence.set_selection(session.user_id, selection)
+        message = CursorOut(
+            user_id=session.user_id, anchor=selection.anchor, head=selection.head, version=room.document.version
+        ).encode()
+        for other in list(room.sessions.values()):
+            if other.protocol is Protocol.VERSIONED and other is not session:
+                self._send(other, message, "cursor")
+
+    def _language(self, session: Session, message: Language) -> None:
+        room = session.room
+        room.language = clean_language(message.language)
+        out = LanguageOut(language=room.language, user_id=session.user_id).encode()
+        for other in list(room.sessions.values()):
+            if other.protocol is Protocol.VERSIONED:
+                self._send(other, out, "language")
+        session.log.info("language_changed", language=room.language)
+
+    # Fan-out
+
+    @staticmethod
+    def _encode_update(update: Update) -> str:
+        return UpdateOut(
+            version=update.version,
+            client_id=update.client_id,
+            seq=update.seq,
+            changes=update.changes.to_json(),
+            user_id=update.user_id or None,
+        ).encode()
+
+    def _broadcast_update(self, room: Room, update: Update, author: Session, cursor_position: object) -> None:
+        room.presence.map_selections(update.changes)
+        metrics.DOCUMENT_CHARS.observe(len(room.document.text))
+        versioned = self._encode_update(update)
+        seed: str | None = None  # the full text, encoded only if a seed client needs it
+        for session in list(room.sessions.values()):
+            if session.protocol is Protocol.VERSIONED:
+                self._send(session, versioned, "update")
+            elif session is not author:
+                if seed is None:
+                    position = cursor_position if cursor_position is not None else caret_after(update.changes)
+                    seed = CodeChangeOut(
+                        code=room.document.text,
+                        cursor_position=position,  # type: ignore[arg-type]
+                        user_id=author.user_id,
+                    ).encode()
+                self._send(session, seed, "code_change")
+
+    def _broadcast_presence(self, room: Room, member: Member, *, joined: bool) -> None:
+        seed = UserJoined(user_id=member.user_id, username=member.username).encode()
+        versioned = MemberJoined(user_id=member.user_id, username=member.username, color=member.color).encode()
+        for session in list(room.sessions.values()):
+            if session.protocol is Protocol.SEED:
+                self._send(session, seed, "user_joined")
+            else:
+                self._send(session, versioned, "member_joined")
+
+    def _broadcast_member_left(self, room: Room, user_id: UserId) -> None:
+        seed = UserLeft(user_id=user_id).encode()
+        versioned = MemberLeft(user_id=user_id).encode()
+        for session in list(room.sessions.values()):
+            if session.protocol is Protocol.SEED:
+                self._send(session, seed, "user_left")
+            else:
+                self._send(session, versioned, "member_left")
+
+    def _send(self, session: Session, message: str, kind: str) -> None:
+        """Queue one message for a client, dropping the client if its queue is full."""
+        if session.closed:
+            return
+        if len(session.queue) >= self.settings.outbound_queue_size:
+            self.drop(session, DropReason.QUEUE_OVERFLOW)
+            return
+        session.queue.append((message, self.clock()))
+        metrics.MESSAGES.labels("out", kind).inc()
+        session.wakeup.set()
+
+    async def _drain(self, session: Session) -> None:
+        """The session's sender: writes its queue to the socket, one client at a time."""
+        timeout = self.settings.send_timeout_seconds
+        queue = session.queue
+        try:
+            while True:
+                await session.wakeup.wait()
+                session.wakeup.clear()
+                while queue:
+                    if session.batch and len(queue) > 1:
+                        batch = [queue.popleft() for _ in range(len(queue))]
+                        frame = "[" + ",".join(message for message, _ in batch) + "]"
+                        queued_at = batch[0][1]
+                    else:
+                        frame, queued_at = queue.popleft()
+                    async with asyncio.timeout(timeout):
+                        await session.transport.send(frame)
+                    metrics.FANOUT.observe(self.clock() - queued_at)
+        except TimeoutError:
+            self.drop(session, DropReason.SEND_TIMEOUT)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            session.log.info("send_failed", error=type(exc).__name__)
+            self.drop(session, DropReason.SEND_FAILED)
+
+    async def _heartbeat_loop(self) -> None:
+        interval = self.settings.heartbeat_interval_seconds
+        while True:
+            await asyncio.sleep(interval)
+            self.heartbeat()
+
+    def heartbeat(self) -> None:
+        """Ping every client; drop versioned clients silent for longer than the timeout."""
+        now = self.clock()
+        deadline = now - self.settings.heartbeat_timeout_seconds
+        for room in list(self.rooms.values()):
+            for session in list(room.sessions.values()):
+                if session.protocol is Protocol.VERSIONED and session.last_seen < deadline:
+                    self.drop(session, DropReason.HEARTBEAT_TIMEOUT)
+                else:
+                    self._send(session, PING, "ping")
