@@ -65,6 +65,7 @@ def main() -> None:
         # without limit), which is what lets the registry spot and drop a slow client.
         ws="websockets",
         ws_max_size=settings.frame_limit_bytes,
+        ws_per_message_deflate=settings.ws_per_message_deflate,
         timeout_graceful_shutdown=10,
     )
 

@@ -124,9 +124,10 @@ async def _join(
     websocket: WebSocket, registry: RoomRegistry, settings: Settings, room_id: str, transport: WebSocketTransport
 ) -> Session | None:
     """Wait for the first valid message and admit the client in the protocol it speaks."""
+    deadline = asyncio.get_running_loop().time() + settings.join_timeout_seconds
     while True:
         try:
-            async with asyncio.timeout(settings.join_timeout_seconds):
+            async with asyncio.timeout_at(deadline):
                 raw = await _receive(websocket)
         except TimeoutError:
             await websocket.close(CLOSE_POLICY, "send join or hello first")

@@ -33,7 +33,8 @@ class TokenBucket:
         elapsed = max(0.0, now - self.updated)
         self.tokens = min(float(self.burst), self.tokens + elapsed * self.rate)
         self.updated = now
-        if self.tokens < cost:
+        # The tolerance keeps float rounding from refusing a client that sends at exactly the rate.
+        if self.tokens + 1e-9 < cost:
             raise RateLimited(retry_after=(cost - self.tokens) / self.rate)
         self.tokens -= cost
 

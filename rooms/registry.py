@@ -286,7 +286,9 @@ class RoomRegistry:
         if session.closed:
             return
         metrics.DROPPED.labels(reason.value).inc()
-        session.log.warning("client_dropped", reason=reason.value, queued=len(session.queue))
+        # A failed write is usually a client that just went away; the others mean it fell behind.
+        level = "info" if reason is DropReason.SEND_FAILED else "warning"
+        getattr(session.log, level)("client_dropped", reason=reason.value, queued=len(session.queue))
         self.leave(session)
         self._close_later(session, CLOSE_TRY_AGAIN_LATER, f"dropped: {reason.value}")
 
@@ -330,7 +332,7 @@ class RoomRegistry:
             return
         now = self.clock()
         session.last_seen = now
-        metrics.MESSAGES.labels("in", message.type).inc()
+        metrics.message_counter("in", message.type).inc()
         try:
             session.bucket.take(now)
         except RateLimited:
@@ -493,7 +495,7 @@ class RoomRegistry:
             self.drop(session, DropReason.QUEUE_OVERFLOW)
             return
         session.queue.append((message, self.clock()))
-        metrics.MESSAGES.labels("out", kind).inc()
+        metrics.message_counter("out", kind).inc()
         session.wakeup.set()
 
     async def _drain(self, session: Session) -> None:

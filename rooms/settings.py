@@ -7,8 +7,7 @@ Defaults serve a single container with no setup. Each field is documented in
 from __future__ import annotations
 
 from enum import StrEnum
-from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -26,10 +25,8 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
-    data_dir: Path = Path("data")
-    redis_url: str | None = None
     log_format: LogFormat = LogFormat.CONSOLE
-    log_level: str = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     storage_secret: str | None = None
 
     # Document
@@ -53,6 +50,12 @@ class Settings(BaseSettings):
     room_grace_seconds: float = Field(default=600.0, ge=0)
     max_members_per_room: int = Field(default=100, ge=1)
     join_timeout_seconds: float = Field(default=10.0, gt=0)
+    ws_per_message_deflate: bool = False
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
 
     @field_validator("allowed_origins", mode="before")
     @classmethod
