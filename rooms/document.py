@@ -134,6 +134,10 @@ class Document:
             raise DocumentTooLarge(len(new_text), self.max_chars)
         if self.is_duplicate(client_id, seq):
             return None
+        try:
+            new_text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidChanges("text holds a lone surrogate; documents must be valid Unicode") from None
         changes = ChangeSet.diff(self._text, new_text)
         if changes.is_empty:
             return None

@@ -14,6 +14,7 @@ Validation errors never echo the input back: it may be large, or hold what a use
 from __future__ import annotations
 
 import json
+import re
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
@@ -111,6 +112,21 @@ def _describe(error: ValidationError) -> str:
     return "; ".join(parts[:3])
 
 
+# JSON may spell a lone UTF-16 surrogate as an escape ("\\ud800"); decoded, it is a str that
+# cannot be encoded again, so every message that echoed it (an update carrying the client_id, a
+# full-text code_change) would fail after the document had changed. Refused at the door.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _refuse_lone_surrogates(data: dict[str, Any]) -> None:
+    try:
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidMessage(
+            "message holds a lone surrogate (an unpaired \\ud800-\\udfff escape); strings must be valid Unicode"
+        ) from None
+
+
 def parse_client_message(raw: str | bytes, max_bytes: int) -> AnyClientMessage:
     """Decode one frame into a client message, or raise a `RoomError` that says what is wrong."""
     size = len(raw) if isinstance(raw, bytes) else len(raw.encode("utf-8", "surrogatepass"))
@@ -122,6 +138,8 @@ def parse_client_message(raw: str | bytes, max_bytes: int) -> AnyClientMessage:
         raise InvalidJson(f"message is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise InvalidJson(f"message must be a JSON object, got {type(data).__name__}")
+    if _SURROGATE_ESCAPE.search(raw if isinstance(raw, str) else raw.decode("utf-8", "replace")):
+        _refuse_lone_surrogates(data)
     kind = data.get("type")
     if kind not in CLIENT_TYPES:
         raise InvalidMessage(f"unknown message type {str(kind)[:40]!r}; expected one of {', '.join(CLIENT_TYPES)}")
