@@ -1,0 +1,255 @@
+"""The room authority: rebase, dedup, history bounds and size limits, plus a convergence model."""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rooms.changes import ChangeSet, utf16_len
+from rooms.document import ClientId, Document, caret_after
+from rooms.errors import DocumentTooLarge, InvalidChanges, VersionFromFuture, VersionTooOld
+from rooms.replica import Replica
+
+A = ClientId("a")
+B = ClientId("b")
+
+
+def insert(doc_length: int, at: int, text: str) -> ChangeSet:
+    return ChangeSet.of_replace(doc_length, at, at, text)
+
+
+def test_push_at_current_version_applies_and_increments_version() -> None:
+    document = Document("hello")
+    update = document.push(A, 1, 0, insert(5, 5, " world"))
+    assert update is not None
+    assert (1, "hello world") == (update.version, document.text)
+    assert [update] == document.updates_since(0)
+
+
+def test_push_on_stale_version_is_rebased_over_later_updates() -> None:
+    document = Document("ac")
+    document.push(A, 1, 0, insert(2, 1, "b"))  # "abc"
+    update = document.push(B, 1, 0, insert(2, 2, "d"))  # made on "ac": append "d"
+    assert update is not None
+    assert "abcd" == document.text
+    assert [3, [0, "d"]] == update.changes.to_json()
+
+
+def test_concurrent_inserts_at_same_position_put_earlier_commit_first() -> None:
+    document = Document("")
+    document.push(A, 1, 0, insert(0, 0, "first"))
+    document.push(B, 1, 0, insert(0, 0, "second"))
+    assert "firstsecond" == document.text
+
+
+def test_resend_of_applied_seq_is_ignored() -> None:
+    document = Document("")
+    assert document.push(A, 1, 0, insert(0, 0, "x")) is not None
+    assert document.push(A, 1, 0, insert(0, 0, "x")) is None
+    assert ("x", 1) == (document.text, document.version)
+
+
+def test_older_seq_from_same_client_is_a_resend() -> None:
+    document = Document("")
+    document.push(A, 2, 0, insert(0, 0, "x"))
+    assert document.push(A, 1, 1, insert(1, 0, "y")) is None
+    assert "x" == document.text
+
+
+def test_same_seq_from_different_clients_both_apply() -> None:
+    document = Document("")
+    document.push(A, 1, 0, insert(0, 0, "a"))
+    document.push(B, 1, 1, insert(1, 1, "b"))
+    assert "ab" == document.text
+
+
+def test_push_older_than_history_raises_version_too_old() -> None:
+    document = Document("", history_limit=2)
+    for seq in range(1, 4):
+        document.push(A, seq, seq - 1, insert(seq - 1, seq - 1, "x"))
+    assert 1 == document.oldest_version
+    with pytest.raises(VersionTooOld) as caught:
+        document.push(B, 1, 0, insert(0, 0, "y"))
+    assert (0, 1, 3) == (caught.value.version, caught.value.oldest, caught.value.current)
+    assert "xxx" == document.text
+
+
+def test_push_from_the_future_raises() -> None:
+    document = Document("")
+    with pytest.raises(VersionFromFuture):
+        document.push(A, 1, 5, insert(0, 0, "x"))
+    assert 0 == document.version
+
+
+def test_changes_for_wrong_length_raise_and_leave_document_intact() -> None:
+    document = Document("abc")
+    with pytest.raises(InvalidChanges):
+        document.push(A, 1, 0, insert(10, 0, "x"))
+    assert ("abc", 0) == (document.text, document.version)
+    # The failed push did not consume the seq: the client may send it again, fixed.
+    assert document.push(A, 1, 0, insert(3, 0, "x")) is not None
+
+
+def test_push_over_size_limit_is_refused_before_anything_changes() -> None:
+    document = Document("abc", max_chars=5)
+    with pytest.raises(DocumentTooLarge) as caught:
+        document.push(A, 1, 0, insert(3, 3, "def"))
+    assert (6, 5) == (caught.value.length, caught.value.limit)
+    assert ("abc", 0, None) == (document.text, document.version, document.last_seq(A))
+
+
+def test_size_limit_counts_characters_not_utf16_units() -> None:
+    document = Document("", max_chars=2)
+    document.push(A, 1, 0, insert(0, 0, "😀😀"))
+    assert "😀😀" == document.text
+    assert 4 == document.length
+
+
+def test_shrinking_a_document_over_a_lowered_limit_is_allowed() -> None:
+    document = Document("abcdef", max_chars=3)
+    document.push(A, 1, 0, ChangeSet.of_replace(6, 0, 1, ""))
+    assert "bcdef" == document.text
+
+
+def test_replace_turns_full_text_into_minimal_change() -> None:
+    document = Document("def f():\n    pass\n")
+    update = document.replace("def f():\n    return 1\n", A, 1)
+    assert update is not None
+    assert "def f():\n    return 1\n" == document.text
+    assert update.changes.length == utf16_len("def f():\n    pass\n")
+    assert 1 == len([p for p in update.changes.to_json() if isinstance(p, list)])
+
+
+def test_replace_with_same_text_changes_nothing() -> None:
+    document = Document("same")
+    assert document.replace("same", A, 1) is None
+    assert 0 == document.version
+
+
+def test_replace_over_limit_raises() -> None:
+    document = Document("", max_chars=3)
+    with pytest.raises(DocumentTooLarge):
+        document.replace("abcd", A, 1)
+    assert "" == document.text
+
+
+def test_dedup_table_is_bounded_least_recently_used_first() -> None:
+    document = Document("", dedup_limit=2)
+    for index, client in enumerate(("c1", "c2", "c3")):
+        document.push(ClientId(client), 1, index, insert(index, 0, "x"))
+    assert document.last_seq(ClientId("c1")) is None
+    assert 1 == document.last_seq(ClientId("c3"))
+
+
+def test_length_at_reports_past_lengths() -> None:
+    document = Document("ab")
+    document.push(A, 1, 0, insert(2, 2, "cd"))
+    assert (2, 4) == (document.length_at(0), document.length_at(1))
+
+
+def test_caret_after_is_end_of_last_insertion() -> None:
+    assert 5 == caret_after(ChangeSet.from_json([2, [0, "abc"], 4]))
+    assert 2 == caret_after(ChangeSet.from_json([2, [3], 4]))
+    assert 0 == caret_after(ChangeSet.from_json([6]))
+
+
+# A model of the whole system without a network: replicas, a server document, and message
+# queues in between, driven in a random order. Every replica must converge on the server's
+# text, and every token typed must be in it exactly once.
+
+ALPHABET = "ab\n漢😀"
+
+
+def _run_model(seed: int, clients: int, steps: int, deletes: bool) -> None:
+    rng = random.Random(seed)
+    document = Document("", history_limit=10_000)
+    replicas = [Replica(f"c{i}") for i in range(clients)]
+    to_server: list[deque[dict[str, Any]]] = [deque() for _ in replicas]
+    to_client: list[deque[dict[str, Any]]] = [deque() for _ in replicas]
+    typed: list[str] = []
+
+    def deliver_to_server(index: int) -> None:
+        push = to_server[index].popleft()
+        update = document.push(
+            ClientId(replicas[index].client_id), push["seq"], push["version"], ChangeSet.from_json(push["changes"])
+        )
+        if update is not None:
+            message = {
+                "version": update.version,
+                "client_id": update.client_id,
+                "seq": update.seq,
+                "changes": update.changes.to_json(),
+            }
+            for queue in to_client:
+                queue.append(message)
+
+    def deliver_to_client(index: int) -> None:
+        out = replicas[index].update(to_client[index].popleft())
+        if out is not None:
+            to_server[index].append(out)
+
+    for _ in range(steps):
+        index = rng.randrange(clients)
+        action = rng.random()
+        replica = replicas[index]
+        if action < 0.4:
+            length = replica.length
+            token = f"<{len(typed)}{rng.choice(ALPHABET)}>"
+            typed.append(token)
+            # Insert between whole tokens ("<" starts one, ">" ends it), so each stays intact.
+            text = replica.text
+            at = rng.choice([0] + [i + 1 for i, char in enumerate(text) if char == ">"])
+            position = utf16_len(text[:at])
+            out = replica.edit(ChangeSet.of_replace(length, position, position, token))
+            if out is not None:
+                to_server[index].append(out)
+        elif action < 0.45 and deletes and replica.text:
+            text = replica.text
+            start = rng.randrange(len(text))
+            end = min(len(text), start + rng.randint(1, 3))
+            out = replica.edit(ChangeSet.of_replace(replica.length, utf16_len(text[:start]), utf16_len(text[:end]), ""))
+            if out is not None:
+                to_server[index].append(out)
+        elif action < 0.75 and to_server[index]:
+            deliver_to_server(index)
+        elif to_client[index]:
+            deliver_to_client(index)
+
+    while any(to_server) or any(to_client):
+        for index in range(clients):
+            while to_server[index]:
+                deliver_to_server(index)
+            while to_client[index]:
+                deliver_to_client(index)
+
+    for replica in replicas:
+        assert not replica.has_unconfirmed
+        assert document.text == replica.text
+        assert document.version == replica.version
+    if not deletes:
+        for token in typed:
+            assert 1 == document.text.count(token), token
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32), clients=st.integers(2, 5))
+def test_replicas_converge_and_keep_every_insert(seed: int, clients: int) -> None:
+    _run_model(seed, clients, steps=150, deletes=False)
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32), clients=st.integers(2, 5))
+def test_replicas_converge_with_deletes(seed: int, clients: int) -> None:
+    _run_model(seed, clients, steps=150, deletes=True)
+
+
+def test_replace_refuses_lone_surrogates() -> None:
+    document = Document("ok")
+    with pytest.raises(InvalidChanges):
+        document.replace("a\ud800", A, 1)
+    assert ("ok", 0) == (document.text, document.version)

@@ -1,0 +1,46 @@
+"""Log configuration: redaction, bound context, and foreign loggers routed through structlog."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+
+import pytest
+import structlog
+from structlog.testing import capture_logs
+
+from observability.logs import configure_logging, redact
+
+
+@pytest.fixture(autouse=True)
+def _reset_structlog() -> Iterator[None]:
+    yield
+    structlog.reset_defaults()
+    structlog.contextvars.clear_contextvars()
+
+
+def test_redact_hides_secrets_and_contents() -> None:
+    event = redact(None, "info", {"event": "x", "storage_secret": "s", "doc": "text", "room_id": "r"})
+    assert {"event": "x", "storage_secret": "[redacted]", "doc": "[redacted]", "room_id": "r"} == event
+
+
+def test_bound_context_appears_on_room_lines() -> None:
+    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+        structlog.contextvars.bind_contextvars(room_id="r1", user_id="u1")
+        structlog.get_logger("collab.test").info("member_joined")
+    assert [{"event": "member_joined", "log_level": "info", "room_id": "r1", "user_id": "u1"}] == logs
+
+
+def test_json_format_writes_one_object_a_line_for_ours_and_uvicorns(monkeypatch: pytest.MonkeyPatch) -> None:
+    stream = io.StringIO()
+    monkeypatch.setattr("sys.stderr", stream)
+    configure_logging("json", "INFO")
+    structlog.get_logger("collab.test").info("hello", room_id="r", password="hunter2")
+    logging.getLogger("uvicorn.error").info("server started")
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert ["hello", "server started"] == [line["event"] for line in lines]
+    assert "[redacted]" == lines[0]["password"]
+    assert ("uvicorn.error", "info") == (lines[1]["logger"], lines[1]["level"])
+    assert all("timestamp" in line for line in lines)

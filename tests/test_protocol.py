@@ -1,0 +1,123 @@
+"""Parsing client frames and encoding server messages."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from rooms.errors import InvalidJson, InvalidMessage, MessageTooLarge
+from rooms.protocol import (
+    CodeChange,
+    CodeChangeOut,
+    ErrorOut,
+    Hello,
+    Join,
+    Push,
+    UpdateOut,
+    Welcome,
+    parse_client_message,
+)
+
+
+def test_hello_parses_with_optional_version() -> None:
+    message = parse_client_message('{"type":"hello","client_id":"c","username":"ann","version":null}', 1000)
+    assert Hello(type="hello", client_id="c", username="ann", version=None) == message
+
+
+def test_unknown_fields_are_ignored() -> None:
+    message = parse_client_message('{"type":"join","username":"ann","avatar":"x.png"}', 1000)
+    assert Join(type="join", username="ann") == message
+
+
+def test_code_change_keeps_cursor_position_as_given() -> None:
+    message = parse_client_message('{"type":"code_change","code":"x","cursor_position":{"line":1}}', 1000)
+    assert isinstance(message, CodeChange)
+    assert {"line": 1} == message.cursor_position
+
+
+def test_bytes_frames_are_accepted() -> None:
+    assert isinstance(parse_client_message(b'{"type":"push","version":0,"seq":1,"changes":[]}', 1000), Push)
+
+
+@pytest.mark.parametrize("frame", ["{", "", "nan", '"text"', "[]", "1"])
+def test_non_objects_are_invalid_json(frame: str) -> None:
+    with pytest.raises(InvalidJson):
+        parse_client_message(frame, 1000)
+
+
+def test_deeply_nested_json_is_refused_cleanly() -> None:
+    with pytest.raises(InvalidJson):
+        parse_client_message("[" * 100_000 + "]" * 100_000, 10**6)
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        '{"type":"dance"}',
+        '{"kind":"push"}',
+        '{"type":["push"]}',
+        '{"type":"push","version":-1,"seq":1,"changes":[]}',
+        '{"type":"push","version":0,"seq":1,"changes":"abc"}',
+        '{"type":"hello","client_id":"","username":"x"}',
+        '{"type":"cursor","version":0,"anchor":-1,"head":0}',
+    ],
+)
+def test_invalid_messages_raise_invalid_message(frame: str) -> None:
+    with pytest.raises(InvalidMessage):
+        parse_client_message(frame, 1000)
+
+
+def test_validation_errors_do_not_echo_input() -> None:
+    with pytest.raises(InvalidMessage) as caught:
+        parse_client_message('{"type":"hello","client_id":"' + "s3cr3t" * 30 + '"}', 10_000)
+    assert "s3cr3t" not in str(caught.value)
+    assert "client_id" in str(caught.value)
+
+
+def test_oversize_frame_is_refused_before_parsing() -> None:
+    with pytest.raises(MessageTooLarge) as caught:
+        parse_client_message("x" * 101, 100)
+    assert (101, 100) == (caught.value.size, caught.value.limit)
+
+
+def test_update_encodes_without_absent_fields() -> None:
+    update = UpdateOut(version=3, client_id="c", seq=1, changes=[1, [0, "a"]])
+    assert {"type": "update", "version": 3, "client_id": "c", "seq": 1, "changes": [1, [0, "a"]]} == json.loads(
+        update.encode()
+    )
+
+
+def test_welcome_omits_doc_when_resuming() -> None:
+    welcome = Welcome(user_id="u", version=2, members=[], language="python")
+    assert "doc" not in json.loads(welcome.encode())
+
+
+def test_seed_code_change_keeps_null_cursor_position() -> None:
+    message = CodeChangeOut(code="x", cursor_position=None, user_id="u")
+    assert {"type": "code_change", "code": "x", "cursor_position": None, "user_id": "u"} == json.loads(message.encode())
+
+
+def test_error_encodes_code_and_message() -> None:
+    assert {"type": "error", "code": "invalid_json", "message": "m"} == json.loads(
+        ErrorOut(code="invalid_json", message="m").encode()
+    )
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        '{"type":"hello","client_id":"\\ud800","username":"x"}',
+        '{"type":"code_change","code":"x","cursor_position":"\\udfff"}',
+        '{"type":"push","version":0,"seq":1,"changes":[[0,"a\\ud83d"]]}',
+    ],
+)
+def test_lone_surrogate_escapes_are_refused(frame: str) -> None:
+    with pytest.raises(InvalidMessage, match="lone surrogate"):
+        parse_client_message(frame, 1000)
+
+
+def test_escaped_surrogate_pairs_are_valid_text() -> None:
+    message = parse_client_message('{"type":"code_change","code":"\\ud83d\\ude00","cursor_position":0}', 1000)
+    assert isinstance(message, CodeChange)
+    assert "😀" == message.code

@@ -1,0 +1,373 @@
+"""The room registry with in-memory transports: joins, fan-out, drops, heartbeats, eviction."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+from prometheus_client import REGISTRY
+
+from rooms.errors import InvalidChanges, InvalidMessage, RateLimited, RoomFull, VersionTooOld
+from rooms.protocol import CodeChange, Cursor, Hello, Language, Push, SyncRequest
+from rooms.registry import DropReason, RoomRegistry, Session
+from rooms.settings import Settings
+
+
+class FakeTransport:
+    name = "fake"
+
+    def __init__(self, *, stuck: bool = False, failing: bool = False) -> None:
+        self.sent: list[dict[str, Any]] = []
+        self.closed: tuple[int, str] | None = None
+        self.stuck = stuck
+        self.failing = failing
+
+    async def send(self, message: str) -> None:
+        if self.failing:
+            raise ConnectionError("peer went away")
+        if self.stuck:
+            await asyncio.Event().wait()
+        self.sent.append(json.loads(message))
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        self.closed = (code, reason)
+
+    def of_type(self, kind: str) -> list[dict[str, Any]]:
+        return [m for m in self.sent if m["type"] == kind]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_registry(**overrides: Any) -> tuple[RoomRegistry, Clock]:
+    clock = Clock()
+    return RoomRegistry(Settings(**overrides), clock=clock), clock
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+def hello(client_id: str, username: str = "ann", version: int | None = None) -> Hello:
+    return Hello(type="hello", client_id=client_id, username=username, version=version)
+
+
+def push(version: int, seq: int, changes: list[Any]) -> Push:
+    return Push(type="push", version=version, seq=seq, changes=changes)
+
+
+def append(length: int, text: str) -> list[Any]:
+    """CodeMirror's JSON for inserting ``text`` at the end of a document of ``length`` units."""
+    return [length, [0, text]] if length else [[0, text]]
+
+
+def metric(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_versioned_join_gets_welcome_with_members_and_document() -> None:
+    registry, _ = make_registry()
+    first, second = FakeTransport(), FakeTransport()
+    registry.join_versioned("r", first, hello("c1", "ann"))
+    registry.join_versioned("r", second, hello("c2", "bob"))
+    await settle()
+    welcome = second.sent[0]
+    assert ("welcome", 0, "", "python") == (welcome["type"], welcome["version"], welcome["doc"], welcome["language"])
+    assert ["ann", "bob"] == [m["username"] for m in welcome["members"]]
+    assert "bob" == first.of_type("member_joined")[0]["username"]
+
+
+async def test_seed_joiner_gets_nothing_and_others_get_user_joined() -> None:
+    registry, _ = make_registry()
+    first, second = FakeTransport(), FakeTransport()
+    registry.join_seed("r", first, "ann")
+    registry.join_seed("r", second, "bob")
+    await settle()
+    assert [] == second.sent
+    assert [{"type": "user_joined", "user_id": first.sent[0]["user_id"], "username": "bob"}] == first.sent
+
+
+async def test_update_reaches_everyone_including_author_in_version_order() -> None:
+    registry, _ = make_registry()
+    transports = [FakeTransport() for _ in range(3)]
+    sessions = [registry.join_versioned("r", t, hello(f"c{i}")) for i, t in enumerate(transports)]
+    registry.handle(sessions[0], push(0, 1, [[0, "a"]]))
+    registry.handle(sessions[1], push(0, 1, [[0, "b"]]))
+    await settle()
+    for transport in transports:
+        assert [(1, "c0"), (2, "c1")] == [(u["version"], u["client_id"]) for u in transport.of_type("update")]
+
+
+async def test_seed_code_change_reaches_versioned_clients_as_minimal_update() -> None:
+    registry, _ = make_registry()
+    versioned, seed = FakeTransport(), FakeTransport()
+    registry.join_versioned("r", versioned, hello("c1"))
+    seed_session = registry.join_seed("r", seed, "sam")
+    registry.handle(seed_session, CodeChange(type="code_change", code="print(1)", cursor_position=8))
+    registry.handle(seed_session, CodeChange(type="code_change", code="print(12)", cursor_position=8))
+    await settle()
+    assert [[[0, "print(1)"]], [7, [0, "2"], 1]] == [u["changes"] for u in versioned.of_type("update")]
+    assert [] == seed.of_type("code_change")
+
+
+async def test_versioned_push_reaches_seed_clients_as_full_text() -> None:
+    registry, _ = make_registry()
+    versioned, seed = FakeTransport(), FakeTransport()
+    session = registry.join_versioned("r", versioned, hello("c1"))
+    registry.join_seed("r", seed, "sam")
+    registry.handle(session, push(0, 1, [[0, "abc"]]))
+    await settle()
+    assert [{"type": "code_change", "code": "abc", "cursor_position": 3, "user_id": session.user_id}] == (
+        seed.of_type("code_change")
+    )
+
+
+async def test_hello_with_known_version_gets_missing_updates_without_doc() -> None:
+    registry, _ = make_registry()
+    writer = registry.join_versioned("r", FakeTransport(), hello("c1"))
+    registry.handle(writer, push(0, 1, [[0, "ab"]]))
+    registry.handle(writer, push(1, 2, [2, [0, "c"]]))
+    late = FakeTransport()
+    registry.join_versioned("r", late, hello("c2", version=1))
+    await settle()
+    assert "doc" not in late.sent[0]
+    assert 1 == late.sent[0]["version"]
+    assert [2] == [u["version"] for u in late.of_type("update")]
+
+
+async def test_hello_with_version_beyond_history_gets_snapshot() -> None:
+    registry, _ = make_registry(history_limit=1)
+    writer = registry.join_versioned("r", FakeTransport(), hello("c1"))
+    for seq in range(1, 4):
+        registry.handle(writer, push(seq - 1, seq, append(seq - 1, "x")))
+    late = FakeTransport()
+    registry.join_versioned("r", late, hello("c2", version=0))
+    await settle()
+    assert ("xxx", 3) == (late.sent[0]["doc"], late.sent[0]["version"])
+    assert [] == late.of_type("update")
+
+
+async def test_push_too_old_raises_version_too_old() -> None:
+    registry, _ = make_registry(history_limit=1)
+    session = registry.join_versioned("r", FakeTransport(), hello("c1"))
+    registry.handle(session, push(0, 1, [[0, "a"]]))
+    registry.handle(session, push(1, 2, [1, [0, "b"]]))
+    with pytest.raises(VersionTooOld):
+        registry.handle(session, push(0, 3, [[0, "c"]]))
+
+
+async def test_bad_changes_raise_and_leave_document_intact() -> None:
+    registry, _ = make_registry()
+    session = registry.join_versioned("r", FakeTransport(), hello("c1"))
+    with pytest.raises(InvalidChanges):
+        registry.handle(session, push(0, 1, append(5, "x")))
+    assert ("", 0) == (session.room.document.text, session.room.document.version)
+
+
+async def test_report_uses_the_sessions_protocol() -> None:
+    registry, _ = make_registry()
+    versioned, seed = FakeTransport(), FakeTransport()
+    versioned_session = registry.join_versioned("r", versioned, hello("c1"))
+    seed_session = registry.join_seed("r", seed, "sam")
+    registry.report(versioned_session, InvalidMessage("nope"))
+    registry.report(seed_session, InvalidMessage("nope"))
+    await settle()
+    assert {"type": "error", "code": "invalid_message", "message": "nope"} == versioned.of_type("error")[0]
+    assert {"type": "error", "message": "nope"} == seed.of_type("error")[0]
+
+
+async def test_rate_limit_refuses_a_flood_and_answers_once_a_second() -> None:
+    registry, clock = make_registry(rate_limit_per_second=10, rate_limit_burst=5)
+    transport = FakeTransport()
+    session = registry.join_versioned("r", transport, hello("c1"))
+    refused = 0
+    for seq in range(1, 51):
+        try:
+            registry.handle(session, push(seq - 1 - refused, seq, append(seq - 1 - refused, "x")))
+        except RateLimited as error:
+            refused += 1
+            registry.report(session, error)
+    await settle()
+    assert (45, 5) == (refused, session.room.document.version)
+    assert 1 == len(transport.of_type("error"))
+    clock.now += 1.0  # the bucket refills at 10 a second
+    registry.handle(session, push(5, 100, append(5, "y")))
+    assert "xxxxxy" == session.room.document.text
+
+
+async def test_cursor_is_mapped_to_current_version_and_sent_to_others() -> None:
+    registry, _ = make_registry()
+    mover, watcher = FakeTransport(), FakeTransport()
+    author = registry.join_versioned("r", mover, hello("c1"))
+    registry.join_versioned("r", watcher, hello("c2"))
+    registry.handle(author, push(0, 1, [[0, "world"]]))
+    registry.handle(author, push(1, 2, [[0, "hello "], 5]))
+    registry.handle(author, Cursor(type="cursor", version=1, anchor=5, head=5))
+    await settle()
+    assert [{"type": "cursor", "user_id": author.user_id, "anchor": 11, "head": 11, "version": 2}] == (
+        watcher.of_type("cursor")
+    )
+    assert [] == mover.of_type("cursor")
+
+
+async def test_cursor_outside_document_is_refused() -> None:
+    registry, _ = make_registry()
+    session = registry.join_versioned("r", FakeTransport(), hello("c1"))
+    with pytest.raises(InvalidMessage):
+        registry.handle(session, Cursor(type="cursor", version=0, anchor=1, head=0))
+
+
+async def test_late_joiner_sees_existing_cursors() -> None:
+    registry, _ = make_registry()
+    author = registry.join_versioned("r", FakeTransport(), hello("c1"))
+    registry.handle(author, push(0, 1, [[0, "abc"]]))
+    registry.handle(author, Cursor(type="cursor", version=1, anchor=1, head=2))
+    late = FakeTransport()
+    registry.join_versioned("r", late, hello("c2"))
+    await settle()
+    assert [(1, 2)] == [(c["anchor"], c["head"]) for c in late.of_type("cursor")]
+
+
+async def test_language_change_is_broadcast_to_everyone() -> None:
+    registry, _ = make_registry()
+    first, second = FakeTransport(), FakeTransport()
+    session = registry.join_versioned("r", first, hello("c1"))
+    registry.join_versioned("r", second, hello("c2"))
+    registry.handle(session, Language(type="language", language="javascript"))
+    await settle()
+    assert ["javascript"] == [m["language"] for m in first.of_type("language")]
+    assert ["javascript"] == [m["language"] for m in second.of_type("language")]
+    assert "javascript" == session.room.language
+
+
+async def test_language_with_markup_is_refused() -> None:
+    registry, _ = make_registry()
+    session = registry.join_versioned("r", FakeTransport(), hello("c1"))
+    with pytest.raises(InvalidMessage):
+        registry.handle(session, Language(type="language", language="<script>"))
+    assert "python" == session.room.language
+
+
+async def test_sync_request_answers_sender_with_current_text() -> None:
+    registry, _ = make_registry()
+    transport = FakeTransport()
+    session = registry.join_seed("r", transport, "sam")
+    registry.handle(session, CodeChange(type="code_change", code="x = 1", cursor_position=None))
+    registry.handle(session, SyncRequest(type="sync_request"))
+    await settle()
+    assert ["x = 1"] == [m["code"] for m in transport.of_type("code_change")]
+
+
+async def test_leave_announces_member_left_once() -> None:
+    registry, _ = make_registry()
+    staying, seed = FakeTransport(), FakeTransport()
+    leaving = registry.join_versioned("r", FakeTransport(), hello("c1"))
+    registry.join_versioned("r", staying, hello("c2"))
+    registry.join_seed("r", seed, "sam")
+    registry.leave(leaving)
+    registry.leave(leaving)
+    await settle()
+    assert [leaving.user_id] == [m["user_id"] for m in staying.of_type("member_left")]
+    assert [leaving.user_id] == [m["user_id"] for m in seed.of_type("user_left")]
+
+
+async def test_queue_overflow_drops_only_the_slow_client() -> None:
+    registry, _ = make_registry(outbound_queue_size=5)
+    fast, slow = FakeTransport(), FakeTransport(stuck=True)
+    writer = registry.join_versioned("r", fast, hello("c1"))
+    slow_session = registry.join_versioned("r", slow, hello("c2"))
+    before = metric("collab_dropped_sockets_total", reason="queue_overflow")
+    for seq in range(1, 11):
+        registry.handle(writer, push(seq - 1, seq, append(seq - 1, "x")))
+        await settle()
+    assert slow_session.closed
+    assert slow_session.user_id not in writer.room.sessions
+    assert 10 == len(fast.of_type("update"))
+    assert [slow_session.user_id] == [m["user_id"] for m in fast.of_type("member_left")]
+    assert before + 1 == metric("collab_dropped_sockets_total", reason="queue_overflow")
+
+
+async def test_failing_send_drops_the_client() -> None:
+    registry, _ = make_registry()
+    session = registry.join_versioned("r", FakeTransport(failing=True), hello("c1"))
+    await settle()
+    assert session.closed
+
+
+async def test_send_timeout_drops_the_client() -> None:
+    registry, _ = make_registry(send_timeout_seconds=0.05)
+    session = registry.join_versioned("r", FakeTransport(stuck=True), hello("c1"))
+    await asyncio.sleep(0.2)
+    assert session.closed
+
+
+async def test_heartbeat_pings_and_drops_silent_versioned_clients() -> None:
+    registry, clock = make_registry(heartbeat_timeout_seconds=60)
+    silent, talking, seed = FakeTransport(), FakeTransport(), FakeTransport()
+    silent_session = registry.join_versioned("r", silent, hello("c1"))
+    talking_session: Session = registry.join_versioned("r", talking, hello("c2"))
+    seed_session = registry.join_seed("r", seed, "sam")
+    clock.now += 45
+    registry.handle(talking_session, push(0, 1, [[0, "x"]]))
+    registry.heartbeat()
+    clock.now += 30
+    registry.heartbeat()
+    await settle()
+    assert silent_session.closed
+    assert not talking_session.closed
+    assert not seed_session.closed  # seed clients rely on WebSocket-level pings instead
+    assert 2 == len(talking.of_type("ping"))
+    assert DropReason.HEARTBEAT_TIMEOUT.value in (silent.closed or (0, ""))[1]
+
+
+async def test_empty_room_is_evicted_after_grace_and_kept_if_rejoined() -> None:
+    registry, _ = make_registry(room_grace_seconds=0.05)
+    session = registry.join_versioned("r", FakeTransport(), hello("c1"))
+    registry.handle(session, push(0, 1, [[0, "kept"]]))
+    registry.leave(session)
+    again = registry.join_versioned("r", FakeTransport(), hello("c2"))
+    await asyncio.sleep(0.1)
+    assert "kept" == registry.rooms["r"].document.text
+    registry.leave(again)
+    await asyncio.sleep(0.1)
+    assert "r" not in registry.rooms
+
+
+async def test_room_full_is_refused() -> None:
+    registry, _ = make_registry(max_members_per_room=1)
+    registry.join_versioned("r", FakeTransport(), hello("c1"))
+    with pytest.raises(RoomFull):
+        registry.join_versioned("r", FakeTransport(), hello("c2"))
+
+
+async def test_stop_closes_every_session_with_service_restart() -> None:
+    registry, _ = make_registry()
+    await registry.start()
+    transport = FakeTransport()
+    registry.join_versioned("r", transport, hello("c1"))
+    await registry.stop()
+    assert transport.closed is not None and 1012 == transport.closed[0]
+    assert not registry.accepting
+    assert {} == registry.rooms
+
+
+async def test_batching_client_gets_one_frame_for_queued_messages() -> None:
+    registry, _ = make_registry()
+    transport = FakeTransport()
+    batched = Hello(type="hello", client_id="c1", username="ann", version=None, batch=True)
+    session = registry.join_versioned("r", transport, batched)
+    await settle()
+    transport.sent.clear()
+    registry.handle(session, push(0, 1, [[0, "a"]]))
+    registry.handle(session, push(1, 2, [1, [0, "b"]]))
+    await settle()
+    assert 1 == len(transport.sent)
+    assert [1, 2] == [m["version"] for m in transport.sent[0]]
