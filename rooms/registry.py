@@ -216,7 +216,7 @@ class RoomRegistry:
         )
         member = room.presence.add(user_id, clean_username(username, self.settings.max_username_chars))
         # Announce before registering, so the joiner is not told about itself.
-        self._broadcast_presence(room, member, joined=True)
+        self._broadcast_member_joined(room, member)
         room.sessions[user_id] = session
         session.task = asyncio.create_task(self._drain(session), name=f"collab-send-{user_id}")
         metrics.CONNECTIONS.labels(transport.name, protocol.value).inc()
@@ -469,7 +469,7 @@ class RoomRegistry:
                     ).encode()
                 self._send(session, seed, "code_change")
 
-    def _broadcast_presence(self, room: Room, member: Member, *, joined: bool) -> None:
+    def _broadcast_member_joined(self, room: Room, member: Member) -> None:
         seed = UserJoined(user_id=member.user_id, username=member.username).encode()
         versioned = MemberJoined(user_id=member.user_id, username=member.username, color=member.color).encode()
         for session in list(room.sessions.values()):

@@ -10,7 +10,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from rooms.errors import InvalidChanges, InvalidMessage, RateLimited, RoomFull, VersionTooOld
-from rooms.protocol import CodeChange, Cursor, Hello, Language, Push, SyncRequest
+from rooms.protocol import CodeChange, Cursor, Hello, Language, Ping, Push, SyncRequest
 from rooms.registry import DropReason, RoomRegistry, Session
 from rooms.settings import Settings
 
@@ -371,3 +371,80 @@ async def test_batching_client_gets_one_frame_for_queued_messages() -> None:
     await settle()
     assert 1 == len(transport.sent)
     assert [1, 2] == [m["version"] for m in transport.sent[0]]
+
+
+async def test_resent_push_is_not_broadcast_again() -> None:
+    registry, _ = make_registry()
+    transport = FakeTransport()
+    session = registry.join_versioned("r", transport, hello("c1"))
+    registry.handle(session, push(0, 1, [[0, "a"]]))
+    registry.handle(session, push(1, 1, [1, [0, "a"]]))
+    await settle()
+    assert [1] == [u["version"] for u in transport.of_type("update")]
+
+
+async def test_ping_is_answered_with_pong() -> None:
+    registry, _ = make_registry()
+    transport = FakeTransport()
+    session = registry.join_seed("r", transport, "sam")
+    registry.handle(session, Ping(type="ping"))
+    await settle()
+    assert [{"type": "pong"}] == transport.sent
+
+
+async def test_same_text_code_change_relays_cursor_to_seed_and_versioned_clients() -> None:
+    registry, _ = make_registry()
+    author, seed, versioned = FakeTransport(), FakeTransport(), FakeTransport()
+    session = registry.join_seed("r", author, "sam")
+    registry.handle(session, CodeChange(type="code_change", code="abc", cursor_position=0))
+    registry.join_seed("r", seed, "sid")
+    registry.join_versioned("r", versioned, hello("c1"))
+    registry.handle(session, CodeChange(type="code_change", code="abc", cursor_position=2))
+    await settle()
+    assert [("abc", 2)] == [(m["code"], m["cursor_position"]) for m in seed.of_type("code_change")]
+    # The joiner got the cursor as it was (0), then its move.
+    assert [(0, 0), (2, 2)] == [(m["anchor"], m["head"]) for m in versioned.of_type("cursor")]
+    assert 1 == session.room.document.version
+
+
+async def test_second_hello_is_refused() -> None:
+    registry, _ = make_registry()
+    session = registry.join_versioned("r", FakeTransport(), hello("c1"))
+    with pytest.raises(InvalidMessage):
+        registry.handle(session, hello("c1"))
+
+
+async def test_messages_after_leave_are_ignored() -> None:
+    registry, _ = make_registry()
+    session = registry.join_versioned("r", FakeTransport(), hello("c1"))
+    registry.leave(session)
+    registry.handle(session, push(0, 1, [[0, "late"]]))
+    assert "" == registry.rooms["r"].document.text
+
+
+async def test_heartbeat_loop_runs_on_its_interval() -> None:
+    registry, _ = make_registry(heartbeat_interval_seconds=0.01)
+    transport = FakeTransport()
+    registry.join_seed("r", transport, "sam")
+    await registry.start()
+    await asyncio.sleep(0.1)
+    await registry.stop()
+    assert len(transport.of_type("ping")) >= 2
+
+
+async def test_zero_grace_evicts_at_once() -> None:
+    registry, _ = make_registry(room_grace_seconds=0)
+    session = registry.join_versioned("r", FakeTransport(), hello("c1"))
+    registry.leave(session)
+    assert {} == registry.rooms
+
+
+async def test_gauges_return_to_zero_when_everyone_leaves() -> None:
+    registry, _ = make_registry()
+    before = (metric("collab_members"), metric("collab_connections", transport="fake", protocol="versioned"))
+    sessions = [registry.join_versioned("r", FakeTransport(), hello(f"c{i}")) for i in range(3)]
+    registry.drop(sessions[0], DropReason.SEND_FAILED)
+    for session in sessions:
+        registry.leave(session)
+    after = (metric("collab_members"), metric("collab_connections", transport="fake", protocol="versioned"))
+    assert before == after

@@ -1,0 +1,97 @@
+"""The client side of the versioned protocol: confirmations, rebases, resends and resets."""
+
+from __future__ import annotations
+
+import pytest
+
+from rooms.changes import ChangeSet
+from rooms.errors import InvalidMessage
+from rooms.replica import Replica, UnconfirmedWorkLost
+
+
+def update(version: int, client_id: str, seq: int, changes: list[object]) -> dict[str, object]:
+    return {"type": "update", "version": version, "client_id": client_id, "seq": seq, "changes": changes}
+
+
+def test_first_edit_is_sent_and_later_ones_wait_for_confirmation() -> None:
+    replica = Replica("me")
+    first = replica.edit(ChangeSet.of_replace(0, 0, 0, "a"))
+    assert {"type": "push", "version": 0, "seq": 1, "changes": [[0, "a"]]} == first
+    assert replica.edit(ChangeSet.of_replace(1, 1, 1, "b")) is None
+    assert replica.edit(ChangeSet.of_replace(2, 2, 2, "c")) is None
+    # Confirmation of seq 1 sends the two pending edits as one batch.
+    second = replica.update(update(1, "me", 1, [[0, "a"]]))
+    assert {"type": "push", "version": 1, "seq": 2, "changes": [1, [0, "bc"]]} == second
+    assert "abc" == replica.text
+
+
+def test_remote_update_is_rebased_past_inflight_and_pending() -> None:
+    replica = Replica("me", "xy", 0)
+    replica.edit(ChangeSet.of_replace(2, 2, 2, "!"))  # in flight: "xy!"
+    replica.edit(ChangeSet.of_replace(3, 0, 0, ">"))  # pending: ">xy!"
+    replica.update(update(1, "other", 1, [1, [0, "-"], 1]))  # remote made on "xy": "x-y"
+    assert ">x-y!" == replica.text
+    assert replica.inflight is not None
+    assert [3, [0, "!"]] == replica.inflight.changes.to_json()
+    # The confirmation of the in-flight batch sends pending, rebased onto version 2.
+    push = replica.update(update(2, "me", 1, [3, [0, "!"]]))
+    assert push is not None
+    assert (2, [[0, ">"], 4]) == (push["version"], push["changes"])
+
+
+def test_concurrent_inserts_at_the_same_place_follow_commit_order() -> None:
+    replica = Replica("me")
+    replica.edit(ChangeSet.of_replace(0, 0, 0, "mine"))
+    replica.update(update(1, "other", 1, [[0, "theirs"]]))
+    assert "theirsmine" == replica.text
+
+
+def test_resend_repeats_the_inflight_seq_at_the_current_version() -> None:
+    replica = Replica("me")
+    replica.edit(ChangeSet.of_replace(0, 0, 0, "a"))
+    replica.update(update(1, "other", 1, [[0, "b"]]))
+    assert {"type": "push", "version": 1, "seq": 1, "changes": [1, [0, "a"]]} == replica.resend()
+
+
+def test_welcome_without_doc_resends_unconfirmed_work() -> None:
+    replica = Replica("me", "", 3)
+    replica.edit(ChangeSet.of_replace(0, 0, 0, "a"))
+    resend = replica.welcome({"type": "welcome", "version": 3})
+    assert resend is not None and 1 == resend["seq"]
+
+
+def test_welcome_without_doc_sends_pending_when_nothing_is_in_flight() -> None:
+    replica = Replica("me", "", 3)
+    assert replica.welcome({"type": "welcome", "version": 3}) is None
+
+
+def test_welcome_at_another_version_without_doc_is_a_protocol_error() -> None:
+    replica = Replica("me", "", 3)
+    with pytest.raises(InvalidMessage):
+        replica.welcome({"type": "welcome", "version": 5})
+
+
+def test_welcome_with_doc_resets_and_reports_lost_work() -> None:
+    replica = Replica("me")
+    replica.edit(ChangeSet.of_replace(0, 0, 0, "unsent"))
+    with pytest.raises(UnconfirmedWorkLost):
+        replica.welcome({"type": "welcome", "version": 9, "doc": "server text"})
+    assert ("server text", 9, False) == (replica.text, replica.version, replica.has_unconfirmed)
+
+
+def test_welcome_with_doc_and_no_local_work_just_resets() -> None:
+    replica = Replica("me")
+    assert replica.welcome({"type": "welcome", "version": 2, "doc": "hi"}) is None
+    assert ("hi", 2) == (replica.text, replica.version)
+
+
+def test_an_update_out_of_order_is_refused() -> None:
+    replica = Replica("me")
+    with pytest.raises(InvalidMessage):
+        replica.update(update(2, "other", 1, [[0, "x"]]))
+
+
+def test_hello_resumes_from_the_replica_version() -> None:
+    replica = Replica("me", "abc", 7)
+    assert {"type": "hello", "client_id": "me", "username": "ann", "version": 7} == replica.hello("ann")
+    assert replica.hello("ann", resume=False)["version"] is None
