@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 import pytest
@@ -302,10 +303,28 @@ async def test_failing_send_drops_the_client() -> None:
     assert session.closed
 
 
-async def test_send_timeout_drops_the_client() -> None:
+async def test_send_timeout_drops_the_client_and_only_it() -> None:
+    registry, clock = make_registry(send_timeout_seconds=5)
+    stuck = registry.join_versioned("r", FakeTransport(stuck=True), hello("c1"))
+    healthy = registry.join_versioned("r", FakeTransport(), hello("c2"))
+    await settle()
+    registry.check_sends()
+    assert not stuck.closed
+    clock.now += 6
+    registry.check_sends()
+    await settle()
+    assert stuck.closed
+    assert not healthy.closed
+    assert stuck.task is not None and stuck.task.done()
+
+
+async def test_watchdog_runs_on_its_own() -> None:
     registry, _ = make_registry(send_timeout_seconds=0.05)
+    registry.clock = time.monotonic
+    await registry.start()
     session = registry.join_versioned("r", FakeTransport(stuck=True), hello("c1"))
-    await asyncio.sleep(0.2)
+    await asyncio.sleep(0.3)
+    await registry.stop()
     assert session.closed
 
 
