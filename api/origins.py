@@ -1,4 +1,4 @@
-"""The ``Origin`` check for browser connections (raw WebSocket and NiceGUI's socket.io).
+"""The ``Origin`` check for browser WebSocket handshakes.
 
 Browsers send ``Origin`` on every WebSocket handshake and let any page open a socket to any
 host, so without this check a page on another site could join rooms in its visitors' names

@@ -8,14 +8,17 @@ is answered with an ``error`` message and the connection stays open.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
+import time
 
 import structlog
 from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from api.origins import origin_allowed
-from rooms.errors import InvalidMessage, RoomError
+from rooms.errors import InvalidMessage, RateLimited, RoomError
+from rooms.limits import TokenBucket
 from rooms.protocol import (
     CodeChange,
     ErrorOut,
@@ -50,12 +53,19 @@ class WebSocketTransport:
 
     def __init__(self, websocket: WebSocket) -> None:
         self.websocket = websocket
+        self.closing = False
+        self.peer_gone = False
 
     async def send(self, message: str) -> None:
         await self.websocket.send_text(message)
 
     async def close(self, code: int = CLOSE_NORMAL, reason: str = "") -> None:
-        if self.websocket.application_state is not WebSocketState.DISCONNECTED:
+        # Idempotent: the registry (a drop, a shutdown) and the handler's `finally` may both
+        # close; the first one's code is the one the client sees.
+        if self.closing or self.peer_gone or self.websocket.application_state is WebSocketState.DISCONNECTED:
+            return
+        self.closing = True
+        with contextlib.suppress(Exception):  # the peer may vanish while we say goodbye
             await self.websocket.close(code, reason)
 
 
@@ -107,16 +117,13 @@ async def room_socket(websocket: WebSocket, room_id: str) -> None:
             return
         structlog.contextvars.bind_contextvars(user_id=session.user_id)
         while not session.closed:
-            raw = await _receive(websocket)
-            try:
-                registry.handle(session, parse_client_message(raw, settings.frame_limit_bytes))
-            except RoomError as error:
-                registry.report(session, error)
+            registry.receive(session, await _receive(websocket))
     except (_Disconnected, WebSocketDisconnect):
-        pass
+        transport.peer_gone = True
     finally:
         if session is not None:
             registry.leave(session)
+            await transport.close(session.close_code, session.close_reason)
         structlog.contextvars.unbind_contextvars("room_id", "user_id")
 
 
@@ -125,6 +132,8 @@ async def _join(
 ) -> Session | None:
     """Wait for the first valid message and admit the client in the protocol it speaks."""
     deadline = asyncio.get_running_loop().time() + settings.join_timeout_seconds
+    bucket = TokenBucket.full(settings.rate_limit_per_second, settings.rate_limit_burst, time.monotonic())
+    last_rate_error = float("-inf")
     while True:
         try:
             async with asyncio.timeout_at(deadline):
@@ -133,6 +142,7 @@ async def _join(
             await websocket.close(CLOSE_POLICY, "send join or hello first")
             return None
         try:
+            bucket.take(time.monotonic())
             message = parse_client_message(raw, settings.frame_limit_bytes)
             match message:
                 case Hello():
@@ -145,14 +155,15 @@ async def _join(
                 case CodeChange() | SyncRequest() | Ping() | Pong():
                     # A seed client that skipped join: admit it as "Anonymous", then serve it.
                     session = registry.join_seed(room_id, transport, None)
-                    try:
-                        registry.handle(session, message)
-                    except RoomError as error:
-                        registry.report(session, error)
+                    registry.receive(session, message)
                     return session
                 case _:
                     raise InvalidMessage(f"send hello (or join) before {message.type}")
         except RoomError as error:
+            if isinstance(error, RateLimited) and time.monotonic() - last_rate_error < 1.0:
+                continue  # a flood before joining gets one reply a second
+            if isinstance(error, RateLimited):
+                last_rate_error = time.monotonic()
             await websocket.send_text(_pre_join_error(error))
             if error.code == "room_full":
                 await websocket.close(CLOSE_TRY_AGAIN_LATER, "room is full")

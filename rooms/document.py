@@ -6,9 +6,15 @@ it, and records it as the next version. Both the server and the clients put the
 earlier-committed insert first at a tie (the server maps with ``before=False``, clients map
 remote updates over their own work with ``before=True``), so every replica converges.
 
-A push is identified by ``(client_id, seq)``; ``seq`` grows with each push of a client, so
-a push whose ``seq`` is not above the last one applied for that client is a resend (after a
-reconnect or a page reload) and is ignored: the client sees its update in the stream instead.
+A push is identified by ``(client_id, seq)``; ``seq`` grows with each push of a client. A
+resend (after a reconnect or a page reload) repeats the seq of the batch that was in flight, so
+a push whose seq equals the last applied one is ignored when it is the same change (the client
+sees its update in the stream instead); a lower seq, or the same seq with other changes, comes
+from a second copy of the client and raises `SeqReused`.
+
+``epoch`` names this document's history. Versions count from 0 in each epoch, so a client that
+resumes at "version 12" of another epoch (the room was unloaded and made anew) gets a snapshot
+instead of updates that would not fit its text.
 
 Everything is checked before anything changes: a bad ChangeSet, a version the history no
 longer reaches, or a result over the size limit raises and leaves the document as it was.
@@ -16,12 +22,13 @@ longer reaches, or a result over the size limit raises and leaves the document a
 
 from __future__ import annotations
 
+import secrets
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import NewType
 
 from rooms.changes import ChangeSet, utf16_len
-from rooms.errors import DocumentTooLarge, InvalidChanges, VersionFromFuture, VersionTooOld
+from rooms.errors import DocumentTooLarge, InvalidChanges, SeqReused, VersionFromFuture, VersionTooOld
 
 ClientId = NewType("ClientId", str)
 
@@ -48,16 +55,19 @@ class Document:
         max_chars: int = 100_000,
         history_limit: int = 2_000,
         dedup_limit: int = 10_000,
+        epoch: str | None = None,
     ) -> None:
         if version < 0:
             raise ValueError(f"version must be non-negative, got {version}")
+        self.epoch = epoch or secrets.token_hex(8)
         self._text = text
         self._length = utf16_len(text)
         self._version = version
         self.max_chars = max_chars
         self._history: deque[Update] = deque(maxlen=history_limit)
-        # Last applied seq per client, least recently used first, so the table stays bounded.
-        self._last_seq: OrderedDict[ClientId, int] = OrderedDict()
+        # Per client: the last applied seq and the version it made, least recently used first
+        # (so the table stays bounded).
+        self._last_seq: OrderedDict[ClientId, tuple[int, int]] = OrderedDict()
         self._dedup_limit = dedup_limit
 
     @property
@@ -86,11 +96,28 @@ class Document:
         return self._history[0].version - 1
 
     def last_seq(self, client_id: ClientId) -> int | None:
-        return self._last_seq.get(client_id)
+        last = self._last_seq.get(client_id)
+        return None if last is None else last[0]
 
     def is_duplicate(self, client_id: ClientId, seq: int) -> bool:
         last = self._last_seq.get(client_id)
-        return last is not None and seq <= last
+        return last is not None and seq <= last[0]
+
+    def _check_resend(self, client_id: ClientId, seq: int, base_version: int, changes: ChangeSet) -> None:
+        """Raise `SeqReused` unless this push repeats the change its seq was applied as."""
+        last_seq, applied = self._last_seq[client_id]
+        if seq < last_seq:
+            raise SeqReused(seq, last_seq)
+        # The resend was rebased by the client over the updates it saw before it lost the
+        # connection; rebased over the rest up to where the server applied it, it must be the
+        # very change the server applied. Where the history is gone it cannot be checked.
+        if not self.oldest_version <= base_version < applied:
+            return
+        for update in self.updates_since(base_version)[: applied - 1 - base_version]:
+            changes = changes.map(update.changes)
+        original = self._history[len(self._history) - (self._version - applied) - 1].changes
+        if _canonical(changes) != _canonical(original):
+            raise SeqReused(seq, last_seq)
 
     def updates_since(self, version: int) -> list[Update]:
         """Every update after ``version``, oldest first."""
@@ -117,6 +144,7 @@ class Document:
     ) -> Update | None:
         """Rebase and apply a client's changes; ``None`` if this ``(client_id, seq)`` was applied."""
         if self.is_duplicate(client_id, seq):
+            self._check_resend(client_id, seq, base_version, changes)
             return None
         rebased = self.rebase(changes, base_version)
         new_text = rebased.apply(self._text)
@@ -149,7 +177,7 @@ class Document:
         self._version += 1
         update = Update(self._version, client_id, seq, changes, user_id)
         self._history.append(update)
-        self._last_seq[client_id] = seq
+        self._last_seq[client_id] = (seq, self._version)
         self._last_seq.move_to_end(client_id)
         if len(self._last_seq) > self._dedup_limit:
             self._last_seq.popitem(last=False)
@@ -174,3 +202,24 @@ def caret_after(changes: ChangeSet) -> int:
         position += len("\n".join(lines).encode("utf-16-le")) // 2
         caret = position
     return caret
+
+
+def _canonical(changes: ChangeSet) -> list[tuple[int, int, str]]:
+    """``(kept before, deleted, inserted)`` runs: the same for two changes with the same effect,
+    however their JSON was split (CodeMirror keeps adjacent parts apart as they were sent)."""
+    runs: list[tuple[int, int, str]] = []
+    kept = deleted = 0
+    inserted = ""
+    for part in changes.to_json():
+        if isinstance(part, int):
+            if deleted or inserted:
+                runs.append((kept, deleted, inserted))
+                kept = deleted = 0
+                inserted = ""
+            kept += part
+        else:
+            deleted += int(part[0])
+            inserted += "\n".join(str(line) for line in part[1:])
+    if deleted or inserted:
+        runs.append((kept, deleted, inserted))
+    return runs

@@ -98,3 +98,44 @@ class RoomFull(RoomError):
     def __init__(self, limit: int) -> None:
         self.limit = limit
         super().__init__(f"the room already has {limit} members, the most it may have")
+
+
+class SeqReused(RoomError):
+    """A push reuses a ``seq`` its client already spent on different changes.
+
+    A resend carries the seq of the batch that was in flight, so it is never below the last
+    applied seq and, when equal, it is the same change. Anything else means two copies of one
+    client (a duplicated browser tab) are pushing under the same ``client_id``: applying or
+    ignoring the push would both make that copy's replica diverge.
+    """
+
+    code = "seq_reused"
+
+    def __init__(self, seq: int, last: int) -> None:
+        self.seq = seq
+        self.last = last
+        super().__init__(
+            f"seq {seq} was already used by this client_id (last applied: {last}) for other changes; "
+            "reset with a new client_id and re-apply unconfirmed edits"
+        )
+
+
+class ClientIdInUse(RoomError):
+    """Another live connection in the room already speaks for this ``client_id``."""
+
+    code = "client_id_in_use"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "another connection in this room uses this client_id; send hello with a new client_id, "
+            "or with the resume_token of the connection to take it over"
+        )
+
+
+class InternalError(RoomError):
+    """The server failed to handle a message (a bug); the room and the connection go on."""
+
+    code = "internal_error"
+
+    def __init__(self) -> None:
+        super().__init__("the server failed to handle this message; it was not applied")

@@ -18,9 +18,11 @@ import re
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, TypeAdapter, ValidationError, field_validator
 
 from rooms.errors import InvalidJson, InvalidMessage, MessageTooLarge
+
+CURSOR_POSITION_MAX_BYTES = 200
 
 
 class Protocol(StrEnum):
@@ -47,6 +49,14 @@ class CodeChange(ClientMessage):
     # Relayed as given: seed clients disagree on its shape (offset, or line and column).
     cursor_position: JsonValue = None
 
+    @field_validator("cursor_position")
+    @classmethod
+    def _small(cls, value: JsonValue) -> JsonValue:
+        # It is copied to every other seed client: a position, not a payload.
+        if len(json.dumps(value)) > CURSOR_POSITION_MAX_BYTES:
+            raise ValueError(f"must be at most {CURSOR_POSITION_MAX_BYTES} bytes of JSON")
+        return value
+
 
 class SyncRequest(ClientMessage):
     type: Literal["sync_request"]
@@ -72,6 +82,10 @@ class Hello(ClientMessage):
     client_id: Annotated[str, Field(min_length=1, max_length=128)]
     username: JsonValue = None
     version: Annotated[int, Field(ge=0)] | None = None
+    # The document epoch from the last `welcome`: a version of another epoch gets a snapshot.
+    epoch: Annotated[str, Field(max_length=64)] | None = None
+    # The `resume_token` of a connection still open under this client_id, to take it over.
+    resume_token: Annotated[str, Field(max_length=64)] | None = None
     # Opt-in: the server may then send several messages in one frame, as a JSON array.
     batch: bool = False
 
@@ -132,13 +146,19 @@ def parse_client_message(raw: str | bytes, max_bytes: int) -> AnyClientMessage:
     size = len(raw) if isinstance(raw, bytes) else len(raw.encode("utf-8", "surrogatepass"))
     if size > max_bytes:
         raise MessageTooLarge(size, max_bytes)
+    if isinstance(raw, bytes):
+        # Strictly: json.loads would let UTF-8-encoded surrogates through from bytes.
+        try:
+            raw = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidJson(f"binary message is not UTF-8 text: {exc.reason} at byte {exc.start}") from None
     try:
         data = json.loads(raw)
     except (ValueError, RecursionError) as exc:
         raise InvalidJson(f"message is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise InvalidJson(f"message must be a JSON object, got {type(data).__name__}")
-    if _SURROGATE_ESCAPE.search(raw if isinstance(raw, str) else raw.decode("utf-8", "replace")):
+    if _SURROGATE_ESCAPE.search(raw):
         _refuse_lone_surrogates(data)
     kind = data.get("type")
     if kind not in CLIENT_TYPES:
@@ -199,6 +219,8 @@ class Welcome(ServerMessage):
     doc: str | None = None
     members: list[MemberInfo]
     language: str
+    epoch: str
+    resume_token: str
 
 
 class UpdateOut(ServerMessage):

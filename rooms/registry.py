@@ -7,7 +7,8 @@ from memory after ``room_grace_seconds`` unless someone comes back first.
 Fan-out policy. Handling a client message is synchronous: the document changes and every
 outgoing message is put in the recipients' queues in the same step, so all clients see updates
 in version order. Each session has its own bounded queue drained by its own task. A client
-whose queue overflows (``outbound_queue_size``), whose socket write takes longer than
+whose queue overflows (``outbound_queue_size`` messages or ``outbound_queue_chars``
+characters, whichever comes first), whose socket write takes longer than
 ``send_timeout_seconds``, or whose write fails is disconnected, counted in
 ``collab_dropped_sockets_total{reason}`` and announced as left; it never delays the others.
 A versioned client that sends nothing (not even ``pong``) for ``heartbeat_timeout_seconds`` is
@@ -34,13 +35,23 @@ import structlog
 from observability import metrics
 from rooms.changes import ChangeSet
 from rooms.document import ClientId, Document, Update, caret_after
-from rooms.errors import InvalidMessage, RateLimited, RoomError, RoomFull, VersionFromFuture, VersionTooOld
+from rooms.errors import (
+    ClientIdInUse,
+    InternalError,
+    InvalidMessage,
+    RateLimited,
+    RoomError,
+    RoomFull,
+    VersionFromFuture,
+    VersionTooOld,
+)
 from rooms.limits import TokenBucket, clean_language, clean_username
 from rooms.presence import Member, Presence, Selection, UserId
 from rooms.protocol import (
     PING,
     PONG,
     AnyClientMessage,
+    ClientMessage,
     CodeChange,
     CodeChangeOut,
     Cursor,
@@ -64,6 +75,7 @@ from rooms.protocol import (
     UserJoined,
     UserLeft,
     Welcome,
+    parse_client_message,
 )
 from rooms.settings import Settings
 
@@ -71,6 +83,17 @@ log = structlog.get_logger("collab.rooms")
 
 RoomId = str
 SERVER_USER_ID = "server"
+SEED_CLIENT_PREFIX = "seed-"
+
+# Rebasing costs time in proportion to how far behind a push is: each this many versions of
+# distance cost one more rate-limit token, so stale pushes cannot monopolise the event loop.
+REBASE_VERSIONS_PER_TOKEN = 50
+# A cursor further behind than this is dropped instead of mapped: it is stale, and the client
+# sends a fresh one with its next move.
+CURSOR_MAX_LAG = 100
+
+SEED_ONLY = frozenset({"join", "code_change", "sync_request"})
+VERSIONED_ONLY = frozenset({"hello", "push", "cursor", "language"})
 
 
 class Transport(TypingProtocol):
@@ -96,6 +119,7 @@ CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
 CLOSE_SERVICE_RESTART = 1012
 CLOSE_TRY_AGAIN_LATER = 1013
+CLOSE_REPLACED = 4001  # private-use code: a newer connection took over this client_id
 CLOSE_TIMEOUT_SECONDS = 30.0
 
 
@@ -113,10 +137,15 @@ class Session:
     batch: bool = False
     seed_seq: int = 0
     closed: bool = False
+    # How the connection is to be closed, once it is: set by whoever ends the session.
+    close_code: int = CLOSE_NORMAL
+    close_reason: str = ""
+    resume_token: str = field(default_factory=lambda: secrets.token_urlsafe(16))
     last_rate_error: float = float("-inf")
     # When the write in progress started (None while idle): the watchdog drops a stuck one.
     sending_since: float | None = None
     queue: deque[tuple[str, float]] = field(default_factory=deque)
+    queued_chars: int = 0  # characters waiting in `queue`: full-text messages make it uneven
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
 
@@ -132,6 +161,8 @@ class Room:
     language: str
     presence: Presence = field(default_factory=Presence)
     sessions: dict[UserId, Session] = field(default_factory=dict)
+    # Versioned sessions by client_id: one live connection per client_id at a time.
+    clients: dict[ClientId, Session] = field(default_factory=dict)
     eviction: asyncio.TimerHandle | None = None
 
 
@@ -168,8 +199,7 @@ class RoomRegistry:
         self._tasks = []
         sessions = [s for room in self.rooms.values() for s in room.sessions.values()]
         for session in sessions:
-            self.leave(session)
-            self._close_later(session, code, reason)
+            self.end(session, code, reason)
         if self._closing:
             await asyncio.wait(set(self._closing), timeout=self.settings.send_timeout_seconds)
         for room in list(self.rooms.values()):
@@ -224,6 +254,8 @@ class RoomRegistry:
         # Announce before registering, so the joiner is not told about itself.
         self._broadcast_member_joined(room, member)
         room.sessions[user_id] = session
+        if protocol is Protocol.VERSIONED:
+            room.clients[session.client_id] = session
         session.task = asyncio.create_task(self._drain(session), name=f"collab-send-{user_id}")
         metrics.CONNECTIONS.labels(transport.name, protocol.value).inc()
         metrics.MEMBERS.inc()
@@ -236,14 +268,36 @@ class RoomRegistry:
         return session
 
     def join_versioned(self, room_id: RoomId, transport: Transport, hello: Hello) -> Session:
-        """Admit a versioned client: ``welcome``, then every update it has not seen, in order."""
+        """Admit a versioned client: ``welcome``, then every update it has not seen, in order.
+
+        A client_id speaks through one connection at a time: a hello for a client_id that is
+        still connected takes the old connection over when it presents that connection's
+        ``resume_token`` (the same client reconnecting before the server noticed the old socket
+        die), and is refused otherwise (a second copy of the client, such as a duplicated tab,
+        whose pushes would collide with the first one's).
+        """
+        if hello.client_id.startswith(SEED_CLIENT_PREFIX):
+            raise InvalidMessage(f"client_id must not start with {SEED_CLIENT_PREFIX!r}")
+        existing = self.rooms[room_id].clients.get(ClientId(hello.client_id)) if room_id in self.rooms else None
+        if existing is not None:
+            if hello.resume_token is None or not secrets.compare_digest(hello.resume_token, existing.resume_token):
+                raise ClientIdInUse()
+            self.end(existing, CLOSE_REPLACED, "replaced by a newer connection")
         session, _ = self._admit(
             room_id, transport, Protocol.VERSIONED, hello.username, ClientId(hello.client_id), hello.batch
         )
+        try:
+            self._welcome(session, hello)
+        except BaseException:
+            self.leave(session)  # never leave a half-joined session behind
+            raise
+        return session
+
+    def _welcome(self, session: Session, hello: Hello) -> None:
         room = session.room
         document = room.document
         catch_up: list[Update] | None = None
-        if hello.version is not None:
+        if hello.version is not None and hello.epoch in (None, document.epoch):
             try:
                 catch_up = document.updates_since(hello.version)
             except (VersionTooOld, VersionFromFuture):
@@ -254,6 +308,8 @@ class RoomRegistry:
             doc=document.text if catch_up is None else None,
             members=[MemberInfo(**m.describe()) for m in room.presence],
             language=room.language,
+            epoch=document.epoch,
+            resume_token=session.resume_token,
         )
         self._send(session, welcome.encode(), "welcome")
         for update in catch_up or ():
@@ -267,7 +323,6 @@ class RoomRegistry:
                     version=document.version,
                 )
                 self._send(session, cursor.encode(), "cursor")
-        return session
 
     def leave(self, session: Session) -> None:
         """Remove a session from its room and tell the others. Safe to call more than once."""
@@ -275,6 +330,8 @@ class RoomRegistry:
             return
         session.closed = True
         room = session.room
+        if room.clients.get(session.client_id) is session:
+            del room.clients[session.client_id]
         if room.sessions.get(session.user_id) is session:
             del room.sessions[session.user_id]
             room.presence.remove(session.user_id)
@@ -295,20 +352,26 @@ class RoomRegistry:
         # A failed write is usually a client that just went away; the others mean it fell behind.
         level = "info" if reason is DropReason.SEND_FAILED else "warning"
         getattr(session.log, level)("client_dropped", reason=reason.value, queued=len(session.queue))
-        self.leave(session)
-        self._close_later(session, CLOSE_TRY_AGAIN_LATER, f"dropped: {reason.value}")
+        self.end(session, CLOSE_TRY_AGAIN_LATER, f"dropped: {reason.value}")
 
-    def _close_later(self, session: Session, code: int, reason: str) -> None:
-        task = asyncio.create_task(self._close(session, code, reason))
+    def end(self, session: Session, code: int, reason: str) -> None:
+        """Leave the room and close the connection with this code (the transport may close it
+        first, with the same code, from ``session.close_code``)."""
+        if session.closed:
+            return
+        session.close_code = code
+        session.close_reason = reason
+        self.leave(session)
+        task = asyncio.create_task(self._close(session))
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
-    async def _close(self, session: Session, code: int, reason: str) -> None:
+    async def _close(self, session: Session) -> None:
         # A generous cap only: cutting a WebSocket close short would cancel the library's own
         # close timeout, which is what aborts the TCP connection of a client that stopped reading.
         with contextlib.suppress(Exception):
             async with asyncio.timeout(CLOSE_TIMEOUT_SECONDS):
-                await session.transport.close(code, reason)
+                await session.transport.close(session.close_code, session.close_reason)
 
     def _schedule_eviction(self, room: Room) -> None:
         if room.sessions or room.eviction is not None or self.rooms.get(room.room_id) is not room:
@@ -332,18 +395,51 @@ class RoomRegistry:
 
     # Messages from clients
 
-    def handle(self, session: Session, message: AnyClientMessage) -> None:
-        """Apply one client message. Raises `RoomError` for the transport to report."""
+    def receive(self, session: Session, frame: str | bytes | ClientMessage) -> None:
+        """Handle one frame (or an already parsed message) from a client.
+
+        Every failure is answered in the session's protocol and none escapes. The rate limit
+        is charged before parsing, so a flood of malformed frames is held to the same rate as
+        valid ones.
+        """
         if session.closed:
             return
+        try:
+            self._charge(session, 1)
+            if not isinstance(frame, ClientMessage):
+                frame = parse_client_message(frame, self.settings.frame_limit_bytes)
+            self._dispatch(session, frame)  # type: ignore[arg-type]
+        except RoomError as error:
+            self.report(session, error)
+        except Exception:
+            # A bug, not the client's fault: keep the room going and say so.
+            session.log.exception("message_failed")
+            self.report(session, InternalError())
+
+    def handle(self, session: Session, message: AnyClientMessage) -> None:
+        """Apply one parsed client message. Raises `RoomError` for the caller to report."""
+        if session.closed:
+            return
+        self._charge(session, 1)
+        self._dispatch(session, message)
+
+    def _charge(self, session: Session, cost: int) -> None:
         now = self.clock()
         session.last_seen = now
-        metrics.message_counter("in", message.type).inc()
         try:
-            session.bucket.take(now)
+            session.bucket.take(now, cost)
         except RateLimited:
             metrics.RATE_LIMITED.inc()
             raise
+
+    def _dispatch(self, session: Session, message: AnyClientMessage) -> None:
+        if session.closed:
+            return
+        metrics.message_counter("in", message.type).inc()
+        if message.type in (VERSIONED_ONLY if session.protocol is Protocol.SEED else SEED_ONLY):
+            raise InvalidMessage(
+                f"{message.type} is not a message of the {session.protocol.value} protocol this connection speaks"
+            )
         match message:
             case Push():
                 self._push(session, message)
@@ -361,8 +457,7 @@ class RoomRegistry:
             case Pong():
                 pass
             case Leave():
-                self.leave(session)
-                self._close_later(session, CLOSE_NORMAL, "left")
+                self.end(session, CLOSE_NORMAL, "left")
             case Join() | Hello():
                 raise InvalidMessage(f"already joined; {message.type} is only valid as the first message")
 
@@ -385,6 +480,9 @@ class RoomRegistry:
             )
 
     def _push(self, session: Session, push: Push) -> None:
+        lag = session.room.document.version - push.version
+        if lag >= REBASE_VERSIONS_PER_TOKEN:
+            self._charge(session, lag // REBASE_VERSIONS_PER_TOKEN)
         changes = ChangeSet.from_json(push.changes)
         started = time.perf_counter()
         update = session.room.document.push(session.client_id, push.seq, push.version, changes, session.user_id)
@@ -415,6 +513,8 @@ class RoomRegistry:
 
     def _cursor(self, session: Session, cursor: Cursor) -> None:
         document = session.room.document
+        if document.version - cursor.version > CURSOR_MAX_LAG:
+            return
         length = document.length_at(cursor.version)
         if cursor.anchor > length or cursor.head > length:
             raise InvalidMessage(
@@ -505,10 +605,15 @@ class RoomRegistry:
         """Queue one message for a client, dropping the client if its queue is full."""
         if session.closed:
             return False
-        if len(session.queue) >= self.settings.outbound_queue_size:
+        queue = session.queue
+        if queue and (
+            len(queue) >= self.settings.outbound_queue_size
+            or session.queued_chars + len(message) > self.settings.outbound_queue_chars
+        ):
             self.drop(session, DropReason.QUEUE_OVERFLOW)
             return False
-        session.queue.append((message, self.clock()))
+        queue.append((message, self.clock()))
+        session.queued_chars += len(message)
         session.wakeup.set()
         return True
 
@@ -522,10 +627,12 @@ class RoomRegistry:
                 while queue:
                     if session.batch and len(queue) > 1:
                         batch = [queue.popleft() for _ in range(len(queue))]
+                        session.queued_chars -= sum(len(message) for message, _ in batch)
                         frame = "[" + ",".join(message for message, _ in batch) + "]"
                         queued_at = batch[0][1]
                     else:
                         frame, queued_at = queue.popleft()
+                        session.queued_chars -= len(frame)
                     # No asyncio.timeout() here: arming a timer per frame was the largest cost
                     # of a fan-out; the watchdog checks `sending_since` once a second instead.
                     session.sending_since = self.clock()
@@ -542,13 +649,19 @@ class RoomRegistry:
         interval = self.settings.heartbeat_interval_seconds
         while True:
             await asyncio.sleep(interval)
-            self.heartbeat()
+            try:
+                self.heartbeat()
+            except Exception:
+                log.exception("heartbeat_failed")
 
     async def _watchdog_loop(self) -> None:
         interval = min(1.0, self.settings.send_timeout_seconds / 2)
         while True:
             await asyncio.sleep(interval)
-            self.check_sends()
+            try:
+                self.check_sends()
+            except Exception:
+                log.exception("watchdog_failed")
 
     def check_sends(self) -> None:
         """Drop every client whose current socket write has taken longer than the send timeout."""

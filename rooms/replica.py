@@ -40,18 +40,27 @@ class Replica:
         self.next_seq = next_seq
         self.inflight: Inflight | None = None
         self.pending: ChangeSet | None = None
+        # From the last welcome: the document's epoch (a version means nothing in another one)
+        # and the token that lets a reconnect take over a connection the server still holds.
+        self.epoch: str | None = None
+        self.resume_token: str | None = None
 
     @property
     def has_unconfirmed(self) -> bool:
         return self.inflight is not None or self.pending is not None
 
     def hello(self, username: str, *, resume: bool = True) -> dict[str, Any]:
-        return {
+        message: dict[str, Any] = {
             "type": "hello",
             "client_id": self.client_id,
             "username": username,
             "version": self.version if resume else None,
         }
+        if resume and self.epoch is not None:
+            message["epoch"] = self.epoch
+        if self.resume_token is not None:
+            message["resume_token"] = self.resume_token
+        return message
 
     def edit(self, changes: ChangeSet) -> dict[str, Any] | None:
         """Apply a local edit; returns the push to send, if nothing is in flight."""
@@ -85,6 +94,8 @@ class Replica:
         With a ``doc`` the server could not resume from our version: local work cannot be
         rebased onto the snapshot, so it is reported to the caller and dropped from the replica.
         """
+        self.epoch = message.get("epoch", self.epoch)
+        self.resume_token = message.get("resume_token", self.resume_token)
         doc = message.get("doc")
         if doc is not None:
             lost = self.has_unconfirmed

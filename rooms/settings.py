@@ -44,6 +44,7 @@ class Settings(BaseSettings):
 
     # Fan-out and liveness
     outbound_queue_size: int = Field(default=1_000, ge=1)
+    outbound_queue_chars: int = Field(default=8_000_000, ge=1)
     send_timeout_seconds: float = Field(default=10.0, gt=0)
     heartbeat_interval_seconds: float = Field(default=30.0, gt=0)
     heartbeat_timeout_seconds: float = Field(default=90.0, gt=0)

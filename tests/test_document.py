@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from rooms.changes import ChangeSet, utf16_len
 from rooms.document import ClientId, Document, caret_after
-from rooms.errors import DocumentTooLarge, InvalidChanges, VersionFromFuture, VersionTooOld
+from rooms.errors import DocumentTooLarge, InvalidChanges, SeqReused, VersionFromFuture, VersionTooOld
 from rooms.replica import Replica
 
 A = ClientId("a")
@@ -54,11 +54,52 @@ def test_resend_of_applied_seq_is_ignored() -> None:
     assert ("x", 1) == (document.text, document.version)
 
 
-def test_older_seq_from_same_client_is_a_resend() -> None:
+def test_older_seq_from_same_client_is_refused_as_reuse() -> None:
     document = Document("")
     document.push(A, 2, 0, insert(0, 0, "x"))
-    assert document.push(A, 1, 1, insert(1, 0, "y")) is None
+    with pytest.raises(SeqReused):
+        document.push(A, 1, 1, insert(1, 0, "y"))
     assert "x" == document.text
+
+
+def test_resend_rebased_by_the_client_is_recognised_as_the_same_change() -> None:
+    document = Document("ab")
+    document.push(B, 1, 0, insert(2, 0, ">"))  # v1: ">ab"
+    document.push(A, 1, 0, insert(2, 2, "!"))  # v2: ">ab!", A's push made on v0
+    document.push(B, 2, 2, insert(4, 4, "?"))  # v3
+    # A saw B's first update before its connection dropped, and rebased its batch over it.
+    resend = insert(2, 2, "!").map(insert(2, 0, ">"))
+    assert document.push(A, 1, 1, resend) is None
+    assert document.push(A, 1, 0, insert(2, 2, "!")) is None
+    assert (">ab!?", 3) == (document.text, document.version)
+
+
+def test_same_seq_with_other_changes_is_refused_as_reuse() -> None:
+    document = Document("ab")
+    document.push(A, 1, 0, insert(2, 2, "!"))
+    with pytest.raises(SeqReused) as caught:
+        document.push(A, 1, 0, insert(2, 0, "?"))
+    assert (1, 1) == (caught.value.seq, caught.value.last)
+    assert "ab!" == document.text
+
+
+def test_resend_split_differently_is_still_the_same_change() -> None:
+    document = Document("abcd")
+    document.push(A, 1, 0, ChangeSet.from_json([[1, "x"], 3]))
+    assert document.push(A, 1, 0, ChangeSet.from_json([[1], [0, "x"], 1, 2])) is None
+
+
+def test_resend_beyond_the_history_cannot_be_checked_and_is_ignored() -> None:
+    document = Document("", history_limit=1)
+    document.push(A, 1, 0, insert(0, 0, "a"))
+    document.push(B, 1, 1, insert(1, 1, "b"))
+    assert document.push(A, 1, 0, insert(0, 0, "zzz")) is None
+    assert "ab" == document.text
+
+
+def test_every_document_has_its_own_epoch() -> None:
+    assert Document().epoch != Document().epoch
+    assert "e1" == Document(epoch="e1").epoch
 
 
 def test_same_seq_from_different_clients_both_apply() -> None:
@@ -165,7 +206,7 @@ def test_caret_after_is_end_of_last_insertion() -> None:
 ALPHABET = "ab\n漢😀"
 
 
-def _run_model(seed: int, clients: int, steps: int, deletes: bool) -> None:
+def _run_model(seed: int, clients: int, steps: int, deletes: bool, reconnects: bool = False) -> None:
     rng = random.Random(seed)
     document = Document("", history_limit=10_000)
     replicas = [Replica(f"c{i}") for i in range(clients)]
@@ -215,6 +256,25 @@ def _run_model(seed: int, clients: int, steps: int, deletes: bool) -> None:
             out = replica.edit(ChangeSet.of_replace(replica.length, utf16_len(text[:start]), utf16_len(text[:end]), ""))
             if out is not None:
                 to_server[index].append(out)
+        elif reconnects and action < 0.5:
+            # The connection drops: messages in flight either way may be lost, then the
+            # client says hello at its version, gets the updates it missed, and resends.
+            while to_server[index] and rng.random() < 0.5:
+                deliver_to_server(index)
+            to_server[index].clear()
+            to_client[index].clear()
+            resend = replica.welcome({"type": "welcome", "version": replica.version})
+            for update in document.updates_since(replica.version):
+                to_client[index].append(
+                    {
+                        "version": update.version,
+                        "client_id": update.client_id,
+                        "seq": update.seq,
+                        "changes": update.changes.to_json(),
+                    }
+                )
+            if resend is not None:
+                to_server[index].append(resend)
         elif action < 0.75 and to_server[index]:
             deliver_to_server(index)
         elif to_client[index]:
@@ -253,3 +313,9 @@ def test_replace_refuses_lone_surrogates() -> None:
     with pytest.raises(InvalidChanges):
         document.replace("a\ud800", A, 1)
     assert ("ok", 0) == (document.text, document.version)
+
+
+@settings(max_examples=80, deadline=None)
+@given(seed=st.integers(0, 2**32), clients=st.integers(2, 4), deletes=st.booleans())
+def test_replicas_converge_across_reconnects_and_resends(seed: int, clients: int, deletes: bool) -> None:
+    _run_model(seed, clients, steps=150, deletes=deletes, reconnects=True)

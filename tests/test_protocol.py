@@ -89,7 +89,7 @@ def test_update_encodes_without_absent_fields() -> None:
 
 
 def test_welcome_omits_doc_when_resuming() -> None:
-    welcome = Welcome(user_id="u", version=2, members=[], language="python")
+    welcome = Welcome(user_id="u", version=2, members=[], language="python", epoch="e", resume_token="t")
     assert "doc" not in json.loads(welcome.encode())
 
 

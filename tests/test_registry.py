@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
-from rooms.errors import InvalidChanges, InvalidMessage, RateLimited, RoomFull, VersionTooOld
+from rooms.errors import ClientIdInUse, InvalidChanges, InvalidMessage, RateLimited, RoomFull, VersionTooOld
 from rooms.protocol import CodeChange, Cursor, Hello, Language, Ping, Push, SyncRequest
 from rooms.registry import DropReason, RoomRegistry, Session
 from rooms.settings import Settings
@@ -467,3 +467,163 @@ async def test_gauges_return_to_zero_when_everyone_leaves() -> None:
         registry.leave(session)
     after = (metric("collab_members"), metric("collab_connections", transport="fake", protocol="versioned"))
     assert before == after
+
+
+async def test_hello_for_a_connected_client_id_is_refused() -> None:
+    registry, _ = make_registry()
+    registry.join_versioned("r", FakeTransport(), hello("tab"))
+    with pytest.raises(ClientIdInUse):
+        registry.join_versioned("r", FakeTransport(), hello("tab"))
+    assert 1 == len(registry.rooms["r"].sessions)
+
+
+async def test_hello_with_the_resume_token_takes_the_connection_over() -> None:
+    registry, _ = make_registry()
+    old_transport, watcher = FakeTransport(), FakeTransport()
+    old = registry.join_versioned("r", old_transport, hello("tab"))
+    registry.join_versioned("r", watcher, hello("watcher"))
+    again = Hello(type="hello", client_id="tab", username="ann", version=0, resume_token=old.resume_token)
+    new = registry.join_versioned("r", FakeTransport(), again)
+    await settle()
+    assert old.closed and not new.closed
+    assert (4001, "replaced by a newer connection") == old_transport.closed
+    assert [old.user_id] == [m["user_id"] for m in watcher.of_type("member_left")]
+    assert new is registry.rooms["r"].clients[new.client_id]
+
+
+async def test_a_wrong_resume_token_does_not_take_over() -> None:
+    registry, _ = make_registry()
+    registry.join_versioned("r", FakeTransport(), hello("tab"))
+    with pytest.raises(ClientIdInUse):
+        registry.join_versioned(
+            "r", FakeTransport(), Hello(type="hello", client_id="tab", username="x", resume_token="guess")
+        )
+
+
+async def test_client_id_is_free_again_after_leaving() -> None:
+    registry, _ = make_registry()
+    first = registry.join_versioned("r", FakeTransport(), hello("tab"))
+    registry.leave(first)
+    assert not registry.join_versioned("r", FakeTransport(), hello("tab")).closed
+
+
+async def test_seed_prefix_is_reserved() -> None:
+    registry, _ = make_registry()
+    with pytest.raises(InvalidMessage):
+        registry.join_versioned("r", FakeTransport(), hello("seed-123"))
+
+
+async def test_version_of_another_epoch_gets_a_snapshot() -> None:
+    registry, _ = make_registry()
+    writer = registry.join_versioned("r", FakeTransport(), hello("w"))
+    registry.handle(writer, push(0, 1, [[0, "new text"]]))
+    late = FakeTransport()
+    registry.join_versioned(
+        "r", late, Hello(type="hello", client_id="old", username="o", version=1, epoch="gone-epoch")
+    )
+    registry.join_versioned(
+        "r",
+        other := FakeTransport(),
+        Hello(type="hello", client_id="cur", username="c", version=1, epoch=writer.room.document.epoch),
+    )
+    await settle()
+    assert ("new text", 1) == (late.sent[0]["doc"], late.sent[0]["version"])
+    assert "doc" not in other.sent[0]
+    assert writer.room.document.epoch == late.sent[0]["epoch"]
+
+
+async def test_messages_of_the_other_protocol_are_refused() -> None:
+    registry, _ = make_registry()
+    versioned = registry.join_versioned("r", FakeTransport(), hello("v"))
+    seed = registry.join_seed("r", FakeTransport(), "sam")
+    with pytest.raises(InvalidMessage, match="versioned protocol"):
+        registry.handle(versioned, CodeChange(type="code_change", code="x", cursor_position=0))
+    with pytest.raises(InvalidMessage, match="seed protocol"):
+        registry.handle(seed, push(0, 1, [[0, "x"]]))
+    assert "" == versioned.room.document.text
+
+
+async def test_malformed_frames_are_charged_to_the_rate_limit() -> None:
+    registry, _ = make_registry(rate_limit_per_second=1, rate_limit_burst=3)
+    transport = FakeTransport()
+    session = registry.join_versioned("r", transport, hello("c1"))
+    for _ in range(10):
+        registry.receive(session, "{not json")
+    await settle()
+    assert ["invalid_json"] * 3 + ["rate_limited"] == [m["code"] for m in transport.of_type("error")]
+
+
+async def test_a_stale_push_costs_tokens_in_proportion_to_its_distance() -> None:
+    registry, _ = make_registry(rate_limit_per_second=1, rate_limit_burst=4)
+    writer = registry.join_versioned("r", FakeTransport(), hello("w"))
+    writer.bucket.burst = writer.bucket.tokens = 1000
+    for seq in range(1, 201):
+        registry.handle(writer, push(seq - 1, seq, append(seq - 1, "x")))
+    stale = registry.join_versioned("r", FakeTransport(), hello("stale"))
+    with pytest.raises(RateLimited):
+        registry.handle(stale, push(0, 1, [[0, "late"]]))  # 200 versions behind: 1 + 4 tokens of 4
+    assert 200 == stale.room.document.version
+
+
+async def test_a_cursor_far_behind_is_dropped_silently() -> None:
+    registry, _ = make_registry()
+    writer = registry.join_versioned("r", FakeTransport(), hello("w"))
+    writer.bucket.burst = writer.bucket.tokens = 1000
+    for seq in range(1, 151):
+        registry.handle(writer, push(seq - 1, seq, append(seq - 1, "x")))
+    watcher = FakeTransport()
+    registry.join_versioned("r", watcher, hello("watch"))
+    registry.handle(writer, Cursor(type="cursor", version=10, anchor=1, head=1))
+    await settle()
+    assert [] == watcher.of_type("cursor")
+
+
+async def test_an_unexpected_failure_is_answered_and_the_room_goes_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    registry, _ = make_registry()
+    transport = FakeTransport()
+    session = registry.join_versioned("r", transport, hello("c1"))
+
+    def broken(*_: object) -> None:
+        raise KeyError("bug")
+
+    monkeypatch.setattr(registry, "_language", broken)
+    registry.receive(session, '{"type": "language", "language": "go"}')
+    registry.receive(session, '{"type": "push", "version": 0, "seq": 1, "changes": [[0, "ok"]]}')
+    await settle()
+    assert ["internal_error"] == [m["code"] for m in transport.of_type("error")]
+    assert "ok" == session.room.document.text
+
+
+async def test_a_failed_welcome_leaves_no_half_joined_session(monkeypatch: pytest.MonkeyPatch) -> None:
+    registry, _ = make_registry()
+
+    def broken(*_: object) -> None:
+        raise KeyError("bug")
+
+    monkeypatch.setattr(registry, "_welcome", broken)
+    with pytest.raises(KeyError):
+        registry.join_versioned("r", FakeTransport(), hello("c1"))
+    assert {} == registry.rooms["r"].sessions
+    assert {} == registry.rooms["r"].clients
+
+
+async def test_queue_over_its_character_budget_drops_the_client() -> None:
+    registry, _ = make_registry(outbound_queue_chars=10_000)
+    slow = registry.join_seed("r", FakeTransport(stuck=True), "slow")
+    writer = registry.join_seed("r", FakeTransport(), "writer")
+    await settle()
+    for index in range(5):
+        registry.handle(writer, CodeChange(type="code_change", code=str(index) * 4000, cursor_position=0))
+    assert slow.closed
+    assert not writer.closed
+
+
+async def test_one_message_larger_than_the_budget_still_goes_to_an_idle_client() -> None:
+    registry, _ = make_registry(outbound_queue_chars=100)
+    reader = FakeTransport()
+    registry.join_seed("r", reader, "reader")
+    writer = registry.join_seed("r", FakeTransport(), "writer")
+    await settle()  # the reader has sent `user_joined`: its queue is empty
+    registry.handle(writer, CodeChange(type="code_change", code="x" * 500, cursor_position=0))
+    await settle()
+    assert ["x" * 500] == [m["code"] for m in reader.of_type("code_change")]

@@ -86,8 +86,9 @@ async def test_leave_closes_and_others_get_user_left(server: LiveServer, room: s
     bob_id = (await ann.recv())["user_id"]
     await bob.send({"type": "leave"})
     assert {"type": "user_left", "user_id": bob_id} == await ann.recv()
-    with pytest.raises(ConnectionClosed):
+    with pytest.raises(ConnectionClosed) as closed:
         await bob.recv(timeout=5)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1000
 
 
 async def test_dropped_connection_sends_user_left(server: LiveServer, room: str, connect_client: Connect) -> None:
@@ -231,3 +232,23 @@ async def test_connection_that_never_joins_is_closed(
     with pytest.raises(ConnectionClosed) as closed:
         await lurker.recv(timeout=5)
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+
+
+async def test_binary_frame_with_encoded_surrogate_is_refused_and_room_goes_on(
+    server: LiveServer, room: str, connect_client: Connect
+) -> None:
+    ann = await join(connect_client, server, room)
+    bob = await join(connect_client, server, room, "bob")
+    await ann.recv()
+    await ann.connection.send(b'{"type":"code_change","code":"x","cursor_position":"\xed\xa0\x80"}')
+    assert "UTF-8" in (await ann.recv())["message"]
+    await ann.send({"type": "code_change", "code": "fine", "cursor_position": 4})
+    assert "fine" == (await bob.recv())["code"]
+
+
+async def test_seed_client_cannot_speak_the_versioned_protocol(
+    server: LiveServer, room: str, connect_client: Connect
+) -> None:
+    ann = await join(connect_client, server, room)
+    await ann.send({"type": "push", "version": 0, "seq": 1, "changes": [[0, "x"]]})
+    assert "seed protocol" in (await ann.recv())["message"]

@@ -413,3 +413,52 @@ async def test_logs_carry_room_and_user_and_never_contents(
     rejected = [line for line in lines if line.get("event") == "message_rejected"]
     assert rejected and rejected[0]["room_id"] == room
     assert secret not in live.log()
+
+
+async def test_second_connection_with_a_live_client_id_is_refused_and_may_retry(
+    server: LiveServer, room: str, connect_client: Connect
+) -> None:
+    first: Client = await connect_client(server.ws(room))
+    welcome = await hello(first, "tab-1")
+    copy: Client = await connect_client(server.ws(room))
+    await copy.send({"type": "hello", "client_id": "tab-1", "username": "copy", "version": None})
+    assert "client_id_in_use" == (await copy.recv_type("error"))["code"]
+    # The same connection may say hello again, as a new client.
+    assert "" == (await hello(copy, "tab-2"))["doc"]
+    # The owner of the resume token takes its client_id over.
+    again: Client = await connect_client(server.ws(room))
+    await again.send(
+        {
+            "type": "hello",
+            "client_id": "tab-1",
+            "username": "ann",
+            "version": 0,
+            "resume_token": welcome["resume_token"],
+        }
+    )
+    assert "welcome" == (await again.recv_type("welcome"))["type"]
+    with pytest.raises(ConnectionClosed) as closed:
+        await first.recv_type("never", timeout=5)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4001
+
+
+async def test_resume_into_a_room_made_anew_gets_a_snapshot_not_foreign_updates(
+    make_server: Callable[..., LiveServer], room: str
+) -> None:
+    live = make_server(ROOM_GRACE_SECONDS="0")
+    old = VersionedClient(live.ws(room), "old-client", "olga")
+    await old.open()
+    await old.insert(0, "abc")
+    await old.settled(1)
+    await old.close()
+    await asyncio.sleep(0.2)  # the empty room is unloaded at once
+    other = VersionedClient(live.ws(room), "other", "otto")
+    await other.open()
+    await other.insert(0, "XYZ")
+    await other.settled(1)
+    returning = VersionedClient(live.ws(room), "old-client", "olga")
+    returning.replica = old.replica  # same version number (1), another epoch
+    await returning.open(resume=True)
+    assert "XYZ" == returning.replica.text
+    await other.close()
+    await returning.close()
