@@ -221,6 +221,9 @@ class Welcome(ServerMessage):
     language: str
     epoch: str
     resume_token: str
+    # The last seq the document applied for this client_id, when it remembers one: tells a
+    # client whose state was reset whether its in-flight batch made it, and where seq goes on.
+    last_seq: int | None = None
 
 
 class UpdateOut(ServerMessage):

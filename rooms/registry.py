@@ -310,6 +310,7 @@ class RoomRegistry:
             language=room.language,
             epoch=document.epoch,
             resume_token=session.resume_token,
+            last_seq=document.last_seq(session.client_id),
         )
         self._send(session, welcome.encode(), "welcome")
         for update in catch_up or ():

@@ -91,14 +91,22 @@ class Replica:
     def welcome(self, message: dict[str, Any]) -> dict[str, Any] | None:
         """Handle ``welcome``; returns the resend of unconfirmed work, if any.
 
-        With a ``doc`` the server could not resume from our version: local work cannot be
-        rebased onto the snapshot, so it is reported to the caller and dropped from the replica.
+        With a ``doc`` the server could not resume from our version: local work the snapshot
+        does not already hold cannot be rebased onto it, so it is reported to the caller
+        (`UnconfirmedWorkLost`) and dropped from the replica.
         """
         self.epoch = message.get("epoch", self.epoch)
         self.resume_token = message.get("resume_token", self.resume_token)
+        last_seq = message.get("last_seq")
+        if last_seq is not None:
+            # Never reuse a seq the server has applied (seq_reused), even if our state was lost.
+            self.next_seq = max(self.next_seq, int(last_seq) + 1)
         doc = message.get("doc")
         if doc is not None:
-            lost = self.has_unconfirmed
+            # The snapshot holds the in-flight batch if the server applied it; anything else
+            # cannot be rebased onto it.
+            applied = self.inflight is not None and last_seq is not None and self.inflight.seq <= last_seq
+            lost = self.pending is not None or (self.inflight is not None and not applied)
             self.text = doc
             self.version = int(message["version"])
             self.inflight = None

@@ -627,3 +627,16 @@ async def test_one_message_larger_than_the_budget_still_goes_to_an_idle_client()
     registry.handle(writer, CodeChange(type="code_change", code="x" * 500, cursor_position=0))
     await settle()
     assert ["x" * 500] == [m["code"] for m in reader.of_type("code_change")]
+
+
+async def test_welcome_tells_a_known_client_its_last_applied_seq() -> None:
+    registry, _ = make_registry()
+    first = registry.join_versioned("r", FakeTransport(), hello("tab"))
+    registry.handle(first, push(0, 7, [[0, "a"]]))
+    registry.leave(first)
+    again, fresh = FakeTransport(), FakeTransport()
+    registry.join_versioned("r", again, hello("tab"))
+    registry.join_versioned("r", fresh, hello("new"))
+    await settle()
+    assert 7 == again.sent[0]["last_seq"]
+    assert "last_seq" not in fresh.sent[0]

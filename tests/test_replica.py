@@ -95,3 +95,24 @@ def test_hello_resumes_from_the_replica_version() -> None:
     replica = Replica("me", "abc", 7)
     assert {"type": "hello", "client_id": "me", "username": "ann", "version": 7} == replica.hello("ann")
     assert replica.hello("ann", resume=False)["version"] is None
+
+
+def test_snapshot_holding_the_inflight_batch_loses_nothing() -> None:
+    replica = Replica("me")
+    replica.edit(ChangeSet.of_replace(0, 0, 0, "sent"))
+    assert replica.welcome({"type": "welcome", "version": 4, "doc": "xsent", "last_seq": 1}) is None
+    assert ("xsent", False, 2) == (replica.text, replica.has_unconfirmed, replica.next_seq)
+
+
+def test_snapshot_without_the_inflight_batch_reports_it_lost() -> None:
+    replica = Replica("me")
+    replica.edit(ChangeSet.of_replace(0, 0, 0, "sent"))
+    with pytest.raises(UnconfirmedWorkLost):
+        replica.welcome({"type": "welcome", "version": 4, "doc": "x"})
+
+
+def test_seq_continues_after_the_servers_last_applied_one() -> None:
+    replica = Replica("me", "", 0)
+    replica.welcome({"type": "welcome", "version": 0, "last_seq": 41})
+    push = replica.edit(ChangeSet.of_replace(0, 0, 0, "a"))
+    assert push is not None and 42 == push["seq"]
