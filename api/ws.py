@@ -17,7 +17,7 @@ from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from api.origins import origin_allowed
-from rooms.errors import InvalidMessage, RateLimited, RoomError
+from rooms.errors import InternalError, InvalidMessage, RateLimited, RoomError, RoomFull, ServerStopping
 from rooms.limits import TokenBucket
 from rooms.protocol import (
     CodeChange,
@@ -98,27 +98,27 @@ async def room_socket(websocket: WebSocket, room_id: str) -> None:
         log.info("origin_refused", room_id=room_id)
         await websocket.close(CLOSE_POLICY, "origin not allowed")  # before accept: HTTP 403
         return
-    await websocket.accept()
-    if not ROOM_ID.fullmatch(room_id):
-        await websocket.send_text(
-            _pre_join_error(InvalidMessage("room id must be 1 to 64 letters, digits, '-' or '_'"))
-        )
-        await websocket.close(CLOSE_POLICY, "invalid room id")
-        return
-    if not registry.accepting:
-        await websocket.close(CLOSE_SERVICE_RESTART, "server restarting")
-        return
-    structlog.contextvars.bind_contextvars(room_id=room_id)
     transport = WebSocketTransport(websocket)
     session: Session | None = None
     try:
+        await websocket.accept()
+        if not ROOM_ID.fullmatch(room_id):
+            error = InvalidMessage("room id must be 1 to 64 letters, digits, '-' or '_'")
+            await websocket.send_text(_pre_join_error(error))
+            await transport.close(CLOSE_POLICY, "invalid room id")
+            return
+        if not registry.accepting:
+            await transport.close(CLOSE_SERVICE_RESTART, "server restarting")
+            return
+        structlog.contextvars.bind_contextvars(room_id=room_id)
         session = await _join(websocket, registry, settings, room_id, transport)
         if session is None:
             return
         structlog.contextvars.bind_contextvars(user_id=session.user_id)
         while not session.closed:
             registry.receive(session, await _receive(websocket))
-    except (_Disconnected, WebSocketDisconnect):
+    except (_Disconnected, WebSocketDisconnect, OSError):
+        # OSError: uvicorn's ClientDisconnected, when the peer vanished during a send.
         transport.peer_gone = True
     finally:
         if session is not None:
@@ -139,7 +139,7 @@ async def _join(
             async with asyncio.timeout_at(deadline):
                 raw = await _receive(websocket)
         except TimeoutError:
-            await websocket.close(CLOSE_POLICY, "send join or hello first")
+            await transport.close(CLOSE_POLICY, "send join or hello first")
             return None
         try:
             bucket.take(time.monotonic())
@@ -150,7 +150,7 @@ async def _join(
                 case Join():
                     return registry.join_seed(room_id, transport, message.username)
                 case Leave():
-                    await websocket.close(CLOSE_NORMAL, "left")
+                    await transport.close(CLOSE_NORMAL, "left")
                     return None
                 case CodeChange() | SyncRequest() | Ping() | Pong():
                     # A seed client that skipped join: admit it as "Anonymous", then serve it.
@@ -159,12 +159,18 @@ async def _join(
                     return session
                 case _:
                     raise InvalidMessage(f"send hello (or join) before {message.type}")
-        except RoomError as error:
+        except Exception as exc:
+            error = exc if isinstance(exc, RoomError) else InternalError()
+            if not isinstance(exc, RoomError):
+                log.exception("join_failed")
             if isinstance(error, RateLimited) and time.monotonic() - last_rate_error < 1.0:
                 continue  # a flood before joining gets one reply a second
             if isinstance(error, RateLimited):
                 last_rate_error = time.monotonic()
             await websocket.send_text(_pre_join_error(error))
-            if error.code == "room_full":
-                await websocket.close(CLOSE_TRY_AGAIN_LATER, "room is full")
+            if isinstance(error, RoomFull):
+                await transport.close(CLOSE_TRY_AGAIN_LATER, "room is full")
+                return None
+            if isinstance(error, ServerStopping):
+                await transport.close(CLOSE_SERVICE_RESTART, "server restarting")
                 return None

@@ -116,7 +116,7 @@ class Document:
         for update in self.updates_since(base_version)[: applied - 1 - base_version]:
             changes = changes.map(update.changes)
         original = self._history[len(self._history) - (self._version - applied) - 1].changes
-        if _canonical(changes) != _canonical(original):
+        if changes.length != original.length or _canonical(changes) != _canonical(original):
             raise SeqReused(seq, last_seq)
 
     def updates_since(self, version: int) -> list[Update]:

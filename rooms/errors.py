@@ -139,3 +139,12 @@ class InternalError(RoomError):
 
     def __init__(self) -> None:
         super().__init__("the server failed to handle this message; it was not applied")
+
+
+class ServerStopping(RoomError):
+    """The server is shutting down and admits no one; reconnect in a moment."""
+
+    code = "server_restarting"
+
+    def __init__(self) -> None:
+        super().__init__("the server is restarting; reconnect in a moment")

@@ -84,8 +84,9 @@ class Hello(ClientMessage):
     version: Annotated[int, Field(ge=0)] | None = None
     # The document epoch from the last `welcome`: a version of another epoch gets a snapshot.
     epoch: Annotated[str, Field(max_length=64)] | None = None
-    # The `resume_token` of a connection still open under this client_id, to take it over.
-    resume_token: Annotated[str, Field(max_length=64)] | None = None
+    # A secret the client keeps for as long as it lives (random, at least 16 characters): a
+    # later hello with the same token takes over a connection still open under this client_id.
+    resume_token: Annotated[str, Field(min_length=16, max_length=64)] | None = None
     # Opt-in: the server may then send several messages in one frame, as a JSON array.
     batch: bool = False
 

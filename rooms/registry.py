@@ -42,6 +42,7 @@ from rooms.errors import (
     RateLimited,
     RoomError,
     RoomFull,
+    ServerStopping,
     VersionFromFuture,
     VersionTooOld,
 )
@@ -144,7 +145,9 @@ class Session:
     last_rate_error: float = float("-inf")
     # When the write in progress started (None while idle): the watchdog drops a stuck one.
     sending_since: float | None = None
-    queue: deque[tuple[str, float]] = field(default_factory=deque)
+    # Each entry: one frame, or a burst of frames that must go out together (a welcome and its
+    # catch-up), and when it was queued.
+    queue: deque[tuple[str | tuple[str, ...], float]] = field(default_factory=deque)
     queued_chars: int = 0  # characters waiting in `queue`: full-text messages make it uneven
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
@@ -164,6 +167,10 @@ class Room:
     # Versioned sessions by client_id: one live connection per client_id at a time.
     clients: dict[ClientId, Session] = field(default_factory=dict)
     eviction: asyncio.TimerHandle | None = None
+
+
+def _size(entry: str | tuple[str, ...]) -> int:
+    return len(entry) if isinstance(entry, str) else sum(map(len, entry))
 
 
 def _new_user_id() -> UserId:
@@ -233,7 +240,10 @@ class RoomRegistry:
         username: object,
         client_id: ClientId | None,
         batch: bool = False,
+        resume_token: str | None = None,
     ) -> tuple[Session, Member]:
+        if not self.accepting:
+            raise ServerStopping()
         room = self.room(room_id)
         if len(room.sessions) >= self.settings.max_members_per_room:
             self._schedule_eviction(room)
@@ -250,6 +260,8 @@ class RoomRegistry:
             last_seen=now,
             batch=batch,
         )
+        if resume_token is not None:
+            session.resume_token = resume_token
         member = room.presence.add(user_id, clean_username(username, self.settings.max_username_chars))
         # Announce before registering, so the joiner is not told about itself.
         self._broadcast_member_joined(room, member)
@@ -274,7 +286,8 @@ class RoomRegistry:
         still connected takes the old connection over when it presents that connection's
         ``resume_token`` (the same client reconnecting before the server noticed the old socket
         die), and is refused otherwise (a second copy of the client, such as a duplicated tab,
-        whose pushes would collide with the first one's).
+        whose pushes would collide with the first one's). The token is the client's own secret
+        when it sends one, so a reconnect whose ``welcome`` was lost still holds the right one.
         """
         if hello.client_id.startswith(SEED_CLIENT_PREFIX):
             raise InvalidMessage(f"client_id must not start with {SEED_CLIENT_PREFIX!r}")
@@ -284,7 +297,13 @@ class RoomRegistry:
                 raise ClientIdInUse()
             self.end(existing, CLOSE_REPLACED, "replaced by a newer connection")
         session, _ = self._admit(
-            room_id, transport, Protocol.VERSIONED, hello.username, ClientId(hello.client_id), hello.batch
+            room_id,
+            transport,
+            Protocol.VERSIONED,
+            hello.username,
+            ClientId(hello.client_id),
+            hello.batch,
+            hello.resume_token,
         )
         try:
             self._welcome(session, hello)
@@ -296,12 +315,15 @@ class RoomRegistry:
     def _welcome(self, session: Session, hello: Hello) -> None:
         room = session.room
         document = room.document
-        catch_up: list[Update] | None = None
+        catch_up: list[str] | None = None
         if hello.version is not None and hello.epoch in (None, document.epoch):
             try:
-                catch_up = document.updates_since(hello.version)
+                catch_up = [self._encode_update(update) for update in document.updates_since(hello.version)]
             except (VersionTooOld, VersionFromFuture):
                 catch_up = None  # the client resets to the snapshot in `welcome`
+            # A catch-up bigger than a whole queue's worth of text is cheaper as a snapshot.
+            if catch_up and sum(map(len, catch_up)) > self.settings.outbound_queue_chars // 2:
+                catch_up = None
         welcome = Welcome(
             user_id=session.user_id,
             version=document.version if catch_up is None or hello.version is None else hello.version,
@@ -312,18 +334,22 @@ class RoomRegistry:
             resume_token=session.resume_token,
             last_seq=document.last_seq(session.client_id),
         )
-        self._send(session, welcome.encode(), "welcome")
-        for update in catch_up or ():
-            self._send(session, self._encode_update(update), "update")
-        for member in room.presence:
-            if member.selection is not None and member.user_id != session.user_id:
-                cursor = CursorOut(
-                    user_id=member.user_id,
-                    anchor=member.selection.anchor,
-                    head=member.selection.head,
-                    version=document.version,
-                )
-                self._send(session, cursor.encode(), "cursor")
+        cursors = [
+            CursorOut(
+                user_id=member.user_id,
+                anchor=member.selection.anchor,
+                head=member.selection.head,
+                version=document.version,
+            ).encode()
+            for member in room.presence
+            if member.selection is not None and member.user_id != session.user_id
+        ]
+        # One queue entry, so that a long catch-up (up to HISTORY_LIMIT updates) is not taken
+        # for a client falling behind.
+        if self._enqueue(session, (welcome.encode(), *(catch_up or ()), *cursors)):
+            metrics.message_counter("out", "welcome").inc()
+            metrics.message_counter("out", "update").inc(len(catch_up or ()))
+            metrics.message_counter("out", "cursor").inc(len(cursors))
 
     def leave(self, session: Session) -> None:
         """Remove a session from its room and tell the others. Safe to call more than once."""
@@ -377,10 +403,9 @@ class RoomRegistry:
     def _schedule_eviction(self, room: Room) -> None:
         if room.sessions or room.eviction is not None or self.rooms.get(room.room_id) is not room:
             return
-        grace = self.settings.room_grace_seconds
-        if grace <= 0:
-            self._evict(room.room_id)
-            return
+        # Even with no grace the eviction waits for the current step to finish: a takeover ends
+        # a room's last session and admits its successor in one step.
+        grace = max(0.0, self.settings.room_grace_seconds)
         room.eviction = asyncio.get_running_loop().call_later(grace, self._evict, room.room_id)
 
     def _evict(self, room_id: RoomId) -> None:
@@ -602,19 +627,24 @@ class RoomRegistry:
         if self._enqueue(session, message):
             metrics.message_counter("out", kind).inc()
 
-    def _enqueue(self, session: Session, message: str) -> bool:
-        """Queue one message for a client, dropping the client if its queue is full."""
+    def _enqueue(self, session: Session, message: str | tuple[str, ...]) -> bool:
+        """Queue a message (or a burst) for a client, dropping the client if its queue is full.
+
+        An entry always fits an empty queue, however large: the limits catch a client that
+        falls behind, not one big message.
+        """
         if session.closed:
             return False
         queue = session.queue
+        size = _size(message)
         if queue and (
             len(queue) >= self.settings.outbound_queue_size
-            or session.queued_chars + len(message) > self.settings.outbound_queue_chars
+            or session.queued_chars + size > self.settings.outbound_queue_chars
         ):
             self.drop(session, DropReason.QUEUE_OVERFLOW)
             return False
         queue.append((message, self.clock()))
-        session.queued_chars += len(message)
+        session.queued_chars += size
         session.wakeup.set()
         return True
 
@@ -626,19 +656,23 @@ class RoomRegistry:
                 await session.wakeup.wait()
                 session.wakeup.clear()
                 while queue:
-                    if session.batch and len(queue) > 1:
-                        batch = [queue.popleft() for _ in range(len(queue))]
-                        session.queued_chars -= sum(len(message) for message, _ in batch)
-                        frame = "[" + ",".join(message for message, _ in batch) + "]"
-                        queued_at = batch[0][1]
+                    frames: tuple[str, ...]
+                    if session.batch:
+                        entries = [queue.popleft() for _ in range(len(queue))]
+                        queued_at = entries[0][1]
+                        messages = [m for entry, _ in entries for m in ((entry,) if isinstance(entry, str) else entry)]
+                        session.queued_chars -= sum(map(len, messages))
+                        frames = ("[" + ",".join(messages) + "]",) if len(messages) > 1 else tuple(messages)
                     else:
-                        frame, queued_at = queue.popleft()
-                        session.queued_chars -= len(frame)
-                    # No asyncio.timeout() here: arming a timer per frame was the largest cost
-                    # of a fan-out; the watchdog checks `sending_since` once a second instead.
-                    session.sending_since = self.clock()
-                    await session.transport.send(frame)
-                    session.sending_since = None
+                        entry, queued_at = queue.popleft()
+                        session.queued_chars -= _size(entry)
+                        frames = (entry,) if isinstance(entry, str) else entry
+                    for frame in frames:
+                        # No asyncio.timeout() here: arming a timer per frame was the largest
+                        # cost of a fan-out; the watchdog checks `sending_since` once a second.
+                        session.sending_since = self.clock()
+                        await session.transport.send(frame)
+                        session.sending_since = None
                     metrics.FANOUT.observe(self.clock() - queued_at)
         except asyncio.CancelledError:
             raise

@@ -15,6 +15,7 @@ earlier-committed insert first), so every replica converges on the server's text
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,10 +41,10 @@ class Replica:
         self.next_seq = next_seq
         self.inflight: Inflight | None = None
         self.pending: ChangeSet | None = None
-        # From the last welcome: the document's epoch (a version means nothing in another one)
-        # and the token that lets a reconnect take over a connection the server still holds.
+        # The document's epoch from the last welcome (a version means nothing in another one),
+        # and our own secret that lets a reconnect take over a connection the server still holds.
         self.epoch: str | None = None
-        self.resume_token: str | None = None
+        self.resume_token = secrets.token_urlsafe(16)
 
     @property
     def has_unconfirmed(self) -> bool:
@@ -58,8 +59,7 @@ class Replica:
         }
         if resume and self.epoch is not None:
             message["epoch"] = self.epoch
-        if self.resume_token is not None:
-            message["resume_token"] = self.resume_token
+        message["resume_token"] = self.resume_token
         return message
 
     def edit(self, changes: ChangeSet) -> dict[str, Any] | None:
@@ -96,7 +96,6 @@ class Replica:
         (`UnconfirmedWorkLost`) and dropped from the replica.
         """
         self.epoch = message.get("epoch", self.epoch)
-        self.resume_token = message.get("resume_token", self.resume_token)
         last_seq = message.get("last_seq")
         if last_seq is not None:
             # Never reuse a seq the server has applied (seq_reused), even if our state was lost.

@@ -9,7 +9,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -52,6 +52,16 @@ class Settings(BaseSettings):
     max_members_per_room: int = Field(default=100, ge=1)
     join_timeout_seconds: float = Field(default=10.0, gt=0)
     ws_per_message_deflate: bool = False
+
+    @model_validator(mode="after")
+    def _dedup_covers_history(self) -> Settings:
+        # A client forgotten by the dedup table while its pushes are still in the history
+        # would have a resend applied twice.
+        if self.dedup_clients < self.history_limit:
+            raise ValueError(
+                f"DEDUP_CLIENTS ({self.dedup_clients}) must be at least HISTORY_LIMIT ({self.history_limit})"
+            )
+        return self
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -319,3 +319,10 @@ def test_replace_refuses_lone_surrogates() -> None:
 @given(seed=st.integers(0, 2**32), clients=st.integers(2, 4), deletes=st.booleans())
 def test_replicas_converge_across_reconnects_and_resends(seed: int, clients: int, deletes: bool) -> None:
     _run_model(seed, clients, steps=150, deletes=deletes, reconnects=True)
+
+
+def test_resend_of_another_length_is_refused_as_reuse() -> None:
+    document = Document("abcdefg")
+    document.push(A, 1, 0, ChangeSet.from_json([5, [0, "!"], 2]))
+    with pytest.raises(SeqReused):
+        document.push(A, 1, 0, ChangeSet.from_json([5, [0, "!"], 6]))

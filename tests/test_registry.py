@@ -10,7 +10,15 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
-from rooms.errors import ClientIdInUse, InvalidChanges, InvalidMessage, RateLimited, RoomFull, VersionTooOld
+from rooms.errors import (
+    ClientIdInUse,
+    InvalidChanges,
+    InvalidMessage,
+    RateLimited,
+    RoomFull,
+    ServerStopping,
+    VersionTooOld,
+)
 from rooms.protocol import CodeChange, Cursor, Hello, Language, Ping, Push, SyncRequest
 from rooms.registry import DropReason, RoomRegistry, Session
 from rooms.settings import Settings
@@ -59,6 +67,10 @@ async def settle() -> None:
 
 def hello(client_id: str, username: str = "ann", version: int | None = None) -> Hello:
     return Hello(type="hello", client_id=client_id, username=username, version=version)
+
+
+def hello_with_token(client_id: str, token: str, version: int | None = None) -> Hello:
+    return Hello(type="hello", client_id=client_id, username="ann", version=version, resume_token=token)
 
 
 def push(version: int, seq: int, changes: list[Any]) -> Push:
@@ -451,11 +463,57 @@ async def test_heartbeat_loop_runs_on_its_interval() -> None:
     assert len(transport.of_type("ping")) >= 2
 
 
-async def test_zero_grace_evicts_at_once() -> None:
+async def test_zero_grace_evicts_as_soon_as_the_step_ends() -> None:
     registry, _ = make_registry(room_grace_seconds=0)
     session = registry.join_versioned("r", FakeTransport(), hello("c1"))
     registry.leave(session)
+    await settle()
     assert {} == registry.rooms
+
+
+async def test_takeover_with_zero_grace_keeps_the_document() -> None:
+    registry, _ = make_registry(room_grace_seconds=0)
+    old = registry.join_versioned("r", FakeTransport(), hello_with_token("tab", "t" * 16))
+    registry.handle(old, push(0, 1, [[0, "important"]]))
+    transport = FakeTransport()
+    registry.join_versioned("r", transport, hello_with_token("tab", "t" * 16, version=1))
+    await settle()
+    assert ("important", 1) == (registry.rooms["r"].document.text, transport.sent[0]["version"])
+
+
+async def test_no_one_is_admitted_while_stopping() -> None:
+    registry, _ = make_registry()
+    registry.accepting = False
+    with pytest.raises(ServerStopping):
+        registry.join_versioned("r", FakeTransport(), hello("late"))
+    assert {} == registry.rooms
+
+
+async def test_a_long_catch_up_is_not_taken_for_a_slow_client() -> None:
+    registry, _ = make_registry(outbound_queue_size=10)
+    writer = registry.join_versioned("r", FakeTransport(), hello("w"))
+    writer.bucket.burst = writer.bucket.tokens = 1000
+    for seq in range(1, 101):
+        registry.handle(writer, push(seq - 1, seq, append(seq - 1, "x")))
+        await settle()
+    transport = FakeTransport()
+    late = registry.join_versioned("r", transport, hello("late", version=0))
+    await settle()
+    assert not late.closed
+    assert list(range(1, 101)) == [u["version"] for u in transport.of_type("update")]
+
+
+async def test_a_catch_up_over_half_the_character_budget_becomes_a_snapshot() -> None:
+    registry, _ = make_registry(outbound_queue_chars=2000)
+    writer = registry.join_versioned("r", FakeTransport(), hello("w"))
+    for seq in range(1, 21):
+        registry.handle(writer, push(seq - 1, seq, append((seq - 1) * 100, "y" * 100)))
+        await settle()
+    transport = FakeTransport()
+    registry.join_versioned("r", transport, hello("late", version=0))
+    await settle()
+    assert ("y" * 2000, 20) == (transport.sent[0]["doc"], transport.sent[0]["version"])
+    assert [] == transport.of_type("update")
 
 
 async def test_gauges_return_to_zero_when_everyone_leaves() -> None:
@@ -482,7 +540,7 @@ async def test_hello_with_the_resume_token_takes_the_connection_over() -> None:
     old_transport, watcher = FakeTransport(), FakeTransport()
     old = registry.join_versioned("r", old_transport, hello("tab"))
     registry.join_versioned("r", watcher, hello("watcher"))
-    again = Hello(type="hello", client_id="tab", username="ann", version=0, resume_token=old.resume_token)
+    again = hello_with_token("tab", old.resume_token, version=0)
     new = registry.join_versioned("r", FakeTransport(), again)
     await settle()
     assert old.closed and not new.closed
@@ -495,9 +553,7 @@ async def test_a_wrong_resume_token_does_not_take_over() -> None:
     registry, _ = make_registry()
     registry.join_versioned("r", FakeTransport(), hello("tab"))
     with pytest.raises(ClientIdInUse):
-        registry.join_versioned(
-            "r", FakeTransport(), Hello(type="hello", client_id="tab", username="x", resume_token="guess")
-        )
+        registry.join_versioned("r", FakeTransport(), hello_with_token("tab", "a-wrong-guess-of-16+"))
 
 
 async def test_client_id_is_free_again_after_leaving() -> None:
@@ -640,3 +696,14 @@ async def test_welcome_tells_a_known_client_its_last_applied_seq() -> None:
     await settle()
     assert 7 == again.sent[0]["last_seq"]
     assert "last_seq" not in fresh.sent[0]
+
+
+async def test_the_clients_own_token_survives_a_lost_welcome() -> None:
+    registry, _ = make_registry()
+    token = "my-own-secret-token"
+    registry.join_versioned("r", FakeTransport(), hello_with_token("tab", token))
+    # The welcome of a second attempt is lost; the client tries again with the same secret.
+    registry.join_versioned("r", FakeTransport(), hello_with_token("tab", token))
+    third = registry.join_versioned("r", FakeTransport(), hello_with_token("tab", token))
+    assert third is registry.rooms["r"].clients[third.client_id]
+    assert 1 == len(registry.rooms["r"].sessions)

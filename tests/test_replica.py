@@ -93,8 +93,18 @@ def test_an_update_out_of_order_is_refused() -> None:
 
 def test_hello_resumes_from_the_replica_version() -> None:
     replica = Replica("me", "abc", 7)
-    assert {"type": "hello", "client_id": "me", "username": "ann", "version": 7} == replica.hello("ann")
+    hello = replica.hello("ann")
+    assert ("me", "ann", 7) == (hello["client_id"], hello["username"], hello["version"])
+    assert len(hello["resume_token"]) >= 16
     assert replica.hello("ann", resume=False)["version"] is None
+
+
+def test_hello_carries_the_epoch_of_the_last_welcome_and_a_stable_token() -> None:
+    replica = Replica("me")
+    token = replica.hello("ann")["resume_token"]
+    replica.welcome({"type": "welcome", "version": 0, "doc": "", "epoch": "e1"})
+    assert ("e1", token) == (replica.hello("ann")["epoch"], replica.hello("ann")["resume_token"])
+    assert "epoch" not in replica.hello("ann", resume=False)
 
 
 def test_snapshot_holding_the_inflight_batch_loses_nothing() -> None:

@@ -38,3 +38,8 @@ def test_invalid_values_name_the_variable(monkeypatch: pytest.MonkeyPatch) -> No
 def test_log_level_is_case_insensitive(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LOG_LEVEL", "debug")
     assert "DEBUG" == Settings().log_level
+
+
+def test_dedup_table_must_cover_the_history() -> None:
+    with pytest.raises(ValidationError, match="DEDUP_CLIENTS"):
+        Settings(dedup_clients=10, history_limit=100)
