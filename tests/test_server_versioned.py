@@ -330,25 +330,26 @@ async def test_client_that_stops_reading_is_dropped_and_others_keep_receiving(
     await hello(writer, "writer")
     big = "x" * 50_000
     left: dict[str, Any] | None = None
-    slowest = 0.0
+    received: list[int] = []
     seq = 0
     # Insert a large block, then delete it again (the document stays small), until the server
     # has given up on the stalled client: its socket buffers hold a few MB at most.
     while left is None and seq < 600:
         seq += 1
         changes: list[Any] = [[0, big]] if seq % 2 else [[50_000]]
-        sent = time.monotonic()
         await writer.send({"type": "push", "version": seq - 1, "seq": seq, "changes": changes})
         while True:
             message = await watcher.recv(timeout=10)
             if message["type"] == "member_left":
                 left = message
             elif message["type"] == "update":
-                slowest = max(slowest, time.monotonic() - sent)
+                received.append(message["version"])
                 break
     assert left is not None, "the stalled client was not dropped"
-    # The others never waited for it: each update reached the watcher promptly.
-    assert slowest < 2.0, slowest
+    # The others never waited for it: the watcher got every update, each before the next push
+    # was even sent, while more than a queue's worth piled up for the stalled client.
+    assert list(range(1, seq + 1)) == received
+    assert seq > 50
     metrics = live.metrics()
     dropped = re.search(r'collab_dropped_sockets_total\{reason="(queue_overflow|send_timeout)"\} (\d+)', metrics)
     assert dropped is not None and int(dropped.group(2)) >= 1
