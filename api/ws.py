@@ -20,6 +20,7 @@ from api.origins import origin_allowed
 from rooms.errors import InternalError, InvalidMessage, RateLimited, RoomError, RoomFull, ServerStopping
 from rooms.limits import TokenBucket
 from rooms.protocol import (
+    VERSIONED_ONLY,
     CodeChange,
     ErrorOut,
     Hello,
@@ -27,6 +28,7 @@ from rooms.protocol import (
     Leave,
     Ping,
     Pong,
+    SeedError,
     SyncRequest,
     parse_client_message,
 )
@@ -84,10 +86,15 @@ async def _receive(websocket: WebSocket) -> str | bytes:
     return data
 
 
-def _pre_join_error(error: RoomError) -> str:
-    # The protocol is not known yet: the reply carries both the seed field (message) and the
-    # versioned one (code).
-    return ErrorOut(code=error.code, message=str(error)).encode()
+def _pre_join_error(error: RoomError, message_type: str | None) -> str:
+    """An error before the client has joined, in the format of the protocol it is trying.
+
+    A frame whose type only the versioned protocol has (``hello``, ``push``...) is answered
+    with ``code`` and ``message``; anything else, as a seed client expects, with ``message``.
+    """
+    if message_type in VERSIONED_ONLY:
+        return ErrorOut(code=error.code, message=str(error)).encode()
+    return SeedError(message=str(error)).encode()
 
 
 @router.websocket("/ws/{room_id}")
@@ -103,8 +110,9 @@ async def room_socket(websocket: WebSocket, room_id: str) -> None:
     try:
         await websocket.accept()
         if not ROOM_ID.fullmatch(room_id):
+            # No message yet, so no protocol: this one reply carries both formats' fields.
             error = InvalidMessage("room id must be 1 to 64 letters, digits, '-' or '_'")
-            await websocket.send_text(_pre_join_error(error))
+            await websocket.send_text(ErrorOut(code=error.code, message=str(error)).encode())
             await transport.close(CLOSE_POLICY, "invalid room id")
             return
         if not registry.accepting:
@@ -141,9 +149,11 @@ async def _join(
         except TimeoutError:
             await transport.close(CLOSE_POLICY, "send join or hello first")
             return None
+        message_type: str | None = None
         try:
             bucket.take(time.monotonic())
             message = parse_client_message(raw, settings.frame_limit_bytes)
+            message_type = message.type
             match message:
                 case Hello():
                     return registry.join_versioned(room_id, transport, message)
@@ -167,7 +177,7 @@ async def _join(
                 continue  # a flood before joining gets one reply a second
             if isinstance(error, RateLimited):
                 last_rate_error = time.monotonic()
-            await websocket.send_text(_pre_join_error(error))
+            await websocket.send_text(_pre_join_error(error, message_type or error.message_type))
             if isinstance(error, RoomFull):
                 await transport.close(CLOSE_TRY_AGAIN_LATER, "room is full")
                 return None

@@ -12,6 +12,9 @@ class RoomError(Exception):
     """Base class of every domain error. ``code`` is the stable wire error code."""
 
     code = "room_error"
+    # The type of the message that failed, when it is known: it tells a connection that has
+    # not joined yet which protocol's error format to answer in.
+    message_type: str | None = None
 
 
 class InvalidChanges(RoomError):

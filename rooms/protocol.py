@@ -116,6 +116,9 @@ AnyClientMessage = Annotated[
     Field(discriminator="type"),
 ]
 _client_adapter: TypeAdapter[AnyClientMessage] = TypeAdapter(AnyClientMessage)
+# Messages only the versioned protocol has: an error about one is answered in its format.
+VERSIONED_ONLY = frozenset({"hello", "push", "cursor", "language"})
+SEED_ONLY = frozenset({"join", "code_change", "sync_request"})
 CLIENT_TYPES = ("join", "code_change", "sync_request", "leave", "ping", "pong", "hello", "push", "cursor", "language")
 
 
@@ -167,7 +170,9 @@ def parse_client_message(raw: str | bytes, max_bytes: int) -> AnyClientMessage:
     try:
         return _client_adapter.validate_python(data)
     except ValidationError as exc:
-        raise InvalidMessage(f"invalid {kind} message: {_describe(exc)}") from None
+        error = InvalidMessage(f"invalid {kind} message: {_describe(exc)}")
+        error.message_type = kind
+        raise error from None
 
 
 # Server to client. Built once per broadcast and serialised once for every recipient.

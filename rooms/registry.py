@@ -51,6 +51,8 @@ from rooms.presence import Member, Presence, Selection, UserId
 from rooms.protocol import (
     PING,
     PONG,
+    SEED_ONLY,
+    VERSIONED_ONLY,
     AnyClientMessage,
     ClientMessage,
     CodeChange,
@@ -92,9 +94,6 @@ REBASE_VERSIONS_PER_TOKEN = 50
 # A cursor further behind than this is dropped instead of mapped: it is stale, and the client
 # sends a fresh one with its next move.
 CURSOR_MAX_LAG = 100
-
-SEED_ONLY = frozenset({"join", "code_change", "sync_request"})
-VERSIONED_ONLY = frozenset({"hello", "push", "cursor", "language"})
 
 
 class Transport(TypingProtocol):

@@ -228,7 +228,7 @@ async def test_connection_that_never_joins_is_closed(
     live = make_server(JOIN_TIMEOUT_SECONDS="0.5")
     lurker: Client = await connect_client(live.ws(room))
     await lurker.send("not json")  # an error does not restart the clock
-    assert "invalid_json" == (await lurker.recv())["code"]
+    assert "error" == (await lurker.recv())["type"]
     with pytest.raises(ConnectionClosed) as closed:
         await lurker.recv(timeout=5)
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
@@ -252,3 +252,26 @@ async def test_seed_client_cannot_speak_the_versioned_protocol(
     ann = await join(connect_client, server, room)
     await ann.send({"type": "push", "version": 0, "seq": 1, "changes": [[0, "x"]]})
     assert "seed protocol" in (await ann.recv())["message"]
+
+
+@pytest.mark.parametrize(
+    ("frame", "fields"),
+    [
+        ("not json", {"type", "message"}),
+        ('{"type": "code_change"}', {"type", "message"}),
+        ('{"type": "dance"}', {"type", "message"}),
+        ('{"type": "hello", "username": "no id"}', {"type", "code", "message"}),
+        ('{"type": "push", "version": 0, "seq": 1, "changes": []}', {"type", "code", "message"}),
+    ],
+)
+async def test_errors_before_joining_use_the_format_of_the_protocol_tried(
+    server: LiveServer, room: str, connect_client: Connect, frame: str, fields: set[str]
+) -> None:
+    client: Client = await connect_client(server.ws(room))
+    await client.send(frame)
+    error = await client.recv()
+    assert ("error", fields) == (error["type"], set(error))
+    # The connection stays open and may still join.
+    await client.send({"type": "join", "username": "late"})
+    await client.send({"type": "sync_request"})
+    assert "code_change" == (await client.recv())["type"]
