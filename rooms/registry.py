@@ -190,9 +190,11 @@ class RoomRegistry:
     # Lifecycle
 
     async def start(self) -> None:
+        heartbeat = self.settings.heartbeat_interval_seconds
+        watchdog = min(1.0, self.settings.send_timeout_seconds / 2)
         self._tasks = [
-            asyncio.create_task(self._heartbeat_loop(), name="collab-heartbeat"),
-            asyncio.create_task(self._watchdog_loop(), name="collab-send-watchdog"),
+            asyncio.create_task(self._every(heartbeat, self.heartbeat, "heartbeat"), name="collab-heartbeat"),
+            asyncio.create_task(self._every(watchdog, self.check_sends, "watchdog"), name="collab-send-watchdog"),
         ]
 
     async def stop(self, code: int = CLOSE_SERVICE_RESTART, reason: str = "server restarting") -> None:
@@ -679,23 +681,14 @@ class RoomRegistry:
             session.log.info("send_failed", error=type(exc).__name__)
             self.drop(session, DropReason.SEND_FAILED)
 
-    async def _heartbeat_loop(self) -> None:
-        interval = self.settings.heartbeat_interval_seconds
+    async def _every(self, interval: float, step: Callable[[], None], name: str) -> None:
+        """Run ``step`` every ``interval`` seconds; a failing step is logged, not fatal."""
         while True:
             await asyncio.sleep(interval)
             try:
-                self.heartbeat()
+                step()
             except Exception:
-                log.exception("heartbeat_failed")
-
-    async def _watchdog_loop(self) -> None:
-        interval = min(1.0, self.settings.send_timeout_seconds / 2)
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                self.check_sends()
-            except Exception:
-                log.exception("watchdog_failed")
+                log.exception(f"{name}_failed")
 
     def check_sends(self) -> None:
         """Drop every client whose current socket write has taken longer than the send timeout."""
