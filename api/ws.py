@@ -16,7 +16,7 @@ import structlog
 from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
-from api.origins import origin_allowed
+from api.origins import is_loopback, origin_allowed
 from rooms.errors import InternalError, InvalidMessage, RateLimited, RoomError, RoomFull, ServerStopping
 from rooms.limits import TokenBucket
 from rooms.protocol import (
@@ -101,7 +101,12 @@ def _pre_join_error(error: RoomError, message_type: str | None) -> str:
 async def room_socket(websocket: WebSocket, room_id: str) -> None:
     registry: RoomRegistry = websocket.app.state.registry
     settings: Settings = websocket.app.state.settings
-    if not origin_allowed(websocket.headers.get("origin"), websocket.headers.get("host"), settings.allowed_origins):
+    if not origin_allowed(
+        websocket.headers.get("origin"),
+        websocket.headers.get("host"),
+        settings.allowed_origins,
+        loopback_only=is_loopback(settings.host),
+    ):
         log.info("origin_refused", room_id=room_id)
         await websocket.close(CLOSE_POLICY, "origin not allowed")  # before accept: HTTP 403
         return

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from api.origins import origin_allowed
+from api.origins import is_loopback, origin_allowed
 
 
 @pytest.mark.parametrize(
@@ -46,3 +46,27 @@ def test_allow_list_replaces_the_same_origin_rule() -> None:
 
 def test_wildcard_allows_every_origin() -> None:
     assert origin_allowed("https://anything.example", "pad.example.com", ["*"])
+
+
+def test_a_loopback_server_accepts_only_loopback_names_from_browsers() -> None:
+    # A page on rebind.example that re-resolves its name to 127.0.0.1 is "same-origin".
+    assert origin_allowed("http://rebind.example:8080", "rebind.example:8080", [])
+    assert not origin_allowed("http://rebind.example:8080", "rebind.example:8080", [], loopback_only=True)
+    assert origin_allowed("http://localhost:8080", "localhost:8080", [], loopback_only=True)
+    assert origin_allowed("http://[::1]:8080", "[::1]:8080", [], loopback_only=True)
+    assert origin_allowed(None, "rebind.example:8080", [], loopback_only=True)
+
+
+@pytest.mark.parametrize(
+    ("host", "expected"),
+    [
+        ("127.0.0.1", True),
+        ("127.1.2.3", True),
+        ("localhost", True),
+        ("[::1]", True),
+        ("0.0.0.0", False),
+        ("pad.example", False),
+    ],
+)
+def test_is_loopback(host: str, expected: bool) -> None:
+    assert expected == is_loopback(host)
