@@ -17,6 +17,7 @@ from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from api.origins import is_loopback, origin_allowed
+from observability import metrics
 from rooms.errors import InternalError, InvalidMessage, RateLimited, RoomError, RoomFull, ServerStopping
 from rooms.limits import TokenBucket
 from rooms.protocol import (
@@ -156,9 +157,15 @@ async def _join(
             return None
         message_type: str | None = None
         try:
-            bucket.take(time.monotonic())
+            try:
+                bucket.take(time.monotonic())
+            except RateLimited:
+                metrics.RATE_LIMITED.inc()
+                raise
             message = parse_client_message(raw, settings.frame_limit_bytes)
             message_type = message.type
+            if message.type in ("hello", "join"):
+                metrics.message_counter("in", message.type).inc()
             match message:
                 case Hello():
                     return registry.join_versioned(room_id, transport, message)
@@ -178,6 +185,7 @@ async def _join(
             error = exc if isinstance(exc, RoomError) else InternalError()
             if not isinstance(exc, RoomError):
                 log.exception("join_failed")
+            metrics.REJECTED.labels(error.code).inc()
             if isinstance(error, RateLimited) and time.monotonic() - last_rate_error < 1.0:
                 continue  # a flood before joining gets one reply a second
             if isinstance(error, RateLimited):

@@ -70,6 +70,9 @@ def configure_logging(log_format: str = "console", level: str = "INFO") -> None:
     handler._collab_pad = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level.upper())
+    # Warnings (a dependency's deprecation notice, say) become log events too, so a JSON log
+    # stays one JSON object a line.
+    logging.captureWarnings(True)
     for name in FOREIGN_LOGGERS:
         foreign = logging.getLogger(name)
         foreign.handlers.clear()

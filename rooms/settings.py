@@ -9,7 +9,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -90,5 +90,16 @@ class Settings(BaseSettings):
         return self.max_document_chars * 12 + 64 * 1024
 
 
+class ConfigurationError(SystemExit):
+    """Invalid settings: stops the start with one line per bad variable, no traceback."""
+
+
 def load_settings() -> Settings:
-    return Settings()
+    try:
+        return Settings()
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors(include_url=False):
+            name = ".".join(str(part) for part in error["loc"]).upper() or "settings"
+            lines.append(f"  {name}: {error['msg']}")
+        raise ConfigurationError("invalid configuration:\n" + "\n".join(lines)) from None

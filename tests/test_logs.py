@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import warnings
 from collections.abc import Iterator
 
 import pytest
@@ -16,7 +17,9 @@ from observability.logs import configure_logging, redact
 
 @pytest.fixture(autouse=True)
 def _reset_structlog() -> Iterator[None]:
+    logging.captureWarnings(False)
     yield
+    logging.captureWarnings(False)
     structlog.reset_defaults()
     structlog.contextvars.clear_contextvars()
 
@@ -44,3 +47,15 @@ def test_json_format_writes_one_object_a_line_for_ours_and_uvicorns(monkeypatch:
     assert "[redacted]" == lines[0]["password"]
     assert ("uvicorn.error", "info") == (lines[1]["logger"], lines[1]["level"])
     assert all("timestamp" in line for line in lines)
+
+
+def test_warnings_become_log_events(monkeypatch: pytest.MonkeyPatch) -> None:
+    stream = io.StringIO()
+    monkeypatch.setattr("sys.stderr", stream)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        configure_logging("json", "INFO")
+        warnings.warn("something old", DeprecationWarning, stacklevel=1)
+    line = json.loads(stream.getvalue().splitlines()[-1])
+    assert ("py.warnings", "warning") == (line["logger"], line["level"])
+    assert "something old" in line["event"]

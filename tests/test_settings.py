@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from rooms.settings import Settings
+from rooms.settings import ConfigurationError, Settings, load_settings
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 
@@ -43,3 +43,14 @@ def test_log_level_is_case_insensitive(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_dedup_table_must_cover_the_history() -> None:
     with pytest.raises(ValidationError, match="DEDUP_CLIENTS"):
         Settings(dedup_clients=10, history_limit=100)
+
+
+def test_a_bad_environment_stops_with_one_line_per_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PORT", "70000")
+    monkeypatch.setenv("LOG_FORMAT", "xml")
+    with pytest.raises(ConfigurationError) as stopped:
+        load_settings()
+    message = str(stopped.value.code)
+    assert message.startswith("invalid configuration:")
+    assert "  PORT: Input should be less than or equal to 65535" in message.splitlines()
+    assert any(line.startswith("  LOG_FORMAT: ") for line in message.splitlines())

@@ -1,4 +1,4 @@
-"""The home page. The shared editor is served to browsers from ``/room/{room_id}``."""
+"""The home page: what the server offers, until the browser editor arrives."""
 
 from __future__ import annotations
 
