@@ -1,8 +1,8 @@
 """The room registry: rooms, their members, and the fan-out of every change to every client.
 
-Lifecycle: a room is created on first use (`RoomRegistry.join`), a session leaves it in the
-transport's ``finally`` (`RoomRegistry.leave`, idempotent), and a room left empty is evicted
-from memory after ``room_grace_seconds`` unless someone comes back first.
+Lifecycle: a room is created on first use (`RoomRegistry.join_seed`, `join_versioned`), a
+session leaves it in the transport's ``finally`` (`RoomRegistry.leave`, idempotent), and a room
+left empty is evicted from memory after ``room_grace_seconds`` unless someone comes back first.
 
 Fan-out policy. Handling a client message is synchronous: the document changes and every
 outgoing message is put in the recipients' queues in the same step, so all clients see updates
@@ -14,8 +14,8 @@ characters, whichever comes first), whose socket write takes longer than
 A versioned client that sends nothing (not even ``pong``) for ``heartbeat_timeout_seconds`` is
 dropped the same way; every client gets a ``ping`` each ``heartbeat_interval_seconds``.
 
-Transports (raw WebSocket, NiceGUI) meet rooms through the small `Transport` protocol, so the
-registry is tested with in-memory fakes.
+Transports (the raw WebSocket endpoint today) meet rooms through the small `Transport`
+protocol, so the registry is tested with in-memory fakes.
 """
 
 from __future__ import annotations
@@ -115,7 +115,6 @@ class DropReason(StrEnum):
 
 # WebSocket close codes (RFC 6455 section 7.4.1 and the IANA registry).
 CLOSE_NORMAL = 1000
-CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
 CLOSE_SERVICE_RESTART = 1012
 CLOSE_TRY_AGAIN_LATER = 1013
@@ -242,7 +241,7 @@ class RoomRegistry:
         client_id: ClientId | None,
         batch: bool = False,
         resume_token: str | None = None,
-    ) -> tuple[Session, Member]:
+    ) -> Session:
         if not self.accepting:
             raise ServerStopping()
         room = self.room(room_id)
@@ -273,12 +272,11 @@ class RoomRegistry:
         metrics.CONNECTIONS.labels(transport.name, protocol.value).inc()
         metrics.MEMBERS.inc()
         session.log.info("member_joined", protocol=protocol.value, transport=transport.name)
-        return session, member
+        return session
 
     def join_seed(self, room_id: RoomId, transport: Transport, username: object) -> Session:
         """Admit a seed-protocol client; it gets no reply, the others get ``user_joined``."""
-        session, _ = self._admit(room_id, transport, Protocol.SEED, username, None)
-        return session
+        return self._admit(room_id, transport, Protocol.SEED, username, None)
 
     def join_versioned(self, room_id: RoomId, transport: Transport, hello: Hello) -> Session:
         """Admit a versioned client: ``welcome``, then every update it has not seen, in order.
@@ -297,7 +295,7 @@ class RoomRegistry:
             if hello.resume_token is None or not secrets.compare_digest(hello.resume_token, existing.resume_token):
                 raise ClientIdInUse()
             self.end(existing, CLOSE_REPLACED, "replaced by a newer connection")
-        session, _ = self._admit(
+        session = self._admit(
             room_id,
             transport,
             Protocol.VERSIONED,
