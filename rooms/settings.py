@@ -52,6 +52,8 @@ class Settings(BaseSettings):
     max_members_per_room: int = Field(default=100, ge=1)
     join_timeout_seconds: float = Field(default=10.0, gt=0)
     ws_per_message_deflate: bool = False
+    ws_ping_interval_seconds: float = Field(default=20.0, gt=0)
+    ws_ping_timeout_seconds: float = Field(default=20.0, gt=0)
 
     @model_validator(mode="after")
     def _dedup_covers_history(self) -> Settings:

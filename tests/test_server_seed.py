@@ -10,7 +10,7 @@ import httpx
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.conftest import Client, LiveServer
+from tests.conftest import Client, LiveServer, stalled_socket
 
 pytestmark = pytest.mark.slow
 
@@ -275,3 +275,15 @@ async def test_errors_before_joining_use_the_format_of_the_protocol_tried(
     await client.send({"type": "join", "username": "late"})
     await client.send({"type": "sync_request"})
     assert "code_change" == (await client.recv())["type"]
+
+
+async def test_dead_seed_socket_is_found_by_protocol_pings(
+    make_server: Callable[..., LiveServer], room: str, connect_client: Connect
+) -> None:
+    live = make_server(WS_PING_INTERVAL_SECONDS="0.3", WS_PING_TIMEOUT_SECONDS="0.5")
+    ann = await join(connect_client, live, room)
+    # A seed client whose machine vanished: it joined, then never reads or answers again.
+    dead = stalled_socket(live.port, room, {"type": "join", "username": "ghost"})
+    ghost_id = (await ann.recv_type("user_joined"))["user_id"]
+    assert {"type": "user_left", "user_id": ghost_id} == await ann.recv_type("user_left", timeout=10)
+    dead.close()
