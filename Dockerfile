@@ -23,9 +23,8 @@ COPY api ./api
 COPY ui ./ui
 COPY observability ./observability
 
-RUN useradd --system --uid 10001 --home-dir /app collab && mkdir -p /app/data && chown collab /app/data
+RUN useradd --system --uid 10001 --home-dir /app collab
 USER collab
-VOLUME ["/app/data"]
 EXPOSE 8080
 
 HEALTHCHECK --interval=15s --timeout=3s --start-period=20s --retries=3 \
