@@ -326,3 +326,15 @@ def test_resend_of_another_length_is_refused_as_reuse() -> None:
     document.push(A, 1, 0, ChangeSet.from_json([5, [0, "!"], 2]))
     with pytest.raises(SeqReused):
         document.push(A, 1, 0, ChangeSet.from_json([5, [0, "!"], 6]))
+
+
+def test_a_negative_version_is_a_programming_error() -> None:
+    with pytest.raises(ValueError, match="non-negative"):
+        Document("", version=-1)
+
+
+def test_replace_resend_is_ignored() -> None:
+    document = Document("")
+    document.replace("a", A, 1)
+    assert document.replace("b", A, 1) is None
+    assert "a" == document.text

@@ -121,3 +121,13 @@ def test_escaped_surrogate_pairs_are_valid_text() -> None:
     message = parse_client_message('{"type":"code_change","code":"\\ud83d\\ude00","cursor_position":0}', 1000)
     assert isinstance(message, CodeChange)
     assert "😀" == message.code
+
+
+def test_a_large_cursor_position_is_refused() -> None:
+    with pytest.raises(InvalidMessage, match="200 bytes"):
+        parse_client_message(json.dumps({"type": "code_change", "code": "x", "cursor_position": "p" * 300}), 10_000)
+
+
+def test_binary_frames_must_be_utf8() -> None:
+    with pytest.raises(InvalidJson, match="not UTF-8"):
+        parse_client_message(b'{"type":"ping","x":"\xff"}', 1000)

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
+from structlog.testing import capture_logs
 
 from rooms.errors import (
     ClientIdInUse,
@@ -707,3 +708,31 @@ async def test_the_clients_own_token_survives_a_lost_welcome() -> None:
     third = registry.join_versioned("r", FakeTransport(), hello_with_token("tab", token))
     assert third is registry.rooms["r"].clients[third.client_id]
     assert 1 == len(registry.rooms["r"].sessions)
+
+
+async def test_leave_ends_the_session_with_a_normal_close() -> None:
+    registry, _ = make_registry()
+    transport = FakeTransport()
+    session = registry.join_seed("r", transport, "sam")
+    registry.receive(session, '{"type": "pong"}')
+    registry.receive(session, '{"type": "leave"}')
+    await settle()
+    assert session.closed
+    assert (1000, "left") == transport.closed
+    assert [] == transport.of_type("error")
+
+
+async def test_a_failing_periodic_step_is_logged_and_the_loop_goes_on() -> None:
+    registry, _ = make_registry()
+    calls: list[int] = []
+
+    def step() -> None:
+        calls.append(1)
+        raise KeyError("bug")
+
+    task = asyncio.create_task(registry._every(0.001, step, "test"))
+    with capture_logs() as logs:
+        while len(calls) < 3:
+            await asyncio.sleep(0.005)
+    task.cancel()
+    assert {"test_failed"} == {entry["event"] for entry in logs}
