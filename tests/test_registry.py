@@ -725,14 +725,16 @@ async def test_leave_ends_the_session_with_a_normal_close() -> None:
 async def test_a_failing_periodic_step_is_logged_and_the_loop_goes_on() -> None:
     registry, _ = make_registry()
     calls: list[int] = []
+    third = asyncio.Event()
 
     def step() -> None:
         calls.append(1)
+        if len(calls) == 3:
+            third.set()
         raise KeyError("bug")
 
     task = asyncio.create_task(registry._every(0.001, step, "test"))
     with capture_logs() as logs:
-        while len(calls) < 3:
-            await asyncio.sleep(0.005)
+        await asyncio.wait_for(third.wait(), 5)
     task.cancel()
     assert {"test_failed"} == {entry["event"] for entry in logs}
