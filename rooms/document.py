@@ -113,9 +113,11 @@ class Document:
         # very change the server applied. Where the history is gone it cannot be checked.
         if not self.oldest_version <= base_version < applied:
             return
-        for update in self.updates_since(base_version)[: applied - 1 - base_version]:
+        updates = self.updates_since(base_version)
+        offset = applied - 1 - base_version  # updates[offset] is the one this seq made
+        for update in updates[:offset]:
             changes = changes.map(update.changes)
-        original = self._history[len(self._history) - (self._version - applied) - 1].changes
+        original = updates[offset].changes
         if changes.length != original.length or _canonical(changes) != _canonical(original):
             raise SeqReused(seq, last_seq)
 
@@ -148,9 +150,7 @@ class Document:
             return None
         rebased = self.rebase(changes, base_version)
         new_text = rebased.apply(self._text)
-        # A change that shrinks a document already over a lowered limit is still allowed.
-        if len(new_text) > self.max_chars and len(new_text) > len(self._text):
-            raise DocumentTooLarge(len(new_text), self.max_chars)
+        self._check_size(new_text)
         return self._commit(new_text, client_id, seq, rebased, user_id)
 
     def replace(self, new_text: str, client_id: ClientId, seq: int, user_id: str = "") -> Update | None:
@@ -158,8 +158,7 @@ class Document:
 
         ``None`` when the text is unchanged or the push is a resend.
         """
-        if len(new_text) > self.max_chars and len(new_text) > len(self._text):
-            raise DocumentTooLarge(len(new_text), self.max_chars)
+        self._check_size(new_text)
         if self.is_duplicate(client_id, seq):
             return None
         try:
@@ -170,6 +169,11 @@ class Document:
         if changes.is_empty:
             return None
         return self._commit(new_text, client_id, seq, changes, user_id)
+
+    def _check_size(self, new_text: str) -> None:
+        # A change that shrinks a document already over a lowered limit is still allowed.
+        if len(new_text) > self.max_chars and len(new_text) > len(self._text):
+            raise DocumentTooLarge(len(new_text), self.max_chars)
 
     def _commit(self, text: str, client_id: ClientId, seq: int, changes: ChangeSet, user_id: str) -> Update:
         self._text = text

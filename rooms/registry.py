@@ -458,8 +458,6 @@ class RoomRegistry:
             raise
 
     def _dispatch(self, session: Session, message: AnyClientMessage) -> None:
-        if session.closed:
-            return
         metrics.message_counter("in", message.type).inc()
         if message.type in (VERSIONED_ONLY if session.protocol is Protocol.SEED else SEED_ONLY):
             raise InvalidMessage(
