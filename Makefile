@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NODE_STAMP := tests/node/node_modules/.installed
 
-.PHONY: install node run test lint typecheck pytest clean
+.PHONY: install node system run test lint typecheck pytest bench clean
 
 install: $(STAMP)
 
@@ -25,6 +25,10 @@ $(NODE_STAMP): tests/node/package.json tests/node/package-lock.json
 		echo "npm not found: the differential ChangeSet test will be skipped"; \
 	fi
 
+# Debian packages the tests drive for real: chromium + chromium-driver, prometheus (promtool).
+system:
+	bash scripts/system-deps.sh
+
 run: install
 	$(BIN)/python app.py
 
@@ -34,10 +38,14 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-pytest: install node
+pytest: install node system
 	$(BIN)/pytest
 
 test: lint typecheck pytest
+
+# Loopback benchmarks of this server against two baselines; rewrites docs/benchmarks.md.
+bench: install
+	$(BIN)/python bench/run.py
 
 clean:
 	rm -rf $(VENV) tests/node/node_modules .mypy_cache .ruff_cache .pytest_cache .hypothesis

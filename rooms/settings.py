@@ -7,6 +7,7 @@ Defaults serve a single container with no setup. Each field is documented in
 from __future__ import annotations
 
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -28,6 +29,7 @@ class Settings(BaseSettings):
     log_format: LogFormat = LogFormat.CONSOLE
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     storage_secret: str | None = None
+    data_dir: Path = Path("data")
 
     # Document
     max_document_chars: int = Field(default=100_000, ge=1)
