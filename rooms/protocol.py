@@ -89,6 +89,8 @@ class Hello(ClientMessage):
     resume_token: Annotated[str, Field(min_length=16, max_length=64)] | None = None
     # Opt-in: the server may then send several messages in one frame, as a JSON array.
     batch: bool = False
+    # The colour the user chose (#rrggbb); without one the room picks a free one.
+    color: Annotated[str, Field(pattern=r"^#[0-9a-fA-F]{6}$")] | None = None
 
 
 class Push(ClientMessage):

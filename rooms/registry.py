@@ -241,6 +241,7 @@ class RoomRegistry:
         client_id: ClientId | None,
         batch: bool = False,
         resume_token: str | None = None,
+        color: str | None = None,
     ) -> Session:
         if not self.accepting:
             raise ServerStopping()
@@ -262,7 +263,7 @@ class RoomRegistry:
         )
         if resume_token is not None:
             session.resume_token = resume_token
-        member = room.presence.add(user_id, clean_username(username, self.settings.max_username_chars))
+        member = room.presence.add(user_id, clean_username(username, self.settings.max_username_chars), color)
         # Announce before registering, so the joiner is not told about itself.
         self._broadcast_member_joined(room, member)
         room.sessions[user_id] = session
@@ -303,6 +304,7 @@ class RoomRegistry:
             ClientId(hello.client_id),
             hello.batch,
             hello.resume_token,
+            hello.color.lower() if hello.color else None,
         )
         try:
             self._welcome(session, hello)

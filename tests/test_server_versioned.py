@@ -463,3 +463,14 @@ async def test_resume_into_a_room_made_anew_gets_a_snapshot_not_foreign_updates(
     assert "XYZ" == returning.replica.text
     await other.close()
     await returning.close()
+
+
+async def test_a_member_keeps_the_colour_it_chose(server: LiveServer, room: str, connect_client: Connect) -> None:
+    ann: Client = await connect_client(server.ws(room))
+    await ann.send({"type": "hello", "client_id": "ann", "username": "Ann", "version": None, "color": "#AA00ff"})
+    welcome = await ann.recv_type("welcome")
+    assert {"user_id": welcome["user_id"], "username": "Ann", "color": "#aa00ff"} in welcome["members"]
+    bob: Client = await connect_client(server.ws(room))
+    await bob.send({"type": "hello", "client_id": "bob", "username": "Bob", "version": None, "color": "red"})
+    error = await bob.recv_type("error")
+    assert "invalid_message" == error["code"] and "color" in error["message"]
