@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-from rooms.registry import RoomRegistry
+from observability import metrics
+from rooms.registry import DropReason, RoomRegistry
 
 router = APIRouter()
+
+# Every known drop reason has a series from the start, at 0: a rate() panel then shows 0 rather
+# than "no data", and an alert on the rate sees a value before the first drop.
+for _reason in DropReason:
+    metrics.DROPPED.labels(_reason.value)
+
+
+def running_registry(app: FastAPI) -> RoomRegistry | None:
+    """The room registry while it accepts connections; None while starting or stopping."""
+    registry: RoomRegistry | None = getattr(app.state, "registry", None)
+    if registry is None or not registry.accepting:
+        return None
+    return registry
 
 
 @router.get("/healthz", include_in_schema=False)
@@ -20,12 +34,15 @@ async def healthz() -> JSONResponse:
 @router.get("/readyz", include_in_schema=False)
 async def readyz(request: Request) -> JSONResponse:
     """Readiness: rooms can be joined. Fails while starting or shutting down."""
-    registry: RoomRegistry | None = getattr(request.app.state, "registry", None)
-    if registry is None or not registry.accepting:
+    registry = running_registry(request.app)
+    metrics.READY.set(registry is not None)
+    if registry is None:
         return JSONResponse({"status": "unavailable", "reason": "not accepting connections"}, status_code=503)
     return JSONResponse({"status": "ready", "rooms": len(registry.rooms)})
 
 
 @router.get("/metrics", include_in_schema=False)
-async def metrics() -> Response:
+async def metrics_endpoint(request: Request) -> Response:
+    # Readiness is read when scraped, so `collab_ready` is exactly what /readyz would answer now.
+    metrics.READY.set(running_registry(request.app) is not None)
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

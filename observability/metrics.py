@@ -2,7 +2,8 @@
 
 Each metric is documented in ``docs/operations.md`` (type, labels, meaning); a test keeps the
 two in step. Labels have small fixed value sets (never a room or user id), so the number of
-series stays bounded however many rooms exist.
+series stays bounded however many rooms exist. The Grafana dashboard and the alert rules in
+``deploy/`` query these names; a test runs their queries against a real Prometheus.
 """
 
 from __future__ import annotations
@@ -57,7 +58,12 @@ DOCUMENT_CHARS = Histogram(
     "Size of a room's document after each update, in characters.",
     buckets=(100, 1_000, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000),
 )
-ROOM_EVICTIONS = Counter("collab_room_evictions_total", "Empty rooms unloaded from memory after the grace period.")
+ROOM_EVICTIONS = Counter(
+    "collab_room_evictions_total", "Rooms unloaded from memory: empty for the grace period, or at shutdown."
+)
+# Prometheus sees only metrics, so readiness is one too: an alert on `collab_ready == 0` (or
+# `up == 0`) is the scrape-side twin of a failing `/readyz`.
+READY = Gauge("collab_ready", "1 while this process accepts room connections (/readyz answers 200), else 0.")
 
 
 @cache

@@ -10,8 +10,11 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi.testclient import TestClient
 from websockets.exceptions import ConnectionClosed
 
+from app import app
+from rooms.registry import DropReason
 from tests.conftest import Client, LiveServer
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "operations.md"
@@ -23,6 +26,36 @@ def test_every_documented_metric_is_exported_and_every_exported_one_documented(s
     exported = set(re.findall(r"^# TYPE (collab_[a-z_]+) ", text, re.MULTILINE))
     # prometheus-client names a counter `x_total` in samples but `x` in its TYPE line.
     assert {name.removesuffix("_total") for name in documented} == {name.removesuffix("_total") for name in exported}
+
+
+def sample(text: str, series: str) -> float:
+    match = re.search(rf"^{re.escape(series)} (\S+)$", text, re.MULTILINE)
+    assert match, f"{series} not in /metrics"
+    return float(match.group(1))
+
+
+def test_ready_gauge_says_what_readyz_says() -> None:
+    # Outside the lifespan no registry runs: not ready, in both places.
+    outside = TestClient(app)
+    assert 503 == outside.get("/readyz").status_code
+    assert 0.0 == sample(outside.get("/metrics").text, "collab_ready")
+    with TestClient(app) as client:
+        assert 200 == client.get("/readyz").status_code
+        assert 1.0 == sample(client.get("/metrics").text, "collab_ready")
+        registry = client.app.state.registry  # type: ignore[attr-defined]
+        registry.accepting = False  # as while it stops
+        try:
+            assert 503 == client.get("/readyz").status_code
+            assert 0.0 == sample(client.get("/metrics").text, "collab_ready")
+        finally:
+            registry.accepting = True
+
+
+def test_every_drop_reason_is_exported_before_the_first_drop(server: LiveServer) -> None:
+    # A series at 0 lets rate() panels show 0 and the drop alert evaluate before anything happens.
+    text = server.metrics()
+    for reason in DropReason:
+        assert 0 <= sample(text, f'collab_dropped_sockets_total{{reason="{reason.value}"}}')
 
 
 @pytest.mark.slow
