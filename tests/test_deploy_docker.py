@@ -1,0 +1,196 @@
+"""The container image: its start command really serves and stops, and it ships the whole app.
+
+No container engine runs here, so the image is not built. Instead the Dockerfile's own
+instructions are read (ENV, WORKDIR, CMD, HEALTHCHECK, COPY) and its start command is run on
+this machine with the image's environment, from the directory the image copies the code from.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+
+from tests.conftest import ROOT, free_port
+
+DOCKERFILE = ROOT / "Dockerfile"
+DOCKERIGNORE = ROOT / ".dockerignore"
+# app.py passes timeout_graceful_shutdown=10 to uvicorn; the registry's own close wait is part of it.
+GRACEFUL_SECONDS = 10
+
+
+@dataclass
+class Dockerfile:
+    env: dict[str, str] = field(default_factory=dict)
+    workdir: str = "/"
+    user: str = "root"
+    cmd: list[str] = field(default_factory=list)
+    healthcheck: list[str] = field(default_factory=list)
+    copies: list[tuple[list[str], str]] = field(default_factory=list)
+    volumes: list[str] = field(default_factory=list)
+    exposed: list[str] = field(default_factory=list)
+    base: str = ""
+
+
+def parse_dockerfile(text: str) -> Dockerfile:
+    """The instructions this test relies on, from a Dockerfile without build stages or ARGs."""
+    logical: list[str] = []
+    current = ""
+    for line in text.splitlines():
+        stripped = line.strip()
+        if not current and (not stripped or stripped.startswith("#")):
+            continue
+        if stripped.startswith("#"):
+            continue  # a comment inside a continued instruction
+        if stripped.endswith("\\"):
+            current += stripped[:-1] + " "
+            continue
+        logical.append(current + stripped)
+        current = ""
+    result = Dockerfile()
+    for instruction in logical:
+        keyword, _, rest = instruction.partition(" ")
+        keyword, rest = keyword.upper(), rest.strip()
+        if keyword == "FROM":
+            result.base = rest
+        elif keyword == "ENV":
+            for item in shlex.split(rest):
+                name, equals, value = item.partition("=")
+                assert equals, f"ENV {item!r}: use the NAME=value form"
+                result.env[name] = value
+        elif keyword == "WORKDIR":
+            result.workdir = rest
+        elif keyword == "USER":
+            result.user = rest
+        elif keyword == "CMD":
+            result.cmd = json.loads(rest)  # exec form, or this fails: shell form would hide SIGTERM
+        elif keyword == "HEALTHCHECK":
+            options, _, command = rest.partition("CMD ")
+            assert options.split(), "HEALTHCHECK without options uses 30 s intervals; set them"
+            result.healthcheck = json.loads(command)
+        elif keyword == "COPY":
+            *sources, destination = shlex.split(rest)
+            result.copies.append((sources, destination))
+        elif keyword == "VOLUME":
+            result.volumes.extend(json.loads(rest) if rest.startswith("[") else rest.split())
+        elif keyword == "EXPOSE":
+            result.exposed.extend(rest.split())
+    return result
+
+
+@pytest.fixture(scope="module")
+def dockerfile() -> Dockerfile:
+    return parse_dockerfile(DOCKERFILE.read_text())
+
+
+def host_command(argv: list[str]) -> list[str]:
+    """The image's command for this machine: its `python` is the test's interpreter."""
+    assert argv, "no command"
+    return [sys.executable if argv[0] == "python" else argv[0], *argv[1:]]
+
+
+@pytest.mark.slow
+def test_start_command_serves_healthz_and_stops_cleanly_on_sigterm(dockerfile: Dockerfile, tmp_path: Path) -> None:
+    assert "/app" == dockerfile.workdir  # the code is copied there from the repository root
+    port = free_port()
+    data_dir = tmp_path / "data"
+    environment = {
+        **os.environ,
+        **dockerfile.env,
+        # What differs on this machine: a free loopback port and a scratch data directory.
+        "PORT": str(port),
+        "HOST": "127.0.0.1",
+        "DATA_DIR": str(data_dir),
+    }
+    log_path = tmp_path / "server.log"
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            host_command(dockerfile.cmd), cwd=ROOT, env=environment, stdout=log_file, stderr=subprocess.STDOUT
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, f"exited with {process.returncode}:\n{log_path.read_text()}"
+            with contextlib.suppress(httpx.HTTPError):
+                response = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+                if response.status_code == 200:
+                    break
+            assert time.monotonic() < deadline, f"/healthz never answered:\n{log_path.read_text()}"
+            time.sleep(0.1)
+        assert {"status": "ok"} == response.json()
+
+        # The image's own health check passes against it.
+        check = subprocess.run(host_command(dockerfile.healthcheck), env=environment, capture_output=True, timeout=10)
+        assert 0 == check.returncode, check.stderr.decode()
+
+        with connect(f"ws://127.0.0.1:{port}/ws/docker-check", open_timeout=10) as client:
+            client.send(json.dumps({"type": "hello", "client_id": "c1", "username": "ann", "version": None}))
+            assert "welcome" == json.loads(client.recv(timeout=10))["type"]
+            process.send_signal(signal.SIGTERM)
+            with pytest.raises(ConnectionClosed) as closed:
+                while True:
+                    client.recv(timeout=GRACEFUL_SECONDS)
+            assert closed.value.rcvd is not None and 1012 == closed.value.rcvd.code  # clients reconnect
+        # uvicorn re-raises the signal after its graceful shutdown, so supervisors see SIGTERM.
+        assert -signal.SIGTERM == process.wait(timeout=GRACEFUL_SECONDS + 5)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+    lines = log_path.read_text().splitlines()
+    # LOG_FORMAT=json from the image: every line is one JSON object, uvicorn's included.
+    events = [json.loads(line)["event"] for line in lines]
+    assert {"started", "Application shutdown complete.", "stopped"} <= set(events)
+    # ... and the health check fails once the server is gone.
+    check = subprocess.run(host_command(dockerfile.healthcheck), env=environment, capture_output=True, timeout=10)
+    assert 0 != check.returncode
+
+
+def test_image_copies_every_module_the_project_ships(dockerfile: Dockerfile) -> None:
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    shipped = {*setuptools["packages"], *(f"{module}.py" for module in setuptools["py-modules"])}
+    copied = {source.rstrip("/") for sources, _ in dockerfile.copies for source in sources}
+    assert shipped | {"pyproject.toml"} == copied
+
+
+def test_dockerignore_keeps_local_state_out_and_lets_every_copied_path_in(dockerfile: Dockerfile) -> None:
+    patterns = [
+        line.strip() for line in DOCKERIGNORE.read_text().splitlines() if line.strip() and not line.startswith("#")
+    ]
+
+    def ignored(path: str) -> bool:
+        parts = Path(path).parts
+        # A pattern excludes a path when it matches the path or one of its parent directories.
+        prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+        return any(fnmatch.fnmatch(prefix, pattern.strip("/")) for pattern in patterns for prefix in prefixes)
+
+    for local in (".venv", ".git", "data", ".nicegui", "tests/node/node_modules", "rooms/__pycache__", ".env"):
+        assert ignored(local), f"{local} would be sent to the build"
+    for sources, _ in dockerfile.copies:
+        for source in sources:
+            assert not ignored(source), f"{source} is copied by the Dockerfile but excluded by .dockerignore"
+
+
+def test_image_runs_as_a_non_root_user_with_its_data_in_a_volume(dockerfile: Dockerfile) -> None:
+    assert dockerfile.user not in ("", "root", "0")
+    assert "-slim" in dockerfile.base
+    assert [dockerfile.env["DATA_DIR"]] == dockerfile.volumes
+    assert [dockerfile.env["PORT"]] == dockerfile.exposed
+    assert "0.0.0.0" == dockerfile.env["HOST"]
+    assert "json" == dockerfile.env["LOG_FORMAT"]
+    assert "/healthz" in " ".join(dockerfile.healthcheck)
