@@ -2,7 +2,9 @@
 
 No container engine runs here, so the image is not built. Instead the Dockerfile's own
 instructions are read (ENV, WORKDIR, CMD, HEALTHCHECK, COPY) and its start command is run on
-this machine with the image's environment, from the directory the image copies the code from.
+this machine with the image's environment, from the directory the image copies the code from:
+once as a plain process, and once as PID 1 of a PID namespace of its own, as in a container,
+where a signal without a handler is ignored.
 """
 
 from __future__ import annotations
@@ -103,8 +105,41 @@ def host_command(argv: list[str]) -> list[str]:
     return [sys.executable if argv[0] == "python" else argv[0], *argv[1:]]
 
 
+# A new PID namespace, as a container has: the command is PID 1 there. --kill-child takes the
+# command down with unshare, so a failing test leaves nothing behind.
+PID_1 = ["unshare", "--user", "--map-root-user", "--pid", "--fork", "--mount-proc", "--kill-child"]
+
+
+def pid_namespaces_work() -> bool:
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        return 0 == subprocess.run([*PID_1, "true"], capture_output=True, timeout=10).returncode
+    return False
+
+
+def server_pid(process: subprocess.Popen[bytes], as_pid_1: bool) -> int:
+    """The server's pid as seen from here: under unshare, the one child of unshare."""
+    if not as_pid_1:
+        return process.pid
+    children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+    assert 1 == len(children), children
+    return int(children[0])
+
+
 @pytest.mark.slow
-def test_start_command_serves_healthz_and_stops_cleanly_on_sigterm(dockerfile: Dockerfile, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("as_pid_1", "status"),
+    [
+        # uvicorn re-raises the signal after its graceful shutdown, so a supervisor sees SIGTERM.
+        pytest.param(False, -signal.SIGTERM, id="process"),
+        # As PID 1 (in a container) the re-raised signal is ignored by the kernel: status 0.
+        pytest.param(True, 0, id="pid-1"),
+    ],
+)
+def test_start_command_serves_healthz_and_stops_cleanly_on_sigterm(
+    dockerfile: Dockerfile, tmp_path: Path, as_pid_1: bool, status: int
+) -> None:
+    if as_pid_1 and not pid_namespaces_work():
+        pytest.skip("unshare cannot make a PID namespace here (user namespaces disabled)")
     assert "/app" == dockerfile.workdir  # the code is copied there from the repository root
     port = free_port()
     data_dir = tmp_path / "data"
@@ -116,10 +151,15 @@ def test_start_command_serves_healthz_and_stops_cleanly_on_sigterm(dockerfile: D
         "HOST": "127.0.0.1",
         "DATA_DIR": str(data_dir),
     }
+    command = host_command(dockerfile.cmd)
     log_path = tmp_path / "server.log"
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
-            host_command(dockerfile.cmd), cwd=ROOT, env=environment, stdout=log_file, stderr=subprocess.STDOUT
+            [*PID_1, *command] if as_pid_1 else command,
+            cwd=ROOT,
+            env=environment,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
         )
     try:
         deadline = time.monotonic() + 60
@@ -140,13 +180,12 @@ def test_start_command_serves_healthz_and_stops_cleanly_on_sigterm(dockerfile: D
         with connect(f"ws://127.0.0.1:{port}/ws/docker-check", open_timeout=10) as client:
             client.send(json.dumps({"type": "hello", "client_id": "c1", "username": "ann", "version": None}))
             assert "welcome" == json.loads(client.recv(timeout=10))["type"]
-            process.send_signal(signal.SIGTERM)
+            os.kill(server_pid(process, as_pid_1), signal.SIGTERM)  # what `docker stop` does
             with pytest.raises(ConnectionClosed) as closed:
                 while True:
                     client.recv(timeout=GRACEFUL_SECONDS)
             assert closed.value.rcvd is not None and 1012 == closed.value.rcvd.code  # clients reconnect
-        # uvicorn re-raises the signal after its graceful shutdown, so supervisors see SIGTERM.
-        assert -signal.SIGTERM == process.wait(timeout=GRACEFUL_SECONDS + 5)
+        assert status == process.wait(timeout=GRACEFUL_SECONDS + 5)
     finally:
         if process.poll() is None:
             process.kill()
