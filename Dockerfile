@@ -5,6 +5,10 @@
 # health checks, metrics, logs and backups.
 FROM python:3.11-slim-bookworm
 
+LABEL org.opencontainers.image.title="collab pad" \
+      org.opencontainers.image.description="A real-time collaborative code pad" \
+      org.opencontainers.image.licenses="MIT"
+
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
