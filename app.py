@@ -6,23 +6,65 @@ registry starts and stops with the app's lifespan, not on import.
 
 from __future__ import annotations
 
+import os
+import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
 
 import structlog
 import uvicorn
 from fastapi import FastAPI
-from nicegui import ui
+from nicegui import app as nicegui_app
+from nicegui import core, ui
+from nicegui.storage import Storage
 
 from api import health, ws
+from api.origins import is_loopback, origin_allowed
 from observability.logs import configure_logging
 from rooms.registry import RoomRegistry
 from rooms.settings import Settings, load_settings
-from ui import home  # noqa: F401  (registers the pages)
+from ui import pages
 
 settings = load_settings()
 configure_logging(settings.log_format, settings.log_level)
 log = structlog.get_logger("collab.app")
+
+
+def storage_secret(settings: Settings) -> str:
+    """``STORAGE_SECRET``, or a random one made once and kept in ``DATA_DIR`` (mode 0600).
+
+    Kept, so that the signed session cookies (and with them each browser's name and colour)
+    outlive a restart.
+    """
+    if settings.storage_secret:
+        return settings.storage_secret
+    path = settings.data_dir / "storage-secret"
+    try:
+        return path.read_text(encoding="ascii").strip() or _new_secret(path)
+    except FileNotFoundError:
+        return _new_secret(path)
+
+
+def _new_secret(path: Path) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_urlsafe(32)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w", encoding="ascii") as file:
+        file.write(secret + "\n")
+    return secret
+
+
+def restrict_socketio_origins(settings: Settings) -> None:
+    """NiceGUI's socket.io endpoint accepts every origin; apply the same rule as ``/ws``."""
+
+    def allowed(origin: str | None, environ: dict[str, Any]) -> bool:
+        return origin_allowed(
+            origin, environ.get("HTTP_HOST"), settings.allowed_origins, loopback_only=is_loopback(settings.host)
+        )
+
+    core.sio.eio.cors_allowed_origins = allowed
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -43,10 +85,15 @@ def create_app(settings: Settings) -> FastAPI:
     # API routes first: NiceGUI is mounted at "/" and would otherwise shadow them.
     application.include_router(health.router)
     application.include_router(ws.router)
+    pages.register(pages.Services(registry=lambda: application.state.registry, settings=settings))
+    # NiceGUI's per-browser storage (names, colours, theme) lives in DATA_DIR too.
+    Storage.path = (settings.data_dir / "nicegui").resolve()
+    nicegui_app.storage = Storage()
+    restrict_socketio_origins(settings)
     ui.run_with(
         application,
         title="collab pad",
-        storage_secret=settings.storage_secret,
+        storage_secret=storage_secret(settings),
         show_welcome_message=False,
     )
     return application

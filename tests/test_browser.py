@@ -1,0 +1,432 @@
+"""The browser editor in a real headless Chromium (Debian's /usr/bin/chromium, driven by Playwright).
+
+Pages of separate browser contexts are separate users. The tests type through CodeMirror (real
+key presses, or in-page typists dispatching input transactions so that two pages type at the
+same moment), and cut or hold the page's socket with Playwright's WebSocket routing.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import Browser, BrowserContext, Page, Playwright, WebSocketRoute, sync_playwright
+from websockets.sync.client import connect as ws_connect
+
+from rooms.changes import ChangeSet
+from rooms.replica import Replica
+from tests.conftest import ROOT, LiveServer, start_server
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+SCREENSHOT = ROOT / "docs" / "images" / "room.png"
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def playwright() -> Iterator[Playwright]:
+    if shutil.which(CHROMIUM) is None:
+        pytest.fail(f"{CHROMIUM} is missing: run `make system` (Debian packages chromium and chromium-driver)")
+    with sync_playwright() as driver:
+        yield driver
+
+
+@pytest.fixture(scope="module")
+def browser(playwright: Playwright) -> Iterator[Browser]:
+    browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    yield browser
+    browser.close()
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    server = start_server(tmp_path_factory.mktemp("browser"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def room() -> str:
+    return f"b-{uuid.uuid4().hex[:12]}"
+
+
+@dataclass
+class Socket:
+    """Control over one page's NiceGUI socket: hold the server's messages, or the page's."""
+
+    hold_down: bool = False  # server -> page dropped (acknowledgements lost)
+    hold_up: bool = False  # page -> server dropped
+    connections: int = 0
+    down_bytes: list[int] = field(default_factory=list)  # the editor's frames (runMethod "receive")
+
+    def route(self, page: Page) -> None:
+        def handler(ws: WebSocketRoute) -> None:
+            self.connections += 1
+            server = ws.connect_to_server()
+
+            def down(message: str | bytes) -> None:
+                if isinstance(message, str) and "receive" in message:
+                    self.down_bytes.append(len(message.encode()))
+                if not self.hold_down:
+                    ws.send(message)
+
+            def up(message: str | bytes) -> None:
+                if not self.hold_up:
+                    server.send(message)
+
+            server.on_message(down)
+            ws.on_message(up)
+
+        page.route_web_socket(re.compile(r".*/socket\.io/.*"), handler)
+
+
+@dataclass
+class Pad:
+    """One user's page in a room."""
+
+    page: Page
+    context: BrowserContext
+    name: str
+    socket: Socket | None = None
+
+    def text(self) -> str:
+        return str(self.page.evaluate("window.collabEditor.text()"))
+
+    def wait_live(self, timeout: float = 20) -> None:
+        self.page.wait_for_function("window.collabEditor && window.collabEditor.live", timeout=timeout * 1000)
+
+    def wait_text(self, predicate: str, arg: Any = None, timeout: float = 20) -> None:
+        """Wait until ``predicate(text, arg)`` (a JavaScript expression over ``t`` and ``arg``) holds."""
+        self.page.wait_for_function(
+            "([arg]) => { const t = window.collabEditor && window.collabEditor.text();"
+            f" return t !== undefined && ({predicate}); }}",
+            arg=[arg],
+            timeout=timeout * 1000,
+        )
+
+    def type_in_page(self, chars: str, at: int | str | None, delay_ms: int) -> None:
+        """Start typing ``chars`` inside the page (one input transaction each); returns at once.
+
+        ``at``: an offset (negative: the end), a marker to type after, or None (where the cursor is).
+        """
+        self.page.evaluate(
+            """([chars, at, delay]) => {
+                const view = window.collabEditor.view;
+                if (typeof at === "number") view.dispatch({selection: {anchor: at < 0 ? view.state.doc.length : at}});
+                if (typeof at === "string") {
+                    const i = view.state.doc.toString().indexOf(at);
+                    view.dispatch({selection: {anchor: i + at.length}});
+                }
+                window.typingDone = false;
+                (async () => {
+                    for (const ch of chars) {
+                        view.dispatch({...view.state.replaceSelection(ch), userEvent: "input.type"});
+                        await new Promise((r) => setTimeout(r, delay));
+                    }
+                    window.typingDone = true;
+                })();
+            }""",
+            [chars, at, delay_ms],
+        )
+
+    def wait_typed(self, timeout: float = 30) -> None:
+        self.page.wait_for_function("window.typingDone === true", timeout=timeout * 1000)
+
+    def members(self) -> list[str]:
+        return [name.strip() for name in self.page.locator(".collab-member-name").all_inner_texts()]
+
+    def close(self) -> None:
+        self.context.close()
+
+
+@pytest.fixture
+def open_pad(browser: Browser, live: LiveServer) -> Iterator[Callable[..., Pad]]:
+    pads: list[Pad] = []
+
+    def open_pad(name: str, room: str, *, socket: Socket | None = None, server: LiveServer | None = None) -> Pad:
+        context = browser.new_context(viewport={"width": 1100, "height": 620})
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.on("console", lambda m: print(name, "console", m.type, m.text[:300]))  # shown when a test fails
+        if socket is not None:
+            socket.route(page)
+        page.goto(f"{(server or live).http}/room/{room}")
+        page.locator(".collab-name-input input").fill(name)
+        page.locator(".collab-save-name").click()
+        pad = Pad(page, context, name, socket)
+        pad.wait_live()
+        pads.append(pad)
+        assert not errors, errors
+        return pad
+
+    yield open_pad
+    for pad in pads:
+        pad.close()
+
+
+def only_from(text: str, alphabet: set[str]) -> str:
+    return "".join(char for char in text if char in alphabet)
+
+
+def test_two_pages_typing_at_once_in_different_places_and_the_same_place_converge(
+    open_pad: Callable[..., Pad], room: str
+) -> None:
+    ann = open_pad("Ann", room)
+    bob = open_pad("Bob", room)
+    ann.page.locator(".cm-content").click()
+    ann.page.keyboard.type("# ---\n|\n# ===")
+    bob.wait_text("t === arg", "# ---\n|\n# ===")
+
+    # Different places: Ann at the start, Bob at the end, at the same time.
+    ann_first, bob_first = "abcdefghijklm" * 3, "nopqrstuvwxyz" * 3
+    ann.type_in_page(ann_first, 0, 7)
+    bob.type_in_page(bob_first, -1, 7)
+    ann.wait_typed()
+    bob.wait_typed()
+    # The same place: both right after the marker.
+    ann_second, bob_second = "ABCDEFGHIJKLM" * 3, "NOPQRSTUVWXYZ" * 3
+    ann.type_in_page(ann_second, "|", 5)
+    bob.type_in_page(bob_second, "|", 5)
+    ann.wait_typed()
+    bob.wait_typed()
+
+    expected_length = len("# ---\n|\n# ===") + sum(map(len, (ann_first, bob_first, ann_second, bob_second)))
+    for pad in (ann, bob):
+        pad.wait_text("t.length === arg", expected_length)
+    text = ann.text()
+    assert text == bob.text()
+    # Everything each one typed is there, once, in the order they typed it.
+    for typed in (ann_first, bob_first, ann_second, bob_second):
+        assert only_from(text, set(typed)) == typed
+    assert only_from(text, set("# -|=\n")) == "# ---\n|\n# ==="
+    assert text.startswith(ann_first) and text.endswith(bob_first)
+
+
+def test_a_page_taken_offline_keeps_typing_and_the_other_page_gets_all_of_it(
+    open_pad: Callable[..., Pad], room: str
+) -> None:
+    ann = open_pad("Ann", room)
+    bob = open_pad("Bob", room)
+    ann.context.set_offline(True)
+    ann.page.locator(".cm-content").click()
+    ann.page.keyboard.type("written while offline")
+    badge = ann.page.locator(".collab-status")
+    badge.filter(has_text="offline").wait_for(timeout=10_000)
+    assert "unsent edit" in badge.inner_text()
+    time.sleep(1.0)  # offline for a while: nothing reaches the room
+    assert "" == bob.text()
+    ann.context.set_offline(False)
+    bob.wait_text("t === arg", "written while offline", timeout=40)
+    ann.wait_live(timeout=40)
+    assert "written while offline" == ann.text()
+    ann.page.locator(".collab-status").filter(has_text="connected").wait_for(timeout=10_000)
+
+
+def test_a_reloaded_page_resends_its_unconfirmed_edits_exactly_once(open_pad: Callable[..., Pad], room: str) -> None:
+    socket = Socket()
+    ann = open_pad("Ann", room, socket=socket)
+    bob = open_pad("Bob", room)
+    ann.page.locator(".cm-content").click()
+    ann.page.keyboard.type("confirmed ")
+    bob.wait_text("t === arg", "confirmed ")
+    # From here on the server's replies are lost: the first batch reaches the room but is never
+    # confirmed to the page, the rest waits in the page.
+    socket.hold_down = True
+    ann.page.keyboard.type("unconfirmed-1 ")
+    bob.wait_text("t.startsWith(arg)", "confirmed u")
+    ann.page.keyboard.type("unconfirmed-2")
+    assert ann.page.evaluate("window.collabEditor.inflight !== null")
+    ann.page.reload()
+    socket.hold_down = False
+    ann.wait_live()
+    expected = "confirmed unconfirmed-1 unconfirmed-2"
+    bob.wait_text("t === arg", expected)
+    ann.wait_text("t === arg", expected)
+    time.sleep(0.5)
+    assert expected == bob.text() == ann.text()
+
+
+def test_a_socket_dropped_by_the_server_resends_its_unconfirmed_edits_exactly_once(
+    open_pad: Callable[..., Pad], room: str
+) -> None:
+    socket = Socket()
+    ann = open_pad("Ann", room, socket=socket)
+    bob = open_pad("Bob", room)
+    ann.page.locator(".cm-content").click()
+    socket.hold_down = True  # confirmations lost
+    ann.page.keyboard.type("first ")
+    bob.wait_text("t.length > 0")
+    socket.hold_down = False
+    socket.hold_up = True  # nothing more reaches the server, not even the answers to its pings
+    ann.page.keyboard.type("second")
+    # The server stops waiting for pongs and closes the socket; the page reconnects by itself.
+    deadline = time.monotonic() + 30
+    while socket.connections < 2 and time.monotonic() < deadline:
+        ann.page.wait_for_timeout(200)
+    assert socket.connections >= 2, "the server never dropped the silent socket"
+    socket.hold_up = False
+    bob.wait_text("t === arg", "first second", timeout=30)
+    ann.wait_text("t === arg", "first second", timeout=30)
+    time.sleep(0.5)
+    assert "first second" == bob.text() == ann.text()
+
+
+def test_undo_takes_back_only_the_users_own_edits(open_pad: Callable[..., Pad], room: str) -> None:
+    ann = open_pad("Ann", room)
+    bob = open_pad("Bob", room)
+    ann.page.locator(".cm-content").click()
+    ann.page.keyboard.type("ann ")
+    bob.wait_text("t === arg", "ann ")
+    bob.page.locator(".cm-content").click()
+    bob.page.keyboard.press("Control+End")
+    bob.page.keyboard.type("bob")
+    ann.wait_text("t === arg", "ann bob")
+    ann.page.keyboard.press("Control+z")
+    bob.wait_text("t === arg", "bob")
+    assert "bob" == ann.text()
+
+
+def test_presence_cursor_labels_and_a_screenshot_of_a_two_user_room(
+    open_pad: Callable[..., Pad], room: str
+) -> None:
+    ann = open_pad("Ann", room)
+    assert ["Ann"] == ann.members()
+    bob = open_pad("Bob", room)
+    ann.page.locator(".collab-member-name", has_text="Bob").wait_for()
+    ann.page.locator(".collab-member-count", has_text="In this room (2)").wait_for()
+    ann.page.locator(".cm-content").click()
+    ann.page.keyboard.type(
+        "def fizzbuzz(n):\n"
+        "for i in range(1, n + 1):\n"
+        "if i % 15 == 0:\nprint('FizzBuzz')\n"
+    )
+    bob.wait_text("t.includes('FizzBuzz')")
+    bob.page.locator(".cm-line").nth(1).click()
+    bob.page.keyboard.press("End")
+    bob.page.keyboard.type("  # one pass")
+    # Each page draws the other's cursor with a name label.
+    ann.page.locator(".collab-caret-label", has_text="Bob").wait_for()
+    bob.page.locator(".collab-caret-label", has_text="Ann").wait_for()
+    ann.page.locator(".collab-typing").wait_for()
+    ann.page.wait_for_timeout(300)
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    ann.page.screenshot(path=str(SCREENSHOT))
+    bob.close()
+    # Bob's page is gone: NiceGUI waits for its reconnect timeout, then he leaves.
+    ann.page.locator(".collab-member-count", has_text="In this room (1)").wait_for(timeout=20_000)
+    assert ["Ann"] == ann.members()
+
+
+def test_a_name_with_markup_is_shown_as_text(open_pad: Callable[..., Pad], room: str) -> None:
+    name = "<img src=x onerror=alert(1)>"
+    ann = open_pad("Ann", room)
+    alerts: list[str] = []
+    ann.page.on("dialog", lambda dialog: (alerts.append(dialog.message), dialog.dismiss()))
+    mallory = open_pad(name, room)
+    ann.page.locator(".collab-member-name", has_text=name).wait_for()
+    mallory.page.locator(".cm-content").click()
+    mallory.page.keyboard.type("x")
+    ann.page.locator(".collab-caret-label", has_text=name).wait_for()
+    # (CodeMirror's own cm-widgetBuffer images flank every widget; nothing else may appear.)
+    assert 0 == ann.page.locator(".collab-presence img, .cm-editor img:not(.cm-widgetBuffer)").count()
+    assert name in ann.members()
+    assert [] == alerts
+
+
+def test_raw_websocket_clients_and_browsers_share_a_room(
+    open_pad: Callable[..., Pad], live: LiveServer, room: str
+) -> None:
+    ann = open_pad("Ann", room)
+    with ws_connect(live.ws(room)) as raw, ws_connect(live.ws(room)) as seed:
+        replica = Replica("raw-1")
+        raw.send(json.dumps(replica.hello("Raw")))
+        replica.welcome(json.loads(raw.recv(timeout=10)))
+        seed.send(json.dumps({"type": "join", "username": "Seed"}))
+        ann.page.locator(".collab-member-name", has_text="Seed").wait_for()
+        raw.send(json.dumps(replica.edit(ChangeSet.of_replace(0, 0, 0, "raw;"))))
+        ann.wait_text("t === arg", "raw;")
+        ann.page.locator(".cm-content").click()
+        ann.page.keyboard.press("Control+End")
+        ann.page.keyboard.type("ann;")
+        deadline = time.monotonic() + 10
+        while replica.text != "raw;ann;" and time.monotonic() < deadline:
+            message = json.loads(raw.recv(timeout=10))
+            if message["type"] == "update":
+                replica.update(message)
+        assert "raw;ann;" == replica.text
+        seed.send(json.dumps({"type": "code_change", "code": "seed;raw;ann;", "cursor_position": 0}))
+        ann.wait_text("t === arg", "seed;raw;ann;")
+
+
+def test_bytes_per_keystroke_do_not_grow_with_the_document(browser: Browser, live: LiveServer) -> None:
+    """A keystroke reaches another page as a delta: the same size in a 1k and a 99k document
+    (100k is the default size limit, and the keystrokes need room)."""
+    sizes: dict[int, float] = {}
+    for chars in (1_000, 99_000):
+        room = f"size-{chars}-{uuid.uuid4().hex[:8]}"
+        with ws_connect(live.ws(room), max_size=None) as raw:
+            raw.send(json.dumps({"type": "hello", "client_id": "filler", "username": "Filler", "version": None}))
+            raw.recv(timeout=10)
+            line = "x = 1  # filler line of code\n"
+            text = (line * (chars // len(line) + 1))[:chars]
+            raw.send(json.dumps({"type": "push", "version": 0, "seq": 1, "changes": [[0, *text.split("\n")]]}))
+            assert "update" == json.loads(raw.recv(timeout=10))["type"]
+            socket = Socket()
+            context = browser.new_context()
+            page = context.new_page()
+            socket.route(page)
+            page.goto(f"{live.http}/room/{room}")
+            page.locator(".collab-name-input input").fill("Watcher")
+            page.locator(".collab-save-name").click()
+            page.wait_for_function("window.collabEditor && window.collabEditor.live", timeout=30_000)
+            page.wait_for_timeout(500)
+            before = len(socket.down_bytes)
+            keystrokes = 20
+            for seq in range(keystrokes):
+                push = {"type": "push", "version": 1 + seq, "seq": 2 + seq, "changes": [chars + seq, [0, "k"]]}
+                raw.send(json.dumps(push))
+                while (reply := json.loads(raw.recv(timeout=10))).get("type") != "update":
+                    assert reply.get("type") != "error", reply
+            page.wait_for_function("([n]) => window.collabEditor.state.version === n", arg=[1 + keystrokes])
+            frames = socket.down_bytes[before:]
+            sizes[chars] = sum(frames) / keystrokes
+            context.close()
+    print(f"bytes per keystroke to a page: 1k chars {sizes[1_000]:.0f}, 99k chars {sizes[99_000]:.0f}")
+    assert sizes[99_000] <= sizes[1_000] * 1.2
+    assert sizes[99_000] < 1_000  # a delta, not the document
+
+
+def test_edits_the_room_can_no_longer_merge_are_offered_to_the_user(
+    browser: Browser, tmp_path: Path, open_pad: Callable[..., Pad], room: str
+) -> None:
+    server = start_server(tmp_path, HISTORY_LIMIT="5")
+    try:
+        ann = open_pad("Ann", room, server=server)
+        bob = open_pad("Bob", room, server=server)
+        ann.context.set_offline(True)
+        ann.page.locator(".cm-content").click()
+        ann.page.keyboard.type("ann's offline work")
+        bob.page.locator(".cm-content").click()
+        for word in ("one ", "two ", "three ", "four ", "five ", "six ", "seven "):
+            bob.page.keyboard.type(word)
+            bob.page.wait_for_function(
+                "([w]) => window.collabEditor.inflight === null && window.collabEditor.text().endsWith(w)", arg=[word]
+            )
+        ann.context.set_offline(False)
+        dialog = ann.page.locator(".collab-lost")
+        dialog.wait_for(timeout=40_000)
+        assert "ann's offline work" in dialog.locator("textarea").input_value()
+        ann.wait_live(timeout=40)
+        ann.wait_text("t === arg", bob.text())
+    finally:
+        server.stop()

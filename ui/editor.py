@@ -1,0 +1,168 @@
+"""The collaborative editor element: a browser client of a room, over NiceGUI's bridge.
+
+The browser half (``collab_editor.js``) runs the client algorithm of the versioned protocol with
+CodeMirror's own ``ChangeSet``. This half only carries frames: ``frame`` events from the browser
+go to the room registry exactly as a WebSocket frame would, and whatever the room sends goes back
+with one ``receive`` call per frame. The hello asks for ``batch``, so everything queued for one
+browser in one event-loop turn leaves as one frame, one NiceGUI message.
+
+Every hello starts a new *generation*; frames of an older generation are ignored on both sides,
+so a browser that reconnects (a new hello on the same page) never mixes two sessions.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from nicegui import ui
+from nicegui.events import GenericEventArguments
+
+from rooms.errors import InternalError, InvalidMessage, RoomError
+from rooms.protocol import ErrorOut, Hello, parse_client_message
+from rooms.registry import RoomRegistry, Session
+from rooms.settings import Settings
+
+log = structlog.get_logger("collab.ui.editor")
+
+
+@dataclass
+class Identity:
+    """Who the browser's user is: taken from their stored profile, never from the browser's frames."""
+
+    username: str
+    color: str
+
+
+class BrowserTransport:
+    """One generation of a page's editor as a room `Transport`."""
+
+    name = "browser"
+
+    def __init__(self, editor: CollabEditor, gen: int) -> None:
+        self.editor = editor
+        self.gen = gen
+        self.detached = False  # a newer hello replaced this generation
+
+    async def send(self, message: str) -> None:
+        self.editor.call("receive", self.gen, message)
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        if not self.detached:
+            self.editor.call("closed", self.gen, code, reason)
+
+
+class CollabEditor(ui.element, component="collab_editor.js"):
+    """The shared editor of one room for one browser page."""
+
+    def __init__(
+        self,
+        registry: Callable[[], RoomRegistry],
+        settings: Settings,
+        room_id: str,
+        identity: Callable[[], Identity],
+        *,
+        language: str,
+        theme: str = "light",
+    ) -> None:
+        super().__init__()
+        self._registry = registry
+        self._settings = settings
+        self._identity = identity
+        self.room_id = room_id
+        self.session: Session | None = None
+        self.transport: BrowserTransport | None = None
+        self._props["room-id"] = room_id
+        self._props["language"] = language
+        self._props["theme"] = theme
+        self._props["max-chars"] = settings.max_document_chars
+        self.on("frame", self._on_frame)
+        self.client.on_delete(self._leave)
+
+    # Server -> browser
+
+    def call(self, method: str, *args: Any) -> None:
+        """``run_method`` without its background task: one outbox message, fire and forget.
+
+        The outbox keeps this element's messages in order and replays them to a page that
+        reconnects within NiceGUI's reconnect timeout.
+        """
+        if self.is_deleted or self.client.is_deleted:
+            return
+        code = f"return runMethod({self.id}, {json.dumps(method)}, {json.dumps(args)})"
+        self.client.outbox.enqueue_message("run_javascript", {"code": code}, self.client.id)
+
+    # Browser -> server
+
+    def _on_frame(self, event: GenericEventArguments) -> None:
+        args = event.args if isinstance(event.args, dict) else {}
+        gen = args.get("gen")
+        data = args.get("data")
+        if not isinstance(gen, int) or not isinstance(data, str):
+            log.info("bad_bridge_frame", room_id=self.room_id)
+            return
+        if self.transport is not None and gen == self.transport.gen and self.session is not None:
+            self._registry().receive(self.session, data)
+            return
+        if self.transport is not None and gen < self.transport.gen:
+            return  # a late frame of an earlier generation
+        self._hello(gen, data)
+
+    def _hello(self, gen: int, data: str) -> None:
+        """A new generation: leave the old session (if any) and join again."""
+        registry = self._registry()
+        self._leave()
+        transport = BrowserTransport(self, gen)
+        self.transport = transport
+        try:
+            message = parse_client_message(data, self._settings.frame_limit_bytes)
+            if not isinstance(message, Hello):
+                raise InvalidMessage(f"send hello before {message.type}")
+            who = self._identity()
+            hello = message.model_copy(update={"username": who.username, "color": who.color, "batch": True})
+            self.session = registry.join_versioned(self.room_id, transport, hello)
+        except Exception as exc:
+            if not isinstance(exc, RoomError):
+                log.exception("browser_join_failed", room_id=self.room_id)
+            refusal = exc if isinstance(exc, RoomError) else InternalError()
+            self.call("receive", gen, ErrorOut(code=refusal.code, message=str(refusal)).encode())
+
+    def _leave(self) -> None:
+        if self.transport is not None:
+            self.transport.detached = True
+        if self.session is not None:
+            self._registry().leave(self.session)
+            self.session = None
+
+    def _handle_delete(self) -> None:
+        self._leave()
+        super()._handle_delete()
+
+    # For the page
+
+    def rejoin(self) -> None:
+        """Say hello again (after the user changed their name or colour)."""
+        self.run_method("rejoin")
+
+    def set_text(self, text: str) -> None:
+        """Replace the whole text, as a local edit of this page (merged like any other)."""
+        self.run_method("setText", text)
+
+    def download(self, filename: str) -> None:
+        """Save the page's current text (unsent edits included) as a file."""
+        self.run_method("download", filename)
+
+    def set_theme(self, theme: str) -> None:
+        self._props["theme"] = theme
+        self.update()
+
+    def set_language(self, language: str) -> None:
+        self._props["language"] = language
+        self.update()
+
+
+class ConnectionBadge(ui.element, component="collab_status.js"):
+    """Connected / reconnecting / offline with the count of unsent edits, rendered by the browser."""
