@@ -1,0 +1,149 @@
+"""Start the servers under test on loopback, and read their CPU time and memory from ``/proc``.
+
+Three kinds share one load generator (``bench/load.py``):
+
+* ``ours``: collab pad itself, ``python app.py``;
+* ``naive``: ``bench/baselines/naive.py``, the common FastAPI ConnectionManager design;
+* ``bare``: ``bench/baselines/bare.py``, a ``websockets`` ``broadcast()`` relay.
+
+Every server is a child process on a free 127.0.0.1 port, started fresh for each measurement
+so that one run's memory and rooms never leak into the next.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+BASELINES = Path(__file__).resolve().parent / "baselines"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+class Kind(StrEnum):
+    OURS = "ours"
+    NAIVE = "naive"
+    BARE = "bare"
+
+
+# Settings collab pad runs with in the benchmark. Only what the load needs differs from the
+# defaults: a 100,000-character document plus what is typed into it must fit, and the logs stay
+# quiet (one line per connection would be measured as well). The rate limit stays at its
+# default (60 messages a second per connection), well above the 2 to 5 edits a second typed.
+OURS_ENV: Mapping[str, str] = {
+    "LOG_LEVEL": "WARNING",
+    "LOG_FORMAT": "json",
+    "MAX_DOCUMENT_CHARS": "200000",
+}
+
+
+@dataclass(frozen=True)
+class ProcStats:
+    cpu_seconds: float  # user + system
+    rss_kib: int
+    peak_rss_kib: int  # VmHWM: the highest RSS since the process started
+
+
+def proc_stats(pid: int) -> ProcStats:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    # Fields 14 and 15 (utime, stime) of proc(5); the split dropped the first two.
+    cpu = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    return ProcStats(
+        cpu_seconds=cpu,
+        rss_kib=int(status["VmRSS"].split()[0]),
+        peak_rss_kib=int(status["VmHWM"].split()[0]),
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Server:
+    kind: Kind
+    port: int
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def url(self, room: str) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws/{room}"
+
+    def stats(self) -> ProcStats:
+        return proc_stats(self.pid)
+
+    def log_tail(self, lines: int = 20) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def command(kind: Kind, port: int) -> list[str]:
+    if kind is Kind.OURS:
+        return [sys.executable, str(ROOT / "app.py")]
+    return [sys.executable, str(BASELINES / f"{kind.value}.py"), "--port", str(port)]
+
+
+def _ready(kind: Kind, port: int) -> bool:
+    with contextlib.suppress(httpx.HTTPError, OSError):
+        if kind is Kind.OURS:
+            return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    return False
+
+
+def start(kind: Kind, workdir: Path, env: Mapping[str, str] | None = None) -> Server:
+    """Start a server of this kind on a free loopback port and wait until it accepts clients."""
+    port = free_port()
+    environment = {**os.environ, "HOST": "127.0.0.1", "PORT": str(port), **(env or {})}
+    if kind is Kind.OURS:
+        environment = {**environment, "DATA_DIR": str(workdir / "data"), **OURS_ENV, **(env or {})}
+    log_path = workdir / f"{kind.value}-{port}.log"
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(command(kind, port), cwd=ROOT, env=environment, stdout=log_file, stderr=log_file)
+    server = Server(kind, port, process, log_path)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{kind} server exited with {process.returncode}:\n{server.log_tail()}")
+        if _ready(kind, port):
+            return server
+        time.sleep(0.05)
+    server.stop()
+    raise RuntimeError(f"{kind} server did not start within 60 s:\n{server.log_tail()}")
+
+
+@contextlib.contextmanager
+def running(kind: Kind, env: Mapping[str, str] | None = None) -> Iterator[Server]:
+    with tempfile.TemporaryDirectory(prefix=f"bench-{kind.value}-") as tmp:
+        server = start(kind, Path(tmp), env)
+        try:
+            yield server
+        finally:
+            server.stop()
