@@ -1,0 +1,623 @@
+"""Every benchmark of collab pad against the two baselines; rewrites ``docs/benchmarks.md``.
+
+    make bench                                   # = .venv/bin/python bench/run.py
+    .venv/bin/python bench/run.py --quick --output /tmp/benchmarks.md   # a tiny smoke run
+
+Runs on loopback, one server at a time, each started fresh for each measurement
+(``bench/servers.py``), with the same loads from ``bench/load.py``:
+
+1. capacity: rooms of 5 at 5 edits/s and rooms of 50 at 2 edits/s, growing client counts, for
+   ours, the bare ``websockets`` relay and the naive FastAPI design; a server's series stops
+   after a load it failed twice (p99 over 100 ms, or a drop, or an undelivered edit);
+2. document size: the same load on documents of 1,000 and 100,000 characters, ours and naive;
+3. slow consumer: one client per room stops reading; the others' p99, ours and naive;
+4. idle memory per raw connection, every server.
+
+Each section is a function returning rows, so another (browser pages, once the browser editor
+is measured) is one more entry in ``SECTIONS``. The whole run is bounded: every load stops by
+itself, and the default plan takes about 12 minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+# bench/ is a folder of scripts, not a package: its modules import each other as siblings.
+import servers
+from load import Load, Result, format_result, idle_memory, run_load
+from servers import Kind
+
+ROOT = Path(__file__).resolve().parent.parent
+DOC = ROOT / "docs" / "benchmarks.md"
+CAPACITY_P99_MS = 100.0  # a load is within capacity below this p99, with no drop and nothing lost
+
+
+@dataclass(frozen=True)
+class Series:
+    name: str
+    room_size: int
+    rate: float
+    steps: tuple[int, ...]  # total clients
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one invocation measures; ``--quick`` shrinks it to a smoke run of seconds."""
+
+    seconds: float = 8.0
+    series: tuple[Series, ...] = (
+        Series("rooms of 5 at 5 edits/s", 5, 5.0, (100, 250, 500, 1000, 1500)),
+        Series("rooms of 50 at 2 edits/s", 50, 2.0, (100, 250, 500, 1000)),
+    )
+    target_clients: int = 500  # the p99 target's load (rooms of 5), measured `repeats` times
+    repeats: int = 3
+    doc_load: tuple[int, int] = (20, 5)  # rooms x clients for document-size scaling
+    doc_sizes: tuple[int, int] = (1_000, 100_000)
+    slow_load: tuple[int, int] = (50, 5)  # rooms x clients for the slow consumer
+    slow_seconds: float = 12.0
+    slow_doc_chars: int = 2_000
+    idle_connections: int = 1_000
+    procs_from: int = 1_000  # loads of this many clients or more use two client processes
+    kinds: tuple[Kind, ...] = (Kind.OURS, Kind.BARE, Kind.NAIVE)
+
+
+QUICK = Plan(
+    seconds=1.5,
+    series=(Series("rooms of 5 at 5 edits/s", 5, 5.0, (10, 20)), Series("rooms of 50 at 2 edits/s", 10, 2.0, (20,))),
+    target_clients=10,
+    repeats=1,
+    doc_load=(2, 3),
+    doc_sizes=(1_000, 20_000),
+    slow_load=(2, 3),
+    slow_seconds=1.5,
+    slow_doc_chars=500,
+    idle_connections=20,
+    procs_from=20,
+)
+
+
+@dataclass
+class Report:
+    """Everything measured, in the order it was measured."""
+
+    plan: Plan
+    started: datetime.datetime
+    capacity: dict[str, list[Result]] = field(default_factory=dict)  # series name -> results
+    target_runs: list[Result] = field(default_factory=list)
+    doc_size: list[Result] = field(default_factory=list)
+    slow: list[Result] = field(default_factory=list)
+    idle: list[dict[str, Any]] = field(default_factory=list)
+    duration_s: float = 0.0
+    load_average: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    command: str = "`make bench`"
+
+    def results(self) -> Iterator[Result]:
+        for results in self.capacity.values():
+            yield from results
+        yield from self.target_runs
+        yield from self.doc_size
+        yield from self.slow
+
+
+def measure(load: Load, label: str) -> Result:
+    """Start the server, run one load against it, stop it; print and return the result."""
+    with servers.running(load.kind) as server:
+        result = run_load(replace(load, port=server.port), server.pid)
+    result.extra["label"] = label
+    print(f"\n== {label}\n{format_result(result)}", flush=True)
+    print(json.dumps(result.to_json()), flush=True)
+    return result
+
+
+def capacity(report: Report) -> None:
+    plan = report.plan
+    for series in plan.series:
+        results = report.capacity.setdefault(series.name, [])
+        for kind in plan.kinds:
+            for clients in series.steps:
+                load = Load(
+                    kind,
+                    0,
+                    rooms=clients // series.room_size,
+                    clients=series.room_size,
+                    rate=series.rate,
+                    seconds=plan.seconds,
+                    procs=2 if clients >= plan.procs_from else 1,
+                    room_prefix=f"cap{series.room_size}",
+                )
+                result = measure(load, f"{series.name}, {kind}, {clients} clients")
+                if not result.ok:
+                    # A shared machine has bad seconds: a failed load gets a second chance.
+                    again = measure(load, f"{series.name}, {kind}, {clients} clients, again")
+                    result.extra["retry"] = again.to_json()
+                    if again.ok:
+                        result = again
+                        result.extra["retried"] = True
+                results.append(result)
+                if not result.ok:
+                    break  # over capacity: larger loads would only fail slower
+
+
+def target(report: Report) -> None:
+    """The p99 target's load, repeated, for a median that one noisy run cannot sway."""
+    plan = report.plan
+    size = plan.series[0].room_size
+    for index in range(plan.repeats):
+        load = Load(
+            Kind.OURS,
+            0,
+            rooms=plan.target_clients // size,
+            clients=size,
+            rate=plan.series[0].rate,
+            seconds=plan.seconds,
+            procs=2 if plan.target_clients >= plan.procs_from else 1,
+            room_prefix="target",
+        )
+        report.target_runs.append(measure(load, f"target load, ours, run {index + 1}"))
+
+
+def doc_size(report: Report) -> None:
+    plan = report.plan
+    rooms, clients = plan.doc_load
+    for kind in (Kind.OURS, Kind.NAIVE):
+        for chars in plan.doc_sizes:
+            load = Load(kind, 0, rooms=rooms, clients=clients, rate=5.0, seconds=plan.seconds, doc_chars=chars)
+            report.doc_size.append(measure(load, f"document of {chars} characters, {kind}"))
+
+
+def slow_consumer(report: Report) -> None:
+    """One client per room reads but never types (control), or stops reading (stalled)."""
+    plan = report.plan
+    rooms, clients = plan.slow_load
+    for kind in (Kind.OURS, Kind.NAIVE):
+        for stalled in (0, 1):
+            load = Load(
+                kind,
+                0,
+                rooms=rooms,
+                clients=clients,
+                rate=5.0,
+                seconds=plan.slow_seconds,
+                doc_chars=plan.slow_doc_chars,
+                stalled=stalled,
+                silent=1 - stalled,
+                drain_seconds=2.0,
+                room_prefix="slow",
+            )
+            label = "one stalled client per room" if stalled else "one idle reader per room"
+            report.slow.append(measure(load, f"slow consumer, {kind}, {label}"))
+
+
+def idle(report: Report) -> None:
+    for kind in report.plan.kinds:
+        with servers.running(kind) as server:
+            row = idle_memory(kind, server.port, server.pid, report.plan.idle_connections)
+        print(f"\n== idle connections, {kind}\n{json.dumps(row)}", flush=True)
+        report.idle.append(row)
+
+
+SECTIONS: dict[str, Callable[[Report], None]] = {
+    "capacity": capacity,
+    "target": target,
+    "docsize": doc_size,
+    "slow": slow_consumer,
+    "idle": idle,
+}
+
+
+# The report
+
+
+def _ms(value: float) -> str:
+    if math.isinf(value):
+        return "lost"
+    return f"{value:.0f}" if value >= 10 else f"{value:.1f}"
+
+
+def _ratio(value: float, base: float) -> str:
+    if math.isinf(value) or math.isinf(base) or base <= 0:
+        return "–"
+    return f"{value / base:.2f}×"
+
+
+def _capacity_of(results: list[Result], kind: Kind) -> int:
+    """The largest load this server handled, with every smaller one handled too."""
+    best = 0
+    for result in results:
+        if result.kind != kind.value:
+            continue
+        if not result.ok:
+            break
+        best = result.clients
+    return best
+
+
+def _tested_all(results: list[Result], kind: Kind, steps: tuple[int, ...]) -> bool:
+    return _capacity_of(results, kind) == steps[-1]
+
+
+def _cap(results: list[Result], kind: Kind, steps: tuple[int, ...]) -> str:
+    value = _capacity_of(results, kind)
+    if value == 0:
+        return f"< {steps[0]}"
+    return f"≥ {value}" if _tested_all(results, kind, steps) else str(value)
+
+
+def _cell(result: Result | None) -> str:
+    if result is None:
+        return "not run (over capacity at a smaller load)"
+    p50, p99 = _ms(result.p50_ms), _ms(result.p99_ms)
+    flags = []
+    if result.dropped:
+        flags.append(f"{result.dropped} dropped")
+    if result.undelivered:
+        flags.append(f"{result.undelivered} lost")
+    if result.errors:
+        flags.append(f"{result.errors} errors")
+    mark = "" if result.ok else " ✗"
+    return f"{p50} / {p99}{mark}" + (f" ({', '.join(flags)})" if flags else "")
+
+
+def _machine() -> list[str]:
+    cpu = "unknown CPU"
+    with open("/proc/cpuinfo") as info:
+        for line in info:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    with open("/proc/meminfo") as info:
+        total_kib = int(info.readline().split()[1])
+    versions = ", ".join(
+        f"{name} {metadata.version(name)}" for name in ("websockets", "uvicorn", "uvloop", "fastapi", "starlette")
+    )
+    return [
+        f"{cpu}, {os.cpu_count()} cores, {total_kib / 1024 / 1024:.0f} GiB RAM, Linux {platform.release()}",
+        f"Python {platform.python_version()}; {versions}",
+    ]
+
+
+def render(report: Report) -> str:
+    plan = report.plan
+    lines: list[str] = []
+    add = lines.append
+    add("# Benchmarks")
+    add("")
+    add("This file is written by `make bench` (`.venv/bin/python bench/run.py`); do not edit it by hand.")
+    add("It measures collab pad against two baselines on loopback, one server at a time, with the same")
+    add("loads, and checks the targets the server must reach. How each number is measured is at the end.")
+    add("")
+    add("## This run")
+    add("")
+    add(f"* Command: {report.command}")
+    add(f"* Date: {report.started:%Y-%m-%d %H:%M} UTC; the whole run took {report.duration_s / 60:.1f} minutes.")
+    for line in _machine():
+        add(f"* Machine: {line}" if "cores" in line else f"* Software: {line}")
+    load_avg = ", ".join(f"{value:.2f}" for value in report.load_average)
+    add(f"* Load average before the run: {load_avg}. The machine is shared: other work ran at the same")
+    add("  time, so read ratios between servers measured minutes apart, and medians, rather than single numbers.")
+    env = " ".join(f"{name}={value}" for name, value in servers.OURS_ENV.items())
+    add(f"* collab pad ran as `{env} python app.py` (every other setting at its default, the rate limit")
+    add("  of 60 messages a second per connection included: the loads type 2 to 5 edits a second).")
+    add(f"* Each load: clients type for {plan.seconds:g} s after all have joined; latencies are from the author's")
+    add("  send to each other member's receipt, in milliseconds, as p50 / p99.")
+    add("")
+    _targets(report, add)
+    _capacity_tables(report, add)
+    _per_connection(report, add)
+    _doc_size_table(report, add)
+    _slow_table(report, add)
+    _idle_table(report, add)
+    add("## Browser clients")
+    add("")
+    add("Not measured yet: server memory per open room page and edit latency with 10 and 30 headless")
+    add("Chromium pages come with the browser editor, as one more section of `bench/run.py`.")
+    add("")
+    _method(add)
+    add("## Raw results")
+    add("")
+    add("<details><summary>One JSON line per load, as printed by the run</summary>")
+    add("")
+    add("```")
+    for result in report.results():
+        data = result.to_json()
+        data.pop("extra", None)
+        data["label"] = result.extra.get("label")
+        add(json.dumps(data))
+    for row in report.idle:
+        add(json.dumps(row))
+    add("```")
+    add("")
+    add("</details>")
+    add("")
+    return "\n".join(lines)
+
+
+def _targets(report: Report, add: Callable[[str], None]) -> None:
+    plan = report.plan
+    add("## Targets")
+    add("")
+    add("| Target | Measured | Holds |")
+    add("|---|---|---|")
+    first = plan.series[0]
+    for series in plan.series:
+        results = report.capacity.get(series.name, [])
+        ours, bare, naive = (_capacity_of(results, kind) for kind in (Kind.OURS, Kind.BARE, Kind.NAIVE))
+        if not results:
+            continue
+        holds = ours >= 0.7 * bare and ours >= naive
+        measured = (
+            f"ours {_cap(results, Kind.OURS, series.steps)}, bare {_cap(results, Kind.BARE, series.steps)}, "
+            f"naive {_cap(results, Kind.NAIVE, series.steps)} clients"
+        )
+        add(f"| Capacity ≥ 0.7× bare and ≥ naive ({series.name}) | {measured} | {_yes(holds)} |")
+        if series.room_size >= 50:
+            _beat_bare(results, series, add)
+    if report.target_runs:
+        p99s = [r.p99_ms for r in report.target_runs]
+        median = statistics.median(p99s)
+        runs = ", ".join(_ms(p) for p in p99s)
+        add(
+            f"| p99 < 50 ms at {plan.target_clients} clients ({first.name}) | median {_ms(median)} ms "
+            f"(runs: {runs}) | {_yes(median < 50)} |"
+        )
+    by = {(r.kind, r.doc_chars): r for r in report.doc_size}
+    small, large = plan.doc_sizes
+    if (Kind.OURS.value, small) in by and (Kind.OURS.value, large) in by:
+        a, b = by[(Kind.OURS.value, small)], by[(Kind.OURS.value, large)]
+        latency = b.p99_ms / a.p99_ms if a.p99_ms > 0 else math.inf
+        size = b.received_bytes_per_edit / max(1.0, a.received_bytes_per_edit)
+        add(
+            f"| Latency and bytes per keystroke at {large:,} chars within 1.2× of {small:,} | "
+            f"p99 {_ratio(b.p99_ms, a.p99_ms)}, p50 {_ratio(b.p50_ms, a.p50_ms)}, bytes {size:.2f}× | "
+            f"{_yes(latency <= 1.2 and size <= 1.2)} |"
+        )
+    ours_slow = [r for r in report.slow if r.kind == Kind.OURS.value]
+    if len(ours_slow) == 2:
+        control, stalled = ours_slow
+        change = stalled.p99_ms / control.p99_ms - 1 if control.p99_ms > 0 else math.inf
+        add(
+            f"| A stalled client changes the others' p99 by < 20% | {_ms(control.p99_ms)} → "
+            f"{_ms(stalled.p99_ms)} ms ({change:+.0%}) | {_yes(abs(change) < 0.2)} |"
+        )
+    ours_idle = [row for row in report.idle if row["kind"] == Kind.OURS.value]
+    if ours_idle:
+        kib = ours_idle[0]["kib_per_connection"]
+        add(f"| < 100 KiB per idle raw connection | {kib:.0f} KiB | {_yes(kib < 100)} |")
+    add("| < 1 MiB per open browser room page | not measured yet (browser editor) | – |")
+    add("")
+
+
+def _beat_bare(results: list[Result], series: Series, add: Callable[[str], None]) -> None:
+    pairs = []
+    for clients in series.steps:
+        ours = _find(results, Kind.OURS, clients)
+        bare = _find(results, Kind.BARE, clients)
+        if ours is not None and bare is not None:
+            pairs.append((clients, ours, bare))
+    if not pairs:
+        return
+    # Compare where it matters: the largest load both were measured at.
+    clients, ours, bare = pairs[-1]
+    beats = (ours.ok and not bare.ok) or (ours.ok == bare.ok and ours.p99_ms < bare.p99_ms)
+    add(
+        f"| Beat bare in rooms of {series.room_size} by coalescing (largest common load, {clients} clients) | "
+        f"p99 ours {_ms(ours.p99_ms)} ms, bare {_ms(bare.p99_ms)} ms; frames/s ours "
+        f"{ours.frames_out_per_s:,.0f}, bare {bare.frames_out_per_s:,.0f} | {_yes(beats)} |"
+    )
+
+
+def _yes(value: bool) -> str:
+    return "yes" if value else "**no**"
+
+
+def _find(results: list[Result], kind: Kind, clients: int) -> Result | None:
+    return next((r for r in results if r.kind == kind.value and r.clients == clients), None)
+
+
+def _capacity_tables(report: Report, add: Callable[[str], None]) -> None:
+    for series in report.plan.series:
+        results = report.capacity.get(series.name)
+        if not results:
+            continue
+        add(f"## Capacity: {series.name}")
+        add("")
+        add("p50 / p99 latency in ms; ✗ marks a load over capacity (p99 ≥ 100 ms, a drop or a lost edit).")
+        add("Ratios are p99 against bare at the same load.")
+        add("")
+        add("| Clients | Edits/s | ours (batch) | bare | naive | ours ÷ bare | naive ÷ bare | server CPU o / b / n |")
+        add("|---:|---:|---|---|---|---:|---:|---|")
+        for clients in series.steps:
+            row = {kind: _find(results, kind, clients) for kind in Kind}
+            ours, bare, naive = row[Kind.OURS], row[Kind.BARE], row[Kind.NAIVE]
+            if ours is None and bare is None and naive is None:
+                continue
+            edits = clients * series.rate
+            cpu = " / ".join(f"{r.server_cpu_percent:.0f}%" if r else "–" for r in (ours, bare, naive))
+            add(
+                f"| {clients} | {edits:,.0f} | {_cell(ours)} | {_cell(bare)} | {_cell(naive)} | "
+                f"{_ratio(ours.p99_ms, bare.p99_ms) if ours and bare else '–'} | "
+                f"{_ratio(naive.p99_ms, bare.p99_ms) if naive and bare else '–'} | {cpu} |"
+            )
+        caps = {kind: _cap(results, kind, series.steps) for kind in Kind}
+        add("")
+        add(
+            f"Capacity (largest load with p99 < {CAPACITY_P99_MS:.0f} ms, no drop, nothing lost): "
+            f"ours {caps[Kind.OURS]}, bare {caps[Kind.BARE]}, naive {caps[Kind.NAIVE]} clients."
+        )
+        busy = [r for r in results if r.client_cpu_max_percent >= 90]
+        if busy:
+            worst = max(busy, key=lambda r: r.client_cpu_max_percent)
+            add(
+                f"The load generator was near a full core in {len(busy)} of these loads (at most "
+                f"{worst.client_cpu_max_percent:.0f}% in one client process, {worst.kind}, {worst.clients} "
+                "clients): there the client, not the server, may set the latency."
+            )
+        add("")
+
+
+def _per_connection(report: Report, add: Callable[[str], None]) -> None:
+    series = report.plan.series[0]
+    results = report.capacity.get(series.name, [])
+    rows = [r for r in results if r.clients == report.plan.target_clients]
+    if not rows:
+        return
+    add(f"## CPU and memory per connection ({report.plan.target_clients} clients, {series.name})")
+    add("")
+    add("| Server | Server CPU | CPU ms per client-second | RSS under load | RSS per client | Client CPU |")
+    add("|---|---:|---:|---:|---:|---:|")
+    for r in rows:
+        add(
+            f"| {r.kind} | {r.server_cpu_percent:.0f}% | {r.cpu_ms_per_client_second:.2f} | "
+            f"{r.server_rss_mib:.0f} MiB | {r.rss_kib_per_client:.0f} KiB | {r.client_cpu_percent:.0f}% |"
+        )
+    add("")
+
+
+def _doc_size_table(report: Report, add: Callable[[str], None]) -> None:
+    if not report.doc_size:
+        return
+    rooms, clients = report.plan.doc_load
+    add(f"## Document size ({rooms} rooms × {clients} clients at 5 edits/s)")
+    add("")
+    add("Bytes per keystroke: payload bytes every other member received for one edit, all together.")
+    add("")
+    add("| Server | Document | p50 / p99 ms | Bytes per keystroke | Server CPU |")
+    add("|---|---:|---|---:|---:|")
+    for r in report.doc_size:
+        add(
+            f"| {r.kind} | {r.doc_chars:,} chars | {_cell(r)} | {r.received_bytes_per_edit:,.0f} | "
+            f"{r.server_cpu_percent:.0f}% |"
+        )
+    small, large = report.plan.doc_sizes
+    by = {(r.kind, r.doc_chars): r for r in report.doc_size}
+    notes = []
+    for kind in (Kind.OURS, Kind.NAIVE):
+        a, b = by.get((kind.value, small)), by.get((kind.value, large))
+        if a and b:
+            notes.append(
+                f"{kind}: p99 {_ratio(b.p99_ms, a.p99_ms)}, bytes per keystroke "
+                f"{_ratio(b.received_bytes_per_edit, a.received_bytes_per_edit)}"
+            )
+    add("")
+    add(f"From {small:,} to {large:,} characters: " + "; ".join(notes) + ".")
+    add("")
+
+
+def _slow_table(report: Report, add: Callable[[str], None]) -> None:
+    if not report.slow:
+        return
+    rooms, clients = report.plan.slow_load
+    add(f"## Slow consumer ({rooms} rooms × {clients} clients, 4 typing at 5 edits/s)")
+    add("")
+    add("The fifth member of each room either reads and never types (control) or stops reading when")
+    add("the load starts (stalled). Latencies are those of the four others.")
+    add("")
+    add("| Server | Fifth member | p50 / p99 ms | Stalled clients dropped by the server |")
+    add("|---|---|---|---:|")
+    for r in report.slow:
+        fifth = "stalled" if r.stalled else "reads"
+        add(f"| {r.kind} | {fifth} | {_cell(r)} | {r.stalled_dropped if r.stalled else '–'} |")
+    add("")
+
+
+def _idle_table(report: Report, add: Callable[[str], None]) -> None:
+    if not report.idle:
+        return
+    add("## Memory per idle connection")
+    add("")
+    add("RSS growth of the server over idle joined connections (rooms of 5), after a warm-up.")
+    add("")
+    add("| Server | Connections | RSS before | RSS after | Per connection |")
+    add("|---|---:|---:|---:|---:|")
+    for row in report.idle:
+        add(
+            f"| {row['kind']} | {row['idle_connections']} | {row['rss_before_mib']} MiB | "
+            f"{row['rss_after_mib']} MiB | {row['kib_per_connection']} KiB |"
+        )
+    add("")
+
+
+def _method(add: Callable[[str], None]) -> None:
+    add("## How it is measured")
+    add("")
+    for paragraph in (
+        "**Servers.** *ours* is `python app.py` (uvicorn, its sans-I/O `websockets` implementation, "
+        "uvloop). *naive* (`bench/baselines/naive.py`) is the common FastAPI design: a ConnectionManager "
+        "with a list of sockets per room that, for each edit, splices it into the room's text and awaits "
+        "`send_text` of the whole text on every other member in turn, served by uvicorn with its "
+        "defaults. *bare* (`bench/baselines/bare.py`) is the `websockets` library's `broadcast()` "
+        "relaying each frame to the others with no application logic, on uvloop and without "
+        "compression: the practical upper limit of a Python fan-out on this machine. Every measurement "
+        "starts its server afresh.",
+        "**Load.** `bench/load.py`: R rooms × U clients, each typing at E edits a second (Poisson "
+        "arrivals, open loop): 85% one character at its cursor, 10% a backspace, 4% a paste of one to "
+        "four lines, 1% a jump of the cursor. All three servers get the same `push` frames (a CodeMirror "
+        "ChangeSet); ours also gets `hello` with `batch: true` and rebases each push onto the current "
+        "version. The naive server is spared the upload of the whole text its design usually has, "
+        "which only flatters it. Ours sends each update to the author too (its acknowledgement); "
+        "the baselines send to the others only.",
+        "**Latency.** From the author's write of the frame to each other member's read of it, in one "
+        "client process on one clock (a room's clients share a process; edits are matched by "
+        "`(client_id, seq)`). An edit a live member had not received 3 s after the last edit counts "
+        "as lost and as infinitely late. p50/p95/p99 are nearest-rank percentiles over every "
+        "(edit, receiver) pair.",
+        "**Capacity** is the largest load of a series with p99 under 100 ms, no client dropped and "
+        "nothing lost, every smaller load passing too. A failed load is run a second time (the machine "
+        "is shared) and a series stops after a load failed twice.",
+        "**CPU and memory** come from `/proc/<pid>` of the server: CPU time over the typing window, "
+        "RSS sampled every 0.25 s (its highest value), against its RSS before any client joined. The "
+        "clients run in one process (two from 1,000 clients) on the same two cores; their CPU time is "
+        "reported so that a client bottleneck shows.",
+        "**Slow consumer.** The stalled client shrinks its socket receive buffer to 4 KiB and stops "
+        "reading, so the server's writes to it back up as they would to a frozen browser tab.",
+        "**Idle memory.** 1,000 connections that join (hello, or just connect for the baselines) in "
+        "rooms of 5 and then stay silent; RSS growth divided by the count.",
+        "**Quick checks.** `.venv/bin/python bench/load.py --kind ours --rooms 100 --clients 5` runs "
+        "one load (it starts the server itself; `--kind bare|naive`, `--doc-chars`, `--stalled`, "
+        "`--idle N` and `--help` for more); `bench/quick_load.py` is the older entry point to it.",
+    ):
+        add(paragraph)
+        add("")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny loads of about a second: a smoke run")
+    parser.add_argument("--only", nargs="*", choices=list(SECTIONS), help="run only these sections")
+    parser.add_argument("--seconds", type=float, help="typing time of each capacity load")
+    parser.add_argument("--output", type=Path, default=DOC, help=f"report to write (default {DOC.relative_to(ROOT)})")
+    args = parser.parse_args()
+    plan = QUICK if args.quick else Plan()
+    if args.seconds:
+        plan = replace(plan, seconds=args.seconds)
+    report = Report(plan, datetime.datetime.now(datetime.UTC), load_average=os.getloadavg())
+    arguments = sys.argv[1:]
+    if arguments:
+        report.command = f"`.venv/bin/python bench/run.py {' '.join(arguments)}`"
+    else:
+        report.command = "`make bench` (that is, `.venv/bin/python bench/run.py`)"
+    started = time.monotonic()
+    for name, section in SECTIONS.items():
+        if args.only is None or name in args.only:
+            section(report)
+    report.duration_s = time.monotonic() - started
+    args.output.write_text(render(report))
+    print(f"\nwrote {args.output} in {report.duration_s / 60:.1f} minutes")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,147 @@
+"""Smoke tests of the benchmark tools: the load generator drives every kind of server, and the
+report renders. Tiny bounded loads of a second or two, and no assertion about speed."""
+
+from __future__ import annotations
+
+import datetime
+import sys
+from pathlib import Path
+
+import pytest
+
+# bench/ is a folder of scripts, not a package: its modules import each other as siblings.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+
+import run
+import servers
+from load import Load, Result, format_result, idle_memory, run_load
+from servers import Kind
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize("kind", list(Kind))
+def test_load_generator_measures_every_kind_of_server(kind: Kind) -> None:
+    with servers.running(kind) as server:
+        load = Load(kind, server.port, rooms=2, clients=3, rate=5.0, seconds=1.5, drain_seconds=3.0, room_prefix="t")
+        result = run_load(load, server.pid)
+
+    assert 6 == result.connected
+    assert 0 == result.connect_failures
+    assert 0 == result.errors
+    assert 0 == result.dropped
+    assert result.edits > 0
+    assert result.deliveries > 0
+    assert result.server_cpu_percent >= 0
+    assert "latency p50/p95/p99" in format_result(result)
+
+
+def test_stalled_client_and_preloaded_document() -> None:
+    with servers.running(Kind.OURS) as server:
+        load = Load(
+            Kind.OURS,
+            server.port,
+            rooms=1,
+            clients=3,
+            rate=5.0,
+            seconds=1.0,
+            doc_chars=5_000,
+            stalled=1,
+            drain_seconds=2.0,
+            room_prefix="t",
+        )
+        result = run_load(load, server.pid)
+
+    assert 3 == result.connected
+    assert 0 == result.errors
+    # Only the two typists measure: the stalled client never counts as a receiver.
+    assert result.deliveries + result.undelivered <= result.edits
+
+
+def test_idle_memory_reports_growth_per_connection() -> None:
+    with servers.running(Kind.BARE) as server:
+        row = idle_memory(Kind.BARE, server.port, server.pid, 10)
+
+    assert "bare" == row["kind"]
+    assert 10 == row["idle_connections"]
+    assert isinstance(row["kib_per_connection"], float)
+
+
+def _result(kind: Kind, clients: int, p99: float, **fields: float) -> Result:
+    result = Result(
+        kind=kind.value,
+        rooms=clients // 5,
+        clients_per_room=5,
+        clients=clients,
+        rate=5.0,
+        seconds=1.0,
+        doc_chars=0,
+        stalled=0,
+        silent=0,
+        batch=kind is Kind.OURS,
+        procs=1,
+        connected=clients,
+        p50_ms=p99 / 3,
+        p95_ms=p99 / 2,
+        p99_ms=p99,
+        max_ms=p99 * 2,
+    )
+    for name, value in fields.items():
+        setattr(result, name, value)
+    return result
+
+
+def test_report_renders_every_section_and_checks_the_targets() -> None:
+    plan = run.QUICK
+    report = run.Report(plan, datetime.datetime(2026, 1, 2, 3, 4, tzinfo=datetime.UTC))
+    small, large = plan.series
+    report.capacity[small.name] = [
+        _result(Kind.OURS, 10, 5.0),
+        _result(Kind.OURS, 20, 30.0),
+        _result(Kind.BARE, 10, 2.0),
+        _result(Kind.BARE, 20, 3.0),
+        _result(Kind.NAIVE, 10, 8.0),
+        _result(Kind.NAIVE, 20, 150.0),
+    ]
+    report.capacity[large.name] = [_result(Kind.OURS, 20, 9.0), _result(Kind.BARE, 20, 12.0)]
+    report.target_runs = [_result(Kind.OURS, 10, p99) for p99 in (20.0, 40.0, 60.0)]
+    report.doc_size = [
+        _result(Kind.OURS, 10, 10.0, doc_chars=1_000, received_bytes_per_edit=600.0),
+        _result(Kind.OURS, 10, 11.0, doc_chars=20_000, received_bytes_per_edit=620.0),
+        _result(Kind.NAIVE, 10, 10.0, doc_chars=1_000, received_bytes_per_edit=4_000.0),
+        _result(Kind.NAIVE, 10, 90.0, doc_chars=20_000, received_bytes_per_edit=80_000.0),
+    ]
+    report.slow = [
+        _result(Kind.OURS, 10, 10.0, silent=1),
+        _result(Kind.OURS, 10, 11.0, stalled=1),
+        _result(Kind.NAIVE, 10, 10.0, silent=1),
+        _result(Kind.NAIVE, 10, float("inf"), stalled=1, undelivered=40),
+    ]
+    report.idle = [
+        {
+            "kind": "ours",
+            "idle_connections": 20,
+            "rss_before_mib": 70.0,
+            "rss_after_mib": 71.0,
+            "kib_per_connection": 51.2,
+        }
+    ]
+
+    text = run.render(report)
+
+    for heading in (
+        "## Targets",
+        f"## Capacity: {small.name}",
+        f"## Capacity: {large.name}",
+        "## Document size",
+        "## Slow consumer",
+        "## Memory per idle connection",
+        "## Browser clients",
+        "## How it is measured",
+    ):
+        assert heading in text
+    assert "| p99 < 50 ms at 10 clients (rooms of 5 at 5 edits/s) | median 40 ms (runs: 20, 40, 60) | yes |" in text
+    assert "ours ≥ 20, bare ≥ 20, naive 10 clients | yes |" in text
+    assert "+10%) | yes |" in text
+    assert "| < 100 KiB per idle raw connection | 51 KiB | yes |" in text
+    assert "lost" in text
