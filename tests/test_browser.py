@@ -61,26 +61,38 @@ def room() -> str:
 
 @dataclass
 class Socket:
-    """Control over one page's NiceGUI socket: hold the server's messages, or the page's."""
+    """Control over one page's NiceGUI socket: lose the server's messages, or the page's.
 
-    hold_down: bool = False  # server -> page dropped (acknowledgements lost)
-    hold_up: bool = False  # page -> server dropped
+    Each connection the page opens gets the next number; ``mute_down``/``mute_up`` name the
+    connection whose server -> page or page -> server messages are dropped, so a reconnect is
+    never muted by accident.
+    """
+
     connections: int = 0
+    mute_down: int | None = None  # acknowledgements lost
+    mute_up: int | None = None  # nothing reaches the server, not even pongs
     down_bytes: list[int] = field(default_factory=list)  # the editor's frames (runMethod "receive")
+
+    def mute_current(self, *, down: bool = False, up: bool = False) -> None:
+        if down:
+            self.mute_down = self.connections
+        if up:
+            self.mute_up = self.connections
 
     def route(self, page: Page) -> None:
         def handler(ws: WebSocketRoute) -> None:
             self.connections += 1
+            number = self.connections
             server = ws.connect_to_server()
 
             def down(message: str | bytes) -> None:
                 if isinstance(message, str) and "receive" in message:
                     self.down_bytes.append(len(message.encode()))
-                if not self.hold_down:
+                if self.mute_down != number:
                     ws.send(message)
 
             def up(message: str | bytes) -> None:
-                if not self.hold_up:
+                if self.mute_up != number:
                     server.send(message)
 
             server.on_message(down)
@@ -101,10 +113,10 @@ class Pad:
     def text(self) -> str:
         return str(self.page.evaluate("window.collabEditor.text()"))
 
-    def wait_live(self, timeout: float = 20) -> None:
+    def wait_live(self, timeout: float = 30) -> None:
         self.page.wait_for_function("window.collabEditor && window.collabEditor.live", timeout=timeout * 1000)
 
-    def wait_text(self, predicate: str, arg: Any = None, timeout: float = 20) -> None:
+    def wait_text(self, predicate: str, arg: Any = None, timeout: float = 30) -> None:
         """Wait until ``predicate(text, arg)`` (a JavaScript expression over ``t`` and ``arg``) holds."""
         self.page.wait_for_function(
             "([arg]) => { const t = window.collabEditor && window.collabEditor.text();"
@@ -136,6 +148,14 @@ class Pad:
                 })();
             }""",
             [chars, at, delay_ms],
+        )
+
+    def wait_settled(self, timeout: float = 30) -> None:
+        """Until the page has nothing unconfirmed."""
+        self.page.wait_for_function(
+            "window.collabEditor && window.collabEditor.live && window.collabEditor.inflight === null"
+            " && window.collabEditor.pending === null",
+            timeout=timeout * 1000,
         )
 
     def wait_typed(self, timeout: float = 30) -> None:
@@ -239,20 +259,20 @@ def test_a_reloaded_page_resends_its_unconfirmed_edits_exactly_once(open_pad: Ca
     ann.page.locator(".cm-content").click()
     ann.page.keyboard.type("confirmed ")
     bob.wait_text("t === arg", "confirmed ")
+    ann.wait_settled()
     # From here on the server's replies are lost: the first batch reaches the room but is never
     # confirmed to the page, the rest waits in the page.
-    socket.hold_down = True
+    socket.mute_current(down=True)
     ann.page.keyboard.type("unconfirmed-1 ")
     bob.wait_text("t.startsWith(arg)", "confirmed u")
     ann.page.keyboard.type("unconfirmed-2")
     assert ann.page.evaluate("window.collabEditor.inflight !== null")
     ann.page.reload()
-    socket.hold_down = False
     ann.wait_live()
     expected = "confirmed unconfirmed-1 unconfirmed-2"
     bob.wait_text("t === arg", expected)
     ann.wait_text("t === arg", expected)
-    time.sleep(0.5)
+    ann.wait_settled()
     assert expected == bob.text() == ann.text()
 
 
@@ -263,21 +283,19 @@ def test_a_socket_dropped_by_the_server_resends_its_unconfirmed_edits_exactly_on
     ann = open_pad("Ann", room, socket=socket)
     bob = open_pad("Bob", room)
     ann.page.locator(".cm-content").click()
-    socket.hold_down = True  # confirmations lost
+    socket.mute_current(down=True)  # confirmations lost
     ann.page.keyboard.type("first ")
     bob.wait_text("t.length > 0")
-    socket.hold_down = False
-    socket.hold_up = True  # nothing more reaches the server, not even the answers to its pings
+    socket.mute_current(up=True)  # nothing more reaches the server, not even the answers to its pings
     ann.page.keyboard.type("second")
     # The server stops waiting for pongs and closes the socket; the page reconnects by itself.
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 40
     while socket.connections < 2 and time.monotonic() < deadline:
         ann.page.wait_for_timeout(200)
     assert socket.connections >= 2, "the server never dropped the silent socket"
-    socket.hold_up = False
-    bob.wait_text("t === arg", "first second", timeout=30)
-    ann.wait_text("t === arg", "first second", timeout=30)
-    time.sleep(0.5)
+    bob.wait_text("t === arg", "first second", timeout=40)
+    ann.wait_text("t === arg", "first second", timeout=40)
+    ann.wait_settled()
     assert "first second" == bob.text() == ann.text()
 
 
@@ -296,20 +314,15 @@ def test_undo_takes_back_only_the_users_own_edits(open_pad: Callable[..., Pad], 
     assert "bob" == ann.text()
 
 
-def test_presence_cursor_labels_and_a_screenshot_of_a_two_user_room(
-    open_pad: Callable[..., Pad], room: str
-) -> None:
+def test_presence_cursor_labels_and_a_screenshot_of_a_two_user_room(open_pad: Callable[..., Pad], room: str) -> None:
     ann = open_pad("Ann", room)
+    ann.page.locator(".collab-member-count", has_text="In this room (1)").wait_for()
     assert ["Ann"] == ann.members()
     bob = open_pad("Bob", room)
     ann.page.locator(".collab-member-name", has_text="Bob").wait_for()
     ann.page.locator(".collab-member-count", has_text="In this room (2)").wait_for()
     ann.page.locator(".cm-content").click()
-    ann.page.keyboard.type(
-        "def fizzbuzz(n):\n"
-        "for i in range(1, n + 1):\n"
-        "if i % 15 == 0:\nprint('FizzBuzz')\n"
-    )
+    ann.page.keyboard.type("def fizzbuzz(n):\nfor i in range(1, n + 1):\nif i % 15 == 0:\nprint('FizzBuzz')\n")
     bob.wait_text("t.includes('FizzBuzz')")
     bob.page.locator(".cm-line").nth(1).click()
     bob.page.keyboard.press("End")

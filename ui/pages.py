@@ -18,7 +18,7 @@ from nicegui.events import GenericEventArguments
 
 from rooms.errors import RoomError
 from rooms.limits import clean_username
-from rooms.presence import PALETTE
+from rooms.presence import PALETTE, pick_color
 from rooms.protocol import Language
 from rooms.registry import Room, RoomRegistry
 from rooms.settings import Settings
@@ -67,17 +67,24 @@ def stored_identity() -> Identity | None:
     return Identity(name, color if isinstance(color, str) and color in PALETTE else PALETTE[0])
 
 
-def identity_dialog(settings: Settings, on_saved: Callable[[Identity], None], *, required: bool) -> ui.dialog:
+def identity_dialog(
+    settings: Settings, on_saved: Callable[[Identity], None], *, required: bool, suggested_color: str | None = None
+) -> ui.dialog:
     """Ask for a display name and a colour; remembered for this browser."""
     current = stored_identity()
-    chosen = {"color": current.color if current else secrets.choice(PALETTE)}
+    chosen = {"color": current.color if current else suggested_color or secrets.choice(PALETTE)}
     with ui.dialog().props("persistent" if required else "") as dialog, ui.card().classes("w-96 gap-3"):
         ui.label("Your name in rooms").classes("text-lg font-medium")
-        name = ui.input(
-            "Display name",
-            value=current.username if current else "",
-            validation={"Enter a name": lambda value: bool(value and value.strip())},
-        ).props(f"autofocus maxlength={settings.max_username_chars}").classes("w-full collab-name-input")
+        name = (
+            ui.input(
+                "Display name",
+                value=current.username if current else "",
+                validation={"Enter a name": lambda value: bool(value and value.strip())},
+            )
+            .props(f"autofocus maxlength={settings.max_username_chars}")
+            .classes("w-full collab-name-input")
+            .mark("name")
+        )
         ui.label("Colour of your cursor").classes("text-sm text-gray-500")
         swatches: dict[str, ui.button] = {}
 
@@ -102,14 +109,18 @@ def identity_dialog(settings: Settings, on_saved: Callable[[Identity], None], *,
                 return
             app.storage.user["name"] = cleaned
             app.storage.user["color"] = chosen["color"]
-            dialog.close()
+            dismiss()
             on_saved(Identity(cleaned, chosen["color"]))
+
+        def dismiss() -> None:
+            dialog.close()
+            dialog.delete()  # one dialog per question: a later one must not find this one's fields
 
         name.on("keydown.enter", save)
         with ui.row().classes("w-full justify-end gap-2"):
             if not required:
-                ui.button("Cancel", on_click=dialog.close).props("flat")
-            ui.button("Save", on_click=save).classes("collab-save-name")
+                ui.button("Cancel", on_click=dismiss).props("flat")
+            ui.button("Save", on_click=save).classes("collab-save-name").mark("save-name")
     return dialog
 
 
@@ -161,11 +172,12 @@ def home_page(services: Services) -> None:
 
         with ui.card().classes("w-full gap-3"):
             ui.label("Start a new room").classes("text-lg font-medium")
-            ui.button("Create a room", icon="add", on_click=lambda: go(new_room_id())).classes("collab-create")
+            create = ui.button("Create a room", icon="add", on_click=lambda: go(new_room_id()))
+            create.classes("collab-create").mark("create-room")
 
         with ui.card().classes("w-full gap-3"):
             ui.label("Join a room").classes("text-lg font-medium")
-            link = ui.input("Paste a link or a room id").classes("w-full collab-join-input")
+            link = ui.input("Paste a link or a room id").classes("w-full collab-join-input").mark("room-link")
 
             def join() -> None:
                 room_id = room_id_from(link.value or "")
@@ -175,7 +187,7 @@ def home_page(services: Services) -> None:
                 go(room_id)
 
             link.on("keydown.enter", join)
-            ui.button("Join", icon="login", on_click=join).classes("collab-join")
+            ui.button("Join", icon="login", on_click=join).classes("collab-join").mark("join-room")
 
 
 # /room/{room_id}
@@ -244,7 +256,9 @@ def room_page(services: Services, room_id: str) -> None:
 
     who = stored_identity()
     if who is None:
-        identity_dialog(settings, build, required=True).open()
+        room = services.registry().rooms.get(room_id)
+        free = pick_color(member.color for member in room.presence) if room is not None else None
+        identity_dialog(settings, build, required=True, suggested_color=free).open()
     else:
         build(who)
 
@@ -270,6 +284,7 @@ def build_room(services: Services, room_id: str, who: Identity) -> None:
             ui.select(dict(LANGUAGES), value=language, on_change=lambda e: choose_language(e.value))
             .props("dense dark options-dense borderless")
             .classes("w-40 collab-language")
+            .mark("language")
         )
         if language not in LANGUAGES:
             select.set_options({**LANGUAGES, language: label_for(language)}, value=language)
@@ -279,8 +294,11 @@ def build_room(services: Services, room_id: str, who: Identity) -> None:
             "flat dense round color=white"
         ).tooltip("Download the code")
         ConnectionBadge()
-        with ui.button(on_click=lambda: change_identity()).props("flat dense no-caps color=white").classes(
-            "collab-me"
+        with (
+            ui.button(on_click=lambda: change_identity())
+            .props("flat dense no-caps color=white")
+            .classes("collab-me")
+            .mark("me")
         ):
             me_dot = ui.element("span").classes("inline-block w-3 h-3 rounded-full mr-2")
             me_dot.style(f"background: {who.color}")
@@ -331,7 +349,6 @@ def build_room(services: Services, room_id: str, who: Identity) -> None:
                         ui.label("typing…").classes("text-xs italic text-gray-500 collab-typing")
 
         people()
-
 
     previous: dict[str, str] = {}
 
