@@ -314,7 +314,8 @@ def test_undo_takes_back_only_the_users_own_edits(open_pad: Callable[..., Pad], 
     assert "bob" == ann.text()
 
 
-def test_presence_cursor_labels_and_a_screenshot_of_a_two_user_room(open_pad: Callable[..., Pad], room: str) -> None:
+def test_presence_cursor_labels_and_a_screenshot_of_a_two_user_room(open_pad: Callable[..., Pad]) -> None:
+    room = "fizzbuzz-interview"  # the module's own server: shown in the screenshot
     ann = open_pad("Ann", room)
     ann.page.locator(".collab-member-count", has_text="In this room (1)").wait_for()
     assert ["Ann"] == ann.members()
