@@ -252,6 +252,27 @@ def test_a_page_taken_offline_keeps_typing_and_the_other_page_gets_all_of_it(
     ann.page.locator(".collab-status").filter(has_text="connected").wait_for(timeout=10_000)
 
 
+def test_a_brief_network_blip_while_both_type_loses_nothing(open_pad: Callable[..., Pad], room: str) -> None:
+    ann = open_pad("Ann", room)
+    bob = open_pad("Bob", room)
+    ann.type_in_page("abcdefghij" * 3, 0, 20)
+    bob.type_in_page("0123456789" * 3, 0, 20)
+    ann.page.wait_for_timeout(150)
+    ann.context.set_offline(True)
+    ann.page.wait_for_timeout(800)
+    ann.context.set_offline(False)
+    ann.wait_typed()
+    bob.wait_typed()
+    for pad in (ann, bob):
+        pad.wait_text("t.length === 60", timeout=40)
+        pad.wait_settled(timeout=40)
+    text = ann.text()
+    assert text == bob.text()
+    assert "abcdefghij" * 3 == only_from(text, set("abcdefghij"))
+    assert "0123456789" * 3 == only_from(text, set("0123456789"))
+    assert 0 == ann.page.locator(".collab-lost").count()
+
+
 def test_a_reloaded_page_resends_its_unconfirmed_edits_exactly_once(open_pad: Callable[..., Pad], room: str) -> None:
     socket = Socket()
     ann = open_pad("Ann", room, socket=socket)
@@ -430,6 +451,9 @@ def test_edits_the_room_can_no_longer_merge_are_offered_to_the_user(
         ann.context.set_offline(True)
         ann.page.locator(".cm-content").click()
         ann.page.keyboard.type("ann's offline work")
+        # Long enough for the server to forget Ann's page (NiceGUI's reconnect timeout), so
+        # that nothing it kept for her can fill the gap.
+        bob.page.locator(".collab-member-count", has_text="In this room (1)").wait_for(timeout=30_000)
         bob.page.locator(".cm-content").click()
         for word in ("one ", "two ", "three ", "four ", "five ", "six ", "seven "):
             bob.page.keyboard.type(word)

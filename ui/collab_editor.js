@@ -405,7 +405,8 @@ export default {
     onUpdate(message) {
       const state = this.state;
       if (message.version <= state.version) return; // already applied (a repeated message)
-      if (message.version !== state.version + 1) return this.resync();
+      // A gap (messages lost on the way): resume from our version, the catch-up fills it.
+      if (message.version !== state.version + 1) return this.hello();
       const inflight = this.inflight;
       if (inflight && message.client_id === state.client_id && message.seq === inflight.seq) {
         this.base = inflight.changes.apply(this.base);
