@@ -49,6 +49,7 @@ from array import array
 from collections.abc import Coroutine, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -515,6 +516,7 @@ class Result:
     server_base_rss_mib: float = 0.0  # RSS before any client connected
     client_cpu_percent: float = 0.0  # all client processes together
     client_cpu_max_percent: float = 0.0  # the busiest client process
+    machine_cpu_percent: float = 0.0  # every process on the machine together (100% = one core)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -529,6 +531,13 @@ class Result:
         )
 
     @property
+    def other_cpu_percent(self) -> float:
+        """CPU that neither the server nor the clients used: other work on the machine."""
+        if not self.machine_cpu_percent:
+            return 0.0
+        return max(0.0, self.machine_cpu_percent - self.server_cpu_percent - self.client_cpu_percent)
+
+    @property
     def cpu_ms_per_client_second(self) -> float:
         return self.server_cpu_percent * 10 / max(1, self.clients)
 
@@ -539,6 +548,7 @@ class Result:
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["ok"] = self.ok
+        data["other_cpu_percent"] = self.other_cpu_percent
         for key, value in data.items():
             if isinstance(value, float):
                 data[key] = None if math.isinf(value) else round(value, 3)
@@ -559,7 +569,7 @@ def run_load(load: Load, server_pid: int | None = None) -> Result:
     indices = list(range(load.rooms))
     shares = [indices[i :: load.procs] for i in range(load.procs) if indices[i :: load.procs]]
     pipes: list[Connection] = []
-    processes = []
+    processes: list[BaseProcess] = []
     base = servers.proc_stats(server_pid) if server_pid else None
     for share in shares:
         parent, child = context.Pipe()
@@ -568,7 +578,7 @@ def run_load(load: Load, server_pid: int | None = None) -> Result:
         pipes.append(parent)
         processes.append(process)
     try:
-        failures = sum(_expect(pipe, "ready", 180) for pipe in pipes)
+        failures = sum(_expect(pipe, process, "ready", 180) for pipe, process in zip(pipes, processes, strict=True))
         start = time.perf_counter() + START_DELAY
         for pipe in pipes:
             pipe.send(start)
@@ -588,19 +598,26 @@ def run_load(load: Load, server_pid: int | None = None) -> Result:
         )
         if server_pid:
             _watch_server(server_pid, start, load.seconds, result, base)
-        parts: list[Part] = [_expect(pipe, "done", load.seconds + load.drain_seconds + 120) for pipe in pipes]
+        parts: list[Part] = [
+            _expect(pipe, process, "done", load.seconds + load.drain_seconds + 120)
+            for pipe, process in zip(pipes, processes, strict=True)
+        ]
     finally:
-        for process in processes:
-            process.join(timeout=10)
-            if process.is_alive():
-                process.kill()
+        for worker_process in processes:
+            worker_process.join(timeout=10)
+            if worker_process.is_alive():
+                worker_process.kill()
     _combine(result, parts, load)
     return result
 
 
-def _expect(pipe: Connection, what: str, timeout: float) -> Any:
-    if not pipe.poll(timeout):
-        raise TimeoutError(f"client process sent no {what!r} within {timeout:.0f} s")
+def _expect(pipe: Connection, process: BaseProcess, what: str, timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    while not pipe.poll(0.5):
+        if not process.is_alive():
+            raise RuntimeError(f"client process exited with {process.exitcode} before sending {what!r}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"client process sent no {what!r} within {timeout:.0f} s")
     kind, payload = pipe.recv()
     if kind != what:
         raise RuntimeError(f"client process failed: {payload}")
@@ -611,6 +628,7 @@ def _watch_server(pid: int, start: float, seconds: float, result: Result, base: 
     """Sample the server's CPU time and RSS over the typing window."""
     time.sleep(max(0.0, start - time.perf_counter()))
     first = servers.proc_stats(pid)
+    machine = servers.machine_busy_seconds()
     highest = first.rss_kib
     end = start + seconds
     while (now := time.perf_counter()) < end:
@@ -618,6 +636,7 @@ def _watch_server(pid: int, start: float, seconds: float, result: Result, base: 
         highest = max(highest, servers.proc_stats(pid).rss_kib)
     last = servers.proc_stats(pid)
     result.server_cpu_percent = (last.cpu_seconds - first.cpu_seconds) / seconds * 100
+    result.machine_cpu_percent = (servers.machine_busy_seconds() - machine) / seconds * 100
     result.server_rss_mib = max(highest, last.rss_kib) / 1024
     result.server_peak_rss_mib = last.peak_rss_kib / 1024
     result.server_base_rss_mib = (base or first).rss_kib / 1024
@@ -703,6 +722,7 @@ def format_result(result: Result) -> str:
         ("server CPU", f"{result.server_cpu_percent:.0f}%"),
         ("server RSS", f"{result.server_rss_mib:.1f} MiB (base {result.server_base_rss_mib:.1f})"),
         ("client CPU", f"{result.client_cpu_percent:.0f}% in {result.procs} processes"),
+        ("other work's CPU", f"{result.other_cpu_percent:.0f}% (100% = one core)"),
         ("within capacity", "yes" if result.ok else "no"),
     ]
     return "\n".join(f"{name:>22}  {value}" for name, value in rows)

@@ -124,11 +124,15 @@ def measure(load: Load, label: str) -> Result:
 
 
 def capacity(report: Report) -> None:
+    """Each step for every server back to back, so that they share the machine's mood."""
     plan = report.plan
     for series in plan.series:
         results = report.capacity.setdefault(series.name, [])
-        for kind in plan.kinds:
-            for clients in series.steps:
+        over: set[Kind] = set()
+        for clients in series.steps:
+            for kind in plan.kinds:
+                if kind in over:
+                    continue  # over capacity already: larger loads would only fail slower
                 load = Load(
                     kind,
                     0,
@@ -143,13 +147,13 @@ def capacity(report: Report) -> None:
                 if not result.ok:
                     # A shared machine has bad seconds: a failed load gets a second chance.
                     again = measure(load, f"{series.name}, {kind}, {clients} clients, again")
-                    result.extra["retry"] = again.to_json()
+                    again.extra["first_try"] = result.to_json()
                     if again.ok:
-                        result = again
-                        result.extra["retried"] = True
+                        again.extra["retried"] = True
+                    result = again if again.ok or again.p99_ms < result.p99_ms else result
                 results.append(result)
                 if not result.ok:
-                    break  # over capacity: larger loads would only fail slower
+                    over.add(kind)
 
 
 def target(report: Report) -> None:
@@ -436,21 +440,27 @@ def _capacity_tables(report: Report, add: Callable[[str], None]) -> None:
         add(f"## Capacity: {series.name}")
         add("")
         add("p50 / p99 latency in ms; ✗ marks a load over capacity (p99 ≥ 100 ms, a drop or a lost edit).")
-        add("Ratios are p99 against bare at the same load.")
+        add("Ratios are p99 against bare at the same load. *Other work*: CPU used on the machine by")
+        add("neither the server nor the load generator during the busiest of the three (100% = one core).")
         add("")
-        add("| Clients | Edits/s | ours (batch) | bare | naive | ours ÷ bare | naive ÷ bare | server CPU o / b / n |")
-        add("|---:|---:|---|---|---|---:|---:|---|")
+        add(
+            "| Clients | Edits/s | ours (batch) | bare | naive | ours ÷ bare | naive ÷ bare "
+            "| server CPU o / b / n | other work |"
+        )
+        add("|---:|---:|---|---|---|---:|---:|---|---:|")
         for clients in series.steps:
             row = {kind: _find(results, kind, clients) for kind in Kind}
             ours, bare, naive = row[Kind.OURS], row[Kind.BARE], row[Kind.NAIVE]
             if ours is None and bare is None and naive is None:
                 continue
             edits = clients * series.rate
+            measured = [r for r in (ours, bare, naive) if r is not None]
             cpu = " / ".join(f"{r.server_cpu_percent:.0f}%" if r else "–" for r in (ours, bare, naive))
+            other = max(r.other_cpu_percent for r in measured)
             add(
                 f"| {clients} | {edits:,.0f} | {_cell(ours)} | {_cell(bare)} | {_cell(naive)} | "
                 f"{_ratio(ours.p99_ms, bare.p99_ms) if ours and bare else '–'} | "
-                f"{_ratio(naive.p99_ms, bare.p99_ms) if naive and bare else '–'} | {cpu} |"
+                f"{_ratio(naive.p99_ms, bare.p99_ms) if naive and bare else '–'} | {cpu} | {other:.0f}% |"
             )
         caps = {kind: _cap(results, kind, series.steps) for kind in Kind}
         add("")

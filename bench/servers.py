@@ -67,6 +67,15 @@ def proc_stats(pid: int) -> ProcStats:
     )
 
 
+def machine_busy_seconds() -> float:
+    """CPU time every process on the machine has used since boot (all cores, idle excluded)."""
+    with open("/proc/stat") as stat:
+        fields = [int(value) for value in stat.readline().split()[1:]]
+    # user nice system idle iowait irq softirq steal (guest time is already in user)
+    busy = sum(fields[:8]) - fields[3] - fields[4]
+    return busy / CLOCK_TICKS
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
