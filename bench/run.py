@@ -67,9 +67,12 @@ class Plan:
     repeats: int = 3
     doc_load: tuple[int, int] = (20, 5)  # rooms x clients for document-size scaling
     doc_sizes: tuple[int, int] = (1_000, 100_000)
-    slow_load: tuple[int, int] = (50, 5)  # rooms x clients for the slow consumer
-    slow_seconds: float = 12.0
-    slow_doc_chars: int = 2_000
+    slow_load: tuple[int, int] = (25, 5)  # rooms x clients for the slow consumer
+    slow_seconds: float = 10.0
+    # Large enough that the whole texts the naive server sends fill a stalled reader's socket
+    # buffers within seconds; ours sends it only the small updates.
+    slow_doc_chars: int = 20_000
+    pair_repeats: int = 2  # document-size and slow-consumer pairs of ours, for medians
     idle_connections: int = 1_000
     procs_from: int = 1_000  # loads of this many clients or more use two client processes
     kinds: tuple[Kind, ...] = (Kind.OURS, Kind.BARE, Kind.NAIVE)
@@ -85,6 +88,7 @@ QUICK = Plan(
     slow_load=(2, 3),
     slow_seconds=1.5,
     slow_doc_chars=500,
+    pair_repeats=1,
     idle_connections=20,
     procs_from=20,
 )
@@ -144,13 +148,15 @@ def capacity(report: Report) -> None:
                     room_prefix=f"cap{series.room_size}",
                 )
                 result = measure(load, f"{series.name}, {kind}, {clients} clients")
-                if not result.ok:
-                    # A shared machine has bad seconds: a failed load gets a second chance.
-                    again = measure(load, f"{series.name}, {kind}, {clients} clients, again")
-                    again.extra["first_try"] = result.to_json()
-                    if again.ok:
-                        again.extra["retried"] = True
+                attempt = 1
+                # A shared machine has bad seconds: a failed load gets a second chance, and a
+                # third when other work was busy (over half a core) during the second.
+                while not result.ok and (attempt < 2 or (attempt < 3 and result.other_cpu_percent > 50)):
+                    attempt += 1
+                    again = measure(load, f"{series.name}, {kind}, {clients} clients, attempt {attempt}")
+                    again.extra["earlier_attempt"] = result.to_json()
                     result = again if again.ok or again.p99_ms < result.p99_ms else result
+                result.extra["attempts"] = attempt
                 results.append(result)
                 if not result.ok:
                     over.add(kind)
@@ -177,33 +183,35 @@ def target(report: Report) -> None:
 def doc_size(report: Report) -> None:
     plan = report.plan
     rooms, clients = plan.doc_load
-    for kind in (Kind.OURS, Kind.NAIVE):
-        for chars in plan.doc_sizes:
-            load = Load(kind, 0, rooms=rooms, clients=clients, rate=5.0, seconds=plan.seconds, doc_chars=chars)
-            report.doc_size.append(measure(load, f"document of {chars} characters, {kind}"))
+    for repeat in range(plan.pair_repeats):
+        for kind in (Kind.OURS, Kind.NAIVE) if repeat == 0 else (Kind.OURS,):
+            for chars in plan.doc_sizes:
+                load = Load(kind, 0, rooms=rooms, clients=clients, rate=5.0, seconds=plan.seconds, doc_chars=chars)
+                report.doc_size.append(measure(load, f"document of {chars} characters, {kind}, run {repeat + 1}"))
 
 
 def slow_consumer(report: Report) -> None:
     """One client per room reads but never types (control), or stops reading (stalled)."""
     plan = report.plan
     rooms, clients = plan.slow_load
-    for kind in (Kind.OURS, Kind.NAIVE):
-        for stalled in (0, 1):
-            load = Load(
-                kind,
-                0,
-                rooms=rooms,
-                clients=clients,
-                rate=5.0,
-                seconds=plan.slow_seconds,
-                doc_chars=plan.slow_doc_chars,
-                stalled=stalled,
-                silent=1 - stalled,
-                drain_seconds=2.0,
-                room_prefix="slow",
-            )
-            label = "one stalled client per room" if stalled else "one idle reader per room"
-            report.slow.append(measure(load, f"slow consumer, {kind}, {label}"))
+    for repeat in range(plan.pair_repeats):
+        for kind in (Kind.OURS, Kind.NAIVE) if repeat == 0 else (Kind.OURS,):
+            for stalled in (0, 1):
+                load = Load(
+                    kind,
+                    0,
+                    rooms=rooms,
+                    clients=clients,
+                    rate=5.0,
+                    seconds=plan.slow_seconds,
+                    doc_chars=plan.slow_doc_chars,
+                    stalled=stalled,
+                    silent=1 - stalled,
+                    drain_seconds=2.0,
+                    room_prefix="slow",
+                )
+                label = "one stalled client per room" if stalled else "one idle reader per room"
+                report.slow.append(measure(load, f"slow consumer, {kind}, {label}, run {repeat + 1}"))
 
 
 def idle(report: Report) -> None:
@@ -373,29 +381,32 @@ def _targets(report: Report, add: Callable[[str], None]) -> None:
     if report.target_runs:
         p99s = [r.p99_ms for r in report.target_runs]
         median = statistics.median(p99s)
-        runs = ", ".join(_ms(p) for p in p99s)
+        runs = ", ".join(f"{_ms(r.p99_ms)} (other work {r.other_cpu_percent:.0f}%)" for r in report.target_runs)
         add(
             f"| p99 < 50 ms at {plan.target_clients} clients ({first.name}) | median {_ms(median)} ms "
             f"(runs: {runs}) | {_yes(median < 50)} |"
         )
-    by = {(r.kind, r.doc_chars): r for r in report.doc_size}
     small, large = plan.doc_sizes
-    if (Kind.OURS.value, small) in by and (Kind.OURS.value, large) in by:
-        a, b = by[(Kind.OURS.value, small)], by[(Kind.OURS.value, large)]
-        latency = b.p99_ms / a.p99_ms if a.p99_ms > 0 else math.inf
-        size = b.received_bytes_per_edit / max(1.0, a.received_bytes_per_edit)
+    ours_small = [r for r in report.doc_size if r.kind == Kind.OURS.value and r.doc_chars == small]
+    ours_large = [r for r in report.doc_size if r.kind == Kind.OURS.value and r.doc_chars == large]
+    if ours_small and ours_large:
+        p99 = _median_ratio(ours_large, ours_small, "p99_ms")
+        p50 = _median_ratio(ours_large, ours_small, "p50_ms")
+        size = _median_ratio(ours_large, ours_small, "received_bytes_per_edit")
         add(
             f"| Latency and bytes per keystroke at {large:,} chars within 1.2× of {small:,} | "
-            f"p99 {_ratio(b.p99_ms, a.p99_ms)}, p50 {_ratio(b.p50_ms, a.p50_ms)}, bytes {size:.2f}× | "
-            f"{_yes(latency <= 1.2 and size <= 1.2)} |"
+            f"p99 {p99:.2f}×, p50 {p50:.2f}×, bytes {size:.2f}× (medians of {len(ours_small)} pairs) | "
+            f"{_yes(p99 <= 1.2 and size <= 1.2)} |"
         )
-    ours_slow = [r for r in report.slow if r.kind == Kind.OURS.value]
-    if len(ours_slow) == 2:
-        control, stalled = ours_slow
-        change = stalled.p99_ms / control.p99_ms - 1 if control.p99_ms > 0 else math.inf
+    controls = [r for r in report.slow if r.kind == Kind.OURS.value and not r.stalled]
+    stalls = [r for r in report.slow if r.kind == Kind.OURS.value and r.stalled]
+    if controls and stalls:
+        control = statistics.median(r.p99_ms for r in controls)
+        stalled = statistics.median(r.p99_ms for r in stalls)
+        change = stalled / control - 1 if control > 0 and not math.isinf(stalled) else math.inf
         add(
-            f"| A stalled client changes the others' p99 by < 20% | {_ms(control.p99_ms)} → "
-            f"{_ms(stalled.p99_ms)} ms ({change:+.0%}) | {_yes(abs(change) < 0.2)} |"
+            f"| A stalled client changes the others' p99 by < 20% | median {_ms(control)} → "
+            f"{_ms(stalled)} ms ({change:+.0%}) | {_yes(abs(change) < 0.2)} |"
         )
     ours_idle = [row for row in report.idle if row["kind"] == Kind.OURS.value]
     if ours_idle:
@@ -403,6 +414,14 @@ def _targets(report: Report, add: Callable[[str], None]) -> None:
         add(f"| < 100 KiB per idle raw connection | {kib:.0f} KiB | {_yes(kib < 100)} |")
     add("| < 1 MiB per open browser room page | not measured yet (browser editor) | – |")
     add("")
+
+
+def _median_ratio(large: list[Result], small: list[Result], name: str) -> float:
+    top = statistics.median(getattr(r, name) for r in large)
+    bottom = statistics.median(getattr(r, name) for r in small)
+    if math.isinf(top) or bottom <= 0:
+        return math.inf
+    return float(top / bottom)
 
 
 def _beat_bare(results: list[Result], series: Series, add: Callable[[str], None]) -> None:
@@ -505,24 +524,22 @@ def _doc_size_table(report: Report, add: Callable[[str], None]) -> None:
     add("")
     add("Bytes per keystroke: payload bytes every other member received for one edit, all together.")
     add("")
-    add("| Server | Document | p50 / p99 ms | Bytes per keystroke | Server CPU |")
-    add("|---|---:|---|---:|---:|")
+    add("| Server | Document | p50 / p99 ms | Bytes per keystroke | Server CPU | Other work |")
+    add("|---|---:|---|---:|---:|---:|")
     for r in report.doc_size:
         add(
             f"| {r.kind} | {r.doc_chars:,} chars | {_cell(r)} | {r.received_bytes_per_edit:,.0f} | "
-            f"{r.server_cpu_percent:.0f}% |"
+            f"{r.server_cpu_percent:.0f}% | {r.other_cpu_percent:.0f}% |"
         )
     small, large = report.plan.doc_sizes
-    by = {(r.kind, r.doc_chars): r for r in report.doc_size}
     notes = []
     for kind in (Kind.OURS, Kind.NAIVE):
-        a, b = by.get((kind.value, small)), by.get((kind.value, large))
+        a = [r for r in report.doc_size if r.kind == kind.value and r.doc_chars == small]
+        b = [r for r in report.doc_size if r.kind == kind.value and r.doc_chars == large]
         if a and b:
-            notes.append(
-                f"{kind}: p99 {_ratio(b.p99_ms, a.p99_ms)}, bytes per keystroke "
-                f"{_ratio(b.received_bytes_per_edit, a.received_bytes_per_edit)}"
-            )
-    add("")
+            p99 = _median_ratio(b, a, "p99_ms")
+            size = _median_ratio(b, a, "received_bytes_per_edit")
+            notes.append(f"{kind}: p99 {p99:.2f}×, bytes per keystroke {size:.2f}×")
     add(f"From {small:,} to {large:,} characters: " + "; ".join(notes) + ".")
     add("")
 
@@ -531,16 +548,18 @@ def _slow_table(report: Report, add: Callable[[str], None]) -> None:
     if not report.slow:
         return
     rooms, clients = report.plan.slow_load
-    add(f"## Slow consumer ({rooms} rooms × {clients} clients, 4 typing at 5 edits/s)")
+    chars = report.plan.slow_doc_chars
+    add(f"## Slow consumer ({rooms} rooms × {clients} clients, 4 typing at 5 edits/s, {chars:,} characters)")
     add("")
     add("The fifth member of each room either reads and never types (control) or stops reading when")
     add("the load starts (stalled). Latencies are those of the four others.")
     add("")
-    add("| Server | Fifth member | p50 / p99 ms | Stalled clients dropped by the server |")
-    add("|---|---|---|---:|")
+    add("| Server | Fifth member | p50 / p99 ms | Stalled clients dropped by the server | Other work |")
+    add("|---|---|---|---:|---:|")
     for r in report.slow:
         fifth = "stalled" if r.stalled else "reads"
-        add(f"| {r.kind} | {fifth} | {_cell(r)} | {r.stalled_dropped if r.stalled else '–'} |")
+        dropped = r.stalled_dropped if r.stalled else "–"
+        add(f"| {r.kind} | {fifth} | {_cell(r)} | {dropped} | {r.other_cpu_percent:.0f}% |")
     add("")
 
 
@@ -587,7 +606,8 @@ def _method(add: Callable[[str], None]) -> None:
         "(edit, receiver) pair.",
         "**Capacity** is the largest load of a series with p99 under 100 ms, no client dropped and "
         "nothing lost, every smaller load passing too. A failed load is run a second time (the machine "
-        "is shared) and a series stops after a load failed twice.",
+        "is shared; a third time when other work took over half a core during the second) and a "
+        "series stops at the first load that failed every attempt.",
         "**CPU and memory** come from `/proc/<pid>` of the server: CPU time over the typing window, "
         "RSS sampled every 0.25 s (its highest value), against its RSS before any client joined. The "
         "clients run in one process (two from 1,000 clients) on the same two cores; their CPU time is "
