@@ -468,3 +468,151 @@ def test_edits_the_room_can_no_longer_merge_are_offered_to_the_user(
         ann.wait_text("t === arg", bob.text())
     finally:
         server.stop()
+
+
+def test_carriage_returns_from_other_clients_are_kept_and_editing_goes_on(
+    open_pad: Callable[..., Pad], live: LiveServer, room: str
+) -> None:
+    ann = open_pad("Ann", room)
+    with ws_connect(live.ws(room)) as seed:
+        seed.send(json.dumps({"type": "join", "username": "Windows"}))
+        seed.send(json.dumps({"type": "code_change", "code": "line1\r\nline2\r\n", "cursor_position": 0}))
+        ann.wait_text("t === arg", "line1\r\nline2\r\n")
+        ann.page.locator(".cm-content").click()
+        ann.page.keyboard.press("Control+End")
+        ann.page.keyboard.type("X")
+        ann.wait_settled()
+        seed.send(json.dumps({"type": "sync_request"}))
+        while (message := json.loads(seed.recv(timeout=10)))["type"] != "code_change" or "X" not in message["code"]:
+            pass
+        assert "line1\r\nline2\r\nX" == message["code"] == ann.text()
+    assert 0 == ann.page.locator(".collab-lost").count()
+
+
+def test_remote_cursors_stay_where_the_text_moved_them(
+    open_pad: Callable[..., Pad], live: LiveServer, room: str
+) -> None:
+    ann = open_pad("Ann", room)
+    ann.page.locator(".cm-content").click()
+    ann.page.keyboard.type("hello world")
+    ann.wait_settled()
+    with ws_connect(live.ws(room)) as bob, ws_connect(live.ws(room)) as carl:
+        for socket, name in ((bob, "Bob"), (carl, "Carl")):
+            socket.send(json.dumps({"type": "hello", "client_id": name, "username": name, "version": None}))
+            welcome = json.loads(socket.recv(timeout=10))
+        bob.send(json.dumps({"type": "cursor", "version": welcome["version"], "anchor": 6, "head": 6}))
+        ann.page.locator(".collab-caret-label", has_text="Bob").wait_for()
+        ann.page.keyboard.press("Control+Home")
+        ann.page.keyboard.type("ABC")  # before Bob's cursor: it moves along
+        ann.wait_settled()
+        version = ann.page.evaluate("window.collabEditor.state.version")
+        carl.send(json.dumps({"type": "cursor", "version": version, "anchor": 0, "head": 0}))  # a redraw
+        ann.page.locator(".collab-caret-label", has_text="Carl").wait_for()
+        carets = ann.page.evaluate(
+            """() => Object.fromEntries([...document.querySelectorAll('.collab-caret')].map(
+                (el) => [el.textContent, window.collabEditor.view.posAtDOM(el)]))"""
+        )
+        assert {"Bob": 9, "Carl": 0} == carets  # "ABChello |world"
+
+
+def test_an_older_copy_of_the_tab_state_never_sends_its_edits_twice(open_pad: Callable[..., Pad], room: str) -> None:
+    ann = open_pad("Ann", room)
+    bob = open_pad("Bob", room)
+    key = f"collab-pad:room:{room}"
+    ann.page.locator(".cm-content").click()
+    ann.page.keyboard.type("A")
+    ann.wait_settled()
+    ann.page.evaluate("window.collabEditor.live = false")  # hold the next edit in the page
+    ann.page.keyboard.type("B")
+    ann.page.evaluate("window.collabEditor.save()")
+    old_state = ann.page.evaluate("([key]) => sessionStorage.getItem(key)", [key])
+    ann.page.evaluate("window.collabEditor.live = true; window.collabEditor.flush()")
+    bob.wait_text("t === arg", "AB")
+    ann.wait_settled()
+    # The tab's state goes back to the copy taken while "B" was unconfirmed, and the page reloads.
+    ann.page.evaluate(
+        """([key, state]) => {
+            window.collabEditor.save = () => {};
+            sessionStorage.setItem(key, state);
+        }""",
+        [key, old_state],
+    )
+    ann.page.reload()
+    ann.wait_live()
+    ann.wait_text("t === arg", "AB")
+    ann.page.locator(".collab-lost").wait_for()
+    assert "AB" == bob.text() == ann.text()
+
+
+def test_a_second_copy_of_a_tab_pauses_the_first_until_it_is_taken_back(
+    browser: Browser, open_pad: Callable[..., Pad], live: LiveServer, room: str
+) -> None:
+    ann = open_pad("Ann", room)
+    ann.page.locator(".cm-content").click()
+    ann.page.keyboard.type("one ")
+    ann.wait_settled()
+    key = f"collab-pad:room:{room}"
+    state = ann.page.evaluate("([key]) => sessionStorage.getItem(key)", [key])
+    # The same tab state in another window (as a restored or copied session would have it).
+    context = browser.new_context()
+    try:
+        copy = context.new_page()
+        copy.add_init_script(f"sessionStorage.setItem({json.dumps(key)}, {json.dumps(state)})")
+        copy.goto(f"{live.http}/room/{room}")
+        copy.locator(".collab-name-input input").fill("Ann")
+        copy.locator(".collab-save-name").click()
+        copy.wait_for_function("window.collabEditor && window.collabEditor.live", timeout=30_000)
+        ann.page.get_by_text("This room is open in another tab or window").wait_for()
+        assert "paused" in ann.page.locator(".collab-status").inner_text()
+        ann.page.keyboard.type("typed while paused")
+        assert "one " == ann.text()  # read-only while paused
+        ann.page.get_by_role("button", name="Use this tab").click()
+        ann.wait_live()
+        ann.page.locator(".cm-content").click()
+        ann.page.keyboard.press("Control+End")
+        ann.page.keyboard.type("two")
+        ann.wait_settled()
+        # Now the copy is the paused one, and the room has what the first tab typed.
+        copy.get_by_text("This room is open in another tab or window").wait_for()
+        open_pad("Bob", room).wait_text("t === arg", "one two")
+    finally:
+        context.close()
+
+
+def test_a_snapshot_keeps_the_users_caret(open_pad: Callable[..., Pad], room: str) -> None:
+    ann = open_pad("Ann", room)
+    ann.page.locator(".cm-content").click()
+    ann.page.keyboard.type("0123456789")
+    head = ann.page.evaluate(
+        """() => {
+            const editor = window.collabEditor;
+            editor.replaceAll("ab0123456789");
+            return editor.view.state.selection.main.head;
+        }"""
+    )
+    assert 12 == head
+
+
+def test_a_flood_of_hellos_from_a_page_is_held_to_its_rate(
+    open_pad: Callable[..., Pad], live: LiveServer, room: str
+) -> None:
+    ann = open_pad("Ann", room)
+    with ws_connect(live.ws(room)) as watcher:
+        watcher.send(json.dumps({"type": "hello", "client_id": "watcher", "username": "W", "version": None}))
+        watcher.recv(timeout=10)
+        ann.page.evaluate(
+            """() => {
+                const editor = window.collabEditor;
+                for (let i = 0; i < 100; i++) editor.hello();
+            }"""
+        )
+        joins = 0
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            try:
+                message = json.loads(watcher.recv(timeout=max(0.01, deadline - time.monotonic())))
+            except TimeoutError:
+                break
+            joins += message["type"] == "member_joined"
+        assert joins <= 6  # the burst, then one every two seconds
+    ann.wait_live(timeout=30)

@@ -9,6 +9,7 @@ import json
 import re
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -20,7 +21,7 @@ from rooms.protocol import Hello
 from rooms.registry import RoomRegistry
 from rooms.settings import Settings
 from tests import ui_services
-from ui.editor import CollabEditor
+from ui.editor import BrowserNotReading, BrowserTransport, CollabEditor
 from ui.pages import ROOM_ID, Services, room_id_from
 
 MAIN = Path(__file__).with_name("ui_main.py")
@@ -199,3 +200,18 @@ async def test_changing_the_name_renames_the_member(users: Callable[[], User], r
     user_editor._hello(2, json.dumps({"type": "hello", "client_id": "ann-tab", "version": 0, "resume_token": "t" * 16}))
     assert ["Annie"] == [member.username for member in registry.rooms["rename"].presence]
     assert re.fullmatch(r"#[0-9a-f]{6}", next(iter(registry.rooms["rename"].presence)).color)
+    # The page's own leave and join (a new session under the new name) are not announced to it.
+    await asyncio.sleep(1.0)
+    assert not [message for message in ann.notify.messages if "joined" in message or "left" in message]
+
+
+async def test_a_page_that_stops_taking_its_messages_is_dropped_by_the_room() -> None:
+    sent: list[tuple[str, tuple[object, ...]]] = []
+    outbox = SimpleNamespace(messages=[])
+    editor = SimpleNamespace(client=SimpleNamespace(outbox=outbox), call=lambda *args: sent.append(args))
+    transport = BrowserTransport(editor, gen=3, max_backlog=2)  # type: ignore[arg-type]
+    await transport.send("{}")
+    assert [("receive", 3, "{}")] == sent
+    outbox.messages.extend(["waiting", "waiting"])
+    with pytest.raises(BrowserNotReading):
+        await transport.send("{}")

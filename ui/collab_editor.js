@@ -12,8 +12,10 @@
 import * as CM from "nicegui-codemirror";
 
 const STORE = "collab-pad:";
-const HELLO_RETRY_MS = [1000, 2000, 4000, 8000];
+const HELLO_RETRY_MS = [2000, 4000, 8000];
 const CURSOR_THROTTLE_MS = 80;
+const RESEND_MS = 3000; // an unconfirmed batch is sent again (same seq: applied once) after this
+const NOTICE_EVERY_MS = 5000;
 
 function randomId(bytes) {
   const data = new Uint8Array(bytes);
@@ -33,20 +35,21 @@ function readableOn(color) {
 const setCursors = CM.StateEffect.define();
 
 class CaretWidget extends CM.WidgetType {
-  constructor(name, color) {
+  constructor(name, color, below) {
     super();
     this.name = name;
     this.color = color;
+    this.below = below; // on the first line the label goes under the caret, not out of view
   }
   eq(other) {
-    return other.name === this.name && other.color === this.color;
+    return other.name === this.name && other.color === this.color && other.below === this.below;
   }
   toDOM() {
     const caret = document.createElement("span");
     caret.className = "collab-caret";
     caret.style.borderLeftColor = this.color;
     const label = document.createElement("span");
-    label.className = "collab-caret-label";
+    label.className = this.below ? "collab-caret-label collab-caret-label-below" : "collab-caret-label";
     label.style.backgroundColor = this.color;
     label.style.color = readableOn(this.color);
     label.textContent = this.name; // text, never markup
@@ -91,6 +94,10 @@ const cursorTheme = CM.EditorView.baseTheme({
     zIndex: 10,
     opacity: 0.95,
   },
+  ".collab-caret-label-below": {
+    top: "1.35em",
+    borderRadius: "0 3px 3px 3px",
+  },
 });
 
 export default {
@@ -124,8 +131,12 @@ export default {
     this.cursorTimer = null;
     this.saveTimer = null;
     this.stopped = null; // a reason not to reconnect by ourselves (another tab took over)
+    this.resendTimer = null;
+    this.sentAt = 0; // when the in-flight batch was last sent
+    this.lastNotice = new Map(); // notice key -> time shown, so that retries do not repeat it
     this.languageConfig = new CM.Compartment();
     this.themeConfig = new CM.Compartment();
+    this.editableConfig = new CM.Compartment();
 
     await this.restoreOrFork();
     const self = this;
@@ -133,12 +144,16 @@ export default {
       doc: this.localText(),
       parent: this.$el,
       extensions: [
+        // The server splits lines at "\n" only: a "\r" is an ordinary character, never a line break
+        // that CodeMirror would normalise away (the page's text would no longer be the room's).
+        CM.EditorState.lineSeparator.of("\n"),
         CM.basicSetup,
         CM.keymap.of([CM.indentWithTab]),
         cursorField,
         cursorTheme,
         this.languageConfig.of([]),
         this.themeConfig.of([]),
+        this.editableConfig.of([]),
         CM.EditorState.transactionFilter.of((tr) => self.filterTransaction(tr)),
         CM.EditorView.updateListener.of((update) => self.onViewUpdate(update)),
         CM.EditorView.theme({ "&": { height: "100%" }, ".cm-scroller": { overflow: "auto" } }),
@@ -146,8 +161,15 @@ export default {
     });
     this.setLanguage(this.language);
     this.setTheme(this.theme);
-    window.addEventListener("pagehide", () => this.save());
-    document.addEventListener("visibilitychange", () => this.save());
+    this.onPageHide = () => {
+      this.save();
+      sessionStorage.setItem(STORE + "open", "0");
+    };
+    this.onPageShow = () => sessionStorage.setItem(STORE + "open", "1");
+    this.onVisibility = () => this.save();
+    window.addEventListener("pagehide", this.onPageHide);
+    window.addEventListener("pageshow", this.onPageShow);
+    document.addEventListener("visibilitychange", this.onVisibility);
     this.channel = new BroadcastChannel(STORE + "tabs");
     this.channel.onmessage = (event) => {
       if (event.data?.type === "who" && event.data.client_id === this.state.client_id) {
@@ -161,10 +183,19 @@ export default {
   },
   beforeUnmount() {
     this.save();
-    clearTimeout(this.helloTimer);
+    this.unmounted = true;
+    for (const timer of [this.helloTimer, this.resendTimer, this.cursorTimer, this.saveTimer]) clearTimeout(timer);
     clearInterval(this.statusTimer);
+    window.removeEventListener("pagehide", this.onPageHide);
+    window.removeEventListener("pageshow", this.onPageShow);
+    document.removeEventListener("visibilitychange", this.onVisibility);
+    if (window.socket && this.onConnect) {
+      window.socket.off("connect", this.onConnect);
+      window.socket.off("disconnect", this.onDisconnect);
+    }
     this.channel?.close();
     this.view?.destroy();
+    if (window.collabEditor === this) window.collabEditor = undefined;
   },
   methods: {
     // --- state kept in sessionStorage -------------------------------------------------------
@@ -191,9 +222,13 @@ export default {
       } catch (e) {
         state = null;
       }
-      if (state && (await this.clientIdTaken(state.client_id))) {
-        // A duplicated tab copies sessionStorage: the original tab owns those edits and that
-        // client_id; this one starts as a new client from the server's text.
+      // A duplicated tab copies sessionStorage, including a flag that says the tab is open (a
+      // reload clears it first, on pagehide); the original tab owns those edits and that
+      // client_id, so a copy starts as a new client from the server's text. The tabs are also
+      // asked directly, for a copy made while the flag was down.
+      const copied = sessionStorage.getItem(STORE + "open") === "1";
+      sessionStorage.setItem(STORE + "open", "1");
+      if (state && (copied || (await this.clientIdTaken(state.client_id)))) {
         state = null;
       }
       this.state = state || this.freshState();
@@ -250,21 +285,25 @@ export default {
 
     // --- connection ---------------------------------------------------------------------------
     waitForSocket() {
+      if (this.unmounted) return;
       if (!window.socket || !window.did_handshake) {
         setTimeout(() => this.waitForSocket(), 20);
         return;
       }
-      window.socket.on("connect", () => {
+      this.onConnect = () => {
         // NiceGUI re-attaches this page after its handshake; say hello again on a new gen.
         this.live = false;
         this.publishStatus();
-        if (!this.stopped) setTimeout(() => this.hello(), 50);
-      });
-      window.socket.on("disconnect", () => {
+        if (!this.stopped) this.helloTimer = setTimeout(() => this.hello(), 50);
+      };
+      this.onDisconnect = () => {
         this.live = false;
         clearTimeout(this.helloTimer);
+        clearTimeout(this.resendTimer);
         this.publishStatus();
-      });
+      };
+      window.socket.on("connect", this.onConnect);
+      window.socket.on("disconnect", this.onDisconnect);
       this.hello();
     },
     hello() {
@@ -291,10 +330,28 @@ export default {
       this.publishStatus();
     },
     rejoin() {
-      // The user changed their name or colour: a new hello resumes where we are.
+      // The user changed their name or colour, or takes the room back from another tab: a new
+      // hello resumes where we are.
       this.stopped = null;
+      this.setEditable(true);
       this.helloAttempt = 0;
       this.hello();
+    },
+    setEditable(editable) {
+      this.view.dispatch({
+        effects: this.editableConfig.reconfigure(
+          editable ? [] : [CM.EditorState.readOnly.of(true), CM.EditorView.editable.of(false)],
+        ),
+      });
+    },
+    notice(key, level, message) {
+      const now = Date.now();
+      if (now - (this.lastNotice.get(key) || 0) < NOTICE_EVERY_MS) return;
+      this.lastNotice.set(key, now);
+      this.$emit("notice", { level, message });
+    },
+    offer(text, reason) {
+      this.$emit("lost", { text, reason });
     },
     emit(message) {
       this.$emit("frame", { gen: this.gen, data: JSON.stringify(message) });
@@ -323,6 +380,9 @@ export default {
       this.live = false;
       if (code === 4001) {
         this.stopped = "This room was opened again in another tab or window; edits here are paused.";
+        this.setEditable(false);
+        clearTimeout(this.resendTimer);
+        this.$emit("paused", { message: this.stopped });
       } else if (code === 1012) {
         // The server is restarting: NiceGUI reloads the page when it is back; until then, keep
         // trying (edits stay in sessionStorage).
@@ -357,7 +417,7 @@ export default {
           if (this.cursors.delete(message.user_id)) this.drawCursors();
           return this.publishStatus();
         case "language":
-          return this.$emit("language", message.language);
+          return this.setLanguage(message.language);
         case "ping":
           return this.send({ type: "pong" });
         case "pong":
@@ -371,9 +431,24 @@ export default {
       this.helloAttempt = 0;
       const state = this.state;
       this.userId = message.user_id;
+      const lastSeq = message.last_seq ?? null;
+      if (lastSeq !== null && state.version !== null && lastSeq >= state.next_seq) {
+        // The room applied a push of ours that this state never made: it is an older copy of
+        // this tab's state (restored, or copied). Its unconfirmed work may already be in the
+        // room: start from the room's text and offer ours instead of sending it twice.
+        const mine = this.view.state.doc.toString();
+        const hadWork = this.inflight !== null || this.pending !== null;
+        this.inflight = null;
+        this.pending = null;
+        this.unsentEdits = 0;
+        state.next_seq = lastSeq + 1;
+        this.resync();
+        if (hadWork) this.offer(mine, "stale");
+        return;
+      }
+      const newEpoch = state.epoch !== null && state.epoch !== message.epoch;
       state.epoch = message.epoch;
-      if (message.last_seq !== undefined && message.last_seq !== null)
-        state.next_seq = Math.max(state.next_seq, message.last_seq + 1);
+      if (lastSeq !== null) state.next_seq = Math.max(state.next_seq, lastSeq + 1);
       this.members = new Map(message.members.map((m) => [m.user_id, { username: m.username, color: m.color }]));
       this.cursors.clear();
       if (message.doc !== undefined && message.doc !== null) {
@@ -381,6 +456,7 @@ export default {
           this.inflight && message.last_seq !== undefined && message.last_seq !== null && this.inflight.seq <= message.last_seq;
         const lost = this.pending !== null || (this.inflight !== null && !applied);
         const mine = this.view.state.doc.toString();
+        clearTimeout(this.resendTimer);
         this.base = CM.Text.of(message.doc.split("\n"));
         this.baseDirty = true;
         state.version = message.version;
@@ -388,15 +464,19 @@ export default {
         this.pending = null;
         this.unsentEdits = 0;
         this.replaceAll(message.doc);
-        if (lost && mine !== message.doc) {
-          this.$emit("lost", { text: mine, version: message.version });
+        if (newEpoch && mine !== message.doc) {
+          // The room's document was started again (a restart of a server that keeps rooms in
+          // memory, or a room unloaded and reset): our text is not in it.
+          this.offer(mine, "reset");
+        } else if (lost && mine !== message.doc) {
+          this.offer(mine, "history");
         }
       } else if (message.version !== state.version) {
         return this.resync();
       }
       this.live = true;
       this.drawCursors();
-      this.$emit("language", message.language);
+      this.setLanguage(message.language);
       if (this.inflight) this.sendInflight();
       else this.flush();
       this.sendCursor();
@@ -413,6 +493,7 @@ export default {
         this.baseDirty = true;
         state.version = message.version;
         this.inflight = null;
+        clearTimeout(this.resendTimer);
         if (!this.pending) {
           this.unsentEdits = 0;
           // A cursor sent while edits were unconfirmed was placed before them: send the real one.
@@ -456,9 +537,16 @@ export default {
       console.warn("collab pad:", message.code, message.message);
       if (message.code === "rate_limited") {
         const wait = Math.max(0.2, message.retry_after || 1) * 1000;
-        setTimeout(() => (this.inflight ? this.sendInflight() : this.flush()), wait);
+        if (!this.live) {
+          this.helloTimer = setTimeout(() => this.hello(), wait);
+          return;
+        }
+        clearTimeout(this.resendTimer);
+        this.resendTimer = setTimeout(() => (this.inflight ? this.sendInflight() : this.flush()), wait);
         return;
       }
+      if (message.code === "internal_error") return this.hello();
+      if (message.code === "invalid_message" && this.inflight) return this.resync();
       if (message.code === "client_id_in_use" || message.code === "seq_reused") {
         // Another copy of this tab holds our client_id: carry on as a new client, keeping
         // our unconfirmed text for the user.
@@ -470,22 +558,22 @@ export default {
         this.pending = null;
         this.unsentEdits = 0;
         this.hello();
-        if (hadWork) this.$emit("lost", { text: mine, version: null });
+        if (hadWork) this.offer(mine, "duplicate");
         return;
       }
       if (message.code === "room_full" || message.code === "server_restarting") {
         this.live = false;
         this.helloTimer = setTimeout(() => this.hello(), 3000);
-        this.$emit("notice", { level: "warning", message: message.message });
+        this.notice(message.code, "warning", message.message);
         return;
       }
       if (["version_too_old", "invalid_changes", "too_large", "invalid_version"].includes(message.code)) {
         // The server refused our batch: start again from its text and offer ours to the user.
-        this.$emit("notice", { level: "negative", message: message.message });
+        this.notice(message.code, "negative", message.message);
         this.resync();
         return;
       }
-      this.$emit("notice", { level: "warning", message: message.message });
+      this.notice(message.code, "warning", message.message);
     },
     unconfirmed() {
       if (this.inflight && this.pending) return this.inflight.changes.compose(this.pending);
@@ -505,6 +593,13 @@ export default {
         seq: this.inflight.seq,
         changes: this.inflight.changes.toJSON(),
       });
+      this.sentAt = Date.now();
+      // A push can be refused without a reply (a second rate-limit refusal within a second):
+      // send it again until it is confirmed. The server applies a seq once.
+      clearTimeout(this.resendTimer);
+      this.resendTimer = setTimeout(() => {
+        if (this.live && this.inflight) this.sendInflight();
+      }, RESEND_MS);
       this.scheduleSave();
     },
     sendCursor() {
@@ -522,15 +617,20 @@ export default {
     filterTransaction(tr) {
       if (!tr.docChanged || tr.annotation(CM.Transaction.remote)) return tr;
       if (this.maxChars && tr.newDoc.length > this.maxChars && tr.newDoc.length > tr.startState.doc.length) {
-        this.$emit("notice", {
-          level: "warning",
-          message: `The document is limited to ${this.maxChars.toLocaleString()} characters.`,
-        });
+        this.notice("max_chars", "warning", `The document is limited to ${this.maxChars.toLocaleString()} characters.`);
         return [];
       }
       return tr;
     },
     onViewUpdate(update) {
+      if (update.docChanged) {
+        // Remote cursors are kept in local positions: move them with every change, so that a
+        // redraw (another cursor moving, someone leaving) puts them where they are now.
+        for (const cursor of this.cursors.values()) {
+          cursor.anchor = update.changes.mapPos(cursor.anchor, -1);
+          cursor.head = update.changes.mapPos(cursor.head, -1);
+        }
+      }
       let local = false;
       for (const tr of update.transactions) {
         if (!tr.docChanged || tr.annotation(CM.Transaction.remote)) continue;
@@ -548,10 +648,24 @@ export default {
       }
     },
     replaceAll(text) {
+      // Only what differs, so that the caret and the view stay where they are.
       const current = this.view.state.doc.toString();
       if (current === text) return;
+      const most = Math.min(current.length, text.length);
+      let start = 0;
+      while (start < most && current.charCodeAt(start) === text.charCodeAt(start)) start++;
+      let end = 0;
+      while (
+        end < most - start &&
+        current.charCodeAt(current.length - 1 - end) === text.charCodeAt(text.length - 1 - end)
+      )
+        end++;
       this.view.dispatch({
-        changes: { from: 0, to: this.view.state.doc.length, insert: text },
+        changes: {
+          from: start,
+          to: current.length - end,
+          insert: CM.Text.of(text.slice(start, text.length - end).split("\n")),
+        },
         annotations: [CM.Transaction.remote.of(true), CM.Transaction.addToHistory.of(false)],
       });
     },
@@ -568,10 +682,10 @@ export default {
             CM.Decoration.mark({ attributes: { style: `background-color: ${member.color}33` } }).range(from, to),
           );
         }
+        const head = Math.min(cursor.head, length);
+        const below = this.view.state.doc.lineAt(head).number === 1;
         ranges.push(
-          CM.Decoration.widget({ widget: new CaretWidget(member.username, member.color), side: 1 }).range(
-            Math.min(cursor.head, length),
-          ),
+          CM.Decoration.widget({ widget: new CaretWidget(member.username, member.color, below), side: 1 }).range(head),
         );
       }
       this.view.dispatch({ effects: setCursors.of(CM.Decoration.set(ranges, true)) });
@@ -587,11 +701,13 @@ export default {
       if (!this.view) return;
       const description = this.findLanguage(name);
       if (!description) {
+        this.wantedLanguage = name;
         this.view.dispatch({ effects: this.languageConfig.reconfigure([]) });
         return;
       }
+      this.wantedLanguage = name;
       description.load().then((support) => {
-        if (this.language === name) this.view.dispatch({ effects: this.languageConfig.reconfigure([support]) });
+        if (this.wantedLanguage === name) this.view.dispatch({ effects: this.languageConfig.reconfigure([support]) });
       });
     },
     setTheme(name) {
@@ -608,8 +724,11 @@ export default {
       if (this.stopped) state = "paused";
       else if (!connected) state = "offline";
       else if (!this.live) state = "reconnecting";
+      // Unconfirmed for a while although connected: worth showing too.
+      const stalled = this.inflight !== null && Date.now() - this.sentAt > RESEND_MS;
       return {
         state,
+        stalled,
         unsent: unconfirmed ? Math.max(this.unsentEdits, 1) : 0,
         version: this.state.version,
         message: this.stopped,
@@ -623,7 +742,10 @@ export default {
     },
     setText(text) {
       // "Use my version": one local edit that replaces the whole text, merged like any other.
-      this.view.dispatch({ changes: { from: 0, to: this.view.state.doc.length, insert: text } });
+      this.view.dispatch({
+        changes: { from: 0, to: this.view.state.doc.length, insert: CM.Text.of(text.split("\n")) },
+        userEvent: "input.replace",
+      });
     },
     download(filename) {
       const blob = new Blob([this.text()], { type: "text/plain;charset=utf-8" });

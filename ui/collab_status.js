@@ -17,14 +17,14 @@ export default {
     </span>
   `,
   data() {
-    return { state: "reconnecting", unsent: 0, message: null };
+    return { state: "reconnecting", unsent: 0, stalled: false, message: null };
   },
   computed: {
     look() {
       return LOOK[this.state] || LOOK.reconnecting;
     },
     label() {
-      if (this.unsent && this.state !== "connected") {
+      if (this.unsent && (this.state !== "connected" || this.stalled)) {
         return `${this.look.label} · ${this.unsent} unsent edit${this.unsent === 1 ? "" : "s"}`;
       }
       return this.look.label;
@@ -39,6 +39,7 @@ export default {
     this.listener = (event) => {
       this.state = event.detail.state;
       this.unsent = event.detail.unsent;
+      this.stalled = event.detail.stalled;
       this.message = event.detail.message;
     };
     window.addEventListener("collab-status", this.listener);

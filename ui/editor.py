@@ -13,6 +13,7 @@ so a browser that reconnects (a new hello on the same page) never mixes two sess
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -21,12 +22,22 @@ import structlog
 from nicegui import ui
 from nicegui.events import GenericEventArguments
 
-from rooms.errors import InternalError, InvalidMessage, RoomError
+from rooms.errors import InternalError, InvalidMessage, RateLimited, RoomError
+from rooms.limits import TokenBucket
 from rooms.protocol import ErrorOut, Hello, parse_client_message
 from rooms.registry import RoomRegistry, Session
 from rooms.settings import Settings
 
 log = structlog.get_logger("collab.ui.editor")
+
+# A hello leaves the room and joins it again (a welcome with the whole text to the page, a leave
+# and a join to every member): a page gets a few at once (reconnects), then one every 2 s.
+HELLO_RATE_PER_SECOND = 0.5
+HELLO_BURST = 5
+
+
+class BrowserNotReading(ConnectionError):
+    """The page has not taken its messages for too long: the room drops it like a stalled socket."""
 
 
 @dataclass
@@ -42,12 +53,17 @@ class BrowserTransport:
 
     name = "browser"
 
-    def __init__(self, editor: CollabEditor, gen: int) -> None:
+    def __init__(self, editor: CollabEditor, gen: int, max_backlog: int) -> None:
         self.editor = editor
         self.gen = gen
+        self.max_backlog = max_backlog
         self.detached = False  # a newer hello replaced this generation
 
     async def send(self, message: str) -> None:
+        # NiceGUI's outbox holds what a disconnected page has not taken yet; a page that stays
+        # away (or cannot keep up) is dropped instead of growing it without end.
+        if len(self.editor.client.outbox.messages) >= self.max_backlog:
+            raise BrowserNotReading(f"{self.max_backlog} messages waiting for the page")
         self.editor.call("receive", self.gen, message)
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
@@ -79,8 +95,8 @@ class CollabEditor(ui.element, component="collab_editor.js"):
         self._props["language"] = language
         self._props["theme"] = theme
         self._props["max-chars"] = settings.max_document_chars
+        self._hellos = TokenBucket.full(HELLO_RATE_PER_SECOND, HELLO_BURST, time.monotonic())
         self.on("frame", self._on_frame)
-        self.client.on_delete(self._leave)
 
     # Server -> browser
 
@@ -114,8 +130,14 @@ class CollabEditor(ui.element, component="collab_editor.js"):
     def _hello(self, gen: int, data: str) -> None:
         """A new generation: leave the old session (if any) and join again."""
         registry = self._registry()
+        try:
+            self._hellos.take(time.monotonic())
+        except RateLimited as limited:
+            reply = ErrorOut(code=limited.code, message=str(limited), retry_after=limited.retry_after)
+            self.call("receive", gen, reply.encode())
+            return
         self._leave()
-        transport = BrowserTransport(self, gen)
+        transport = BrowserTransport(self, gen, self._settings.outbound_queue_size)
         self.transport = transport
         try:
             message = parse_client_message(data, self._settings.frame_limit_bytes)

@@ -73,7 +73,11 @@ def identity_dialog(
     """Ask for a display name and a colour; remembered for this browser."""
     current = stored_identity()
     chosen = {"color": current.color if current else suggested_color or secrets.choice(PALETTE)}
-    with ui.dialog().props("persistent" if required else "") as dialog, ui.card().classes("w-96 gap-3"):
+    dialog = ui.dialog().props("persistent" if required else "")
+    # One dialog per question, gone once answered or dismissed (Esc, a click outside): a later
+    # one must not find this one's fields.
+    dialog.on_value_change(lambda event: None if event.value else dialog.delete())
+    with dialog, ui.card().classes("w-96 gap-3"):
         ui.label("Your name in rooms").classes("text-lg font-medium")
         name = (
             ui.input(
@@ -114,7 +118,6 @@ def identity_dialog(
 
         def dismiss() -> None:
             dialog.close()
-            dialog.delete()  # one dialog per question: a later one must not find this one's fields
 
         name.on("keydown.enter", save)
         with ui.row().classes("w-full justify-end gap-2"):
@@ -310,15 +313,36 @@ def build_room(services: Services, room_id: str, who: Identity) -> None:
         services.registry,
         settings,
         room_id,
-        lambda: identity["value"],
+        lambda: stored_identity() or identity["value"],  # a rename in another tab applies too
         language=language,
         theme="dark" if dark else "light",
     ).classes("w-full")
 
+    lost_dialog: dict[str, ui.dialog | None] = {"open": None}
+
     def on_lost(event: GenericEventArguments) -> None:
-        text = event.args.get("text", "") if isinstance(event.args, dict) else ""
-        if isinstance(text, str):
-            offer_lost_text(editor, text)
+        args = event.args if isinstance(event.args, dict) else {}
+        text, reason = args.get("text"), args.get("reason")
+        if not isinstance(text, str):
+            return
+        if lost_dialog["open"] is not None and not lost_dialog["open"].is_deleted:
+            lost_dialog["open"].delete()  # one at a time: the newest text is what the page holds
+        lost_dialog["open"] = offer_lost_text(editor, text, reason if isinstance(reason, str) else "")
+
+    def on_paused(event: GenericEventArguments) -> None:
+        with ui.dialog() as dialog, ui.card().classes("gap-3"):
+            dialog.on_value_change(lambda e: None if e.value else dialog.delete())
+            ui.label("This room is open in another tab or window").classes("text-lg font-medium")
+            ui.label("Editing here is paused so that the two do not send the same edits twice.")
+            with ui.row().classes("w-full justify-end gap-2"):
+                ui.button("Keep it there", on_click=dialog.close).props("flat")
+
+                def take_back() -> None:
+                    dialog.close()
+                    editor.rejoin()
+
+                ui.button("Use this tab", on_click=take_back)
+        dialog.open()
 
     def on_notice(event: GenericEventArguments) -> None:
         args = event.args if isinstance(event.args, dict) else {}
@@ -330,6 +354,7 @@ def build_room(services: Services, room_id: str, who: Identity) -> None:
 
     editor.on("lost", on_lost)
     editor.on("notice", on_notice)
+    editor.on("paused", on_paused)
 
     with ui.right_drawer(value=True, fixed=True).props("width=220 bordered").classes("p-3 gap-2 collab-presence"):
 
@@ -351,15 +376,18 @@ def build_room(services: Services, room_id: str, who: Identity) -> None:
         people()
 
     previous: dict[str, str] = {}
+    own_ids: set[str] = set()  # this page's sessions, past and present: never announced
 
     def refresh_presence() -> None:
         if not presence.poll(services.registry(), room_id, time.monotonic()):
             return
         mine = editor.session.user_id if editor.session is not None else None
+        if mine is not None:
+            own_ids.add(mine)
         now_members = {uid: name for uid, name, _ in presence.members}
         if previous or mine is not None:
-            joined = [name for uid, name in now_members.items() if uid not in previous and uid != mine]
-            left = [name for uid, name in previous.items() if uid not in now_members]
+            joined = [name for uid, name in now_members.items() if uid not in previous and uid not in own_ids]
+            left = [name for uid, name in previous.items() if uid not in now_members and uid not in own_ids]
             # A reconnect is a leave and a join under one name: not news.
             for name in set(joined) & set(left):
                 joined.remove(name)
@@ -382,14 +410,19 @@ def build_room(services: Services, room_id: str, who: Identity) -> None:
     def choose_language(value: str | None) -> None:
         if value is None or value == presence.language:
             return
-        editor.set_language(value)
         if editor.session is None:
-            ui.notify("Not connected: the language will not change for the others.", type="warning")
+            ui.notify("Not connected: the language cannot be changed right now.", type="warning")
+            if presence.language is not None:
+                select.set_value(presence.language)
             return
+        editor.set_language(value)
         try:
             registry.handle(editor.session, Language(type="language", language=value))
         except RoomError as error:
             ui.notify(str(error), type="warning")
+            if presence.language is not None:  # the room keeps its language: show it again
+                select.set_value(presence.language)
+                editor.set_language(presence.language)
 
     def toggle_theme() -> None:
         now_dark = not bool(app.storage.user.get("dark"))
@@ -411,21 +444,29 @@ def build_room(services: Services, room_id: str, who: Identity) -> None:
         identity_dialog(settings, saved, required=False).open()
 
 
-def offer_lost_text(editor: CollabEditor, text: str) -> None:
-    """The server could not merge this page's unsent edits: show the user their text."""
+LOST_REASONS = {
+    "history": "The room moved on too far while this page was away, so your unsent edits could not be merged.",
+    "reset": "The room's text was started again (the server restarted without keeping rooms), so the text "
+    "this page had is not in it.",
+    "stale": "This tab's saved state was older than what the room has from it, so its unsent edits were "
+    "not sent again (they may already be in the room).",
+    "duplicate": "Another copy of this tab holds its edits, so this one continues as a new member.",
+}
+
+
+def offer_lost_text(editor: CollabEditor, text: str, reason: str) -> ui.dialog:
+    """Edits of this page that the room could not take: show the user their text."""
     with ui.dialog() as dialog, ui.card().classes("w-[40rem] max-w-full gap-3 collab-lost"):
-        ui.label("Some of your edits could not be merged").classes("text-lg font-medium")
+        dialog.on_value_change(lambda event: None if event.value else dialog.delete())
+        ui.label("Some of your text is not in the room").classes("text-lg font-medium")
         ui.label(
-            "The room moved on too far while this page was offline, so your unsent edits were not applied. "
-            "Here is your text as it was; copy what you need, or replace the room's text with it."
+            LOST_REASONS.get(reason, "The room refused this page's unsent edits.")
+            + " Here is your text as it was: copy what you need, or replace the room's text with it."
         ).classes("text-sm")
         area = ui.textarea(value=text).props("readonly outlined autogrow").classes("w-full font-mono text-xs")
         area.style("max-height: 50vh; overflow: auto")
         with ui.row().classes("w-full justify-end gap-2"):
-            ui.button(
-                "Copy",
-                on_click=lambda: ui.clipboard.write(text),
-            ).props("flat")
+            ui.button("Copy", on_click=lambda: ui.clipboard.write(text)).props("flat")
 
             def replace() -> None:
                 editor.set_text(text)
@@ -434,3 +475,4 @@ def offer_lost_text(editor: CollabEditor, text: str) -> None:
             ui.button("Replace the room's text with mine", on_click=replace).props("flat color=negative")
             ui.button("Dismiss", on_click=dialog.close)
     dialog.open()
+    return dialog
