@@ -616,3 +616,39 @@ def test_a_flood_of_hellos_from_a_page_is_held_to_its_rate(
             joins += message["type"] == "member_joined"
         assert joins <= 6  # the burst, then one every two seconds
     ann.wait_live(timeout=30)
+
+
+def test_the_start_page_creates_a_room_after_asking_the_name_once(browser: Browser, live: LiveServer) -> None:
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.goto(live.http)
+        page.locator(".collab-create").click()
+        page.locator(".collab-name-input input").fill("Dana")
+        page.locator(".collab-save-name").click()
+        page.wait_for_url(re.compile(r".*/room/[A-Za-z0-9_-]{16}$"))
+        page.wait_for_function("window.collabEditor && window.collabEditor.live", timeout=30_000)
+        first_room = page.url
+        page.goto(live.http)
+        page.get_by_text("You appear as").wait_for()
+        page.locator(".collab-join-input input").fill(first_room)
+        page.locator(".collab-join").click()
+        page.wait_for_url(first_room)
+        page.wait_for_function("window.collabEditor && window.collabEditor.live", timeout=30_000)
+        assert 0 == page.locator(".collab-name-input").count()
+    finally:
+        context.close()
+
+
+def test_download_saves_the_pages_text_with_the_languages_extension(
+    open_pad: Callable[..., Pad], room: str, tmp_path: Path
+) -> None:
+    ann = open_pad("Ann", room)
+    ann.page.locator(".cm-content").click()
+    ann.page.keyboard.type("print('saved')\n")
+    with ann.page.expect_download() as download:
+        ann.page.locator("button:has(i:text('download'))").click()
+    target = tmp_path / download.value.suggested_filename
+    download.value.save_as(target)
+    assert f"{room}.py" == target.name
+    assert "print('saved')\n" == target.read_text()

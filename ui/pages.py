@@ -113,8 +113,8 @@ def identity_dialog(
                 return
             app.storage.user["name"] = cleaned
             app.storage.user["color"] = chosen["color"]
+            on_saved(Identity(cleaned, chosen["color"]))  # while the dialog still exists: it may navigate
             dismiss()
-            on_saved(Identity(cleaned, chosen["color"]))
 
         def dismiss() -> None:
             dialog.close()
