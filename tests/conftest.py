@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -24,6 +25,8 @@ from websockets.protocol import State
 from websockets.uri import parse_uri
 
 ROOT = Path(__file__).resolve().parent.parent
+# Tests that import the app in-process must not write into the checkout's data directory.
+os.environ.setdefault("DATA_DIR", tempfile.mkdtemp(prefix="collab-pad-test-data-"))
 
 
 def free_port() -> int:
