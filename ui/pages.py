@@ -243,6 +243,7 @@ def room_page(services: Services, room_id: str) -> None:
             ui.link("Back to the start page", "/")
         return
 
+    ui.page_title(f"{room_id} · collab pad")
     ui.dark_mode().bind_value(app.storage.user, "dark")
     ui.add_css(
         """
