@@ -16,9 +16,13 @@ rather than as a politely reduced load.
 
 Each kind of server gets the same frames, adapted only as far as it must be:
 
-* ``ours`` speaks the versioned protocol: ``hello`` (with ``batch`` unless ``--no-batch``),
-  ``push`` against the last version the client has seen (the server rebases it), ``update``
-  back to every member, the author included.
+* ``ours`` speaks the versioned protocol as its clients do (``rooms/replica.py``, which the
+  browser editor also follows): ``hello`` (with ``batch`` unless ``--no-batch``), one ``push``
+  in flight at a time, edits typed meanwhile composed into the next one, remote updates rebased
+  past local work. A push may so carry several edits; every edit in it is one latency sample,
+  from the moment it was typed. ``--push-every-edit`` sends each edit as a push of its own,
+  against the last version seen, whether or not the previous one was confirmed (the server
+  rebases it): not what clients do, but a harder load for the server.
 * ``naive`` and ``bare`` get the same ``push`` frames, with the author's ``client_id`` in them,
   and no ``hello``: the naive server answers with the whole text as ``code_change``, the bare
   one relays the frame as it is.
@@ -60,9 +64,13 @@ from websockets.protocol import State
 from websockets.uri import parse_uri
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 # bench/ is a folder of scripts, not a package: its modules import each other as siblings.
 import servers
 from servers import Kind
+
+from rooms.changes import ChangeSet
+from rooms.replica import Replica
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz_=()[]:.,'"
 PASTE_WORDS = ("return", "self", "value", "print(x)", "if", "for i in range(n):", "x = 1", "# note", "def f():")
@@ -86,6 +94,7 @@ class Load:
     stalled: int = 0  # clients per room that stop reading (and typing) when the load starts
     silent: int = 0  # clients per room that read but never type (the control for `stalled`)
     batch: bool = True  # ours: ask for coalesced frames (`batch` in hello)
+    push_every_edit: bool = False  # ours: a push per edit instead of one in flight (not a real client)
     procs: int = 1  # client processes
     drain_seconds: float = 3.0  # longest wait for late deliveries after the last edit
     room_prefix: str = "bench"
@@ -143,7 +152,14 @@ class Client(asyncio.Protocol):
         self.length = 0
         self.cursor = 0
         self.seq = 0
-        self.sent: list[float] = []  # send time of each seq (seq - 1 is the index)
+        self.sent: list[float] = []  # the time each edit was typed (edit n at index n - 1)
+        # ours, as a real client: the replica, and which edits (indices into `sent`) each push
+        # carried, by seq; edits from `unpushed` on are still waiting in the replica.
+        self.replica: Replica | None = None
+        if self.kind is Kind.OURS and not worker.load.push_every_edit and role != "seeder":
+            self.replica = Replica(client_id)
+        self.pushed: dict[int, tuple[int, int]] = {}
+        self.unpushed = 0
         self.received = 0  # peer edits received while measuring
         self.closed = False
         self.rng = random.Random(f"{worker.load.seed}-{client_id}")
@@ -223,6 +239,18 @@ class Client(asyncio.Protocol):
 
     def _versioned(self, message: dict[str, Any], now: float) -> None:
         kind = message.get("type")
+        replica = self.replica
+        if replica is not None and kind in ("update", "welcome"):
+            if kind == "update":
+                self._push(replica.update(message))
+                if message["client_id"] != self.client_id:
+                    self._peer_edit(message["client_id"], message["seq"], now)
+            else:
+                replica.welcome(message)
+                self.cursor = self.rng.randint(0, replica.length)
+                if not self.joined.done():
+                    self.joined.set_result(None)
+            return
         if kind == "update":
             self.version = message["version"]
             for part in message["changes"]:
@@ -249,8 +277,16 @@ class Client(asyncio.Protocol):
         if not worker.measuring or self.role not in ("typist", "silent"):
             return
         author = self.room.clients.get(author_id) if isinstance(author_id, str) else None
-        if author is None or author is self or not isinstance(seq, int) or not 0 < seq <= len(author.sent):
-            return  # the seeder's text, or an edit made before the load started
+        if author is None or author is self or not isinstance(seq, int):
+            return  # the seeder's text
+        if author.replica is not None:
+            first, end = author.pushed.get(seq, (0, 0))
+            for index in range(first, end):
+                worker.latencies.append(now - author.sent[index])
+            self.received += end - first
+            return
+        if not 0 < seq <= len(author.sent):
+            return  # an edit made before the load started
         self.received += 1
         worker.latencies.append(now - author.sent[seq - 1])
 
@@ -273,13 +309,22 @@ class Client(asyncio.Protocol):
             }
         )
 
+    def _push(self, push: dict[str, Any] | None) -> None:
+        """Send a push the replica made; it carries every edit typed since the last one."""
+        if push is None:
+            return
+        self.pushed[push["seq"]] = (self.unpushed, len(self.sent))
+        self.unpushed = len(self.sent)
+        self.send(push)
+
     def edit(self) -> None:
         """Type one edit at the cursor and schedule the next one."""
         worker = self.worker
         if self.closed or not worker.typing:
             return
         rng = self.rng
-        length = self.length
+        replica = self.replica
+        length = replica.length if replica is not None else self.length
         if self.cursor > length:
             self.cursor = length
         choice = rng.random()
@@ -294,6 +339,13 @@ class Client(asyncio.Protocol):
         if not text and self.cursor == 0:
             text = rng.choice(LETTERS)  # nothing to delete before the cursor
         position, deleted = (self.cursor, 0) if text else (self.cursor - 1, 1)
+        if replica is not None:
+            self.cursor = position + len(text)
+            self.sent.append(time.perf_counter())
+            worker.sent += 1
+            self._push(replica.edit(ChangeSet.of_replace(length, position, position + deleted, text)))
+            worker.loop.call_later(rng.expovariate(worker.load.rate), self.edit)
+            return
         changes: list[Any] = [position] if position else []
         changes.append([deleted, *text.split("\n")])
         if length - position - deleted:
@@ -741,6 +793,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--stalled", type=int, default=0, help="clients per room that stop reading")
     parser.add_argument("--silent", type=int, default=0, help="clients per room that read but never type")
     parser.add_argument("--no-batch", action="store_true", help="ours: do not ask for coalesced frames")
+    parser.add_argument(
+        "--push-every-edit",
+        action="store_true",
+        help="ours: a push per edit, not one in flight at a time (harder than any real client)",
+    )
     parser.add_argument("--procs", type=int, default=1, help="client processes")
     parser.add_argument("--idle", type=int, default=0, help="measure memory of N idle connections instead")
     args = parser.parse_args(argv)
@@ -764,6 +821,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             stalled=args.stalled,
             silent=args.silent,
             batch=not args.no_batch,
+            push_every_edit=args.push_every_edit,
             procs=args.procs,
         )
         result = run_load(load, pid or None)
