@@ -635,13 +635,17 @@ def _limits(add: Callable[[str], None]) -> None:
         "(the CPU columns above; the bare relay parses nothing and keeps no document), and more than "
         "the naive server while documents are small: that one neither rebases nor acknowledges the "
         "author, so it writes one frame fewer per edit; its cost grows with the document instead.",
-        "The rebase is what makes a load near the limit collapse instead of slowing down. When "
-        "deliveries fall behind (a busy second on a shared machine is enough), clients push against "
-        "older versions, each push crosses more updates, costs more, and the server falls further "
-        "behind: the p50 jumps from milliseconds to seconds within one run. In the profile of such a "
-        "run `ChangeSet.map` takes over half of the server's time. A fast path for the common case, a "
-        "change with one edited range mapped over another, belongs in the document core "
-        "(`rooms/changes.py`, checked against CodeMirror by the differential tests).",
+        "The rebase could make a load near the limit collapse instead of slowing down, when clients "
+        "push every edit whatever is in flight (`bench/load.py --push-every-edit`): when deliveries fall "
+        "behind, pushes are made against older versions, each crosses more updates, costs more, and "
+        "the server falls further behind; in the profile of such a run `ChangeSet.map` takes over "
+        "half of the server's time. Clients that follow the protocol keep one push in flight and "
+        "compose what they type meanwhile, so a slower server gets fewer, larger pushes instead. A "
+        "fast path in `ChangeSet.map` for a change with one edited range would still help.",
+        "Garbage collection: with thousands of long-lived objects (sessions, queues, documents), "
+        "Python's full collections stalled every room for tens of milliseconds, which set the p99. "
+        "`app.py` freezes what start-up built and collects young objects less often "
+        "(`GC_THRESHOLDS`); at 500 clients this took p99 from about 120 ms to about 35 ms.",
         "Smaller costs: every socket write is timed into `collab_fanout_seconds`, and a "
         "prometheus-client histogram observation (a lock per increment and a linear bucket scan) is a "
         "few microseconds, one per write; rooms of 50 pay it 50 times an edit.",
@@ -669,9 +673,12 @@ def _method(add: Callable[[str], None]) -> None:
         "starts its server afresh.",
         "**Load.** `bench/load.py`: R rooms × U clients, each typing at E edits a second (Poisson "
         "arrivals, open loop): 85% one character at its cursor, 10% a backspace, 4% a paste of one to "
-        "four lines, 1% a jump of the cursor. All three servers get the same `push` frames (a CodeMirror "
-        "ChangeSet); ours also gets `hello` with `batch: true` and rebases each push onto the current "
-        "version. The naive server is spared the upload of the whole text its design usually has, "
+        "four lines, 1% a jump of the cursor, as CodeMirror ChangeSets in `push` frames. Our clients "
+        "behave as real ones do (`rooms/replica.py`, which the browser editor follows): `hello` with "
+        "`batch: true`, one push in flight at a time, edits typed meanwhile composed into the next "
+        "push, remote updates rebased past local work; every edit is still one latency sample, from "
+        "the moment it was typed. The baselines get one `push` frame per edit, since they have no "
+        "acknowledgement to wait for. The naive server is spared the upload of the whole text its design usually has, "
         "which only flatters it. Ours sends each update to the author too (its acknowledgement); "
         "the baselines send to the others only.",
         "**Latency.** From the author's write of the frame to each other member's read of it, in one "
