@@ -681,7 +681,8 @@ def _method(add: Callable[[str], None]) -> None:
         "acknowledgement to wait for. The naive server is spared the upload of the whole text its design usually has, "
         "which only flatters it. Ours sends each update to the author too (its acknowledgement); "
         "the baselines send to the others only.",
-        "**Latency.** From the author's write of the frame to each other member's read of it, in one "
+        "**Latency.** From the moment the author typed the edit (a baseline client writes its frame at "
+        "that moment; ours may hold it while a push is in flight) to each other member's read of it, in one "
         "client process on one clock (a room's clients share a process; edits are matched by "
         "`(client_id, seq)`). An edit a live member had not received 3 s after the last edit counts "
         "as lost and as infinitely late. p50/p95/p99 are nearest-rank percentiles over every "
