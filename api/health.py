@@ -7,15 +7,9 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from observability import metrics
-from rooms.registry import DropReason, RoomRegistry
+from rooms.registry import RoomRegistry
 
 router = APIRouter()
-
-# Every known drop reason has a series from the start, at 0: a rate() panel then shows 0 rather
-# than "no data", and an alert on the rate sees a value before the first drop.
-for _reason in DropReason:
-    metrics.DROPPED.labels(_reason.value)
-
 
 def running_registry(app: FastAPI) -> RoomRegistry | None:
     """The room registry while it accepts connections; None while starting or stopping."""
@@ -35,7 +29,6 @@ async def healthz() -> JSONResponse:
 async def readyz(request: Request) -> JSONResponse:
     """Readiness: rooms can be joined. Fails while starting or shutting down."""
     registry = running_registry(request.app)
-    metrics.READY.set(registry is not None)
     if registry is None:
         return JSONResponse({"status": "unavailable", "reason": "not accepting connections"}, status_code=503)
     return JSONResponse({"status": "ready", "rooms": len(registry.rooms)})

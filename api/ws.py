@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import time
 
 import structlog
@@ -19,7 +18,7 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 from api.origins import is_loopback, origin_allowed
 from observability import metrics
 from rooms.errors import InternalError, InvalidMessage, RateLimited, RoomError, RoomFull, ServerStopping
-from rooms.limits import TokenBucket
+from rooms.limits import ROOM_ID, TokenBucket
 from rooms.protocol import (
     VERSIONED_ONLY,
     CodeChange,
@@ -46,7 +45,6 @@ from rooms.settings import Settings
 router = APIRouter()
 log = structlog.get_logger("collab.ws")
 
-ROOM_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class WebSocketTransport:

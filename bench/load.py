@@ -339,13 +339,17 @@ class Client(asyncio.Protocol):
         if not text and self.cursor == 0:
             text = rng.choice(LETTERS)  # nothing to delete before the cursor
         position, deleted = (self.cursor, 0) if text else (self.cursor - 1, 1)
+        self.cursor = position + len(text)
+        self.sent.append(time.perf_counter())
+        worker.sent += 1
         if replica is not None:
-            self.cursor = position + len(text)
-            self.sent.append(time.perf_counter())
-            worker.sent += 1
             self._push(replica.edit(ChangeSet.of_replace(length, position, position + deleted, text)))
-            worker.loop.call_later(rng.expovariate(worker.load.rate), self.edit)
-            return
+        else:
+            self._push_edit(length, position, deleted, text)
+        worker.loop.call_later(rng.expovariate(worker.load.rate), self.edit)
+
+    def _push_edit(self, length: int, position: int, deleted: int, text: str) -> None:
+        """One edit as a push of its own, against the last version seen (no replica)."""
         changes: list[Any] = [position] if position else []
         changes.append([deleted, *text.split("\n")])
         if length - position - deleted:
@@ -356,11 +360,7 @@ class Client(asyncio.Protocol):
             message["client_id"] = self.client_id
             # No echo comes back from these servers: keep the length ourselves.
             self.length += len(text) - deleted
-        self.cursor = position + len(text)
-        self.sent.append(time.perf_counter())
         self.send(message)
-        worker.sent += 1
-        worker.loop.call_later(rng.expovariate(worker.load.rate), self.edit)
 
 
 class Worker:

@@ -7,12 +7,15 @@ is one push; people peak around 15 a second) but stop a flood within a fraction 
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from dataclasses import dataclass
 
 from rooms.errors import InvalidMessage, RateLimited
 
 ANONYMOUS = "Anonymous"
+# A room id, in a URL (`/ws/{room_id}`, `/room/{room_id}`): 1 to 64 url-safe characters.
+ROOM_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 @dataclass(slots=True)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import secrets
 import time
 from collections import deque
@@ -78,6 +77,7 @@ from rooms.protocol import (
     UserJoined,
     UserLeft,
     Welcome,
+    encode_update,
     parse_client_message,
 )
 from rooms.settings import Settings
@@ -111,6 +111,12 @@ class DropReason(StrEnum):
     SEND_TIMEOUT = "send_timeout"
     SEND_FAILED = "send_failed"
     HEARTBEAT_TIMEOUT = "heartbeat_timeout"
+
+
+# Every drop reason has a series from the start, at 0: a rate() panel then shows 0 rather than
+# "no data", and an alert on the rate sees a value before the first drop.
+for _reason in DropReason:
+    metrics.DROPPED.labels(_reason.value)
 
 
 # WebSocket close codes (RFC 6455 section 7.4.1 and the IANA registry).
@@ -576,21 +582,7 @@ class RoomRegistry:
 
     @staticmethod
     def _encode_update(update: Update) -> str:
-        """The `UpdateOut` of an update, encoded: the same text as ``UpdateOut(...).encode()``.
-
-        Built with `json.dumps` rather than through the pydantic model: this runs for every
-        update, and the model cost ten times as much as the encoding itself under load.
-        """
-        message: dict[str, object] = {
-            "type": "update",
-            "version": update.version,
-            "client_id": update.client_id,
-            "seq": update.seq,
-            "changes": update.changes.to_json(),
-        }
-        if update.user_id:
-            message["user_id"] = update.user_id
-        return json.dumps(message, ensure_ascii=False, separators=(",", ":"))
+        return encode_update(update.version, update.client_id, update.seq, update.changes.to_json(), update.user_id)
 
     def _broadcast_update(self, room: Room, update: Update, author: Session, cursor_position: object) -> None:
         room.presence.map_selections(update.changes)

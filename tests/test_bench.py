@@ -8,8 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 # bench/ is a folder of scripts, not a package: its modules import each other as siblings.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
@@ -18,11 +16,6 @@ import run
 import servers
 from load import Load, Result, format_result, idle_memory, run_load
 from servers import Kind
-
-from rooms.changes import ChangeSet
-from rooms.document import ClientId, Update
-from rooms.protocol import UpdateOut
-from rooms.registry import RoomRegistry
 
 
 @pytest.mark.slow
@@ -153,33 +146,3 @@ def test_report_renders_every_section_and_checks_the_targets() -> None:
     assert "+10%) | yes |" in text
     assert "| < 100 KiB per idle raw connection | 51 KiB | yes |" in text
     assert "lost" in text
-
-
-# A fast path the benchmarks led to must keep the wire format exactly.
-
-_lines = st.lists(
-    st.text(st.characters(blacklist_characters="\n", blacklist_categories=["Cs"])), min_size=1, max_size=3
-)
-
-
-@given(
-    keep=st.integers(0, 50),
-    deleted=st.integers(0, 5),
-    lines=_lines,
-    client_id=st.text(min_size=1, max_size=20),
-    seq=st.integers(0, 2**40),
-    user_id=st.sampled_from(["", "9c2e51a07b3d"]),
-)
-def test_update_encoding_matches_the_protocol_model(
-    keep: int, deleted: int, lines: list[str], client_id: str, seq: int, user_id: str
-) -> None:
-    parts: list[object] = [keep] if keep else []
-    parts.append([deleted, *lines])
-    parts.append(7)
-    changes = ChangeSet.from_json(parts)
-    update = Update(version=12, client_id=ClientId(client_id), seq=seq, changes=changes, user_id=user_id)
-
-    expected = UpdateOut(
-        version=12, client_id=client_id, seq=seq, changes=changes.to_json(), user_id=user_id or None
-    ).encode()
-    assert expected == RoomRegistry._encode_update(update)

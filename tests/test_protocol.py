@@ -5,7 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from rooms.changes import ChangeSet
+from rooms.document import ClientId, Update
 from rooms.errors import InvalidJson, InvalidMessage, MessageTooLarge
 from rooms.protocol import (
     CodeChange,
@@ -18,6 +22,7 @@ from rooms.protocol import (
     Welcome,
     parse_client_message,
 )
+from rooms.registry import RoomRegistry
 
 
 def test_hello_parses_with_optional_version() -> None:
@@ -131,3 +136,33 @@ def test_a_large_cursor_position_is_refused() -> None:
 def test_binary_frames_must_be_utf8() -> None:
     with pytest.raises(InvalidJson, match="not UTF-8"):
         parse_client_message(b'{"type":"ping","x":"\xff"}', 1000)
+
+
+# The fast encoder of every update must give exactly the model's text.
+
+_lines = st.lists(
+    st.text(st.characters(blacklist_characters="\n", blacklist_categories=["Cs"])), min_size=1, max_size=3
+)
+
+
+@given(
+    keep=st.integers(0, 50),
+    deleted=st.integers(0, 5),
+    lines=_lines,
+    client_id=st.text(min_size=1, max_size=20),
+    seq=st.integers(0, 2**40),
+    user_id=st.sampled_from(["", "9c2e51a07b3d"]),
+)
+def test_update_encoding_matches_the_protocol_model(
+    keep: int, deleted: int, lines: list[str], client_id: str, seq: int, user_id: str
+) -> None:
+    parts: list[object] = [keep] if keep else []
+    parts.append([deleted, *lines])
+    parts.append(7)
+    changes = ChangeSet.from_json(parts)
+    update = Update(version=12, client_id=ClientId(client_id), seq=seq, changes=changes, user_id=user_id)
+
+    expected = UpdateOut(
+        version=12, client_id=client_id, seq=seq, changes=changes.to_json(), user_id=user_id or None
+    ).encode()
+    assert expected == RoomRegistry._encode_update(update)

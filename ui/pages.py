@@ -6,7 +6,6 @@ Every name and id is shown as text (``ui.label``), never as markup.
 
 from __future__ import annotations
 
-import re
 import secrets
 import time
 from collections.abc import Callable
@@ -17,7 +16,7 @@ from nicegui import app, ui
 from nicegui.events import GenericEventArguments
 
 from rooms.errors import RoomError
-from rooms.limits import clean_username
+from rooms.limits import ROOM_ID, clean_username
 from rooms.presence import PALETTE, pick_color
 from rooms.protocol import Language
 from rooms.registry import Room, RoomRegistry
@@ -25,7 +24,6 @@ from rooms.settings import Settings
 from ui.editor import CollabEditor, ConnectionBadge, Identity
 from ui.languages import LANGUAGES, extension_for, label_for
 
-ROOM_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 ROOM_ID_BYTES = 12  # 96 bits of randomness, 16 url-safe characters
 PRESENCE_INTERVAL_SECONDS = 0.4
 TYPING_SECONDS = 2.0
