@@ -11,6 +11,7 @@ from rooms.registry import RoomRegistry
 
 router = APIRouter()
 
+
 def running_registry(app: FastAPI) -> RoomRegistry | None:
     """The room registry while it accepts connections; None while starting or stopping."""
     registry: RoomRegistry | None = getattr(app.state, "registry", None)

@@ -46,7 +46,6 @@ router = APIRouter()
 log = structlog.get_logger("collab.ws")
 
 
-
 class WebSocketTransport:
     """A Starlette WebSocket as a room `Transport`."""
 
@@ -92,7 +91,7 @@ def _pre_join_error(error: RoomError, message_type: str | None) -> str:
     with ``code`` and ``message``; anything else, as a seed client expects, with ``message``.
     """
     if message_type in VERSIONED_ONLY:
-        return ErrorOut(code=error.code, message=str(error)).encode()
+        return ErrorOut.of(error).encode()
     return SeedError(message=str(error)).encode()
 
 
@@ -116,7 +115,7 @@ async def room_socket(websocket: WebSocket, room_id: str) -> None:
         if not ROOM_ID.fullmatch(room_id):
             # No message yet, so no protocol: this one reply carries both formats' fields.
             error = InvalidMessage("room id must be 1 to 64 letters, digits, '-' or '_'")
-            await websocket.send_text(ErrorOut(code=error.code, message=str(error)).encode())
+            await websocket.send_text(ErrorOut.of(error).encode())
             await transport.close(CLOSE_POLICY, "invalid room id")
             return
         if not registry.accepting:

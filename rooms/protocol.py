@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, TypeAdapter, ValidationError, field_validator
 
-from rooms.errors import InvalidJson, InvalidMessage, MessageTooLarge
+from rooms.errors import InvalidJson, InvalidMessage, MessageTooLarge, RoomError
 
 CURSOR_POSITION_MAX_BYTES = 200
 
@@ -295,6 +295,10 @@ class ErrorOut(ServerMessage):
     code: str
     message: str
     retry_after: float | None = None
+
+    @classmethod
+    def of(cls, error: RoomError) -> ErrorOut:
+        return cls(code=error.code, message=str(error), retry_after=getattr(error, "retry_after", None))
 
 
 PING = PingOut().encode()

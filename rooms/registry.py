@@ -507,10 +507,7 @@ class RoomRegistry:
         if session.protocol is Protocol.SEED:
             self._send(session, SeedError(message=str(error)).encode(), "error")
         else:
-            retry_after = error.retry_after if isinstance(error, RateLimited) else None
-            self._send(
-                session, ErrorOut(code=error.code, message=str(error), retry_after=retry_after).encode(), "error"
-            )
+            self._send(session, ErrorOut.of(error).encode(), "error")
 
     def _push(self, session: Session, push: Push) -> None:
         lag = session.room.document.version - push.version

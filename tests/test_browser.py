@@ -54,11 +54,6 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     server.stop()
 
 
-@pytest.fixture
-def room() -> str:
-    return f"b-{uuid.uuid4().hex[:12]}"
-
-
 @dataclass
 class Socket:
     """Control over one page's NiceGUI socket: lose the server's messages, or the page's.

@@ -361,8 +361,16 @@ export default {
     },
     receive(gen, data) {
       if (gen !== this.gen) return; // meant for an earlier hello
-      const parsed = JSON.parse(data);
-      const messages = Array.isArray(parsed) ? parsed : [parsed];
+      let messages;
+      try {
+        const parsed = JSON.parse(data);
+        messages = Array.isArray(parsed) ? parsed : [parsed];
+      } catch (e) {
+        console.error("collab pad: unreadable frame", e);
+        this.resync();
+        return;
+      }
+      let changed = false; // only these change what is kept in sessionStorage
       for (const message of messages) {
         try {
           this.handle(message);
@@ -372,8 +380,9 @@ export default {
           return;
         }
         if (gen !== this.gen) return; // the handler started a new hello
+        changed ||= message.type === "welcome" || message.type === "update" || message.type === "error";
       }
-      this.scheduleSave();
+      if (changed) this.scheduleSave();
     },
     closed(gen, code, reason) {
       if (gen !== this.gen) return;

@@ -108,7 +108,9 @@ class CollabEditor(ui.element, component="collab_editor.js"):
         """
         if self.is_deleted or self.client.is_deleted:
             return
-        code = f"return runMethod({self.id}, {json.dumps(method)}, {json.dumps(args)})"
+        # An expression, not `return ...`: NiceGUI evals the code as it is first and parses it
+        # again in a function only when that fails, which a frame would pay for twice.
+        code = f"runMethod({self.id}, {json.dumps(method)}, {json.dumps(args)})"
         self.client.outbox.enqueue_message("run_javascript", {"code": code}, self.client.id)
 
     # Browser -> server
@@ -133,8 +135,7 @@ class CollabEditor(ui.element, component="collab_editor.js"):
         try:
             self._hellos.take(time.monotonic())
         except RateLimited as limited:
-            reply = ErrorOut(code=limited.code, message=str(limited), retry_after=limited.retry_after)
-            self.call("receive", gen, reply.encode())
+            self.call("receive", gen, ErrorOut.of(limited).encode())
             return
         self._leave()
         transport = BrowserTransport(self, gen, self._settings.outbound_queue_size)
@@ -150,7 +151,7 @@ class CollabEditor(ui.element, component="collab_editor.js"):
             if not isinstance(exc, RoomError):
                 log.exception("browser_join_failed", room_id=self.room_id)
             refusal = exc if isinstance(exc, RoomError) else InternalError()
-            self.call("receive", gen, ErrorOut(code=refusal.code, message=str(refusal)).encode())
+            self.call("receive", gen, ErrorOut.of(refusal).encode())
 
     def _leave(self) -> None:
         if self.transport is not None:
@@ -182,8 +183,9 @@ class CollabEditor(ui.element, component="collab_editor.js"):
         self.update()
 
     def set_language(self, language: str) -> None:
+        """Keep the prop in step with the room (for a remount); the browser half already applies
+        the room's language from the protocol, so nothing is sent."""
         self._props["language"] = language
-        self.update()
 
 
 class ConnectionBadge(ui.element, component="collab_status.js"):

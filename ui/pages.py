@@ -225,8 +225,8 @@ class PresenceView:
                 pass  # older than the history kept: nobody is typing that long ago
             self.seen_version = document.version
         members = [(str(m.user_id), m.username, m.color) for m in room.presence]
-        typing = frozenset(uid for uid, at in self.typed_at.items() if now - at < TYPING_SECONDS)
         self.typed_at = {uid: at for uid, at in self.typed_at.items() if now - at < TYPING_SECONDS}
+        typing = frozenset(self.typed_at)
         changed = members != self.members or typing != self.typing or room.language != self.language
         self.members, self.typing, self.language = members, typing, room.language
         return changed
@@ -414,14 +414,13 @@ def build_room(services: Services, room_id: str, who: Identity) -> None:
             if presence.language is not None:
                 select.set_value(presence.language)
             return
-        editor.set_language(value)
+        # The room's `language` message brings it to every page, this one included.
         try:
             registry.handle(editor.session, Language(type="language", language=value))
         except RoomError as error:
             ui.notify(str(error), type="warning")
             if presence.language is not None:  # the room keeps its language: show it again
                 select.set_value(presence.language)
-                editor.set_language(presence.language)
 
     def toggle_theme() -> None:
         now_dark = not bool(app.storage.user.get("dark"))
