@@ -215,3 +215,19 @@ async def test_a_page_that_stops_taking_its_messages_is_dropped_by_the_room() ->
     outbox.messages.extend(["waiting", "waiting"])
     with pytest.raises(BrowserNotReading):
         await transport.send("{}")
+
+
+async def test_theme_toggle_and_copy_link(users: Callable[[], User]) -> None:
+    ann = users()
+    await ann.open("/room/looks")
+    await choose_name(ann, "Ann")
+    editor = ann.find(CollabEditor).elements.pop()
+    assert "light" == editor.props["theme"]
+    ann.find(marker="theme").click()
+    assert "dark" == editor.props["theme"]
+    await ann.open("/room/looks")  # remembered for this browser
+    assert "dark" == ann.find(CollabEditor).elements.pop().props["theme"]
+    ann.find(marker="theme").click()
+    assert "light" == ann.find(CollabEditor).elements.pop().props["theme"]
+    ann.find(marker="copy-link").click()
+    await wait_for_notice(ann, "Link copied")

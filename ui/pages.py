@@ -278,9 +278,9 @@ def build_room(services: Services, room_id: str, who: Identity) -> None:
     with ui.header().classes("items-center gap-3 px-4 py-2 bg-slate-800 text-white"):
         ui.link("collab pad", "/").classes("text-white font-bold no-underline")
         ui.label(room_id).classes("font-mono text-sm opacity-80 collab-room-name")
-        ui.button(icon="link", on_click=lambda: copy_link()).props("flat dense round color=white").tooltip(
-            "Copy the link to this room"
-        )
+        ui.button(icon="link", on_click=lambda: copy_link()).props("flat dense round color=white").mark(
+            "copy-link"
+        ).tooltip("Copy the link to this room")
         ui.space()
         select = (
             ui.select(dict(LANGUAGES), value=language, on_change=lambda e: choose_language(e.value))
@@ -291,7 +291,7 @@ def build_room(services: Services, room_id: str, who: Identity) -> None:
         if language not in LANGUAGES:
             select.set_options({**LANGUAGES, language: label_for(language)}, value=language)
         theme = ui.button(icon="dark_mode" if not dark else "light_mode", on_click=lambda: toggle_theme())
-        theme.props("flat dense round color=white").tooltip("Light or dark theme")
+        theme.props("flat dense round color=white").mark("theme").tooltip("Light or dark theme")
         ui.button(icon="download", on_click=lambda: editor.download(f"{room_id}.{extension_for(select.value)}")).props(
             "flat dense round color=white"
         ).tooltip("Download the code")
