@@ -9,9 +9,11 @@ from __future__ import annotations
 import gc
 import os
 import secrets
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import structlog
@@ -26,6 +28,7 @@ from api.origins import is_loopback, origin_allowed
 from observability.logs import configure_logging
 from rooms.registry import RoomRegistry
 from rooms.settings import Settings, load_settings
+from rooms.store import make_store
 from ui import pages
 
 settings = load_settings()
@@ -71,9 +74,9 @@ def restrict_socketio_origins(settings: Settings) -> None:
 def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        registry = RoomRegistry(settings)
+        registry = RoomRegistry(settings, store=make_store(settings))
+        await registry.start()  # a corrupt store file stops the start here, naming the file
         app.state.registry = registry
-        await registry.start()
         log.info("started", host=settings.host, port=settings.port)
         try:
             yield
@@ -110,12 +113,41 @@ app = create_app(settings)
 GC_THRESHOLDS = (10_000, 50, 100)
 
 
+class Server(uvicorn.Server):
+    """uvicorn's server with a graceful stop in two steps.
+
+    On SIGTERM or SIGINT the registry turns unready at once (``/readyz`` answers 503, new
+    connections are refused) while connected clients are served for ``SHUTDOWN_DRAIN_SECONDS``;
+    then uvicorn stops listening and closes every WebSocket with 1012 (service restart), and the
+    app's lifespan commits every applied update and closes the store. A second signal skips
+    the drain.
+    """
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.drain_until: float | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        registry: RoomRegistry | None = getattr(app.state, "registry", None)
+        if registry is not None:
+            registry.accepting = False  # only a flag: this runs inside a signal handler
+        if self.drain_until is None and settings.shutdown_drain_seconds > 0:
+            self.drain_until = time.monotonic() + settings.shutdown_drain_seconds
+            return
+        super().handle_exit(sig, frame)
+
+    async def on_tick(self, counter: int) -> bool:
+        if self.drain_until is not None and time.monotonic() >= self.drain_until:
+            self.should_exit = True
+        return await super().on_tick(counter)
+
+
 def main() -> None:
     # Everything built at start-up (modules, the app, NiceGUI's pages) is never garbage: keep it
     # out of every collection, and collect young objects less often.
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
@@ -129,8 +161,11 @@ def main() -> None:
         # Protocol-level pings find dead sockets of every client, seed clients included.
         ws_ping_interval=settings.ws_ping_interval_seconds,
         ws_ping_timeout=settings.ws_ping_timeout_seconds,
-        timeout_graceful_shutdown=10,
+        # Half of the stop's deadline for connections to close; the lifespan's flush of the
+        # store has the other half (`RoomRegistry.stop`).
+        timeout_graceful_shutdown=max(1, round(settings.shutdown_timeout_seconds / 2)),
     )
+    Server(config).run()
 
 
 if __name__ == "__main__":

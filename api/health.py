@@ -32,7 +32,13 @@ async def readyz(request: Request) -> JSONResponse:
     registry = running_registry(request.app)
     if registry is None:
         return JSONResponse({"status": "unavailable", "reason": "not accepting connections"}, status_code=503)
-    return JSONResponse({"status": "ready", "rooms": len(registry.rooms)})
+    try:
+        await registry.store.check()
+    except Exception as exc:
+        return JSONResponse({"status": "unavailable", "reason": f"store: {exc}"}, status_code=503)
+    if not registry.store_ok:
+        return JSONResponse({"status": "unavailable", "reason": "store: the last commit failed"}, status_code=503)
+    return JSONResponse({"status": "ready", "rooms": len(registry.rooms), "store": registry.store.name})
 
 
 @router.get("/metrics", include_in_schema=False)

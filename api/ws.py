@@ -17,7 +17,15 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from api.origins import is_loopback, origin_allowed
 from observability import metrics
-from rooms.errors import InternalError, InvalidMessage, RateLimited, RoomError, RoomFull, ServerStopping
+from rooms.errors import (
+    InternalError,
+    InvalidMessage,
+    RateLimited,
+    RoomError,
+    RoomFull,
+    ServerStopping,
+    StorageUnavailable,
+)
 from rooms.limits import ROOM_ID, TokenBucket
 from rooms.protocol import (
     VERSIONED_ONLY,
@@ -165,15 +173,15 @@ async def _join(
                 metrics.message_counter("in", message.type).inc()
             match message:
                 case Hello():
-                    return registry.join_versioned(room_id, transport, message)
+                    return await registry.join_versioned(room_id, transport, message)
                 case Join():
-                    return registry.join_seed(room_id, transport, message.username)
+                    return await registry.join_seed(room_id, transport, message.username)
                 case Leave():
                     await transport.close(CLOSE_NORMAL, "left")
                     return None
                 case CodeChange() | SyncRequest() | Ping() | Pong():
                     # A seed client that skipped join: admit it as "Anonymous", then serve it.
-                    session = registry.join_seed(room_id, transport, None)
+                    session = await registry.join_seed(room_id, transport, None)
                     registry.receive(session, message)
                     return session
                 case _:
@@ -190,6 +198,9 @@ async def _join(
             await websocket.send_text(_pre_join_error(error, message_type or error.message_type))
             if isinstance(error, RoomFull):
                 await transport.close(CLOSE_TRY_AGAIN_LATER, "room is full")
+                return None
+            if isinstance(error, StorageUnavailable):
+                await transport.close(CLOSE_TRY_AGAIN_LATER, "storage unavailable")
                 return None
             if isinstance(error, ServerStopping):
                 await transport.close(CLOSE_SERVICE_RESTART, "server restarting")

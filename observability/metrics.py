@@ -61,6 +61,19 @@ DOCUMENT_CHARS = Histogram(
 ROOM_EVICTIONS = Counter(
     "collab_room_evictions_total", "Rooms unloaded from memory: empty for the grace period, or at shutdown."
 )
+STORE_COMMIT = Histogram(
+    "collab_store_commit_seconds",
+    "Time to commit one batch of updates (every room's, from one event-loop turn or more) to the store.",
+    buckets=_FAST_BUCKETS,
+)
+STORE_COMMIT_UPDATES = Histogram(
+    "collab_store_commit_updates",
+    "Updates written by one store commit (group commit: more under load).",
+    buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1_000),
+)
+STORE_ERRORS = Counter(
+    "collab_store_errors_total", "Store commits that failed (their rooms were reset and their clients reconnected)."
+)
 # Prometheus sees only metrics, so readiness is one too: an alert on `collab_ready == 0` (or
 # `up == 0`) is the scrape-side twin of a failing `/readyz`.
 READY = Gauge("collab_ready", "1 while this process accepts room connections (/readyz answers 200), else 0.")

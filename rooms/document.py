@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import secrets
 from collections import OrderedDict, deque
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import NewType
 
@@ -69,6 +70,47 @@ class Document:
         # (so the table stays bounded).
         self._last_seq: OrderedDict[ClientId, tuple[int, int]] = OrderedDict()
         self._dedup_limit = dedup_limit
+
+    @classmethod
+    def restored(
+        cls,
+        text: str,
+        version: int,
+        updates: Sequence[Update],
+        last_seq: Mapping[ClientId, tuple[int, int]],
+        *,
+        max_chars: int = 100_000,
+        history_limit: int = 2_000,
+        dedup_limit: int = 10_000,
+        epoch: str,
+    ) -> Document:
+        """A document brought back from storage.
+
+        ``text`` is the text at ``version``; ``updates`` are consecutive, and those after
+        ``version`` are applied (those before only fill the history, so that clients a little
+        behind can still be caught up and rebased). ``last_seq`` maps each client to its last
+        applied seq and the version it made. The size limit is not applied: a document over a
+        limit lowered since is kept, as it was.
+        """
+        document = cls(
+            text, version, max_chars=max_chars, history_limit=history_limit, dedup_limit=dedup_limit, epoch=epoch
+        )
+        for update in updates:
+            if document._history and update.version != document._history[-1].version + 1:
+                raise ValueError(f"update {update.version} does not follow {document._history[-1].version}")
+            if update.version > document._version:
+                if update.version != document._version + 1:
+                    raise ValueError(f"update {update.version} does not follow version {document._version}")
+                document._text = update.changes.apply(document._text)
+                document._length = update.changes.new_length
+                document._version = update.version
+            document._history.append(update)
+        if document._history and document._history[-1].version != document._version:
+            raise ValueError(f"the history ends at {document._history[-1].version}, not {document._version}")
+        # Least recently used first, as `_commit` keeps it.
+        for client_id, last in sorted(last_seq.items(), key=lambda item: item[1][1])[-dedup_limit:]:
+            document._last_seq[client_id] = last
+        return document
 
     @property
     def text(self) -> str:

@@ -151,3 +151,12 @@ class ServerStopping(RoomError):
 
     def __init__(self) -> None:
         super().__init__("the server is restarting; reconnect in a moment")
+
+
+class StorageUnavailable(RoomError):
+    """The room's store could not be read or written; nothing was lost, reconnect in a moment."""
+
+    code = "storage_unavailable"
+
+    def __init__(self) -> None:
+        super().__init__("the room's storage is unavailable; reconnect in a moment")

@@ -14,14 +14,24 @@ characters, whichever comes first), whose socket write takes longer than
 A versioned client that sends nothing (not even ``pong``) for ``heartbeat_timeout_seconds`` is
 dropped the same way; every client gets a ``ping`` each ``heartbeat_interval_seconds``.
 
-Transports (the raw WebSocket endpoint today) meet rooms through the small `Transport`
-protocol, so the registry is tested with in-memory fakes.
+Durability. A room is loaded from the store when it is first opened (`RoomRegistry.open`) and
+unloaded after the grace period. Every update is applied in memory at once (the next push
+rebases on it), but nothing about it is shown to anyone, its author included, before the store
+has committed it: while a room has uncommitted updates, whatever is queued for its clients waits
+in the room's ``held`` line, in order, and is let go as the commits return. One committer task
+writes everything applied since its last commit, for every room, in one `Store.commit` (group
+commit): under load a commit carries a whole event-loop turn of pushes, or more. A failed commit
+resets the rooms it carried (their clients reconnect and resend; the store has what was shown).
+
+Transports (the raw WebSocket endpoint, the browser bridge) meet rooms through the small
+`Transport` protocol, so the registry is tested with in-memory fakes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import secrets
 import time
 from collections import deque
@@ -43,6 +53,7 @@ from rooms.errors import (
     RoomError,
     RoomFull,
     ServerStopping,
+    StorageUnavailable,
     VersionFromFuture,
     VersionTooOld,
 )
@@ -81,12 +92,16 @@ from rooms.protocol import (
     parse_client_message,
 )
 from rooms.settings import Settings
+from rooms.store import Record, RoomWrite, Store, StoredRoom
+from rooms.store.memory import MemoryStore
 
 log = structlog.get_logger("collab.rooms")
 
 RoomId = str
 SERVER_USER_ID = "server"
 SEED_CLIENT_PREFIX = "seed-"
+# The client_id of updates that restore an earlier version (their seq is the version they make).
+RESTORE_CLIENT = "restore"
 
 # Rebasing costs time in proportion to how far behind a push is: each this many versions of
 # distance cost one more rate-limit token, so stale pushes cannot monopolise the event loop.
@@ -173,6 +188,17 @@ class Room:
     # Versioned sessions by client_id: one live connection per client_id at a time.
     clients: dict[ClientId, Session] = field(default_factory=dict)
     eviction: asyncio.TimerHandle | None = None
+    # Durability: the last committed version, the updates applied since and not yet handed to
+    # the store, and the messages waiting for the commit of the version they were made at.
+    durable: int = 0
+    unsynced: list[Record] = field(default_factory=list)
+    held: deque[tuple[int, Session, str | tuple[str, ...]]] = field(default_factory=deque)
+    snapshot_version: int = 0
+    stored_language: str = ""  # the language as last handed to the store
+
+    @property
+    def dirty(self) -> bool:
+        return bool(self.unsynced) or self.language != self.stored_language
 
 
 def _size(entry: str | tuple[str, ...]) -> int:
@@ -186,17 +212,30 @@ def _new_user_id() -> UserId:
 class RoomRegistry:
     """All rooms of this process and the sessions in them. See the module docstring."""
 
-    def __init__(self, settings: Settings, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, settings: Settings, clock: Callable[[], float] = time.monotonic, store: Store | None = None
+    ) -> None:
         self.settings = settings
         self.clock = clock
+        self.store = store if store is not None else MemoryStore()
         self.rooms: dict[RoomId, Room] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._closing: set[asyncio.Task[None]] = set()
+        self._loading: dict[RoomId, asyncio.Task[None]] = {}
+        # Rooms with work for the committer, and the future it sleeps on when there is none.
+        self._dirty: dict[RoomId, Room] = {}
+        self._commit_wanted: asyncio.Future[None] | None = None
+        self._committing = False
+        self._committer: asyncio.Task[None] | None = None
+        self.store_ok = True  # False after a failed commit, until one succeeds
         self.accepting = True
 
     # Lifecycle
 
     async def start(self) -> None:
+        """Open the store (raises `StoreCorrupt` on bad data) and start the background tasks."""
+        await self.store.open()
+        self._committer = asyncio.create_task(self._commit_loop(), name="collab-committer")
         heartbeat = self.settings.heartbeat_interval_seconds
         watchdog = min(1.0, self.settings.send_timeout_seconds / 2)
         self._tasks = [
@@ -204,9 +243,16 @@ class RoomRegistry:
             asyncio.create_task(self._every(watchdog, self.check_sends, "watchdog"), name="collab-send-watchdog"),
         ]
 
+    def begin_shutdown(self) -> None:
+        """Turn unready and refuse new sessions; the connected ones go on until `stop`."""
+        if self.accepting:
+            self.accepting = False
+            log.info("shutdown_started")
+
     async def stop(self, code: int = CLOSE_SERVICE_RESTART, reason: str = "server restarting") -> None:
-        """Refuse new sessions, tell every client to reconnect, and stop the background tasks."""
-        self.accepting = False
+        """Refuse new sessions, tell every client to reconnect, commit every applied update,
+        stop the background tasks and close the store."""
+        self.begin_shutdown()
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -215,27 +261,80 @@ class RoomRegistry:
         sessions = [s for room in self.rooms.values() for s in room.sessions.values()]
         for session in sessions:
             self.end(session, code, reason)
+        if not await self.flush(self.settings.shutdown_timeout_seconds / 2):
+            log.error("shutdown_flush_incomplete", rooms=len(self._dirty))
         if self._closing:
             await asyncio.wait(set(self._closing), timeout=self.settings.send_timeout_seconds)
+        if self._committer is not None:
+            self._committer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._committer
+            self._committer = None
         for room in list(self.rooms.values()):
             self._evict(room.room_id)
+        await self.store.close()
 
-    def room(self, room_id: RoomId) -> Room:
-        """The room with this id, created empty if it does not exist."""
+    async def open(self, room_id: RoomId) -> Room:
+        """The room with this id, loaded from the store (or made empty) if it is not in memory.
+
+        Concurrent opens of one room share one load. Raises `ServerStopping` while shutting
+        down and `StorageUnavailable` when the store cannot be read.
+        """
+        if not self.accepting:
+            raise ServerStopping()
         room = self.rooms.get(room_id)
-        if room is None:
-            document = Document(
-                max_chars=self.settings.max_document_chars,
-                history_limit=self.settings.history_limit,
-                dedup_limit=self.settings.dedup_clients,
-            )
-            room = Room(room_id, document, self.settings.default_language)
-            self.rooms[room_id] = room
-            metrics.ROOMS.set(len(self.rooms))
-            log.info("room_created", room_id=room_id)
-        elif room.eviction is not None:
+        while room is None:
+            loading = self._loading.get(room_id)
+            if loading is None:
+                loading = self._loading[room_id] = asyncio.create_task(self._load(room_id), name="collab-load")
+                loading.add_done_callback(lambda _: self._loading.pop(room_id, None))
+            await asyncio.shield(loading)
+            room = self.rooms.get(room_id)  # None only if it was unloaded again meanwhile
+        if room.eviction is not None:
             room.eviction.cancel()
             room.eviction = None
+        return room
+
+    async def _load(self, room_id: RoomId) -> None:
+        try:
+            stored = await self.store.load(room_id, self.settings.history_limit)
+        except Exception as exc:
+            log.exception("room_load_failed", room_id=room_id)
+            raise StorageUnavailable() from exc
+        if room_id not in self.rooms:
+            self.rooms[room_id] = self._restore(room_id, stored) if stored is not None else self._new_room(room_id)
+            metrics.ROOMS.set(len(self.rooms))
+
+    def _new_room(self, room_id: RoomId) -> Room:
+        document = Document(
+            max_chars=self.settings.max_document_chars,
+            history_limit=self.settings.history_limit,
+            dedup_limit=self.settings.dedup_clients,
+        )
+        log.info("room_created", room_id=room_id)
+        language = self.settings.default_language
+        return Room(room_id, document, language, stored_language=language)
+
+    def _restore(self, room_id: RoomId, stored: StoredRoom) -> Room:
+        updates = [
+            Update(r.version, ClientId(r.client_id), r.seq, ChangeSet.from_json(json.loads(r.changes)), r.user_id)
+            for r in stored.records
+        ]
+        document = Document.restored(
+            stored.snapshot_text,
+            stored.snapshot_version,
+            updates,
+            {ClientId(client): last for client, last in stored.clients.items()},
+            max_chars=self.settings.max_document_chars,
+            history_limit=self.settings.history_limit,
+            dedup_limit=self.settings.dedup_clients,
+            epoch=stored.info.epoch,
+        )
+        room = Room(room_id, document, stored.info.language)
+        room.durable = document.version
+        room.snapshot_version = stored.snapshot_version
+        room.stored_language = stored.info.language
+        log.info("room_loaded", room_id=room_id, version=document.version, updates=len(updates))
         return room
 
     # Joining and leaving
@@ -253,7 +352,7 @@ class RoomRegistry:
     ) -> Session:
         if not self.accepting:
             raise ServerStopping()
-        room = self.room(room_id)
+        room = self.rooms[room_id]  # opened by the caller, in the same step
         if len(room.sessions) >= self.settings.max_members_per_room:
             self._schedule_eviction(room)
             raise RoomFull(self.settings.max_members_per_room)
@@ -283,11 +382,12 @@ class RoomRegistry:
         session.log.info("member_joined", protocol=protocol.value, transport=transport.name)
         return session
 
-    def join_seed(self, room_id: RoomId, transport: Transport, username: object) -> Session:
+    async def join_seed(self, room_id: RoomId, transport: Transport, username: object) -> Session:
         """Admit a seed-protocol client; it gets no reply, the others get ``user_joined``."""
+        await self.open(room_id)
         return self._admit(room_id, transport, Protocol.SEED, username, None)
 
-    def join_versioned(self, room_id: RoomId, transport: Transport, hello: Hello) -> Session:
+    async def join_versioned(self, room_id: RoomId, transport: Transport, hello: Hello) -> Session:
         """Admit a versioned client: ``welcome``, then every update it has not seen, in order.
 
         A client_id speaks through one connection at a time: a hello for a client_id that is
@@ -297,9 +397,10 @@ class RoomRegistry:
         whose pushes would collide with the first one's). The token is the client's own secret
         when it sends one, so a reconnect whose ``welcome`` was lost still holds the right one.
         """
-        if hello.client_id.startswith(SEED_CLIENT_PREFIX):
-            raise InvalidMessage(f"client_id must not start with {SEED_CLIENT_PREFIX!r}")
-        existing = self.rooms[room_id].clients.get(ClientId(hello.client_id)) if room_id in self.rooms else None
+        if hello.client_id.startswith(SEED_CLIENT_PREFIX) or hello.client_id == RESTORE_CLIENT:
+            raise InvalidMessage(f"client_id must not start with {SEED_CLIENT_PREFIX!r} nor be {RESTORE_CLIENT!r}")
+        room = await self.open(room_id)
+        existing = room.clients.get(ClientId(hello.client_id))
         if existing is not None:
             if hello.resume_token is None or not secrets.compare_digest(hello.resume_token, existing.resume_token):
                 raise ClientIdInUse()
@@ -423,6 +524,11 @@ class RoomRegistry:
             return
         if room.eviction is not None:
             room.eviction.cancel()
+            room.eviction = None
+        if room.dirty or room.durable < room.document.version:
+            # Not committed yet: unloading now would lose it. Try again after the commit.
+            room.eviction = asyncio.get_running_loop().call_later(0.1, self._evict, room_id)
+            return
         del self.rooms[room_id]
         metrics.ROOMS.set(len(self.rooms))
         metrics.ROOM_EVICTIONS.inc()
@@ -519,6 +625,7 @@ class RoomRegistry:
         if update is None:
             return  # a resend of an applied push: the client finds its update in the stream
         metrics.UPDATE_APPLY.observe(time.perf_counter() - started)
+        self._record(session, update)
         self._broadcast_update(session.room, update, session, None)
 
     def _code_change(self, session: Session, message: CodeChange) -> None:
@@ -528,6 +635,7 @@ class RoomRegistry:
         update = room.document.replace(message.code, session.client_id, session.seed_seq, session.user_id)
         if update is not None:
             metrics.UPDATE_APPLY.observe(time.perf_counter() - started)
+            self._record(session, update)
             self._broadcast_update(room, update, session, message.cursor_position)
         else:
             # Same text, maybe a moved cursor: seed clients relay it as the naive server did.
@@ -569,11 +677,126 @@ class RoomRegistry:
     def _language(self, session: Session, message: Language) -> None:
         room = session.room
         room.language = clean_language(message.language)
+        self._mark_dirty(room)
         out = LanguageOut(language=room.language, user_id=session.user_id).encode()
         for other in list(room.sessions.values()):
             if other.protocol is Protocol.VERSIONED:
                 self._send(other, out, "language")
         session.log.info("language_changed", language=room.language)
+
+    def restore(self, session: Session, version: int, text: str) -> Update | None:
+        """Make ``text`` (the room's text at ``version``) the current text, as a new update by
+        the session's user: history is never rewritten. None when the text is already that."""
+        if session.closed:
+            return None
+        self._charge(session, 1)
+        room = session.room
+        update = room.document.replace(text, ClientId(RESTORE_CLIENT), room.document.version + 1, session.user_id)
+        if update is None:
+            return None
+        self._record(session, update)
+        self._broadcast_update(room, update, session, None)
+        session.log.info("version_restored", version=version, new_version=update.version)
+        return update
+
+    # Durability
+
+    def _record(self, session: Session, update: Update) -> None:
+        """Hand an applied update to the committer, with who made it and when."""
+        member = session.room.presence.get(session.user_id)
+        session.room.unsynced.append(
+            Record(
+                version=update.version,
+                client_id=update.client_id,
+                seq=update.seq,
+                changes=json.dumps(update.changes.to_json(), ensure_ascii=False, separators=(",", ":")),
+                user_id=update.user_id,
+                author=member.username if member is not None else "",
+                color=member.color if member is not None else "",
+                time=time.time(),
+            )
+        )
+        self._mark_dirty(session.room)
+
+    def _mark_dirty(self, room: Room) -> None:
+        self._dirty[room.room_id] = room
+        if self._committer is None:  # a registry used without `start` (tests of the room logic)
+            self._committer = asyncio.create_task(self._commit_loop(), name="collab-committer")
+        wanted = self._commit_wanted
+        if wanted is not None:
+            self._commit_wanted = None
+            if not wanted.done():
+                wanted.set_result(None)
+
+    def _take_write(self, room: Room) -> RoomWrite:
+        records, room.unsynced = room.unsynced, []
+        head = records[-1].version if records else room.durable
+        snapshot = None
+        if records and head - room.snapshot_version >= self.settings.snapshot_every:
+            snapshot = room.document.text  # the text at `head`: every applied update is in `records`
+            room.snapshot_version = head
+        room.stored_language = room.language
+        return RoomWrite(room.room_id, room.document.epoch, room.language, records, snapshot, head)
+
+    async def _commit_loop(self) -> None:
+        """The committer: one `Store.commit` at a time, of everything applied since the last."""
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._dirty:
+                self._commit_wanted = loop.create_future()
+                await self._commit_wanted
+            rooms = [room for room in self._dirty.values() if self.rooms.get(room.room_id) is room]
+            self._dirty.clear()
+            writes = [self._take_write(room) for room in rooms]
+            if not writes:
+                continue
+            self._committing = True
+            started = time.perf_counter()
+            try:
+                await self.store.commit(writes)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("store_commit_failed", rooms=len(writes), updates=sum(len(w.records) for w in writes))
+                metrics.STORE_ERRORS.inc()
+                self.store_ok = False
+                for room in rooms:
+                    self._fail_room(room)
+                continue
+            finally:
+                self._committing = False
+            metrics.STORE_COMMIT.observe(time.perf_counter() - started)
+            metrics.STORE_COMMIT_UPDATES.observe(sum(len(write.records) for write in writes))
+            self.store_ok = True
+            for room, write in zip(rooms, writes, strict=True):
+                self._release(room, write.head)
+
+    def _fail_room(self, room: Room) -> None:
+        """A commit carrying this room failed: forget the room's uncommitted state.
+
+        Its clients are told to reconnect; they resend what was not confirmed, and the room is
+        loaded again from what the store holds, which is everything anyone was shown.
+        """
+        if self.rooms.get(room.room_id) is room:
+            del self.rooms[room.room_id]
+            metrics.ROOMS.set(len(self.rooms))
+        self._dirty.pop(room.room_id, None)
+        room.held.clear()
+        if room.eviction is not None:
+            room.eviction.cancel()
+        for session in list(room.sessions.values()):
+            self.end(session, CLOSE_TRY_AGAIN_LATER, "storage unavailable")
+
+    async def flush(self, within: float | None = None) -> bool:
+        """Wait until every update applied so far is committed; False if ``within`` seconds ran out."""
+        deadline = None if within is None else time.monotonic() + within
+        while self._dirty or self._committing:
+            if self._committer is None or self._committer.done():
+                return False
+            if deadline is not None and time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.005)
+        return True
 
     # Fan-out
 
@@ -626,13 +849,31 @@ class RoomRegistry:
             metrics.message_counter("out", kind).inc()
 
     def _enqueue(self, session: Session, message: str | tuple[str, ...]) -> bool:
-        """Queue a message (or a burst) for a client, dropping the client if its queue is full.
+        """Queue a message (or a burst) for a client, or hold it until the room's state it was
+        made from is committed (see the module docstring)."""
+        if session.closed:
+            return False
+        room = session.room
+        if room.held or room.durable < room.document.version:
+            room.held.append((room.document.version, session, message))
+            return True
+        return self._deliver(session, message)
+
+    def _release(self, room: Room, durable: int) -> None:
+        """Version ``durable`` is committed: let go of what was held for it, in order."""
+        room.durable = max(room.durable, durable)
+        held = room.held
+        while held and held[0][0] <= room.durable:
+            _, session, message = held.popleft()
+            if not session.closed:
+                self._deliver(session, message)
+
+    def _deliver(self, session: Session, message: str | tuple[str, ...]) -> bool:
+        """Put a message in a client's queue, dropping the client if its queue is full.
 
         An entry always fits an empty queue, however large: the limits catch a client that
         falls behind, not one big message.
         """
-        if session.closed:
-            return False
         queue = session.queue
         size = _size(message)
         if queue and (

@@ -31,6 +31,14 @@ class Settings(BaseSettings):
     storage_secret: str | None = None
     data_dir: Path = Path("data")
 
+    # Storage
+    store: Literal["sqlite", "memory"] = "sqlite"
+    sqlite_synchronous: Literal["full", "normal"] = "full"
+    snapshot_every: int = Field(default=500, ge=1)
+    history_keep_versions: int = Field(default=0, ge=0)
+    shutdown_timeout_seconds: float = Field(default=10.0, gt=0)
+    shutdown_drain_seconds: float = Field(default=0.0, ge=0)
+
     # Document
     max_document_chars: int = Field(default=100_000, ge=1)
     history_limit: int = Field(default=2_000, ge=1)
@@ -67,6 +75,16 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _kept_history_covers_catch_up(self) -> Settings:
+        # Loading a room brings back HISTORY_LIMIT versions of history for catch-up and rebase.
+        if self.history_keep_versions and self.history_keep_versions < self.history_limit:
+            raise ValueError(
+                f"HISTORY_KEEP_VERSIONS ({self.history_keep_versions}) must be 0 (keep all) "
+                f"or at least HISTORY_LIMIT ({self.history_limit})"
+            )
+        return self
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper_level(cls, value: object) -> object:
@@ -79,6 +97,10 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [item.strip().rstrip("/") for item in value.split(",") if item.strip()]
         return value
+
+    @property
+    def database_path(self) -> Path:
+        return self.data_dir / "rooms.sqlite3"
 
     @property
     def frame_limit_bytes(self) -> int:

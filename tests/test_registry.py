@@ -90,8 +90,8 @@ def metric(name: str, **labels: str) -> float:
 async def test_versioned_join_gets_welcome_with_members_and_document() -> None:
     registry, _ = make_registry()
     first, second = FakeTransport(), FakeTransport()
-    registry.join_versioned("r", first, hello("c1", "ann"))
-    registry.join_versioned("r", second, hello("c2", "bob"))
+    await registry.join_versioned("r", first, hello("c1", "ann"))
+    await registry.join_versioned("r", second, hello("c2", "bob"))
     await settle()
     welcome = second.sent[0]
     assert ("welcome", 0, "", "python") == (welcome["type"], welcome["version"], welcome["doc"], welcome["language"])
@@ -102,8 +102,8 @@ async def test_versioned_join_gets_welcome_with_members_and_document() -> None:
 async def test_seed_joiner_gets_nothing_and_others_get_user_joined() -> None:
     registry, _ = make_registry()
     first, second = FakeTransport(), FakeTransport()
-    registry.join_seed("r", first, "ann")
-    registry.join_seed("r", second, "bob")
+    await registry.join_seed("r", first, "ann")
+    await registry.join_seed("r", second, "bob")
     await settle()
     assert [] == second.sent
     assert [{"type": "user_joined", "user_id": first.sent[0]["user_id"], "username": "bob"}] == first.sent
@@ -112,7 +112,7 @@ async def test_seed_joiner_gets_nothing_and_others_get_user_joined() -> None:
 async def test_update_reaches_everyone_including_author_in_version_order() -> None:
     registry, _ = make_registry()
     transports = [FakeTransport() for _ in range(3)]
-    sessions = [registry.join_versioned("r", t, hello(f"c{i}")) for i, t in enumerate(transports)]
+    sessions = [await registry.join_versioned("r", t, hello(f"c{i}")) for i, t in enumerate(transports)]
     registry.handle(sessions[0], push(0, 1, [[0, "a"]]))
     registry.handle(sessions[1], push(0, 1, [[0, "b"]]))
     await settle()
@@ -123,8 +123,8 @@ async def test_update_reaches_everyone_including_author_in_version_order() -> No
 async def test_seed_code_change_reaches_versioned_clients_as_minimal_update() -> None:
     registry, _ = make_registry()
     versioned, seed = FakeTransport(), FakeTransport()
-    registry.join_versioned("r", versioned, hello("c1"))
-    seed_session = registry.join_seed("r", seed, "sam")
+    await registry.join_versioned("r", versioned, hello("c1"))
+    seed_session = await registry.join_seed("r", seed, "sam")
     registry.handle(seed_session, CodeChange(type="code_change", code="print(1)", cursor_position=8))
     registry.handle(seed_session, CodeChange(type="code_change", code="print(12)", cursor_position=8))
     await settle()
@@ -135,8 +135,8 @@ async def test_seed_code_change_reaches_versioned_clients_as_minimal_update() ->
 async def test_versioned_push_reaches_seed_clients_as_full_text() -> None:
     registry, _ = make_registry()
     versioned, seed = FakeTransport(), FakeTransport()
-    session = registry.join_versioned("r", versioned, hello("c1"))
-    registry.join_seed("r", seed, "sam")
+    session = await registry.join_versioned("r", versioned, hello("c1"))
+    await registry.join_seed("r", seed, "sam")
     registry.handle(session, push(0, 1, [[0, "abc"]]))
     await settle()
     assert [{"type": "code_change", "code": "abc", "cursor_position": 3, "user_id": session.user_id}] == (
@@ -146,11 +146,11 @@ async def test_versioned_push_reaches_seed_clients_as_full_text() -> None:
 
 async def test_hello_with_known_version_gets_missing_updates_without_doc() -> None:
     registry, _ = make_registry()
-    writer = registry.join_versioned("r", FakeTransport(), hello("c1"))
+    writer = await registry.join_versioned("r", FakeTransport(), hello("c1"))
     registry.handle(writer, push(0, 1, [[0, "ab"]]))
     registry.handle(writer, push(1, 2, [2, [0, "c"]]))
     late = FakeTransport()
-    registry.join_versioned("r", late, hello("c2", version=1))
+    await registry.join_versioned("r", late, hello("c2", version=1))
     await settle()
     assert "doc" not in late.sent[0]
     assert 1 == late.sent[0]["version"]
@@ -159,11 +159,11 @@ async def test_hello_with_known_version_gets_missing_updates_without_doc() -> No
 
 async def test_hello_with_version_beyond_history_gets_snapshot() -> None:
     registry, _ = make_registry(history_limit=1)
-    writer = registry.join_versioned("r", FakeTransport(), hello("c1"))
+    writer = await registry.join_versioned("r", FakeTransport(), hello("c1"))
     for seq in range(1, 4):
         registry.handle(writer, push(seq - 1, seq, append(seq - 1, "x")))
     late = FakeTransport()
-    registry.join_versioned("r", late, hello("c2", version=0))
+    await registry.join_versioned("r", late, hello("c2", version=0))
     await settle()
     assert ("xxx", 3) == (late.sent[0]["doc"], late.sent[0]["version"])
     assert [] == late.of_type("update")
@@ -171,7 +171,7 @@ async def test_hello_with_version_beyond_history_gets_snapshot() -> None:
 
 async def test_push_too_old_raises_version_too_old() -> None:
     registry, _ = make_registry(history_limit=1)
-    session = registry.join_versioned("r", FakeTransport(), hello("c1"))
+    session = await registry.join_versioned("r", FakeTransport(), hello("c1"))
     registry.handle(session, push(0, 1, [[0, "a"]]))
     registry.handle(session, push(1, 2, [1, [0, "b"]]))
     with pytest.raises(VersionTooOld):
@@ -180,7 +180,7 @@ async def test_push_too_old_raises_version_too_old() -> None:
 
 async def test_bad_changes_raise_and_leave_document_intact() -> None:
     registry, _ = make_registry()
-    session = registry.join_versioned("r", FakeTransport(), hello("c1"))
+    session = await registry.join_versioned("r", FakeTransport(), hello("c1"))
     with pytest.raises(InvalidChanges):
         registry.handle(session, push(0, 1, append(5, "x")))
     assert ("", 0) == (session.room.document.text, session.room.document.version)
@@ -189,8 +189,8 @@ async def test_bad_changes_raise_and_leave_document_intact() -> None:
 async def test_report_uses_the_sessions_protocol() -> None:
     registry, _ = make_registry()
     versioned, seed = FakeTransport(), FakeTransport()
-    versioned_session = registry.join_versioned("r", versioned, hello("c1"))
-    seed_session = registry.join_seed("r", seed, "sam")
+    versioned_session = await registry.join_versioned("r", versioned, hello("c1"))
+    seed_session = await registry.join_seed("r", seed, "sam")
     registry.report(versioned_session, InvalidMessage("nope"))
     registry.report(seed_session, InvalidMessage("nope"))
     await settle()
@@ -201,7 +201,7 @@ async def test_report_uses_the_sessions_protocol() -> None:
 async def test_rate_limit_refuses_a_flood_and_answers_once_a_second() -> None:
     registry, clock = make_registry(rate_limit_per_second=10, rate_limit_burst=5)
     transport = FakeTransport()
-    session = registry.join_versioned("r", transport, hello("c1"))
+    session = await registry.join_versioned("r", transport, hello("c1"))
     refused = 0
     for seq in range(1, 51):
         try:
@@ -220,8 +220,8 @@ async def test_rate_limit_refuses_a_flood_and_answers_once_a_second() -> None:
 async def test_cursor_is_mapped_to_current_version_and_sent_to_others() -> None:
     registry, _ = make_registry()
     mover, watcher = FakeTransport(), FakeTransport()
-    author = registry.join_versioned("r", mover, hello("c1"))
-    registry.join_versioned("r", watcher, hello("c2"))
+    author = await registry.join_versioned("r", mover, hello("c1"))
+    await registry.join_versioned("r", watcher, hello("c2"))
     registry.handle(author, push(0, 1, [[0, "world"]]))
     registry.handle(author, push(1, 2, [[0, "hello "], 5]))
     registry.handle(author, Cursor(type="cursor", version=1, anchor=5, head=5))
@@ -234,18 +234,18 @@ async def test_cursor_is_mapped_to_current_version_and_sent_to_others() -> None:
 
 async def test_cursor_outside_document_is_refused() -> None:
     registry, _ = make_registry()
-    session = registry.join_versioned("r", FakeTransport(), hello("c1"))
+    session = await registry.join_versioned("r", FakeTransport(), hello("c1"))
     with pytest.raises(InvalidMessage):
         registry.handle(session, Cursor(type="cursor", version=0, anchor=1, head=0))
 
 
 async def test_late_joiner_sees_existing_cursors() -> None:
     registry, _ = make_registry()
-    author = registry.join_versioned("r", FakeTransport(), hello("c1"))
+    author = await registry.join_versioned("r", FakeTransport(), hello("c1"))
     registry.handle(author, push(0, 1, [[0, "abc"]]))
     registry.handle(author, Cursor(type="cursor", version=1, anchor=1, head=2))
     late = FakeTransport()
-    registry.join_versioned("r", late, hello("c2"))
+    await registry.join_versioned("r", late, hello("c2"))
     await settle()
     assert [(1, 2)] == [(c["anchor"], c["head"]) for c in late.of_type("cursor")]
 
@@ -253,8 +253,8 @@ async def test_late_joiner_sees_existing_cursors() -> None:
 async def test_language_change_is_broadcast_to_everyone() -> None:
     registry, _ = make_registry()
     first, second = FakeTransport(), FakeTransport()
-    session = registry.join_versioned("r", first, hello("c1"))
-    registry.join_versioned("r", second, hello("c2"))
+    session = await registry.join_versioned("r", first, hello("c1"))
+    await registry.join_versioned("r", second, hello("c2"))
     registry.handle(session, Language(type="language", language="javascript"))
     await settle()
     assert ["javascript"] == [m["language"] for m in first.of_type("language")]
@@ -264,7 +264,7 @@ async def test_language_change_is_broadcast_to_everyone() -> None:
 
 async def test_language_with_markup_is_refused() -> None:
     registry, _ = make_registry()
-    session = registry.join_versioned("r", FakeTransport(), hello("c1"))
+    session = await registry.join_versioned("r", FakeTransport(), hello("c1"))
     with pytest.raises(InvalidMessage):
         registry.handle(session, Language(type="language", language="<script>"))
     assert "python" == session.room.language
@@ -273,7 +273,7 @@ async def test_language_with_markup_is_refused() -> None:
 async def test_sync_request_answers_sender_with_current_text() -> None:
     registry, _ = make_registry()
     transport = FakeTransport()
-    session = registry.join_seed("r", transport, "sam")
+    session = await registry.join_seed("r", transport, "sam")
     registry.handle(session, CodeChange(type="code_change", code="x = 1", cursor_position=None))
     registry.handle(session, SyncRequest(type="sync_request"))
     await settle()
@@ -283,9 +283,9 @@ async def test_sync_request_answers_sender_with_current_text() -> None:
 async def test_leave_announces_member_left_once() -> None:
     registry, _ = make_registry()
     staying, seed = FakeTransport(), FakeTransport()
-    leaving = registry.join_versioned("r", FakeTransport(), hello("c1"))
-    registry.join_versioned("r", staying, hello("c2"))
-    registry.join_seed("r", seed, "sam")
+    leaving = await registry.join_versioned("r", FakeTransport(), hello("c1"))
+    await registry.join_versioned("r", staying, hello("c2"))
+    await registry.join_seed("r", seed, "sam")
     registry.leave(leaving)
     registry.leave(leaving)
     await settle()
@@ -296,8 +296,8 @@ async def test_leave_announces_member_left_once() -> None:
 async def test_queue_overflow_drops_only_the_slow_client() -> None:
     registry, _ = make_registry(outbound_queue_size=5)
     fast, slow = FakeTransport(), FakeTransport(stuck=True)
-    writer = registry.join_versioned("r", fast, hello("c1"))
-    slow_session = registry.join_versioned("r", slow, hello("c2"))
+    writer = await registry.join_versioned("r", fast, hello("c1"))
+    slow_session = await registry.join_versioned("r", slow, hello("c2"))
     before = metric("collab_dropped_sockets_total", reason="queue_overflow")
     for seq in range(1, 11):
         registry.handle(writer, push(seq - 1, seq, append(seq - 1, "x")))
@@ -311,15 +311,15 @@ async def test_queue_overflow_drops_only_the_slow_client() -> None:
 
 async def test_failing_send_drops_the_client() -> None:
     registry, _ = make_registry()
-    session = registry.join_versioned("r", FakeTransport(failing=True), hello("c1"))
+    session = await registry.join_versioned("r", FakeTransport(failing=True), hello("c1"))
     await settle()
     assert session.closed
 
 
 async def test_send_timeout_drops_the_client_and_only_it() -> None:
     registry, clock = make_registry(send_timeout_seconds=5)
-    stuck = registry.join_versioned("r", FakeTransport(stuck=True), hello("c1"))
-    healthy = registry.join_versioned("r", FakeTransport(), hello("c2"))
+    stuck = await registry.join_versioned("r", FakeTransport(stuck=True), hello("c1"))
+    healthy = await registry.join_versioned("r", FakeTransport(), hello("c2"))
     await settle()
     registry.check_sends()
     assert not stuck.closed
@@ -335,7 +335,7 @@ async def test_watchdog_runs_on_its_own() -> None:
     registry, _ = make_registry(send_timeout_seconds=0.05)
     registry.clock = time.monotonic
     await registry.start()
-    session = registry.join_versioned("r", FakeTransport(stuck=True), hello("c1"))
+    session = await registry.join_versioned("r", FakeTransport(stuck=True), hello("c1"))
     await asyncio.sleep(0.3)
     await registry.stop()
     assert session.closed
@@ -344,9 +344,9 @@ async def test_watchdog_runs_on_its_own() -> None:
 async def test_heartbeat_pings_and_drops_silent_versioned_clients() -> None:
     registry, clock = make_registry(heartbeat_timeout_seconds=60)
     silent, talking, seed = FakeTransport(), FakeTransport(), FakeTransport()
-    silent_session = registry.join_versioned("r", silent, hello("c1"))
-    talking_session: Session = registry.join_versioned("r", talking, hello("c2"))
-    seed_session = registry.join_seed("r", seed, "sam")
+    silent_session = await registry.join_versioned("r", silent, hello("c1"))
+    talking_session: Session = await registry.join_versioned("r", talking, hello("c2"))
+    seed_session = await registry.join_seed("r", seed, "sam")
     clock.now += 45
     registry.handle(talking_session, push(0, 1, [[0, "x"]]))
     registry.heartbeat()
@@ -362,10 +362,10 @@ async def test_heartbeat_pings_and_drops_silent_versioned_clients() -> None:
 
 async def test_empty_room_is_evicted_after_grace_and_kept_if_rejoined() -> None:
     registry, _ = make_registry(room_grace_seconds=0.05)
-    session = registry.join_versioned("r", FakeTransport(), hello("c1"))
+    session = await registry.join_versioned("r", FakeTransport(), hello("c1"))
     registry.handle(session, push(0, 1, [[0, "kept"]]))
     registry.leave(session)
-    again = registry.join_versioned("r", FakeTransport(), hello("c2"))
+    again = await registry.join_versioned("r", FakeTransport(), hello("c2"))
     await asyncio.sleep(0.1)
     assert "kept" == registry.rooms["r"].document.text
     registry.leave(again)
@@ -375,16 +375,16 @@ async def test_empty_room_is_evicted_after_grace_and_kept_if_rejoined() -> None:
 
 async def test_room_full_is_refused() -> None:
     registry, _ = make_registry(max_members_per_room=1)
-    registry.join_versioned("r", FakeTransport(), hello("c1"))
+    await registry.join_versioned("r", FakeTransport(), hello("c1"))
     with pytest.raises(RoomFull):
-        registry.join_versioned("r", FakeTransport(), hello("c2"))
+        await registry.join_versioned("r", FakeTransport(), hello("c2"))
 
 
 async def test_stop_closes_every_session_with_service_restart() -> None:
     registry, _ = make_registry()
     await registry.start()
     transport = FakeTransport()
-    registry.join_versioned("r", transport, hello("c1"))
+    await registry.join_versioned("r", transport, hello("c1"))
     await registry.stop()
     assert transport.closed is not None and 1012 == transport.closed[0]
     assert not registry.accepting
@@ -395,7 +395,7 @@ async def test_batching_client_gets_one_frame_for_queued_messages() -> None:
     registry, _ = make_registry()
     transport = FakeTransport()
     batched = Hello(type="hello", client_id="c1", username="ann", version=None, batch=True)
-    session = registry.join_versioned("r", transport, batched)
+    session = await registry.join_versioned("r", transport, batched)
     await settle()
     transport.sent.clear()
     registry.handle(session, push(0, 1, [[0, "a"]]))
@@ -408,7 +408,7 @@ async def test_batching_client_gets_one_frame_for_queued_messages() -> None:
 async def test_resent_push_is_not_broadcast_again() -> None:
     registry, _ = make_registry()
     transport = FakeTransport()
-    session = registry.join_versioned("r", transport, hello("c1"))
+    session = await registry.join_versioned("r", transport, hello("c1"))
     registry.handle(session, push(0, 1, [[0, "a"]]))
     registry.handle(session, push(1, 1, [1, [0, "a"]]))
     await settle()
@@ -418,7 +418,7 @@ async def test_resent_push_is_not_broadcast_again() -> None:
 async def test_ping_is_answered_with_pong() -> None:
     registry, _ = make_registry()
     transport = FakeTransport()
-    session = registry.join_seed("r", transport, "sam")
+    session = await registry.join_seed("r", transport, "sam")
     registry.handle(session, Ping(type="ping"))
     await settle()
     assert [{"type": "pong"}] == transport.sent
@@ -427,10 +427,10 @@ async def test_ping_is_answered_with_pong() -> None:
 async def test_same_text_code_change_relays_cursor_to_seed_and_versioned_clients() -> None:
     registry, _ = make_registry()
     author, seed, versioned = FakeTransport(), FakeTransport(), FakeTransport()
-    session = registry.join_seed("r", author, "sam")
+    session = await registry.join_seed("r", author, "sam")
     registry.handle(session, CodeChange(type="code_change", code="abc", cursor_position=0))
-    registry.join_seed("r", seed, "sid")
-    registry.join_versioned("r", versioned, hello("c1"))
+    await registry.join_seed("r", seed, "sid")
+    await registry.join_versioned("r", versioned, hello("c1"))
     registry.handle(session, CodeChange(type="code_change", code="abc", cursor_position=2))
     await settle()
     assert [("abc", 2)] == [(m["code"], m["cursor_position"]) for m in seed.of_type("code_change")]
@@ -441,14 +441,14 @@ async def test_same_text_code_change_relays_cursor_to_seed_and_versioned_clients
 
 async def test_second_hello_is_refused() -> None:
     registry, _ = make_registry()
-    session = registry.join_versioned("r", FakeTransport(), hello("c1"))
+    session = await registry.join_versioned("r", FakeTransport(), hello("c1"))
     with pytest.raises(InvalidMessage):
         registry.handle(session, hello("c1"))
 
 
 async def test_messages_after_leave_are_ignored() -> None:
     registry, _ = make_registry()
-    session = registry.join_versioned("r", FakeTransport(), hello("c1"))
+    session = await registry.join_versioned("r", FakeTransport(), hello("c1"))
     registry.leave(session)
     registry.handle(session, push(0, 1, [[0, "late"]]))
     assert "" == registry.rooms["r"].document.text
@@ -457,7 +457,7 @@ async def test_messages_after_leave_are_ignored() -> None:
 async def test_heartbeat_loop_runs_on_its_interval() -> None:
     registry, _ = make_registry(heartbeat_interval_seconds=0.01)
     transport = FakeTransport()
-    registry.join_seed("r", transport, "sam")
+    await registry.join_seed("r", transport, "sam")
     await registry.start()
     await asyncio.sleep(0.1)
     await registry.stop()
@@ -466,7 +466,7 @@ async def test_heartbeat_loop_runs_on_its_interval() -> None:
 
 async def test_zero_grace_evicts_as_soon_as_the_step_ends() -> None:
     registry, _ = make_registry(room_grace_seconds=0)
-    session = registry.join_versioned("r", FakeTransport(), hello("c1"))
+    session = await registry.join_versioned("r", FakeTransport(), hello("c1"))
     registry.leave(session)
     await settle()
     assert {} == registry.rooms
@@ -474,10 +474,10 @@ async def test_zero_grace_evicts_as_soon_as_the_step_ends() -> None:
 
 async def test_takeover_with_zero_grace_keeps_the_document() -> None:
     registry, _ = make_registry(room_grace_seconds=0)
-    old = registry.join_versioned("r", FakeTransport(), hello_with_token("tab", "t" * 16))
+    old = await registry.join_versioned("r", FakeTransport(), hello_with_token("tab", "t" * 16))
     registry.handle(old, push(0, 1, [[0, "important"]]))
     transport = FakeTransport()
-    registry.join_versioned("r", transport, hello_with_token("tab", "t" * 16, version=1))
+    await registry.join_versioned("r", transport, hello_with_token("tab", "t" * 16, version=1))
     await settle()
     assert ("important", 1) == (registry.rooms["r"].document.text, transport.sent[0]["version"])
 
@@ -486,19 +486,19 @@ async def test_no_one_is_admitted_while_stopping() -> None:
     registry, _ = make_registry()
     registry.accepting = False
     with pytest.raises(ServerStopping):
-        registry.join_versioned("r", FakeTransport(), hello("late"))
+        await registry.join_versioned("r", FakeTransport(), hello("late"))
     assert {} == registry.rooms
 
 
 async def test_a_long_catch_up_is_not_taken_for_a_slow_client() -> None:
     registry, _ = make_registry(outbound_queue_size=10)
-    writer = registry.join_versioned("r", FakeTransport(), hello("w"))
+    writer = await registry.join_versioned("r", FakeTransport(), hello("w"))
     writer.bucket.burst = writer.bucket.tokens = 1000
     for seq in range(1, 101):
         registry.handle(writer, push(seq - 1, seq, append(seq - 1, "x")))
         await settle()
     transport = FakeTransport()
-    late = registry.join_versioned("r", transport, hello("late", version=0))
+    late = await registry.join_versioned("r", transport, hello("late", version=0))
     await settle()
     assert not late.closed
     assert list(range(1, 101)) == [u["version"] for u in transport.of_type("update")]
@@ -506,12 +506,12 @@ async def test_a_long_catch_up_is_not_taken_for_a_slow_client() -> None:
 
 async def test_a_catch_up_over_half_the_character_budget_becomes_a_snapshot() -> None:
     registry, _ = make_registry(outbound_queue_chars=2000)
-    writer = registry.join_versioned("r", FakeTransport(), hello("w"))
+    writer = await registry.join_versioned("r", FakeTransport(), hello("w"))
     for seq in range(1, 21):
         registry.handle(writer, push(seq - 1, seq, append((seq - 1) * 100, "y" * 100)))
         await settle()
     transport = FakeTransport()
-    registry.join_versioned("r", transport, hello("late", version=0))
+    await registry.join_versioned("r", transport, hello("late", version=0))
     await settle()
     assert ("y" * 2000, 20) == (transport.sent[0]["doc"], transport.sent[0]["version"])
     assert [] == transport.of_type("update")
@@ -520,7 +520,7 @@ async def test_a_catch_up_over_half_the_character_budget_becomes_a_snapshot() ->
 async def test_gauges_return_to_zero_when_everyone_leaves() -> None:
     registry, _ = make_registry()
     before = (metric("collab_members"), metric("collab_connections", transport="fake", protocol="versioned"))
-    sessions = [registry.join_versioned("r", FakeTransport(), hello(f"c{i}")) for i in range(3)]
+    sessions = [await registry.join_versioned("r", FakeTransport(), hello(f"c{i}")) for i in range(3)]
     registry.drop(sessions[0], DropReason.SEND_FAILED)
     for session in sessions:
         registry.leave(session)
@@ -530,19 +530,19 @@ async def test_gauges_return_to_zero_when_everyone_leaves() -> None:
 
 async def test_hello_for_a_connected_client_id_is_refused() -> None:
     registry, _ = make_registry()
-    registry.join_versioned("r", FakeTransport(), hello("tab"))
+    await registry.join_versioned("r", FakeTransport(), hello("tab"))
     with pytest.raises(ClientIdInUse):
-        registry.join_versioned("r", FakeTransport(), hello("tab"))
+        await registry.join_versioned("r", FakeTransport(), hello("tab"))
     assert 1 == len(registry.rooms["r"].sessions)
 
 
 async def test_hello_with_the_resume_token_takes_the_connection_over() -> None:
     registry, _ = make_registry()
     old_transport, watcher = FakeTransport(), FakeTransport()
-    old = registry.join_versioned("r", old_transport, hello("tab"))
-    registry.join_versioned("r", watcher, hello("watcher"))
+    old = await registry.join_versioned("r", old_transport, hello("tab"))
+    await registry.join_versioned("r", watcher, hello("watcher"))
     again = hello_with_token("tab", old.resume_token, version=0)
-    new = registry.join_versioned("r", FakeTransport(), again)
+    new = await registry.join_versioned("r", FakeTransport(), again)
     await settle()
     assert old.closed and not new.closed
     assert (4001, "replaced by a newer connection") == old_transport.closed
@@ -552,33 +552,33 @@ async def test_hello_with_the_resume_token_takes_the_connection_over() -> None:
 
 async def test_a_wrong_resume_token_does_not_take_over() -> None:
     registry, _ = make_registry()
-    registry.join_versioned("r", FakeTransport(), hello("tab"))
+    await registry.join_versioned("r", FakeTransport(), hello("tab"))
     with pytest.raises(ClientIdInUse):
-        registry.join_versioned("r", FakeTransport(), hello_with_token("tab", "a-wrong-guess-of-16+"))
+        await registry.join_versioned("r", FakeTransport(), hello_with_token("tab", "a-wrong-guess-of-16+"))
 
 
 async def test_client_id_is_free_again_after_leaving() -> None:
     registry, _ = make_registry()
-    first = registry.join_versioned("r", FakeTransport(), hello("tab"))
+    first = await registry.join_versioned("r", FakeTransport(), hello("tab"))
     registry.leave(first)
-    assert not registry.join_versioned("r", FakeTransport(), hello("tab")).closed
+    assert not (await registry.join_versioned("r", FakeTransport(), hello("tab"))).closed
 
 
 async def test_seed_prefix_is_reserved() -> None:
     registry, _ = make_registry()
     with pytest.raises(InvalidMessage):
-        registry.join_versioned("r", FakeTransport(), hello("seed-123"))
+        await registry.join_versioned("r", FakeTransport(), hello("seed-123"))
 
 
 async def test_version_of_another_epoch_gets_a_snapshot() -> None:
     registry, _ = make_registry()
-    writer = registry.join_versioned("r", FakeTransport(), hello("w"))
+    writer = await registry.join_versioned("r", FakeTransport(), hello("w"))
     registry.handle(writer, push(0, 1, [[0, "new text"]]))
     late = FakeTransport()
-    registry.join_versioned(
+    await registry.join_versioned(
         "r", late, Hello(type="hello", client_id="old", username="o", version=1, epoch="gone-epoch")
     )
-    registry.join_versioned(
+    await registry.join_versioned(
         "r",
         other := FakeTransport(),
         Hello(type="hello", client_id="cur", username="c", version=1, epoch=writer.room.document.epoch),
@@ -591,8 +591,8 @@ async def test_version_of_another_epoch_gets_a_snapshot() -> None:
 
 async def test_messages_of_the_other_protocol_are_refused() -> None:
     registry, _ = make_registry()
-    versioned = registry.join_versioned("r", FakeTransport(), hello("v"))
-    seed = registry.join_seed("r", FakeTransport(), "sam")
+    versioned = await registry.join_versioned("r", FakeTransport(), hello("v"))
+    seed = await registry.join_seed("r", FakeTransport(), "sam")
     with pytest.raises(InvalidMessage, match="versioned protocol"):
         registry.handle(versioned, CodeChange(type="code_change", code="x", cursor_position=0))
     with pytest.raises(InvalidMessage, match="seed protocol"):
@@ -603,7 +603,7 @@ async def test_messages_of_the_other_protocol_are_refused() -> None:
 async def test_malformed_frames_are_charged_to_the_rate_limit() -> None:
     registry, _ = make_registry(rate_limit_per_second=1, rate_limit_burst=3)
     transport = FakeTransport()
-    session = registry.join_versioned("r", transport, hello("c1"))
+    session = await registry.join_versioned("r", transport, hello("c1"))
     for _ in range(10):
         registry.receive(session, "{not json")
     await settle()
@@ -612,11 +612,11 @@ async def test_malformed_frames_are_charged_to_the_rate_limit() -> None:
 
 async def test_a_stale_push_costs_tokens_in_proportion_to_its_distance() -> None:
     registry, _ = make_registry(rate_limit_per_second=1, rate_limit_burst=4)
-    writer = registry.join_versioned("r", FakeTransport(), hello("w"))
+    writer = await registry.join_versioned("r", FakeTransport(), hello("w"))
     writer.bucket.burst = writer.bucket.tokens = 1000
     for seq in range(1, 201):
         registry.handle(writer, push(seq - 1, seq, append(seq - 1, "x")))
-    stale = registry.join_versioned("r", FakeTransport(), hello("stale"))
+    stale = await registry.join_versioned("r", FakeTransport(), hello("stale"))
     with pytest.raises(RateLimited):
         registry.handle(stale, push(0, 1, [[0, "late"]]))  # 200 versions behind: 1 + 4 tokens of 4
     assert 200 == stale.room.document.version
@@ -624,12 +624,12 @@ async def test_a_stale_push_costs_tokens_in_proportion_to_its_distance() -> None
 
 async def test_a_cursor_far_behind_is_dropped_silently() -> None:
     registry, _ = make_registry()
-    writer = registry.join_versioned("r", FakeTransport(), hello("w"))
+    writer = await registry.join_versioned("r", FakeTransport(), hello("w"))
     writer.bucket.burst = writer.bucket.tokens = 1000
     for seq in range(1, 151):
         registry.handle(writer, push(seq - 1, seq, append(seq - 1, "x")))
     watcher = FakeTransport()
-    registry.join_versioned("r", watcher, hello("watch"))
+    await registry.join_versioned("r", watcher, hello("watch"))
     registry.handle(writer, Cursor(type="cursor", version=10, anchor=1, head=1))
     await settle()
     assert [] == watcher.of_type("cursor")
@@ -638,7 +638,7 @@ async def test_a_cursor_far_behind_is_dropped_silently() -> None:
 async def test_an_unexpected_failure_is_answered_and_the_room_goes_on(monkeypatch: pytest.MonkeyPatch) -> None:
     registry, _ = make_registry()
     transport = FakeTransport()
-    session = registry.join_versioned("r", transport, hello("c1"))
+    session = await registry.join_versioned("r", transport, hello("c1"))
 
     def broken(*_: object) -> None:
         raise KeyError("bug")
@@ -659,18 +659,19 @@ async def test_a_failed_welcome_leaves_no_half_joined_session(monkeypatch: pytes
 
     monkeypatch.setattr(registry, "_welcome", broken)
     with pytest.raises(KeyError):
-        registry.join_versioned("r", FakeTransport(), hello("c1"))
+        await registry.join_versioned("r", FakeTransport(), hello("c1"))
     assert {} == registry.rooms["r"].sessions
     assert {} == registry.rooms["r"].clients
 
 
 async def test_queue_over_its_character_budget_drops_the_client() -> None:
     registry, _ = make_registry(outbound_queue_chars=10_000)
-    slow = registry.join_seed("r", FakeTransport(stuck=True), "slow")
-    writer = registry.join_seed("r", FakeTransport(), "writer")
+    slow = await registry.join_seed("r", FakeTransport(stuck=True), "slow")
+    writer = await registry.join_seed("r", FakeTransport(), "writer")
     await settle()
     for index in range(5):
         registry.handle(writer, CodeChange(type="code_change", code=str(index) * 4000, cursor_position=0))
+    await settle()
     assert slow.closed
     assert not writer.closed
 
@@ -678,8 +679,8 @@ async def test_queue_over_its_character_budget_drops_the_client() -> None:
 async def test_one_message_larger_than_the_budget_still_goes_to_an_idle_client() -> None:
     registry, _ = make_registry(outbound_queue_chars=100)
     reader = FakeTransport()
-    registry.join_seed("r", reader, "reader")
-    writer = registry.join_seed("r", FakeTransport(), "writer")
+    await registry.join_seed("r", reader, "reader")
+    writer = await registry.join_seed("r", FakeTransport(), "writer")
     await settle()  # the reader has sent `user_joined`: its queue is empty
     registry.handle(writer, CodeChange(type="code_change", code="x" * 500, cursor_position=0))
     await settle()
@@ -688,12 +689,12 @@ async def test_one_message_larger_than_the_budget_still_goes_to_an_idle_client()
 
 async def test_welcome_tells_a_known_client_its_last_applied_seq() -> None:
     registry, _ = make_registry()
-    first = registry.join_versioned("r", FakeTransport(), hello("tab"))
+    first = await registry.join_versioned("r", FakeTransport(), hello("tab"))
     registry.handle(first, push(0, 7, [[0, "a"]]))
     registry.leave(first)
     again, fresh = FakeTransport(), FakeTransport()
-    registry.join_versioned("r", again, hello("tab"))
-    registry.join_versioned("r", fresh, hello("new"))
+    await registry.join_versioned("r", again, hello("tab"))
+    await registry.join_versioned("r", fresh, hello("new"))
     await settle()
     assert 7 == again.sent[0]["last_seq"]
     assert "last_seq" not in fresh.sent[0]
@@ -702,10 +703,10 @@ async def test_welcome_tells_a_known_client_its_last_applied_seq() -> None:
 async def test_the_clients_own_token_survives_a_lost_welcome() -> None:
     registry, _ = make_registry()
     token = "my-own-secret-token"
-    registry.join_versioned("r", FakeTransport(), hello_with_token("tab", token))
+    await registry.join_versioned("r", FakeTransport(), hello_with_token("tab", token))
     # The welcome of a second attempt is lost; the client tries again with the same secret.
-    registry.join_versioned("r", FakeTransport(), hello_with_token("tab", token))
-    third = registry.join_versioned("r", FakeTransport(), hello_with_token("tab", token))
+    await registry.join_versioned("r", FakeTransport(), hello_with_token("tab", token))
+    third = await registry.join_versioned("r", FakeTransport(), hello_with_token("tab", token))
     assert third is registry.rooms["r"].clients[third.client_id]
     assert 1 == len(registry.rooms["r"].sessions)
 
@@ -713,7 +714,7 @@ async def test_the_clients_own_token_survives_a_lost_welcome() -> None:
 async def test_leave_ends_the_session_with_a_normal_close() -> None:
     registry, _ = make_registry()
     transport = FakeTransport()
-    session = registry.join_seed("r", transport, "sam")
+    session = await registry.join_seed("r", transport, "sam")
     registry.receive(session, '{"type": "pong"}')
     registry.receive(session, '{"type": "leave"}')
     await settle()

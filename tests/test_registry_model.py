@@ -90,7 +90,7 @@ class RoomModel(RuleBasedStateMachine):
 
         async def join() -> None:
             hello = Hello.model_validate(replica.hello(f"user{index}"))
-            self.sessions[index] = self.registry.join_versioned("room", wire, hello)
+            self.sessions[index] = await self.registry.join_versioned("room", wire, hello)
 
         self.run(join())
         self.wires[index] = wire

@@ -9,6 +9,7 @@ import random
 import re
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -444,24 +445,48 @@ async def test_second_connection_with_a_live_client_id_is_refused_and_may_retry(
 
 
 async def test_resume_into_a_room_made_anew_gets_a_snapshot_not_foreign_updates(
-    make_server: Callable[..., LiveServer], room: str
+    make_server: Callable[..., LiveServer], room: str, tmp_path: Path
 ) -> None:
-    live = make_server(ROOM_GRACE_SECONDS="0")
-    old = VersionedClient(live.ws(room), "old-client", "olga")
+    first = make_server(DATA_DIR=str(tmp_path / "first"))
+    old = VersionedClient(first.ws(room), "old-client", "olga")
     await old.open()
     await old.insert(0, "abc")
     await old.settled(1)
     await old.close()
-    await asyncio.sleep(0.2)  # the empty room is unloaded at once
-    other = VersionedClient(live.ws(room), "other", "otto")
+    second = make_server(DATA_DIR=str(tmp_path / "second"))  # another server: the room is new there
+    other = VersionedClient(second.ws(room), "other", "otto")
     await other.open()
     await other.insert(0, "XYZ")
     await other.settled(1)
-    returning = VersionedClient(live.ws(room), "old-client", "olga")
+    returning = VersionedClient(second.ws(room), "old-client", "olga")
     returning.replica = old.replica  # same version number (1), another epoch
     await returning.open(resume=True)
     assert "XYZ" == returning.replica.text
     await other.close()
+    await returning.close()
+
+
+async def test_an_unloaded_room_comes_back_with_its_text_version_and_epoch(
+    make_server: Callable[..., LiveServer], room: str
+) -> None:
+    live = make_server(ROOM_GRACE_SECONDS="0")
+    ann = VersionedClient(live.ws(room), "ann-client", "ann")
+    await ann.open()
+    await ann.insert(0, "abc")
+    await ann.settled(1)
+    await ann.close()
+    await asyncio.sleep(0.3)  # the empty room is unloaded at once
+    bob = VersionedClient(live.ws(room), "bob-client", "bob")
+    await bob.open()  # loads the room from the store
+    assert ("abc", 1, ann.replica.epoch) == (bob.replica.text, bob.replica.version, bob.replica.epoch)
+    await bob.insert(3, "d")
+    await bob.settled(2)
+    returning = VersionedClient(live.ws(room), "ann-client", "ann")
+    returning.replica = ann.replica
+    await returning.open(resume=True)  # the same epoch: a catch-up, not a snapshot
+    await returning.settled(2)
+    assert "abcd" == returning.replica.text
+    await bob.close()
     await returning.close()
 
 

@@ -157,7 +157,7 @@ async def test_presence_list_shows_members_with_their_names_live(
     await ann.should_see("(you)")
     # Another member arrives (a raw client), with a name that is markup: shown as text.
     name = "<b>Mallory</b>"
-    other = registry.join_versioned(
+    other = await registry.join_versioned(
         "presence", Recorder(), Hello(type="hello", client_id="raw", username=name, version=None)
     )
     await ann.should_see("In this room (2)", retries=30)
@@ -198,6 +198,10 @@ async def test_changing_the_name_renames_the_member(users: Callable[[], User], r
     # The page asks its browser half to say hello again; that hello carries the new name.
     user_editor = ann.find(CollabEditor).elements.pop()
     user_editor._hello(2, json.dumps({"type": "hello", "client_id": "ann-tab", "version": 0, "resume_token": "t" * 16}))
+    for _ in range(100):  # the join is a task: the room may have to be loaded first
+        if user_editor.session is not None and user_editor.transport is not None and user_editor.transport.gen == 2:
+            break
+        await asyncio.sleep(0.02)
     assert ["Annie"] == [member.username for member in registry.rooms["rename"].presence]
     assert re.fullmatch(r"#[0-9a-f]{6}", next(iter(registry.rooms["rename"].presence)).color)
     # The page's own leave and join (a new session under the new name) are not announced to it.

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from nicegui import ui
+from nicegui import background_tasks, ui
 from nicegui.events import GenericEventArguments
 
 from rooms.errors import InternalError, InvalidMessage, RateLimited, RoomError
@@ -34,6 +34,8 @@ log = structlog.get_logger("collab.ui.editor")
 # and a join to every member): a page gets a few at once (reconnects), then one every 2 s.
 HELLO_RATE_PER_SECOND = 0.5
 HELLO_BURST = 5
+# Frames a page may send between its hello and the room being loaded (a cursor, a resend).
+MAX_EARLY_FRAMES = 50
 
 
 class BrowserNotReading(ConnectionError):
@@ -91,6 +93,7 @@ class CollabEditor(ui.element, component="collab_editor.js"):
         self.room_id = room_id
         self.session: Session | None = None
         self.transport: BrowserTransport | None = None
+        self._early: list[str] = []  # frames of the current generation sent before its join completed
         self._props["room-id"] = room_id
         self._props["language"] = language
         self._props["theme"] = theme
@@ -122,8 +125,11 @@ class CollabEditor(ui.element, component="collab_editor.js"):
         if not isinstance(gen, int) or not isinstance(data, str):
             log.info("bad_bridge_frame", room_id=self.room_id)
             return
-        if self.transport is not None and gen == self.transport.gen and self.session is not None:
-            self._registry().receive(self.session, data)
+        if self.transport is not None and gen == self.transport.gen:
+            if self.session is not None:
+                self._registry().receive(self.session, data)
+            elif len(self._early) < MAX_EARLY_FRAMES:
+                self._early.append(data)  # the join is waiting for the room to load
             return
         if self.transport is not None and gen < self.transport.gen:
             return  # a late frame of an earlier generation
@@ -139,19 +145,38 @@ class CollabEditor(ui.element, component="collab_editor.js"):
             return
         self._leave()
         transport = BrowserTransport(self, gen, self._settings.outbound_queue_size)
-        self.transport = transport
         try:
             message = parse_client_message(data, self._settings.frame_limit_bytes)
             if not isinstance(message, Hello):
                 raise InvalidMessage(f"send hello before {message.type}")
             who = self._identity()
             hello = message.model_copy(update={"username": who.username, "color": who.color, "batch": True})
-            self.session = registry.join_versioned(self.room_id, transport, hello)
         except Exception as exc:
-            if not isinstance(exc, RoomError):
-                log.exception("browser_join_failed", room_id=self.room_id)
-            refusal = exc if isinstance(exc, RoomError) else InternalError()
-            self.call("receive", gen, ErrorOut.of(refusal).encode())
+            self._refuse(transport, exc)
+            return
+        self.transport = transport
+        self._early = []
+        background_tasks.create(self._join(registry, transport, hello), name=f"collab-join-{self.room_id}")
+
+    async def _join(self, registry: RoomRegistry, transport: BrowserTransport, hello: Hello) -> None:
+        try:
+            session = await registry.join_versioned(self.room_id, transport, hello)
+        except Exception as exc:
+            self._refuse(transport, exc)
+            return
+        if transport.detached or transport is not self.transport or self.is_deleted:
+            registry.leave(session)  # a newer hello, or the page is gone
+            return
+        self.session = session
+        early, self._early = self._early, []
+        for data in early:
+            registry.receive(session, data)
+
+    def _refuse(self, transport: BrowserTransport, exc: Exception) -> None:
+        if not isinstance(exc, RoomError):
+            log.exception("browser_join_failed", room_id=self.room_id)
+        refusal = exc if isinstance(exc, RoomError) else InternalError()
+        self.call("receive", transport.gen, ErrorOut.of(refusal).encode())
 
     def _leave(self) -> None:
         if self.transport is not None:

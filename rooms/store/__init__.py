@@ -1,0 +1,173 @@
+"""Where rooms are kept: one interface, two backends (``memory`` for tests, ``sqlite`` by default).
+
+The registry applies updates in memory, hands them to the store in batches (every update of one
+event-loop turn, for every room, in one `Store.commit`), and shows them to clients only once
+that commit returned: an edit anyone has seen is durable. A store keeps per room
+
+* the room's row: its epoch (which names its history), language and head version;
+* the op log: every committed update, with its author and time (history and playback);
+* snapshots: the full text at some versions, so that loading a room, or the text at a version,
+  replays a bounded number of updates;
+* the dedup table: the last ``seq`` each client had applied, so that a resend after a restart is
+  still recognised.
+
+Nothing here is specific to SQLite: a backend needs ordered appends per room and atomic batches.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from rooms.changes import ChangeSet
+from rooms.settings import Settings
+
+
+class StoreError(Exception):
+    """The store failed to read or write; what was being done is in the message."""
+
+
+class StoreCorrupt(StoreError):
+    """The store's data cannot be trusted: it is never replaced, the server refuses to start."""
+
+
+class StoreConflict(StoreError):
+    """A commit does not continue the room's stored history (another writer, or a bug)."""
+
+    def __init__(self, room_id: str, expected: int, got: int) -> None:
+        self.room_id = room_id
+        self.expected = expected
+        self.got = got
+        super().__init__(f"room {room_id!r}: the next stored version is {expected}, the commit starts at {got}")
+
+
+class HistoryUnavailable(StoreError):
+    """A version outside what the store keeps was asked for."""
+
+    def __init__(self, version: int, oldest: int, head: int) -> None:
+        self.version = version
+        self.oldest = oldest
+        self.head = head
+        super().__init__(f"version {version} is not kept: the kept versions are {oldest} to {head}")
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One committed update as it is stored: ``version`` is the document's version after it."""
+
+    version: int
+    client_id: str
+    seq: int
+    changes: str  # the ChangeSet's JSON, as on the wire
+    user_id: str = ""
+    author: str = ""  # the author's display name when it was made
+    color: str = ""  # the author's colour, #rrggbb
+    time: float = 0.0  # Unix time of the commit, in seconds
+
+
+@dataclass(frozen=True, slots=True)
+class RoomWrite:
+    """What one commit writes for one room: its updates, and maybe a snapshot after them."""
+
+    room_id: str
+    epoch: str
+    language: str
+    records: Sequence[Record] = ()
+    # The text after the last record: kept as a snapshot when it is given.
+    snapshot: str | None = None
+    head: int = 0  # the version after this write (== records[-1].version when there are records)
+
+
+@dataclass(frozen=True, slots=True)
+class RoomInfo:
+    room_id: str
+    epoch: str
+    language: str
+    version: int  # the head: the last committed version
+    oldest: int  # the oldest version whose text the store can still give
+
+
+@dataclass(slots=True)
+class StoredRoom:
+    """Everything needed to bring a room back into memory."""
+
+    info: RoomInfo
+    snapshot_version: int
+    snapshot_text: str
+    # The records after the snapshot, and up to ``history`` before the head when there are
+    # more kept (so that clients a little behind can still be caught up and rebased), in order.
+    records: list[Record] = field(default_factory=list)
+    # client_id -> (last applied seq, the version that seq made)
+    clients: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    def text(self) -> str:
+        """The text at the head: the snapshot with the records after it applied."""
+        return replay(self.snapshot_text, self.snapshot_version, self.records)
+
+
+def replay(text: str, version: int, records: Sequence[Record], until: int | None = None) -> str:
+    """``text`` (at ``version``) with every record after ``version`` up to ``until`` applied."""
+    for record in records:
+        if record.version <= version:
+            continue
+        if until is not None and record.version > until:
+            break
+        text = ChangeSet.from_json(json.loads(record.changes)).apply(text)
+    return text
+
+
+class Store(ABC):
+    """A room store. Every method may be called from the event loop; none blocks it."""
+
+    # Shown in logs and /readyz.
+    name: str = "store"
+
+    @abstractmethod
+    async def open(self) -> None:
+        """Get ready (create or check files, connect); raises `StoreCorrupt` on bad data."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Finish pending work and release resources; the store is not used again."""
+
+    @abstractmethod
+    async def commit(self, writes: Sequence[RoomWrite]) -> None:
+        """Write every room's records in one atomic, durable step: all of them or none.
+
+        Raises `StoreConflict` when a room's records do not continue its stored head.
+        """
+
+    @abstractmethod
+    async def load(self, room_id: str, history: int) -> StoredRoom | None:
+        """The room as last committed, or None if it was never stored."""
+
+    @abstractmethod
+    async def info(self, room_id: str) -> RoomInfo | None:
+        """The room's row, or None if it was never stored."""
+
+    @abstractmethod
+    async def text_at(self, room_id: str, version: int) -> str:
+        """The text at ``version``; `HistoryUnavailable` if it is not kept, `KeyError` if no room."""
+
+    @abstractmethod
+    async def history(self, room_id: str, since: int, limit: int) -> list[Record]:
+        """Up to ``limit`` kept records with a version above ``since``, oldest first."""
+
+    @abstractmethod
+    async def check(self) -> None:
+        """Raise `StoreError` unless the store can be read and written right now."""
+
+
+def make_store(settings: Settings) -> Store:
+    """The store the settings ask for (``STORE``)."""
+    if settings.store == "memory":
+        from rooms.store.memory import MemoryStore
+
+        return MemoryStore(keep_versions=settings.history_keep_versions)
+    from rooms.store.sqlite import SqliteStore
+
+    return SqliteStore(
+        settings.database_path, keep_versions=settings.history_keep_versions, synchronous=settings.sqlite_synchronous
+    )
