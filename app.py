@@ -6,6 +6,7 @@ registry starts and stops with the app's lifespan, not on import.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import os
 import secrets
@@ -28,7 +29,7 @@ from api.origins import is_loopback, origin_allowed
 from observability.logs import configure_logging
 from rooms.registry import RoomRegistry
 from rooms.settings import Settings, load_settings
-from rooms.store import make_store
+from rooms.store import Store, StoreError, make_store
 from ui import pages
 
 settings = load_settings()
@@ -71,11 +72,11 @@ def restrict_socketio_origins(settings: Settings) -> None:
     core.sio.eio.cors_allowed_origins = allowed
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings, store: Store) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        registry = RoomRegistry(settings, store=make_store(settings))
-        await registry.start()  # a corrupt store file stops the start here, naming the file
+        registry = RoomRegistry(settings, store=store)
+        await registry.start()  # opens the store, if `main` has not already
         app.state.registry = registry
         log.info("started", host=settings.host, port=settings.port)
         try:
@@ -103,7 +104,8 @@ def create_app(settings: Settings) -> FastAPI:
     return application
 
 
-app = create_app(settings)
+store = make_store(settings)
+app = create_app(settings, store)
 
 
 # The cyclic garbage collector, tuned for a server that keeps thousands of long-lived objects
@@ -145,6 +147,11 @@ class Server(uvicorn.Server):
 def main() -> None:
     # Everything built at start-up (modules, the app, NiceGUI's pages) is never garbage: keep it
     # out of every collection, and collect young objects less often.
+    try:
+        # Before serving anything: a damaged room database stops the start with one clear line.
+        asyncio.run(store.open())
+    except StoreError as exc:
+        raise SystemExit(f"cannot start: {exc}") from None
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
     config = uvicorn.Config(

@@ -87,14 +87,18 @@ class SqliteStore(Store):
         self.path = path
         self.keep_versions = keep_versions  # 0: keep every version
         self.synchronous = synchronous
-        self._writer = ThreadPoolExecutor(1, thread_name_prefix="collab-store-write")
-        self._reader = ThreadPoolExecutor(1, thread_name_prefix="collab-store-read")
+        self._writer = self._reader = ThreadPoolExecutor(1)  # replaced by `open`
         self._write: sqlite3.Connection | None = None
         self._read: sqlite3.Connection | None = None
 
     # Lifecycle
 
     async def open(self) -> None:
+        """Open (creating or checking the file); a second call while open does nothing."""
+        if self._write is not None:
+            return
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="collab-store-write")
+        self._reader = ThreadPoolExecutor(1, thread_name_prefix="collab-store-read")
         await self._on(self._writer, self._open_writer)
         self._read = await self._on(self._reader, lambda: self._connect(readonly=True))
 
