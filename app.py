@@ -24,7 +24,7 @@ from nicegui import app as nicegui_app
 from nicegui import core, ui
 from nicegui.storage import Storage
 
-from api import health, ws
+from api import health, rooms, ws
 from api.origins import is_loopback, origin_allowed
 from observability.logs import configure_logging
 from rooms.registry import RoomRegistry
@@ -90,6 +90,7 @@ def create_app(settings: Settings, store: Store) -> FastAPI:
     # API routes first: NiceGUI is mounted at "/" and would otherwise shadow them.
     application.include_router(health.router)
     application.include_router(ws.router)
+    application.include_router(rooms.router)
     pages.register(pages.Services(registry=lambda: application.state.registry, settings=settings))
     # NiceGUI's per-browser storage (names, colours, theme) lives in DATA_DIR too.
     Storage.path = (settings.data_dir / "nicegui").resolve()
