@@ -140,11 +140,14 @@ class SqliteStore(Store):
         try:
             if existed:
                 self._check(connection)
+            else:
+                # Incremental vacuum gives the pages of pruned history back to the file system.
+                # It must be chosen before anything is written: switching to WAL writes the
+                # file's first page, after which this pragma is silently ignored.
+                connection.execute("PRAGMA auto_vacuum = INCREMENTAL")
             connection.execute("PRAGMA journal_mode = WAL")
             connection.execute(f"PRAGMA synchronous = {self.synchronous.upper()}")
             if not existed:
-                # Incremental vacuum gives the pages of pruned history back to the file system.
-                connection.execute("PRAGMA auto_vacuum = INCREMENTAL")
                 connection.executescript(f"BEGIN; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
         except BaseException:
             connection.close()
@@ -165,7 +168,11 @@ class SqliteStore(Store):
 
     async def _on(self, executor: ThreadPoolExecutor, call: Callable[[], T]) -> T:
         try:
-            return await asyncio.get_running_loop().run_in_executor(executor, call)
+            future = asyncio.get_running_loop().run_in_executor(executor, call)
+        except RuntimeError as exc:  # `close` shut the executor down
+            raise StoreError(f"{self.path} is not open") from exc
+        try:
+            return await future
         except sqlite3.DatabaseError as exc:
             if isinstance(exc, sqlite3.IntegrityError | sqlite3.OperationalError):
                 raise StoreError(f"{self.path}: {exc}") from exc
@@ -230,7 +237,12 @@ class SqliteStore(Store):
                 db.execute("ROLLBACK")
             raise
         if snapshots and self.keep_versions:
-            db.execute("PRAGMA incremental_vacuum")
+            # `execute` steps a statement without result columns once, and each step of this
+            # pragma frees one page; `executescript` runs it to the end. The commit is durable
+            # already: a failure here must not report it as failed (the registry would reset
+            # rooms whose updates are stored), and the next snapshot tries again.
+            with contextlib.suppress(sqlite3.Error):
+                db.executescript("PRAGMA incremental_vacuum;")
 
     def _prune(self, db: sqlite3.Connection, room_id: str) -> None:
         """Forget history older than ``keep_versions`` (never what loading the room needs)."""
