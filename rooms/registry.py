@@ -188,17 +188,16 @@ class Room:
     # Versioned sessions by client_id: one live connection per client_id at a time.
     clients: dict[ClientId, Session] = field(default_factory=dict)
     eviction: asyncio.TimerHandle | None = None
-    # Durability: the last committed version, the updates applied since and not yet handed to
-    # the store, and the messages waiting for the commit of the version they were made at.
+    # Durability. `changes` counts what must be stored before it is shown (updates, language
+    # changes), `durable` how many of those are committed; `unsynced` holds the updates not yet
+    # handed to the store, `held` the messages waiting for the commit of the change they were
+    # made after.
+    changes: int = 0
     durable: int = 0
     unsynced: list[Record] = field(default_factory=list)
     held: deque[tuple[int, Session, str | tuple[str, ...]]] = field(default_factory=deque)
     snapshot_version: int = 0
     stored_language: str = ""  # the language as last handed to the store
-
-    @property
-    def dirty(self) -> bool:
-        return bool(self.unsynced) or self.language != self.stored_language
 
 
 def _size(entry: str | tuple[str, ...]) -> int:
@@ -271,7 +270,7 @@ class RoomRegistry:
                 await self._committer
             self._committer = None
         for room in list(self.rooms.values()):
-            self._evict(room.room_id)
+            self._evict(room.room_id, force=True)
         await self.store.close()
 
     async def open(self, room_id: RoomId) -> Room:
@@ -331,7 +330,6 @@ class RoomRegistry:
             epoch=stored.info.epoch,
         )
         room = Room(room_id, document, stored.info.language)
-        room.durable = document.version
         room.snapshot_version = stored.snapshot_version
         room.stored_language = stored.info.language
         log.info("room_loaded", room_id=room_id, version=document.version, updates=len(updates))
@@ -518,14 +516,14 @@ class RoomRegistry:
         grace = max(0.0, self.settings.room_grace_seconds)
         room.eviction = asyncio.get_running_loop().call_later(grace, self._evict, room.room_id)
 
-    def _evict(self, room_id: RoomId) -> None:
+    def _evict(self, room_id: RoomId, force: bool = False) -> None:
         room = self.rooms.get(room_id)
         if room is None or room.sessions:
             return
         if room.eviction is not None:
             room.eviction.cancel()
             room.eviction = None
-        if room.dirty or room.durable < room.document.version:
+        if room.durable < room.changes and not force:
             # Not committed yet: unloading now would lose it. Try again after the commit.
             room.eviction = asyncio.get_running_loop().call_later(0.1, self._evict, room_id)
             return
@@ -719,6 +717,9 @@ class RoomRegistry:
         self._mark_dirty(session.room)
 
     def _mark_dirty(self, room: Room) -> None:
+        """A change to store: nothing queued for the room's clients from now on is shown before
+        the commit that carries it has returned."""
+        room.changes += 1
         self._dirty[room.room_id] = room
         if self._committer is None:  # a registry used without `start` (tests of the room logic)
             self._committer = asyncio.create_task(self._commit_loop(), name="collab-committer")
@@ -728,15 +729,16 @@ class RoomRegistry:
             if not wanted.done():
                 wanted.set_result(None)
 
-    def _take_write(self, room: Room) -> RoomWrite:
+    def _take_write(self, room: Room) -> tuple[RoomWrite, int]:
+        """What to commit for the room, and the count of its changes that commit makes durable."""
         records, room.unsynced = room.unsynced, []
-        head = records[-1].version if records else room.durable
+        head = records[-1].version if records else room.document.version
         snapshot = None
         if records and head - room.snapshot_version >= self.settings.snapshot_every:
             snapshot = room.document.text  # the text at `head`: every applied update is in `records`
             room.snapshot_version = head
         room.stored_language = room.language
-        return RoomWrite(room.room_id, room.document.epoch, room.language, records, snapshot, head)
+        return RoomWrite(room.room_id, room.document.epoch, room.language, records, snapshot, head), room.changes
 
     async def _commit_loop(self) -> None:
         """The committer: one `Store.commit` at a time, of everything applied since the last."""
@@ -747,7 +749,8 @@ class RoomRegistry:
                 await self._commit_wanted
             rooms = [room for room in self._dirty.values() if self.rooms.get(room.room_id) is room]
             self._dirty.clear()
-            writes = [self._take_write(room) for room in rooms]
+            taken = [self._take_write(room) for room in rooms]
+            writes = [write for write, _ in taken]
             if not writes:
                 continue
             self._committing = True
@@ -768,8 +771,8 @@ class RoomRegistry:
             metrics.STORE_COMMIT.observe(time.perf_counter() - started)
             metrics.STORE_COMMIT_UPDATES.observe(sum(len(write.records) for write in writes))
             self.store_ok = True
-            for room, write in zip(rooms, writes, strict=True):
-                self._release(room, write.head)
+            for room, (_, changes) in zip(rooms, taken, strict=True):
+                self._release(room, changes)
 
     def _fail_room(self, room: Room) -> None:
         """A commit carrying this room failed: forget the room's uncommitted state.
@@ -854,13 +857,14 @@ class RoomRegistry:
         if session.closed:
             return False
         room = session.room
-        if room.held or room.durable < room.document.version:
-            room.held.append((room.document.version, session, message))
+        if room.held or room.durable < room.changes:
+            room.held.append((room.changes, session, message))
             return True
         return self._deliver(session, message)
 
     def _release(self, room: Room, durable: int) -> None:
-        """Version ``durable`` is committed: let go of what was held for it, in order."""
+        """The room's first ``durable`` changes are committed: let go of what was held for
+        them, in order."""
         room.durable = max(room.durable, durable)
         held = room.held
         while held and held[0][0] <= room.durable:

@@ -142,11 +142,6 @@ async def test_held_updates_reach_everyone_in_order_once_committed(store: GatedS
     assert [[1, 2, 3]] * 3 == [versions(transport) for _, transport in sessions]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="RoomRegistry._enqueue holds messages only while an update is uncommitted "
-    "(room.durable < document.version); a language change alone is broadcast before its commit",
-)
 async def test_a_language_change_reaches_no_one_before_it_is_committed(
     store: GatedStore, registry: RoomRegistry
 ) -> None:
