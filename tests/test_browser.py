@@ -647,3 +647,41 @@ def test_download_saves_the_pages_text_with_the_languages_extension(
     download.value.save_as(target)
     assert f"{room}.py" == target.name
     assert "print('saved')\n" == target.read_text()
+
+
+# The text in the history view's CodeMirror (NiceGUI's `getElement` gives the component).
+HISTORY_TEXT = "getElement(document.querySelector('.collab-history-code').id.slice(1)).editor.state.doc.toString()"
+
+
+def test_history_shows_an_old_version_beside_the_live_editor_and_restoring_it_reaches_every_page(
+    open_pad: Callable[..., Pad], room: str
+) -> None:
+    ann = open_pad("Ann", room)
+    bob = open_pad("Bob", room)
+    ann.page.locator(".cm-content").click()
+    for line in ("first line\n", "second line\n", "third line"):
+        ann.page.keyboard.type(line)
+        ann.wait_settled()
+    current = "first line\nsecond line\nthird line"
+    bob.wait_text("t === arg", current)
+    ann.page.locator(".collab-history-open").click()
+    history = ann.page.locator(".collab-history")
+    lines = history.locator(".collab-history-code .cm-line")
+    lines.filter(has_text="third line").wait_for()
+    # Drag the slider's thumb (at the newest version) back to a third of its track.
+    track = history.locator(".q-slider").bounding_box()
+    thumb = history.locator(".q-slider__thumb").bounding_box()
+    assert track is not None and thumb is not None
+    ann.page.mouse.move(thumb["x"] + thumb["width"] / 2, thumb["y"] + thumb["height"] / 2)
+    ann.page.mouse.down()
+    ann.page.mouse.move(track["x"] + track["width"] / 3, track["y"] + track["height"] / 2, steps=10)
+    ann.page.mouse.up()
+    lines.filter(has_text="third line").wait_for(state="detached")
+    old = str(ann.page.evaluate(HISTORY_TEXT))
+    assert old.startswith("first") and current.startswith(old) and old != current
+    assert current == ann.text()  # the live editor behind the view is untouched
+    history.get_by_role("button", name="Restore this version").click()
+    ann.page.get_by_role("button", name="Restore", exact=True).click()
+    ann.page.get_by_text("restored as version").wait_for()
+    bob.wait_text("t === arg", old)
+    ann.wait_text("t === arg", old)

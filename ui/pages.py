@@ -22,6 +22,7 @@ from rooms.protocol import Language
 from rooms.registry import Room, RoomRegistry
 from rooms.settings import Settings
 from ui.editor import CollabEditor, ConnectionBadge, Identity
+from ui.history import open_history
 from ui.languages import LANGUAGES, extension_for, label_for
 
 ROOM_ID_BYTES = 12  # 96 bits of randomness, 16 url-safe characters
@@ -292,6 +293,8 @@ def build_room(services: Services, room_id: str, who: Identity) -> None:
             select.set_options({**LANGUAGES, language: label_for(language)}, value=language)
         theme = ui.button(icon="dark_mode" if not dark else "light_mode", on_click=lambda: toggle_theme())
         theme.props("flat dense round color=white").mark("theme").tooltip("Light or dark theme")
+        history = ui.button(icon="history", on_click=lambda: show_history()).classes("collab-history-open")
+        history.props("flat dense round color=white").mark("history").tooltip("Play back how the code was written")
         ui.button(icon="download", on_click=lambda: editor.download(f"{room_id}.{extension_for(select.value)}")).props(
             "flat dense round color=white"
         ).tooltip("Download the code")
@@ -427,6 +430,15 @@ def build_room(services: Services, room_id: str, who: Identity) -> None:
         app.storage.user["dark"] = now_dark
         theme.props(f"icon={'light_mode' if now_dark else 'dark_mode'}")
         editor.set_theme("dark" if now_dark else "light")
+
+    def show_history() -> None:
+        open_history(
+            services.registry(),
+            room_id,
+            editor,
+            language=select.value or language,
+            dark=bool(app.storage.user.get("dark")),
+        )
 
     def copy_link() -> None:
         ui.run_javascript("navigator.clipboard.writeText(window.location.href).catch(() => {})")
