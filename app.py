@@ -136,12 +136,18 @@ class Server(uvicorn.Server):
             registry.accepting = False  # only a flag: this runs inside a signal handler
         if self.drain_until is None and settings.shutdown_drain_seconds > 0:
             self.drain_until = time.monotonic() + settings.shutdown_drain_seconds
+            # Recorded as uvicorn does, so that the signal is raised again once stopped.
+            self._captured_signals.append(sig)
             return
         super().handle_exit(sig, frame)
 
     async def on_tick(self, counter: int) -> bool:
-        if self.drain_until is not None and time.monotonic() >= self.drain_until:
-            self.should_exit = True
+        if self.drain_until is not None:
+            registry: RoomRegistry | None = getattr(app.state, "registry", None)
+            if registry is not None:
+                registry.begin_shutdown()  # logs it, once, from the event loop
+            if time.monotonic() >= self.drain_until:
+                self.should_exit = True
         return await super().on_tick(counter)
 
 

@@ -227,6 +227,7 @@ class RoomRegistry:
         self._committing = False
         self._committer: asyncio.Task[None] | None = None
         self.store_ok = True  # False after a failed commit, until one succeeds
+        self._shutdown_logged = False
         self.accepting = True
 
     # Lifecycle
@@ -244,8 +245,9 @@ class RoomRegistry:
 
     def begin_shutdown(self) -> None:
         """Turn unready and refuse new sessions; the connected ones go on until `stop`."""
-        if self.accepting:
-            self.accepting = False
+        self.accepting = False
+        if not self._shutdown_logged:
+            self._shutdown_logged = True
             log.info("shutdown_started")
 
     async def stop(self, code: int = CLOSE_SERVICE_RESTART, reason: str = "server restarting") -> None:

@@ -67,7 +67,8 @@ class LiveServer:
 
 
 def start_server(tmp: Path, **env: str) -> LiveServer:
-    port = free_port()
+    """Start the app; ``PORT`` in ``env`` pins the port (a restart on the address clients know)."""
+    port = int(env["PORT"]) if "PORT" in env else free_port()
     log_path = tmp / f"server-{port}.log"
     environment = {
         **os.environ,

@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import httpx
 import pytest
@@ -32,7 +31,6 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from rooms.changes import ChangeSet
 from rooms.replica import Replica
-from tests import conftest
 from tests.conftest import LiveServer, start_server
 
 pytestmark = pytest.mark.slow
@@ -72,10 +70,7 @@ class Servers:
             live = start_server(run, **env)
         else:
             # The same port, so that clients (and pages) reconnect to the address they know.
-            # start_server picks its port with free_port(): pin it as well as PORT.
-            port = self.started[0].port
-            with mock.patch.object(conftest, "free_port", return_value=port):
-                live = start_server(run, PORT=str(port), **env)
+            live = start_server(run, PORT=str(self.started[0].port), **env)
         self.started.append(live)
         return live
 
@@ -421,11 +416,6 @@ async def test_sigterm_turns_unready_serves_the_connected_exits_and_loses_nothin
         await crowd.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="app.Server.handle_exit returns before uvicorn's handle_exit records the signal when a drain is "
-    "configured, so uvicorn does not re-raise it and the process exits 0 instead of by SIGTERM",
-)
 def test_sigterm_after_a_drain_ends_the_process_by_the_signal_as_without_one(servers: Servers) -> None:
     # docs/operations.md: outside a container the exit status says the process was terminated
     # (143 in a shell), as it does without a drain (tests/test_operations.py).
