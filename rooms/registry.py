@@ -220,7 +220,9 @@ class RoomRegistry:
         self.rooms: dict[RoomId, Room] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._closing: set[asyncio.Task[None]] = set()
-        self._loading: dict[RoomId, asyncio.Task[None]] = {}
+        # Rooms being opened: how many opens wait, and the lock that serves them in order.
+        self._openers: dict[RoomId, int] = {}
+        self._open_locks: dict[RoomId, asyncio.Lock] = {}
         # Rooms with work for the committer, and the future it sleeps on when there is none.
         self._dirty: dict[RoomId, Room] = {}
         self._commit_wanted: asyncio.Future[None] | None = None
@@ -278,33 +280,42 @@ class RoomRegistry:
     async def open(self, room_id: RoomId) -> Room:
         """The room with this id, loaded from the store (or made empty) if it is not in memory.
 
-        Concurrent opens of one room share one load. Raises `ServerStopping` while shutting
-        down and `StorageUnavailable` when the store cannot be read.
+        Opens of a room being loaded wait for that one load, and return in the order they were
+        called, as does any open that comes while they wait: the caller admits its client in
+        the same step, so clients join in the order their joins arrived. Raises
+        `ServerStopping` while shutting down and `StorageUnavailable` when the store cannot be
+        read.
         """
         if not self.accepting:
             raise ServerStopping()
         room = self.rooms.get(room_id)
-        while room is None:
-            loading = self._loading.get(room_id)
-            if loading is None:
-                loading = self._loading[room_id] = asyncio.create_task(self._load(room_id), name="collab-load")
-                loading.add_done_callback(lambda _: self._loading.pop(room_id, None))
-            await asyncio.shield(loading)
-            room = self.rooms.get(room_id)  # None only if it was unloaded again meanwhile
+        if room is None or room_id in self._openers:
+            self._openers[room_id] = self._openers.get(room_id, 0) + 1
+            lock = self._open_locks.setdefault(room_id, asyncio.Lock())  # first come, first served
+            try:
+                async with lock:
+                    room = self.rooms.get(room_id)
+                    if room is None:
+                        room = await self._load(room_id)
+            finally:
+                self._openers[room_id] -= 1
+                if not self._openers[room_id]:
+                    del self._openers[room_id]
+                    del self._open_locks[room_id]
         if room.eviction is not None:
             room.eviction.cancel()
             room.eviction = None
         return room
 
-    async def _load(self, room_id: RoomId) -> None:
+    async def _load(self, room_id: RoomId) -> Room:
         try:
             stored = await self.store.load(room_id, self.settings.history_limit)
         except Exception as exc:
             log.exception("room_load_failed", room_id=room_id)
             raise StorageUnavailable() from exc
-        if room_id not in self.rooms:
-            self.rooms[room_id] = self._restore(room_id, stored) if stored is not None else self._new_room(room_id)
-            metrics.ROOMS.set(len(self.rooms))
+        room = self.rooms[room_id] = self._restore(room_id, stored) if stored is not None else self._new_room(room_id)
+        metrics.ROOMS.set(len(self.rooms))
+        return room
 
     def _new_room(self, room_id: RoomId) -> Room:
         document = Document(

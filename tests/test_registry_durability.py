@@ -45,6 +45,20 @@ class UnreadableStore(MemoryStore):
         raise StoreError("cannot read the room")
 
 
+class SlowLoadingStore(MemoryStore):
+    """A memory store whose loads wait for ``gate``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.loaded = asyncio.Event()
+
+    async def load(self, room_id: str, history: int) -> StoredRoom | None:
+        await self.gate.wait()
+        self.loaded.set()  # whoever waits for this resumes right after the load returns
+        return await super().load(room_id, history)
+
+
 def make_registry(store: MemoryStore | SqliteStore, **overrides: Any) -> RoomRegistry:
     return RoomRegistry(Settings(**overrides), clock=Clock(), store=store)
 
@@ -387,3 +401,20 @@ async def test_restore_keeps_the_history_and_stores_the_restorers_name(
         [record.author for record in records],
         [await store.text_at("r", version) for version in (1, 2, 3)],
     )
+
+
+async def test_clients_join_a_room_being_loaded_in_the_order_their_joins_came() -> None:
+    store = SlowLoadingStore()
+    registry = make_registry(store)
+    transports = {name: FakeTransport() for name in ("ann", "bob", "cid")}
+    ann = asyncio.create_task(registry.join_seed("r", transports["ann"], "ann"))
+    bob = asyncio.create_task(registry.join_seed("r", transports["bob"], "bob"))
+    await settle()
+    store.gate.set()
+    await store.loaded.wait()  # the moment the load is done, before the waiting joins resume
+    cid = await registry.join_seed("r", transports["cid"], "cid")  # comes after them all the same
+    sessions = [await ann, await bob, cid]
+    await settle()
+    assert [session.user_id for session in sessions] == list(registry.rooms["r"].sessions)
+    assert ["bob", "cid"] == [m["username"] for m in transports["ann"].of_type("user_joined")]
+    assert ["cid"] == [m["username"] for m in transports["bob"].of_type("user_joined")]
