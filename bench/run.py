@@ -11,11 +11,12 @@ Runs on loopback, one server at a time, each started fresh for each measurement
    after a load it failed twice (p99 over 100 ms, or a drop, or an undelivered edit);
 2. document size: the same load on documents of 1,000 and 100,000 characters, ours and naive;
 3. slow consumer: one client per room stops reading; the others' p99, ours and naive;
-4. idle memory per raw connection, every server.
+4. idle memory per raw connection, every server;
+5. browser pages (``bench/browser.py``): server memory per open room page, and edit latency
+   measured in the pages, with 10 and 30 headless Chromium pages (ours only).
 
-Each section is a function returning rows, so another (browser pages, once the browser editor
-is measured) is one more entry in ``SECTIONS``. The whole run is bounded: every load stops by
-itself, and the default plan takes about 12 minutes.
+Each section is a function that adds its results to the report, one entry in ``SECTIONS``. The
+whole run is bounded: every load stops by itself, and the default plan takes about 12 minutes.
 """
 
 from __future__ import annotations
@@ -38,7 +39,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 # bench/ is a folder of scripts, not a package: its modules import each other as siblings.
+import browser
 import servers
+from browser import BrowserLoad, BrowserResult
 from load import Load, Result, format_result, idle_memory, run_load
 from servers import Kind
 
@@ -50,6 +53,7 @@ CAPACITY_P99_MS = 100.0  # a load is within capacity below this p99, with no dro
 QUIET_CORES = 0.5
 QUIET_WAIT_S = 20.0
 QUIET_BUDGET_S = 120.0
+PAGE_TARGET_MIB = 1.0  # server memory per open browser room page
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,8 @@ class Plan:
     idle_connections: int = 1_000
     procs_from: int = 1_000  # loads of this many clients or more use two client processes
     kinds: tuple[Kind, ...] = (Kind.OURS, Kind.BARE, Kind.NAIVE)
+    browser_pages: tuple[int, ...] = (10, 30)  # open room pages, in rooms of 5, one typist each
+    browser_seconds: float = 10.0
 
 
 QUICK = Plan(
@@ -97,6 +103,8 @@ QUICK = Plan(
     pair_repeats=1,
     idle_connections=20,
     procs_from=20,
+    browser_pages=(2,),
+    browser_seconds=2.0,
 )
 
 
@@ -111,6 +119,7 @@ class Report:
     doc_size: list[Result] = field(default_factory=list)
     slow: list[Result] = field(default_factory=list)
     idle: list[dict[str, Any]] = field(default_factory=list)
+    browser: list[BrowserResult] = field(default_factory=list)
     duration_s: float = 0.0
     quiet_waited_s: float = 0.0  # time spent waiting for other work to calm down
     load_average: tuple[float, float, float] = (0.0, 0.0, 0.0)
@@ -249,12 +258,23 @@ def idle(report: Report) -> None:
         report.idle.append(row)
 
 
+def browser_pages(report: Report) -> None:
+    """Headless Chromium pages in rooms of 5, each set against a fresh server."""
+    for pages in report.plan.browser_pages:
+        wait_for_quiet(report)
+        result = browser.run_browser(BrowserLoad(pages, seconds=report.plan.browser_seconds))
+        print(f"\n== {pages} browser pages\n{browser.format_result(result)}", flush=True)
+        print(json.dumps(result.to_json()), flush=True)
+        report.browser.append(result)
+
+
 SECTIONS: dict[str, Callable[[Report], None]] = {
     "capacity": capacity,
     "target": target,
     "docsize": doc_size,
     "slow": slow_consumer,
     "idle": idle,
+    "browser": browser_pages,
 }
 
 
@@ -365,12 +385,8 @@ def render(report: Report) -> str:
     _doc_size_table(report, add)
     _slow_table(report, add)
     _idle_table(report, add)
+    _browser_table(report, add)
     _limits(add)
-    add("## Browser clients")
-    add("")
-    add("Not measured yet: server memory per open room page and edit latency with 10 and 30 headless")
-    add("Chromium pages come with the browser editor, as one more section of `bench/run.py`.")
-    add("")
     _method(add)
     add("## Raw results")
     add("")
@@ -384,6 +400,8 @@ def render(report: Report) -> str:
         add(json.dumps(data))
     for row in report.idle:
         add(json.dumps(row))
+    for browser_result in report.browser:
+        add(json.dumps(browser_result.to_json()))
     add("```")
     add("")
     add("</details>")
@@ -445,7 +463,19 @@ def _targets(report: Report, add: Callable[[str], None]) -> None:
     if ours_idle:
         kib = ours_idle[0]["kib_per_connection"]
         add(f"| < 100 KiB per idle raw connection | {kib:.0f} KiB | {_yes(kib < 100)} |")
-    add("| < 1 MiB per open browser room page | not measured yet (browser editor) | – |")
+    if report.browser:
+        # Complete: every page of the set opened and the server's RSS was read with them open.
+        complete = [r for r in report.browser if r.live_pages == r.pages and r.rss_after_mib > 0]
+        cells = [f"{r.mib_per_page:.2f} MiB with {r.pages} pages" for r in complete]
+        cells += [
+            f"not measured with {r.pages} pages ({r.error or 'pages missing'})"
+            for r in report.browser
+            if r not in complete
+        ]
+        holds = len(complete) == len(report.browser) and all(r.mib_per_page < PAGE_TARGET_MIB for r in complete)
+        add(f"| < {PAGE_TARGET_MIB:g} MiB per open browser room page | {', '.join(cells)} | {_yes(holds)} |")
+    else:
+        add(f"| < {PAGE_TARGET_MIB:g} MiB per open browser room page | not measured in this run | – |")
     add("")
 
 
@@ -619,6 +649,55 @@ def _idle_table(report: Report, add: Callable[[str], None]) -> None:
     add("")
 
 
+def _browser_table(report: Report, add: Callable[[str], None]) -> None:
+    add("## Browser clients")
+    add("")
+    if not report.browser:
+        add("Not measured in this run. `make bench` includes it (the `browser` section of `bench/run.py`);")
+        add("`.venv/bin/python bench/browser.py` alone prints it.")
+        add("")
+        return
+    first = report.browser[0]
+    add(
+        f"Headless Chromium pages of the room editor, in rooms of {first.room_size}: in each room "
+        f"{first.writers} page types {first.rate:g} edits a second for {first.seconds:g} s and the others read. "
+        "Server memory: RSS growth over the open pages (live and settled, before typing) divided by "
+        "their number. Latency: from the typist's edit to its arrival in each other page's editor, "
+        "read from the pages' own clock, in ms; *on the way* is the part until the frame reached the "
+        "reader's editor, before it was applied. Every page is rendered by one Chromium on the same two "
+        "cores as the server (*CPU*: server / browser / other work, 100% = one core)."
+    )
+    add("")
+    add(
+        f"| Pages | Server RSS | Per page | < {PAGE_TARGET_MIB:g} MiB | p50 / p95 / p99 ms | On the way, p50 "
+        "| Received (lost) | CPU s / b / o |"
+    )
+    add("|---:|---:|---:|---|---|---:|---:|---|")
+    for r in report.browser:
+        if r.live_pages == 0:
+            add(f"| {r.pages} | failed: {r.error} | – | – | – | – | – | – |")
+            continue
+        latency = f"{_ms(r.p50_ms)} / {_ms(r.p95_ms)} / {_ms(r.p99_ms)}"
+        flags = [f"{r.reloaded_pages} pages reloaded"] if r.reloaded_pages else []
+        if r.error:
+            flags.append(f"stopped early: {r.error}")
+        add(
+            f"| {r.live_pages} | {r.rss_before_mib:.0f} → {r.rss_after_mib:.0f} MiB | {r.mib_per_page:.2f} MiB | "
+            f"{_yes(r.mib_per_page < PAGE_TARGET_MIB)} | {latency}"
+            + (f" ({', '.join(flags)})" if flags else "")
+            + f" | {_ms(r.transit_p50_ms)} | {r.deliveries} ({r.undelivered}) | "
+            f"{r.server_cpu_percent:.0f}% / {r.browser_cpu_percent:.0f}% / {r.other_cpu_percent:.0f}% |"
+        )
+    add("")
+    spread = max(r.clock_spread_ms for r in report.browser)
+    add(
+        f"The pages' clocks agreed within {spread:.2f} ms. RSS after the typing: "
+        + ", ".join(f"{r.rss_typed_mib:.0f} MiB with {r.live_pages} pages" for r in report.browser)
+        + "."
+    )
+    add("")
+
+
 def _limits(add: Callable[[str], None]) -> None:
     """What profiling found; facts about the code, true whatever this run measured."""
     add("## Where the time goes")
@@ -699,9 +778,27 @@ def _method(add: Callable[[str], None]) -> None:
         "reading, so the server's writes to it back up as they would to a frozen browser tab.",
         "**Idle memory.** 1,000 connections that join (hello, or just connect for the baselines) in "
         "rooms of 5 and then stay silent; RSS growth divided by the count.",
+        "**Browser pages.** `bench/browser.py` starts ours afresh and one headless Chromium (Debian's "
+        "`/usr/bin/chromium` through Playwright) and opens 10, then 30, room pages in rooms of 5, a "
+        "server and a browser for each set. Seat k of every room is one person (a browser context "
+        "with its own name) with a tab in each room. Memory: the server's RSS with one warm-up page "
+        "open, then with every page live and settled for 3 s, before any typing; the growth divided by "
+        "the pages. Latency: one page per room types a word of a Python comment (four to a line) into "
+        "its CodeMirror view 5 times a second (Poisson arrivals); the word holds the page's clock "
+        "(`performance.timeOrigin + performance.now()`, one clock for every page of the machine, which "
+        "the run checks). Every other page of the room wraps its view's `update` and, when a change with "
+        "the word has been applied to its editor, records its clock minus the word's; it also records "
+        "when the frame reached its editor (*on the way*). A word a page had not received 5 s after "
+        "the typing stopped counts as lost. A page that reloads (its editor starts again) is reported. "
+        "Chromium renders every page in software (`--disable-gpu`) on the same two cores as the "
+        "server, so its CPU is reported beside the latency: where it nears the two cores, the browser, "
+        "not the server, sets the latency.",
         "**Quick checks.** `.venv/bin/python bench/load.py --kind ours --rooms 100 --clients 5` runs "
         "one load (it starts the server itself; `--kind bare|naive`, `--doc-chars`, `--stalled`, "
-        "`--idle N` and `--help` for more); `bench/quick_load.py` is the older entry point to it.",
+        "`--idle N` and `--help` for more); `bench/quick_load.py` is the older entry point to it. "
+        "`.venv/bin/python bench/browser.py --pages 10` measures one set of browser pages (`--room-size`, "
+        "`--writers`, `--rate`, `--seconds`); `bench/run.py --only browser --output /tmp/browser.md` runs "
+        "just that section.",
     ):
         add(paragraph)
         add("")

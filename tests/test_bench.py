@@ -1,9 +1,12 @@
-"""Smoke tests of the benchmark tools: the load generator drives every kind of server, and the
-report renders. Tiny bounded loads of a second or two, and no assertion about speed."""
+"""Smoke tests of the benchmark tools: the load generator drives every kind of server, the
+browser benchmark drives real pages, and the report renders. Tiny bounded loads of a second or
+two, and no assertion about speed."""
 
 from __future__ import annotations
 
 import datetime
+import math
+import shutil
 import sys
 from pathlib import Path
 
@@ -12,8 +15,10 @@ import pytest
 # bench/ is a folder of scripts, not a package: its modules import each other as siblings.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
+import browser
 import run
 import servers
+from browser import BrowserLoad, BrowserResult
 from load import Load, Result, format_result, idle_memory, run_load
 from servers import Kind
 
@@ -66,6 +71,41 @@ def test_idle_memory_reports_growth_per_connection() -> None:
     assert "bare" == row["kind"]
     assert 10 == row["idle_connections"]
     assert isinstance(row["kib_per_connection"], float)
+
+
+@pytest.mark.slow
+def test_browser_pages_report_server_memory_and_the_latency_read_in_the_pages() -> None:
+    if shutil.which(browser.CHROMIUM) is None:
+        pytest.fail(f"{browser.CHROMIUM} is missing: run `make system` (Debian packages chromium and chromium-driver)")
+    load = BrowserLoad(2, seconds=2.0, settle_seconds=0.5, drain_seconds=5.0, room_prefix="t")
+
+    result = browser.run_browser(load)
+
+    assert "" == result.error
+    assert 2 == result.live_pages
+    assert 0 == result.reloaded_pages
+    assert 0 == result.page_errors
+    assert result.edits > 0
+    # One typist and one reader: the reader saw every word, once.
+    assert result.edits == result.deliveries
+    assert 0 == result.undelivered
+    assert 0 < result.p50_ms <= result.p99_ms < math.inf
+    assert result.transit_p50_ms <= result.p99_ms
+    assert 0 < result.rss_before_mib
+    assert 0 < result.rss_after_mib
+    assert result.ok
+    assert "latency p50/p95/p99" in browser.format_result(result)
+
+
+def _browser(pages: int, mib_per_page: float) -> BrowserResult:
+    result = BrowserResult(pages=pages, rooms=pages // 5, room_size=5, writers=1, rate=5.0, seconds=15.0)
+    result.live_pages = pages
+    result.rss_before_mib = 80.0
+    result.rss_after_mib = 80.0 + pages * mib_per_page
+    result.rss_typed_mib = result.rss_after_mib + 0.5
+    result.edits, result.deliveries = 150, 600
+    result.p50_ms, result.p95_ms, result.p99_ms, result.transit_p50_ms = 20.0, 60.0, 90.0, 12.0
+    return result
 
 
 def _result(kind: Kind, clients: int, p99: float, **fields: float) -> Result:
@@ -127,6 +167,7 @@ def test_report_renders_every_section_and_checks_the_targets() -> None:
             "kib_per_connection": 51.2,
         }
     ]
+    report.browser = [_browser(10, 0.75), _browser(30, 0.5)]
 
     text = run.render(report)
 
@@ -145,4 +186,29 @@ def test_report_renders_every_section_and_checks_the_targets() -> None:
     assert "ours ≥ 20, bare ≥ 20, naive 10 clients | yes |" in text
     assert "+10%) | yes |" in text
     assert "| < 100 KiB per idle raw connection | 51 KiB | yes |" in text
+    assert "| < 1 MiB per open browser room page | 0.75 MiB with 10 pages, 0.50 MiB with 30 pages | yes |" in text
+    assert "| 30 | 80 → 95 MiB | 0.50 MiB | yes | 20 / 60 / 90 | 12 | 600 (0) |" in text
     assert "lost" in text
+
+
+def test_a_browser_set_that_failed_is_reported_and_fails_the_memory_target() -> None:
+    report = run.Report(run.QUICK, datetime.datetime(2026, 1, 2, 3, 4, tzinfo=datetime.UTC))
+    failed = BrowserResult(pages=30, rooms=6, room_size=5, writers=1, rate=5.0, seconds=15.0)
+    failed.error = "TimeoutError: Page.wait_for_function: Timeout 60000ms exceeded."
+    report.browser = [_browser(10, 0.75), failed]
+
+    text = run.render(report)
+
+    assert "not measured with 30 pages (TimeoutError: Page.wait_for_function" in text
+    assert "| 30 | failed: TimeoutError" in text
+    assert "per open browser room page | 0.75 MiB with 10 pages, not measured" in text
+    assert text.split("per open browser room page")[1].split("\n")[0].endswith("| **no** |")
+
+
+def test_a_run_without_the_browser_section_says_so() -> None:
+    report = run.Report(run.QUICK, datetime.datetime(2026, 1, 2, 3, 4, tzinfo=datetime.UTC))
+
+    text = run.render(report)
+
+    assert "| < 1 MiB per open browser room page | not measured in this run | – |" in text
+    assert "## Browser clients\n\nNot measured in this run." in text
