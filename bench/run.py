@@ -9,10 +9,12 @@ Runs on loopback, one server at a time, each started fresh for each measurement
 1. capacity: rooms of 5 at 5 edits/s and rooms of 50 at 2 edits/s, growing client counts, for
    ours, the bare ``websockets`` relay and the naive FastAPI design; a server's series stops
    after a load it failed twice (p99 over 100 ms, or a drop, or an undelivered edit);
-2. document size: the same load on documents of 1,000 and 100,000 characters, ours and naive;
-3. slow consumer: one client per room stops reading; the others' p99, ours and naive;
-4. idle memory per raw connection, every server;
-5. browser pages (``bench/browser.py``): server memory per open room page, and edit latency
+2. the cost of durability: ours with ``STORE=memory`` at the first series' loads, beside ours
+   with the default SQLite store from 1., with the store's commit latency from ``/metrics``;
+3. document size: the same load on documents of 1,000 and 100,000 characters, ours and naive;
+4. slow consumer: one client per room stops reading; the others' p99, ours and naive;
+5. idle memory per raw connection, every server;
+6. browser pages (``bench/browser.py``): server memory per open room page, and edit latency
    measured in the pages, with 10 and 30 headless Chromium pages (ours only).
 
 Each section is a function that adds its results to the report, one entry in ``SECTIONS``. The
@@ -31,6 +33,7 @@ import signal
 import statistics
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from importlib import metadata
@@ -47,6 +50,7 @@ from servers import Kind
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "benchmarks.md"
+MEMORY = {"STORE": "memory"}  # ours with nothing stored, for the cost of durability
 CAPACITY_P99_MS = 100.0  # a load is within capacity below this p99, with no drop and nothing lost
 # Before each load, other work busier than this (in cores) is waited out, for at most
 # QUIET_WAIT_S seconds a load and QUIET_BUDGET_S over the whole run, which keeps it bounded.
@@ -120,6 +124,7 @@ class Report:
     slow: list[Result] = field(default_factory=list)
     idle: list[dict[str, Any]] = field(default_factory=list)
     browser: list[BrowserResult] = field(default_factory=list)
+    memory_store: list[Result] = field(default_factory=list)  # ours with STORE=memory
     duration_s: float = 0.0
     quiet_waited_s: float = 0.0  # time spent waiting for other work to calm down
     load_average: tuple[float, float, float] = (0.0, 0.0, 0.0)
@@ -129,6 +134,7 @@ class Report:
         for results in self.capacity.values():
             yield from results
         yield from self.target_runs
+        yield from self.memory_store
         yield from self.doc_size
         yield from self.slow
 
@@ -149,16 +155,65 @@ def wait_for_quiet(report: Report) -> None:
         report.quiet_waited_s += 1.0
 
 
-def measure(load: Load, label: str, report: Report | None = None) -> Result:
+def measure(
+    load: Load, label: str, report: Report | None = None, env: dict[str, str] | None = None
+) -> Result:
     """Start the server, run one load against it, stop it; print and return the result."""
     if report is not None:
         wait_for_quiet(report)
-    with servers.running(load.kind) as server:
+    with servers.running(load.kind, env) as server:
         result = run_load(replace(load, port=server.port), server.pid)
+        if load.kind is Kind.OURS:
+            result.extra["store"] = store_stats(server.port)
     result.extra["label"] = label
     print(f"\n== {label}\n{format_result(result)}", flush=True)
     print(json.dumps(result.to_json()), flush=True)
     return result
+
+
+def _histogram(text: str, name: str) -> tuple[list[tuple[float, float]], float, float]:
+    """A histogram's cumulative buckets, sum and count from Prometheus text."""
+    buckets: list[tuple[float, float]] = []
+    total = count = 0.0
+    for line in text.splitlines():
+        if line.startswith(f"{name}_bucket{{"):
+            bound = line.split('le="', 1)[1].split('"', 1)[0]
+            buckets.append((math.inf if bound == "+Inf" else float(bound), float(line.rsplit(" ", 1)[1])))
+        elif line.startswith(f"{name}_sum "):
+            total = float(line.rsplit(" ", 1)[1])
+        elif line.startswith(f"{name}_count "):
+            count = float(line.rsplit(" ", 1)[1])
+    return buckets, total, count
+
+
+def quantile(q: float, buckets: list[tuple[float, float]]) -> float:
+    """Prometheus's ``histogram_quantile``: linear interpolation inside the bucket it falls in."""
+    if not buckets or buckets[-1][1] == 0:
+        return math.nan
+    rank = q * buckets[-1][1]
+    lower_bound, lower_count = 0.0, 0.0
+    for bound, cumulative in buckets:
+        if cumulative >= rank:
+            if math.isinf(bound):
+                return lower_bound
+            share = (rank - lower_count) / (cumulative - lower_count) if cumulative > lower_count else 0.0
+            return lower_bound + (bound - lower_bound) * share
+        lower_bound, lower_count = bound, cumulative
+    return lower_bound
+
+
+def store_stats(port: int) -> dict[str, float]:
+    """Commit latency and batch size from our server's /metrics, over everything it committed."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    seconds, _, commits = _histogram(text, "collab_store_commit_seconds")
+    _, updates, _ = _histogram(text, "collab_store_commit_updates")
+    return {
+        "commits": commits,
+        "commit_p50_ms": quantile(0.5, seconds) * 1000,
+        "commit_p99_ms": quantile(0.99, seconds) * 1000,
+        "updates_per_commit": updates / commits if commits else math.nan,
+    }
 
 
 def capacity(report: Report) -> None:
@@ -212,6 +267,32 @@ def target(report: Report) -> None:
             room_prefix="target",
         )
         report.target_runs.append(measure(load, f"target load, ours, run {index + 1}", report))
+
+
+def durability(report: Report) -> None:
+    """The cost of durability: ours with nothing stored (STORE=memory) at the loads of the first
+    capacity series, beside ours with the default SQLite store measured there."""
+    plan = report.plan
+    series = plan.series[0]
+    for clients in series.steps:
+        load = Load(
+            Kind.OURS,
+            0,
+            rooms=clients // series.room_size,
+            clients=series.room_size,
+            rate=series.rate,
+            seconds=plan.seconds,
+            procs=2 if clients >= plan.procs_from else 1,
+            room_prefix="mem",
+        )
+        label = f"{series.name}, ours with STORE=memory, {clients} clients"
+        result = measure(load, label, report, MEMORY)
+        if not result.ok:  # as in the capacity series: a second chance on a shared machine
+            again = measure(load, f"{label}, attempt 2", report, MEMORY)
+            result = again if again.ok or again.p99_ms < result.p99_ms else result
+        report.memory_store.append(result)
+        if not result.ok:
+            break
 
 
 def doc_size(report: Report) -> None:
@@ -271,6 +352,7 @@ def browser_pages(report: Report) -> None:
 SECTIONS: dict[str, Callable[[Report], None]] = {
     "capacity": capacity,
     "target": target,
+    "durability": durability,
     "docsize": doc_size,
     "slow": slow_consumer,
     "idle": idle,
@@ -382,6 +464,7 @@ def render(report: Report) -> str:
     _targets(report, add)
     _capacity_tables(report, add)
     _per_connection(report, add)
+    _durability_table(report, add)
     _doc_size_table(report, add)
     _slow_table(report, add)
     _idle_table(report, add)
@@ -646,6 +729,44 @@ def _idle_table(report: Report, add: Callable[[str], None]) -> None:
             f"| {row['kind']} | {row['idle_connections']} | {row['rss_before_mib']} MiB | "
             f"{row['rss_after_mib']} MiB | {row['kib_per_connection']} KiB |"
         )
+    add("")
+
+
+def _durability_table(report: Report, add: Callable[[str], None]) -> None:
+    add("## The cost of durability")
+    add("")
+    series = report.plan.series[0]
+    stored = report.capacity.get(series.name, [])
+    if not report.memory_store or not stored:
+        add("Not measured in this run (the `durability` and `capacity` sections of `bench/run.py`).")
+        add("")
+        return
+    add(
+        f"Ours as it ships (every update committed to SQLite, `synchronous=FULL`, before anyone sees it) "
+        f"beside ours with `STORE=memory` (nothing stored), {series.name}. *Commit* is the store's own "
+        "latency for one group commit and *updates per commit* its batch size, from the server's "
+        "`collab_store_commit_seconds` and `collab_store_commit_updates` after the load (p50 / p99 "
+        "interpolated in the histogram's buckets, as Prometheus does)."
+    )
+    add("")
+    add("| Clients | memory p50 / p99 | SQLite p50 / p99 | Commit p50 / p99 ms | Updates per commit |")
+    add("|---:|---|---|---|---:|")
+    for memory in report.memory_store:
+        sqlite = _find(stored, Kind.OURS, memory.clients)
+        stats = sqlite.extra.get("store", {}) if sqlite is not None else {}
+        commit = (
+            f"{_ms(stats['commit_p50_ms'])} / {_ms(stats['commit_p99_ms'])}" if stats.get("commits") else "–"
+        )
+        per_commit = f"{stats['updates_per_commit']:.1f}" if stats.get("commits") else "–"
+        add(f"| {memory.clients} | {_cell(memory)} | {_cell(sqlite)} | {commit} | {per_commit} |")
+    add("")
+    memory_capacity = _capacity_of(report.memory_store, Kind.OURS)
+    sqlite_capacity = _capacity_of(stored, Kind.OURS)
+    ratio = f"{sqlite_capacity / memory_capacity:.2f}×" if memory_capacity else "–"
+    add(
+        f"Capacity (p99 under {CAPACITY_P99_MS:.0f} ms, nothing dropped or lost): {sqlite_capacity} clients "
+        f"with SQLite, {memory_capacity} with memory: {ratio}."
+    )
     add("")
 
 

@@ -168,6 +168,13 @@ def test_report_renders_every_section_and_checks_the_targets() -> None:
         }
     ]
     report.browser = [_browser(10, 0.75), _browser(30, 0.5)]
+    report.capacity[small.name][0].extra["store"] = {
+        "commits": 100.0,
+        "commit_p50_ms": 1.5,
+        "commit_p99_ms": 4.0,
+        "updates_per_commit": 2.5,
+    }
+    report.memory_store = [_result(Kind.OURS, 10, 4.0), _result(Kind.OURS, 20, 120.0)]
 
     text = run.render(report)
 
@@ -178,6 +185,7 @@ def test_report_renders_every_section_and_checks_the_targets() -> None:
         "## Document size",
         "## Slow consumer",
         "## Memory per idle connection",
+        "## The cost of durability",
         "## Browser clients",
         "## How it is measured",
     ):
@@ -189,6 +197,26 @@ def test_report_renders_every_section_and_checks_the_targets() -> None:
     assert "| < 1 MiB per open browser room page | 0.75 MiB with 10 pages, 0.50 MiB with 30 pages | yes |" in text
     assert "| 30 | 80 → 95 MiB | 0.50 MiB | yes | 20 / 60 / 90 | 12 | 600 (0) |" in text
     assert "lost" in text
+    assert "| 1.5 / 4.0 | 2.5 |" in text
+    assert "20 clients with SQLite, 10 with memory: 2.00×." in text
+
+
+def test_histogram_quantiles_are_interpolated_as_prometheus_does() -> None:
+    text = "\n".join(
+        [
+            'collab_store_commit_seconds_bucket{le="0.001"} 50.0',
+            'collab_store_commit_seconds_bucket{le="0.002"} 90.0',
+            'collab_store_commit_seconds_bucket{le="0.005"} 100.0',
+            'collab_store_commit_seconds_bucket{le="+Inf"} 100.0',
+            "collab_store_commit_seconds_count 100.0",
+            "collab_store_commit_seconds_sum 0.12",
+        ]
+    )
+    buckets, total, count = run._histogram(text, "collab_store_commit_seconds")
+    assert (0.12, 100.0) == (total, count)
+    assert math.isclose(0.001, run.quantile(0.5, buckets))
+    assert math.isclose(0.002 + 0.003 * 0.9, run.quantile(0.99, buckets))
+    assert math.isnan(run.quantile(0.5, []))
 
 
 def test_a_browser_set_that_failed_is_reported_and_fails_the_memory_target() -> None:
