@@ -872,6 +872,11 @@ class RoomRegistry:
         room = session.room
         if room.held or room.durable < room.changes:
             room.held.append((room.changes, session, message))
+            if len(room.held) > self.settings.outbound_queue_size * max(1, len(room.sessions)):
+                # The store is far behind (a stalled disk): holding more would grow without end.
+                log.warning("store_too_slow", room_id=room.room_id, held=len(room.held))
+                metrics.STORE_ERRORS.inc()
+                self._fail_room(room)
             return True
         return self._deliver(session, message)
 

@@ -418,3 +418,21 @@ async def test_clients_join_a_room_being_loaded_in_the_order_their_joins_came() 
     assert [session.user_id for session in sessions] == list(registry.rooms["r"].sessions)
     assert ["bob", "cid"] == [m["username"] for m in transports["ann"].of_type("user_joined")]
     assert ["cid"] == [m["username"] for m in transports["bob"].of_type("user_joined")]
+
+
+@pytest.mark.parametrize("overrides", [{"outbound_queue_size": 5}])
+async def test_a_store_that_stalls_resets_the_room_instead_of_holding_without_end(
+    store: GatedStore, registry: RoomRegistry
+) -> None:
+    first, first_transport = await join(registry, "c1", "ann")
+    _, second_transport = await join(registry, "c2", "bob")
+    await settle()
+    store.gate.clear()  # the disk stops answering
+    for seq in range(1, 12):  # two held messages an update; the bound is 5 per member
+        registry.handle(first, push(seq - 1, seq, append(seq - 1, "x")))
+        if first.closed:
+            break
+    assert "r" not in registry.rooms
+    await until(lambda: first_transport.closed and second_transport.closed)
+    assert [CLOSE_TRY_AGAIN_LATER] * 2 == [(t.closed or (None,))[0] for t in (first_transport, second_transport)]
+    assert [] == versions(first_transport) + versions(second_transport)
