@@ -72,7 +72,8 @@ STORE_COMMIT_UPDATES = Histogram(
     buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1_000),
 )
 STORE_ERRORS = Counter(
-    "collab_store_errors_total", "Store commits that failed (their rooms were reset and their clients reconnected)."
+    "collab_store_errors_total",
+    "Store commits that failed, and rooms whose store fell too far behind (either resets the room).",
 )
 # Prometheus sees only metrics, so readiness is one too: an alert on `collab_ready == 0` (or
 # `up == 0`) is the scrape-side twin of a failing `/readyz`.
