@@ -197,7 +197,7 @@ class Room:
     unsynced: list[Record] = field(default_factory=list)
     held: deque[tuple[int, Session, str | tuple[str, ...]]] = field(default_factory=deque)
     snapshot_version: int = 0
-    stored_language: str = ""  # the language as last handed to the store
+    failing: bool = False  # being reset (a failed commit, a stalled store): nothing more is stored
 
 
 def _size(entry: str | tuple[str, ...]) -> int:
@@ -230,6 +230,11 @@ class RoomRegistry:
         self._committer: asyncio.Task[None] | None = None
         self.store_ok = True  # False after a failed commit, until one succeeds
         self._shutdown_logged = False
+        # Rooms in the commit being written (a load waits for it), and the epochs of rooms reset
+        # before anything of theirs was stored.
+        self._committing_rooms: set[RoomId] = set()
+        self._committed: asyncio.Future[None] | None = None  # resolved when that commit ends
+        self._epochs: dict[RoomId, str] = {}
         self.accepting = True
 
     # Lifecycle
@@ -275,7 +280,11 @@ class RoomRegistry:
             self._committer = None
         for room in list(self.rooms.values()):
             self._evict(room.room_id, force=True)
-        await self.store.close()
+        try:
+            async with asyncio.timeout(self.settings.shutdown_timeout_seconds / 2):
+                await self.store.close()
+        except TimeoutError:
+            log.error("store_close_timed_out")
 
     async def open(self, room_id: RoomId) -> Room:
         """The room with this id, loaded from the store (or made empty) if it is not in memory.
@@ -308,12 +317,16 @@ class RoomRegistry:
         return room
 
     async def _load(self, room_id: RoomId) -> Room:
+        while room_id in self._committing_rooms and self._committed is not None:
+            await asyncio.shield(self._committed)  # a reset room's last commit: load what it wrote
         try:
             stored = await self.store.load(room_id, self.settings.history_limit)
+            room = self._restore(room_id, stored) if stored is not None else self._new_room(room_id)
         except Exception as exc:
+            # The store failed, or what it holds is damaged (a change that does not apply).
             log.exception("room_load_failed", room_id=room_id)
             raise StorageUnavailable() from exc
-        room = self.rooms[room_id] = self._restore(room_id, stored) if stored is not None else self._new_room(room_id)
+        self.rooms[room_id] = room
         metrics.ROOMS.set(len(self.rooms))
         return room
 
@@ -322,10 +335,11 @@ class RoomRegistry:
             max_chars=self.settings.max_document_chars,
             history_limit=self.settings.history_limit,
             dedup_limit=self.settings.dedup_clients,
+            epoch=self._epochs.pop(room_id, None),
         )
         log.info("room_created", room_id=room_id)
         language = self.settings.default_language
-        return Room(room_id, document, language, stored_language=language)
+        return Room(room_id, document, language)
 
     def _restore(self, room_id: RoomId, stored: StoredRoom) -> Room:
         updates = [
@@ -344,7 +358,6 @@ class RoomRegistry:
         )
         room = Room(room_id, document, stored.info.language)
         room.snapshot_version = stored.snapshot_version
-        room.stored_language = stored.info.language
         log.info("room_loaded", room_id=room_id, version=document.version, updates=len(updates))
         return room
 
@@ -733,6 +746,8 @@ class RoomRegistry:
         """A change to store: nothing queued for the room's clients from now on is shown before
         the commit that carries it has returned."""
         room.changes += 1
+        if room.failing or self.rooms.get(room.room_id) is not room:
+            return  # a room being reset: its successor is loaded from the store
         self._dirty[room.room_id] = room
         if self._committer is None:  # a registry used without `start` (tests of the room logic)
             self._committer = asyncio.create_task(self._commit_loop(), name="collab-committer")
@@ -750,7 +765,6 @@ class RoomRegistry:
         if records and head - room.snapshot_version >= self.settings.snapshot_every:
             snapshot = room.document.text  # the text at `head`: every applied update is in `records`
             room.snapshot_version = head
-        room.stored_language = room.language
         return RoomWrite(room.room_id, room.document.epoch, room.language, records, snapshot, head), room.changes
 
     async def _commit_loop(self) -> None:
@@ -767,6 +781,8 @@ class RoomRegistry:
             if not writes:
                 continue
             self._committing = True
+            self._committing_rooms = {room.room_id for room in rooms}
+            self._committed = loop.create_future()
             started = time.perf_counter()
             try:
                 await self.store.commit(writes)
@@ -781,6 +797,9 @@ class RoomRegistry:
                 continue
             finally:
                 self._committing = False
+                self._committing_rooms = set()
+                if not self._committed.done():
+                    self._committed.set_result(None)
             metrics.STORE_COMMIT.observe(time.perf_counter() - started)
             metrics.STORE_COMMIT_UPDATES.observe(sum(len(write.records) for write in writes))
             self.store_ok = True
@@ -793,10 +812,15 @@ class RoomRegistry:
         Its clients are told to reconnect; they resend what was not confirmed, and the room is
         loaded again from what the store holds, which is everything anyone was shown.
         """
+        room.failing = True
         if self.rooms.get(room.room_id) is room:
             del self.rooms[room.room_id]
             metrics.ROOMS.set(len(self.rooms))
-        self._dirty.pop(room.room_id, None)
+            # A room that was never stored comes back under the same epoch, so that its clients
+            # resend what was not confirmed rather than reset to a snapshot.
+            self._epochs[room.room_id] = room.document.epoch
+        if self._dirty.get(room.room_id) is room:
+            del self._dirty[room.room_id]
         room.held.clear()
         if room.eviction is not None:
             room.eviction.cancel()
@@ -872,11 +896,13 @@ class RoomRegistry:
         room = session.room
         if room.held or room.durable < room.changes:
             room.held.append((room.changes, session, message))
-            if len(room.held) > self.settings.outbound_queue_size * max(1, len(room.sessions)):
+            if not room.failing and len(room.held) > self.settings.outbound_queue_size * max(1, len(room.sessions)):
                 # The store is far behind (a stalled disk): holding more would grow without end.
+                # Reset once the current step is done: it may be admitting or broadcasting.
                 log.warning("store_too_slow", room_id=room.room_id, held=len(room.held))
                 metrics.STORE_ERRORS.inc()
-                self._fail_room(room)
+                room.failing = True
+                asyncio.get_running_loop().call_soon(self._fail_room, room)
             return True
         return self._deliver(session, message)
 

@@ -682,6 +682,6 @@ def test_history_shows_an_old_version_beside_the_live_editor_and_restoring_it_re
     assert current == ann.text()  # the live editor behind the view is untouched
     history.get_by_role("button", name="Restore this version").click()
     ann.page.get_by_role("button", name="Restore", exact=True).click()
-    ann.page.get_by_text("restored as version").wait_for()
+    ann.page.get_by_text("Restoring version").wait_for()
     bob.wait_text("t === arg", old)
     ann.wait_text("t === arg", old)

@@ -430,9 +430,38 @@ async def test_a_store_that_stalls_resets_the_room_instead_of_holding_without_en
     store.gate.clear()  # the disk stops answering
     for seq in range(1, 12):  # two held messages an update; the bound is 5 per member
         registry.handle(first, push(seq - 1, seq, append(seq - 1, "x")))
-        if first.closed:
-            break
-    assert "r" not in registry.rooms
+    await until(lambda: "r" not in registry.rooms)
     await until(lambda: first_transport.closed and second_transport.closed)
     assert [CLOSE_TRY_AGAIN_LATER] * 2 == [(t.closed or (None,))[0] for t in (first_transport, second_transport)]
     assert [] == versions(first_transport) + versions(second_transport)
+
+
+@pytest.mark.parametrize("overrides", [{"outbound_queue_size": 2}])
+async def test_a_join_that_tips_a_stalled_room_over_is_reset_with_the_room(
+    store: GatedStore, registry: RoomRegistry
+) -> None:
+    first, _ = await join(registry, "c1", "ann")
+    store.gate.clear()  # the disk stops answering
+    registry.handle(first, push(0, 1, append(0, "x")))
+    registry.handle(first, push(0, 2, append(0, "y")))
+    late = FakeTransport()
+    session = await registry.join_versioned("r", late, hello("c2", "bob"))  # its member_joined tips it over
+    await until(lambda: late.closed)
+    assert (CLOSE_TRY_AGAIN_LATER, True) == (late.closed[0] if late.closed else None, session.closed)
+    store.gate.set()
+    again, transport = await join(registry, "c3", "cy")  # the room comes back from the store
+    assert [] == [s for s in registry.rooms["r"].sessions.values() if s is not again]
+    assert "welcome" == transport.sent[0]["type"]
+
+
+async def test_a_room_reset_before_anything_was_stored_comes_back_under_its_epoch(
+    store: GatedStore, registry: RoomRegistry
+) -> None:
+    author, transport = await join(registry, "c1")
+    epoch = transport.sent[0]["epoch"]
+    store.failing = True
+    registry.handle(author, push(0, 1, [[0, "lost"]]))
+    await until(lambda: transport.closed is not None)
+    store.failing = False
+    _, again = await join(registry, "c1")  # so the client resends instead of resetting
+    assert (epoch, 0, "") == (again.sent[0]["epoch"], again.sent[0]["version"], again.sent[0]["doc"])

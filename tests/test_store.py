@@ -597,3 +597,17 @@ async def test_a_zero_length_file_is_taken_as_a_new_database(tmp_path: Path) -> 
         assert timeline.text == await store.text_at("r", 2)
     finally:
         await store.close()
+
+
+async def test_a_directory_name_with_uri_characters_holds_the_database(tmp_path: Path) -> None:
+    path = tmp_path / "data #1?x=%41" / "rooms.sqlite3"
+    store = SqliteStore(path)
+    await store.open()
+    await store.commit([RoomWrite("r", "e", "python", [Record(1, "c", 1, '[[0,"hi"]]')], None, 1)])
+    await store.close()
+    again = SqliteStore(path)
+    await again.open()  # the same file: checked, not made anew
+    try:
+        assert ("hi", [path.name]) == (await again.text_at("r", 1), [p.name for p in path.parent.glob("*.sqlite3")])
+    finally:
+        await again.close()

@@ -377,7 +377,7 @@ async def test_restore_adds_a_version_with_the_old_text_and_keeps_the_history(
     ann.find(marker="history-restore").click()
     await ann.should_see("Restore version 2?")
     ann.find(marker="history-restore-confirm").click()
-    await wait_for_notice(ann, "Version 2 restored as version 5.")
+    await wait_for_notice(ann, "Restoring version 2 as version 5.")
     assert TEXTS[1] == registry.rooms["restore"].document.text
     assert await registry.flush(5)
     after = await registry.store.history("restore", 0, 100)

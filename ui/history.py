@@ -25,6 +25,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import cast, get_args
 
+import structlog
 from nicegui import background_tasks, ui
 from nicegui.elements.codemirror.constants import SUPPORTED_LANGUAGES
 
@@ -34,6 +35,8 @@ from rooms.registry import RESTORE_CLIENT, RoomRegistry
 from rooms.store import HistoryUnavailable, Record, RoomInfo, Store, StoreError
 from ui.editor import CollabEditor
 from ui.languages import label_for
+
+log = structlog.get_logger("collab.ui.history")
 
 CHECKPOINT_EVERY = 100
 MAX_CHECKPOINTS = 32
@@ -305,8 +308,10 @@ class HistoryView:
         """Follow the store: new versions extend the slider, never move it."""
         try:
             info = await self.playback.refresh()
-        except StoreError as error:
-            self.status.set_text(f"The history cannot be read right now: {error}")
+        except StoreError:
+            # The store's message names server files: it is logged, the user gets the gist.
+            log.warning("history_unavailable", room_id=self.room_id, exc_info=True)
+            self.status.set_text("The history cannot be read right now; it is retried every second.")
             self.status.set_visibility(True)
             return
         if info is None or info.version == 0:
@@ -346,10 +351,12 @@ class HistoryView:
                 frame = await self.playback.frame(target)
             except (StoreError, RoomError) as error:
                 # A damaged record is `InvalidChanges`; a version let go of is `HistoryUnavailable`.
+                log.warning("history_version_unavailable", room_id=self.room_id, version=target, exc_info=True)
+                reason = str(error) if isinstance(error, HistoryUnavailable) else "it cannot be read right now"
                 if not self.closed():
                     self.pause()
                     with self.card:
-                        ui.notify(f"Version {target} cannot be shown: {error}", type="warning")
+                        ui.notify(f"Version {target} cannot be shown: {reason}", type="warning")
                 self.target = None
                 return
             if not self.closed():
@@ -481,4 +488,5 @@ class HistoryView:
                 ui.notify(f"The room's text already is the text of version {frame.version}.")
             else:
                 # The new version reaches this view like any other: the slider grows, it does not move.
-                ui.notify(f"Version {frame.version} restored as version {update.version}.", type="positive")
+                # Shown once it is committed, as every update; a failed commit resets the room.
+                ui.notify(f"Restoring version {frame.version} as version {update.version}.", type="positive")

@@ -108,12 +108,14 @@ class SqliteStore(Store):
             if connection is not None:
                 await self._on(executor, connection.close)
                 setattr(self, attribute, None)
-            executor.shutdown(wait=True)
+            executor.shutdown(wait=False)  # idle: its last call was awaited above
 
     def _connect(self, readonly: bool = False) -> sqlite3.Connection:
         try:
             connection = sqlite3.connect(
-                f"file:{self.path}?mode={'ro' if readonly else 'rwc'}",
+                # A URI (for read-only mode) of the absolute path, escaped: `#` or `?` in a
+                # directory name would otherwise cut the path short.
+                f"{self.path.resolve().as_uri()}?mode={'ro' if readonly else 'rwc'}",
                 uri=True,
                 isolation_level=None,  # transactions are explicit: BEGIN IMMEDIATE ... COMMIT
                 check_same_thread=False,  # each connection is used by its own one thread
