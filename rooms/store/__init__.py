@@ -64,7 +64,7 @@ class Record:
     user_id: str = ""
     author: str = ""  # the author's display name when it was made
     color: str = ""  # the author's colour, #rrggbb
-    time: float = 0.0  # Unix time of the commit, in seconds
+    time: float = 0.0  # Unix time the server applied it (the commit follows), in seconds
 
 
 @dataclass(frozen=True, slots=True)
