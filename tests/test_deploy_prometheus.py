@@ -396,7 +396,13 @@ def test_every_alert_rule_loads_and_evaluates(stack: Stack) -> None:
         for group in yaml.safe_load(ALERTS_YML.read_text())["groups"]
         for rule in group["rules"]
     }
-    assert {"CollabPadDown", "CollabPadNotReady", "CollabPadDroppingClients", "CollabPadSlowFanout"} == set(shipped)
+    assert {
+        "CollabPadDown",
+        "CollabPadNotReady",
+        "CollabPadDroppingClients",
+        "CollabPadSlowFanout",
+        "CollabPadStoreFailing",
+    } == set(shipped)
     for name, expr in shipped.items():
         assert "success" == stack.query(expr)["status"], f"{name}: {expr}"
     deadline = time.monotonic() + DATA_DEADLINE_SECONDS
