@@ -243,17 +243,24 @@ class UpdateOut(ServerMessage):
     user_id: str | None = None
 
 
-def encode_update(version: int, client_id: str, seq: int, changes: list[Any], user_id: str | None) -> str:
-    """``UpdateOut(...).encode()``, the same text, built with `json.dumps`.
+def encode_changes(changes: list[Any]) -> str:
+    """A ChangeSet's JSON as it goes on the wire and into the store (one encoding serves both)."""
+    return json.dumps(changes, ensure_ascii=False, separators=(",", ":"))
+
+
+def encode_update(version: int, client_id: str, seq: int, changes: str, user_id: str | None) -> str:
+    """``UpdateOut(...).encode()``, the same text, around ``changes`` already encoded.
 
     Every update is encoded once per broadcast; through the pydantic model that cost ten times
     the encoding itself under load. ``tests/test_protocol.py`` keeps the two identical.
     """
-    message: dict[str, object] = {"type": "update", "version": version, "client_id": client_id, "seq": seq}
-    message["changes"] = changes
-    if user_id:
-        message["user_id"] = user_id
-    return json.dumps(message, ensure_ascii=False, separators=(",", ":"))
+    head = json.dumps(
+        {"type": "update", "version": version, "client_id": client_id, "seq": seq},
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+    tail = f',"user_id":{json.dumps(user_id, ensure_ascii=False)}' if user_id else ""
+    return f'{head[:-1]},"changes":{changes}{tail}}}'
 
 
 class CursorOut(ServerMessage):

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import secrets
 import time
 from collections import deque
@@ -88,6 +87,7 @@ from rooms.protocol import (
     UserJoined,
     UserLeft,
     Welcome,
+    encode_changes,
     encode_update,
     parse_client_message,
 )
@@ -343,7 +343,7 @@ class RoomRegistry:
 
     def _restore(self, room_id: RoomId, stored: StoredRoom) -> Room:
         updates = [
-            Update(r.version, ClientId(r.client_id), r.seq, ChangeSet.from_json(json.loads(r.changes)), r.user_id)
+            Update(r.version, ClientId(r.client_id), r.seq, r.change_set(), r.user_id)
             for r in stored.records
         ]
         document = Document.restored(
@@ -649,8 +649,7 @@ class RoomRegistry:
         if update is None:
             return  # a resend of an applied push: the client finds its update in the stream
         metrics.UPDATE_APPLY.observe(time.perf_counter() - started)
-        self._record(session, update)
-        self._broadcast_update(session.room, update, session, None)
+        self._publish(session, update, None)
 
     def _code_change(self, session: Session, message: CodeChange) -> None:
         room = session.room
@@ -659,8 +658,7 @@ class RoomRegistry:
         update = room.document.replace(message.code, session.client_id, session.seed_seq, session.user_id)
         if update is not None:
             metrics.UPDATE_APPLY.observe(time.perf_counter() - started)
-            self._record(session, update)
-            self._broadcast_update(room, update, session, message.cursor_position)
+            self._publish(session, update, message.cursor_position)
         else:
             # Same text, maybe a moved cursor: seed clients relay it as the naive server did.
             relay = CodeChangeOut(
@@ -718,14 +716,20 @@ class RoomRegistry:
         update = room.document.replace(text, ClientId(RESTORE_CLIENT), room.document.version + 1, session.user_id)
         if update is None:
             return None
-        self._record(session, update)
-        self._broadcast_update(room, update, session, None)
+        self._publish(session, update, None)
         session.log.info("version_restored", version=version, new_version=update.version)
         return update
 
     # Durability
 
-    def _record(self, session: Session, update: Update) -> None:
+    def _publish(self, session: Session, update: Update, cursor_position: object) -> None:
+        """An update the session's client made was applied: store it, and show it once stored."""
+        changes = encode_changes(update.changes.to_json())
+        self._record(session, update, changes)
+        encoded = encode_update(update.version, update.client_id, update.seq, changes, update.user_id)
+        self._broadcast_update(session.room, update, session, cursor_position, encoded)
+
+    def _record(self, session: Session, update: Update, changes: str) -> None:
         """Hand an applied update to the committer, with who made it and when."""
         member = session.room.presence.get(session.user_id)
         session.room.unsynced.append(
@@ -733,7 +737,7 @@ class RoomRegistry:
                 version=update.version,
                 client_id=update.client_id,
                 seq=update.seq,
-                changes=json.dumps(update.changes.to_json(), ensure_ascii=False, separators=(",", ":")),
+                changes=changes,
                 user_id=update.user_id,
                 author=member.username if member is not None else "",
                 color=member.color if member is not None else "",
@@ -842,12 +846,14 @@ class RoomRegistry:
 
     @staticmethod
     def _encode_update(update: Update) -> str:
-        return encode_update(update.version, update.client_id, update.seq, update.changes.to_json(), update.user_id)
+        changes = encode_changes(update.changes.to_json())
+        return encode_update(update.version, update.client_id, update.seq, changes, update.user_id)
 
-    def _broadcast_update(self, room: Room, update: Update, author: Session, cursor_position: object) -> None:
+    def _broadcast_update(
+        self, room: Room, update: Update, author: Session, cursor_position: object, versioned: str
+    ) -> None:
         room.presence.map_selections(update.changes)
         metrics.DOCUMENT_CHARS.observe(len(room.document.text))
-        versioned = self._encode_update(update)
         seed: str | None = None  # the full text, encoded only if a seed client needs it
         updates = 0
         for session in list(room.sessions.values()):

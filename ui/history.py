@@ -18,7 +18,6 @@ Every name is shown as text (``ui.label``); colours from the store are used only
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import time
 from collections import OrderedDict
@@ -156,7 +155,7 @@ class Playback:
                 raise HistoryUnavailable(version, info.oldest, info.version)
             changes = ChangeSet.empty(0)
             for record in records:
-                changes = ChangeSet.from_json(json.loads(record.changes))
+                changes = record.change_set()
                 text = changes.apply(text)
                 if record.version % self.checkpoint_every == 0:
                     self._keep(record.version, text)

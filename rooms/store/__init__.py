@@ -66,6 +66,9 @@ class Record:
     color: str = ""  # the author's colour, #rrggbb
     time: float = 0.0  # Unix time the server applied it (the commit follows), in seconds
 
+    def change_set(self) -> ChangeSet:
+        return ChangeSet.from_json(json.loads(self.changes))
+
 
 @dataclass(frozen=True, slots=True)
 class RoomWrite:
@@ -114,7 +117,7 @@ def replay(text: str, version: int, records: Sequence[Record], until: int | None
             continue
         if until is not None and record.version > until:
             break
-        text = ChangeSet.from_json(json.loads(record.changes)).apply(text)
+        text = record.change_set().apply(text)
     return text
 
 
