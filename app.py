@@ -162,7 +162,7 @@ def main() -> None:
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
     config = uvicorn.Config(
-        app,
+        ws.DirectWrites(app),
         host=settings.host,
         port=settings.port,
         log_config=None,

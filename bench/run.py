@@ -155,9 +155,7 @@ def wait_for_quiet(report: Report) -> None:
         report.quiet_waited_s += 1.0
 
 
-def measure(
-    load: Load, label: str, report: Report | None = None, env: dict[str, str] | None = None
-) -> Result:
+def measure(load: Load, label: str, report: Report | None = None, env: dict[str, str] | None = None) -> Result:
     """Start the server, run one load against it, stop it; print and return the result."""
     if report is not None:
         wait_for_quiet(report)
@@ -754,9 +752,7 @@ def _durability_table(report: Report, add: Callable[[str], None]) -> None:
     for memory in report.memory_store:
         sqlite = _find(stored, Kind.OURS, memory.clients)
         stats = sqlite.extra.get("store", {}) if sqlite is not None else {}
-        commit = (
-            f"{_ms(stats['commit_p50_ms'])} / {_ms(stats['commit_p99_ms'])}" if stats.get("commits") else "–"
-        )
+        commit = f"{_ms(stats['commit_p50_ms'])} / {_ms(stats['commit_p99_ms'])}" if stats.get("commits") else "–"
         per_commit = f"{stats['updates_per_commit']:.1f}" if stats.get("commits") else "–"
         add(f"| {memory.clients} | {_cell(memory)} | {_cell(sqlite)} | {commit} | {per_commit} |")
     add("")

@@ -8,12 +8,52 @@ series stays bounded however many rooms exist. The Grafana dashboard and the ale
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from collections.abc import Iterator, Sequence
 from functools import cache
 
-from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client import REGISTRY, Counter, Gauge, disable_created_metrics
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 # `*_created` series double the output and no dashboard uses them.
 disable_created_metrics()  # type: ignore[no-untyped-call]  # prometheus-client leaves it unannotated
+
+
+class Histogram(Collector):
+    """A Prometheus histogram for the event loop's hot paths.
+
+    `observe` is a bisection and two additions. prometheus-client's own histogram takes a lock
+    for each of its three counters: seven observations an update made that a tenth of the cost
+    of handling it. Observations come from one thread (the event loop); a scrape from another
+    thread reads a copy, at worst one observation out of step with the sum.
+    """
+
+    def __init__(self, name: str, documentation: str, buckets: Sequence[float]) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.bounds = tuple(float(bound) for bound in buckets)
+        self._counts = [0] * (len(self.bounds) + 1)  # the last one: above every bound (+Inf)
+        self._sum = 0.0
+        REGISTRY.register(self)
+
+    def observe(self, value: float) -> None:
+        self._counts[bisect_left(self.bounds, value)] += 1
+        self._sum += value
+
+    def describe(self) -> Iterator[HistogramMetricFamily]:
+        yield HistogramMetricFamily(self.name, self.documentation)
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        counts, total = list(self._counts), self._sum
+        buckets: list[tuple[str, float]] = []
+        cumulative = 0
+        for bound, count in zip((*self.bounds, float("inf")), counts, strict=True):
+            cumulative += count
+            buckets.append((floatToGoString(bound), cumulative))  # type: ignore[no-untyped-call]
+        yield HistogramMetricFamily(self.name, self.documentation, buckets=buckets, sum_value=total)
+
 
 # Latencies of in-process work: tens of microseconds to a few hundred milliseconds.
 _FAST_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)

@@ -243,9 +243,15 @@ class UpdateOut(ServerMessage):
     user_id: str | None = None
 
 
+# `json.dumps` with options builds a new encoder per call, a large part of encoding a small
+# update; these are built once. `encode_string` is the encoder's own string step.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+encode_string = json.encoder.encode_basestring
+
+
 def encode_changes(changes: list[Any]) -> str:
     """A ChangeSet's JSON as it goes on the wire and into the store (one encoding serves both)."""
-    return json.dumps(changes, ensure_ascii=False, separators=(",", ":"))
+    return _ENCODER.encode(changes)
 
 
 def encode_update(version: int, client_id: str, seq: int, changes: str, user_id: str | None) -> str:
@@ -254,13 +260,11 @@ def encode_update(version: int, client_id: str, seq: int, changes: str, user_id:
     Every update is encoded once per broadcast; through the pydantic model that cost ten times
     the encoding itself under load. ``tests/test_protocol.py`` keeps the two identical.
     """
-    head = json.dumps(
-        {"type": "update", "version": version, "client_id": client_id, "seq": seq},
-        ensure_ascii=False,
-        separators=(",", ":"),
+    tail = f',"user_id":{encode_string(user_id)}}}' if user_id else "}"
+    return (
+        f'{{"type":"update","version":{version:d},"client_id":{encode_string(client_id)},"seq":{seq:d},'
+        f'"changes":{changes}{tail}'
     )
-    tail = f',"user_id":{json.dumps(user_id, ensure_ascii=False)}' if user_id else ""
-    return f'{head[:-1]},"changes":{changes}{tail}}}'
 
 
 class CursorOut(ServerMessage):

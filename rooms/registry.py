@@ -6,7 +6,10 @@ left empty is evicted from memory after ``room_grace_seconds`` unless someone co
 
 Fan-out policy. Handling a client message is synchronous: the document changes and every
 outgoing message is put in the recipients' queues in the same step, so all clients see updates
-in version order. Each session has its own bounded queue drained by its own task. A client
+in version order. Each session has its own bounded queue. A transport that can write a frame
+without waiting (`Transport.writer`) is written to synchronously, once per event-loop turn, for
+every session that had something queued in that turn; otherwise, and whenever the connection's
+buffer is full, the session's own sender task drains the queue. A client
 whose queue overflows (``outbound_queue_size`` messages or ``outbound_queue_chars``
 characters, whichever comes first), whose socket write takes longer than
 ``send_timeout_seconds``, or whose write fails is disconnected, counted in
@@ -112,13 +115,22 @@ CURSOR_MAX_LAG = 100
 
 
 class Transport(TypingProtocol):
-    """What a room needs of a client connection."""
+    """What a room needs of a client connection.
+
+    A transport may also have ``writer() -> Callable[[str], None] | None``: a function that
+    writes one frame at once, or None while the connection cannot take one without waiting. The
+    fan-out then writes in the step that flushes the event-loop turn, with no task switch per
+    frame; the sender task and `send` serve what the writer cannot take.
+    """
 
     name: str  # the `transport` label of metrics, e.g. "websocket"
 
     async def send(self, message: str) -> None: ...
 
     async def close(self, code: int = 1000, reason: str = "") -> None: ...
+
+
+Writer = Callable[[str], None]
 
 
 class DropReason(StrEnum):
@@ -172,6 +184,8 @@ class Session:
     # A bare future rather than an asyncio.Event: this wakes a sender for every update.
     waiter: asyncio.Future[None] | None = None
     task: asyncio.Task[None] | None = None
+    # The transport's `writer` method, if it has one.
+    writer: Callable[[], Writer | None] | None = None
 
     @property
     def log(self) -> structlog.stdlib.BoundLogger:
@@ -236,6 +250,9 @@ class RoomRegistry:
         self._committed: asyncio.Future[None] | None = None  # resolved when that commit ends
         self._epochs: dict[RoomId, str] = {}
         self.accepting = True
+        # Sessions with something queued in this event-loop turn, written when the turn ends.
+        self._unsent: dict[Session, None] = {}
+        self._flush_scheduled = False
 
     # Lifecycle
 
@@ -342,10 +359,7 @@ class RoomRegistry:
         return Room(room_id, document, language)
 
     def _restore(self, room_id: RoomId, stored: StoredRoom) -> Room:
-        updates = [
-            Update(r.version, ClientId(r.client_id), r.seq, r.change_set(), r.user_id)
-            for r in stored.records
-        ]
+        updates = [Update(r.version, ClientId(r.client_id), r.seq, r.change_set(), r.user_id) for r in stored.records]
         document = Document.restored(
             stored.snapshot_text,
             stored.snapshot_version,
@@ -391,6 +405,7 @@ class RoomRegistry:
             bucket=TokenBucket.full(self.settings.rate_limit_per_second, self.settings.rate_limit_burst, now),
             last_seen=now,
             batch=batch,
+            writer=getattr(transport, "writer", None),
         )
         if resume_token is not None:
             session.resume_token = resume_token
@@ -938,12 +953,70 @@ class RoomRegistry:
             return False
         queue.append((message, self.clock()))
         session.queued_chars += size
+        if session.waiter is not None:  # the sender is idle
+            if session.writer is not None:
+                self._unsent[session] = None
+                if not self._flush_scheduled:
+                    self._flush_scheduled = True
+                    asyncio.get_running_loop().call_soon(self._flush)
+            else:
+                self._wake(session)
+        return True
+
+    @staticmethod
+    def _wake(session: Session) -> None:
         waiter = session.waiter
         if waiter is not None:
             session.waiter = None
             if not waiter.done():
                 waiter.set_result(None)
-        return True
+
+    def _take(self, session: Session) -> tuple[tuple[str, ...], float]:
+        """The frames to write next from the session's queue, and when the first was queued.
+
+        A batching client gets everything queued as one frame (a JSON array); any other client,
+        the first entry's frames.
+        """
+        queue = session.queue
+        if session.batch:
+            queued_at = queue[0][1]
+            messages: list[str] = []
+            for entry, _ in queue:
+                if isinstance(entry, str):
+                    messages.append(entry)
+                else:
+                    messages.extend(entry)
+            queue.clear()
+            session.queued_chars = 0
+            return ("[" + ",".join(messages) + "]",) if len(messages) > 1 else (messages[0],), queued_at
+        entry, queued_at = queue.popleft()
+        session.queued_chars -= _size(entry)
+        return (entry,) if isinstance(entry, str) else entry, queued_at
+
+    def _flush(self) -> None:
+        """Write what this event-loop turn queued, to every session whose connection takes it now."""
+        self._flush_scheduled = False
+        sessions, self._unsent = self._unsent, {}
+        now = self.clock()
+        for session in sessions:
+            if session.closed or session.waiter is None or not session.queue:
+                continue  # gone, or its sender is busy: the sender takes the queue itself
+            assert session.writer is not None
+            try:
+                write = session.writer()
+                if write is None:
+                    self._wake(session)  # the connection's buffer is full: the sender waits for it
+                    continue
+                queued_at = now
+                while session.queue:
+                    frames, queued_at = self._take(session)
+                    for frame in frames:
+                        write(frame)
+            except Exception as exc:
+                session.log.info("send_failed", error=type(exc).__name__)
+                self.drop(session, DropReason.SEND_FAILED)
+                continue
+            metrics.FANOUT.observe(now - queued_at)
 
     async def _drain(self, session: Session) -> None:
         """The session's sender: writes its queue to the socket, one client at a time."""
@@ -955,23 +1028,7 @@ class RoomRegistry:
                     session.waiter = waiter = loop.create_future()
                     await waiter
                 while queue:
-                    frames: tuple[str, ...]
-                    if session.batch:
-                        # Everything queued goes out as one frame: the whole queue is taken.
-                        queued_at = queue[0][1]
-                        messages: list[str] = []
-                        for entry, _ in queue:
-                            if isinstance(entry, str):
-                                messages.append(entry)
-                            else:
-                                messages.extend(entry)
-                        queue.clear()
-                        session.queued_chars = 0
-                        frames = ("[" + ",".join(messages) + "]",) if len(messages) > 1 else (messages[0],)
-                    else:
-                        entry, queued_at = queue.popleft()
-                        session.queued_chars -= _size(entry)
-                        frames = (entry,) if isinstance(entry, str) else entry
+                    frames, queued_at = self._take(session)
                     for frame in frames:
                         # No asyncio.timeout() here: arming a timer per frame was the largest
                         # cost of a fan-out; the watchdog checks `sending_since` once a second.

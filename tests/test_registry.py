@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -41,11 +42,30 @@ class FakeTransport:
             await asyncio.Event().wait()
         self.sent.append(json.loads(message))
 
+    def direct_writer(self) -> Callable[[str], None] | None:
+        """`Transport.writer`: a stuck connection's buffer is full, so it cannot take a frame now."""
+        if self.stuck:
+            return None
+        return self.write
+
+    def write(self, message: str) -> None:
+        if self.failing:
+            raise ConnectionError("peer went away")
+        self.sent.append(json.loads(message))
+
     async def close(self, code: int = 1000, reason: str = "") -> None:
         self.closed = (code, reason)
 
     def of_type(self, kind: str) -> list[dict[str, Any]]:
         return [m for m in self.sent if m["type"] == kind]
+
+
+@pytest.fixture(autouse=True, params=["send", "writer"])
+def write_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs twice: through the sender task's `send`, and through `Transport.writer`."""
+    if request.param == "writer":
+        monkeypatch.setattr(FakeTransport, "writer", FakeTransport.direct_writer, raising=False)
+    return str(request.param)
 
 
 class Clock:
@@ -739,3 +759,46 @@ async def test_a_failing_periodic_step_is_logged_and_the_loop_goes_on() -> None:
         await asyncio.wait_for(third.wait(), 5)
     task.cancel()
     assert {"test_failed"} == {entry["event"] for entry in logs}
+
+
+class GatedTransport(FakeTransport):
+    """A connection whose buffer fills: `writer` answers None and `send` waits until it drains."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.drained = asyncio.Event()
+        self.drained.set()
+        self.paths: list[str] = []
+
+    def writer(self) -> Callable[[str], None] | None:
+        return self.direct if self.drained.is_set() else None
+
+    def direct(self, message: str) -> None:
+        self.paths.append("writer")
+        self.sent.append(json.loads(message))
+
+    async def send(self, message: str) -> None:
+        await self.drained.wait()
+        self.paths.append("send")
+        self.sent.append(json.loads(message))
+
+
+async def test_a_full_connection_is_left_to_the_sender_and_order_is_kept() -> None:
+    registry, _ = make_registry()
+    transport = GatedTransport()
+    session = await registry.join_versioned("r", transport, hello("c1"))
+    await settle()
+    registry.handle(session, push(0, 1, append(0, "a")))
+    await settle()
+    transport.drained.clear()
+    registry.handle(session, push(1, 2, append(1, "b")))
+    await settle()
+    registry.handle(session, push(2, 3, append(2, "c")))  # queued behind the waiting send
+    await settle()
+    transport.drained.set()
+    await settle()
+    registry.handle(session, push(3, 4, append(3, "d")))
+    await settle()
+    assert [0, 1, 2, 3, 4] == [m["version"] for m in transport.sent]
+    # The welcome went out through the sender (queued before it first ran), then: writer, send, send, writer.
+    assert ["send", "writer", "send", "send", "writer"] == transport.paths

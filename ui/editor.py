@@ -62,6 +62,13 @@ class BrowserTransport:
         self.detached = False  # a newer hello replaced this generation
 
     async def send(self, message: str) -> None:
+        self._write(message)
+
+    def writer(self) -> Callable[[str], None]:
+        """Queueing in NiceGUI's outbox never waits: the room always writes at once."""
+        return self._write
+
+    def _write(self, message: str) -> None:
         # NiceGUI's outbox holds what a disconnected page has not taken yet; a page that stays
         # away (or cannot keep up) is dropped instead of growing it without end.
         if len(self.editor.client.outbox.messages) >= self.max_backlog:

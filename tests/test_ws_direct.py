@@ -1,0 +1,82 @@
+"""`DirectWrites` and `WebSocketTransport.writer` against a real uvicorn server, as ``app.py`` runs it."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+
+import pytest
+import uvicorn
+import websockets
+from starlette.applications import Starlette
+from starlette.routing import WebSocketRoute
+from starlette.websockets import WebSocket
+
+from api.ws import DirectWrites, WebSocketTransport
+
+seen: dict[str, object] = {}
+
+
+async def endpoint(websocket: WebSocket) -> None:
+    await websocket.accept()
+    transport = WebSocketTransport(websocket)
+    write = transport.writer()
+    seen["writer"] = write is not None
+    if write is not None:
+        write("one")
+        write("two é")
+    await transport.send("three")
+    await websocket.receive()  # the client's close
+    seen["after_close"] = transport.writer() is not None
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def serve(wrap: bool) -> AsyncIterator[int]:
+    app = Starlette(routes=[WebSocketRoute("/ws", endpoint)])
+    port = free_port()
+    config = uvicorn.Config(
+        DirectWrites(app) if wrap else app, host="127.0.0.1", port=port, ws="websockets-sansio", log_config=None
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    while not server.started:  # noqa: ASYNC110 (uvicorn has a flag for this, not an event)
+        await asyncio.sleep(0.01)
+    try:
+        yield port
+    finally:
+        server.should_exit = True
+        await task
+
+
+@pytest.fixture
+async def direct_port() -> AsyncIterator[int]:
+    async for port in serve(wrap=True):
+        yield port
+
+
+@pytest.fixture
+async def plain_port() -> AsyncIterator[int]:
+    async for port in serve(wrap=False):
+        yield port
+
+
+async def test_frames_written_directly_arrive_in_order_with_those_sent(direct_port: int) -> None:
+    seen.clear()
+    async with websockets.connect(f"ws://127.0.0.1:{direct_port}/ws") as client:
+        assert ["one", "two é", "three"] == [await client.recv() for _ in range(3)]
+    await asyncio.sleep(0.1)
+    assert seen == {"writer": True, "after_close": False}
+
+
+async def test_without_the_wrapper_the_transport_falls_back_to_send(plain_port: int) -> None:
+    seen.clear()
+    async with websockets.connect(f"ws://127.0.0.1:{plain_port}/ws") as client:
+        assert "three" == await client.recv()
+    await asyncio.sleep(0.1)
+    assert seen == {"writer": False, "after_close": False}
