@@ -69,7 +69,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import servers
 from servers import Kind
 
-from rooms.changes import ChangeSet
+from rooms.changes import ChangeSet, utf16_len
+from rooms.errors import InvalidMessage
 from rooms.replica import Replica
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz_=()[]:.,'"
@@ -78,6 +79,28 @@ INSERT, BACKSPACE, PASTE, JUMP = 0.85, 0.10, 0.04, 0.01  # the mix of edits (add
 CONNECT_CONCURRENCY = 64
 T = TypeVar("T")
 START_DELAY = 1.0  # seconds between "everyone connected" and the first edit
+
+
+class LengthReplica(Replica):
+    """A client's replica as the browser's (rebasing, one push in flight), keeping its document's
+    length rather than its text: typing needs positions only, and building every document's text
+    cost the generator a tenth of its CPU, taken from the server it measures on the same cores."""
+
+    def __init__(self, client_id: str) -> None:
+        super().__init__(client_id)
+        self.units = 0
+
+    def _apply(self, changes: ChangeSet) -> None:
+        if changes.length != self.units:
+            raise InvalidMessage(f"changes expect a document of {changes.length} units, the replica has {self.units}")
+        self.units = changes.new_length
+
+    def _reset(self, doc: str) -> None:
+        self.units = utf16_len(doc)
+
+    @property
+    def length(self) -> int:
+        return self.units
 
 
 @dataclass(frozen=True)
@@ -157,7 +180,7 @@ class Client(asyncio.Protocol):
         # carried, by seq; edits from `unpushed` on are still waiting in the replica.
         self.replica: Replica | None = None
         if self.kind is Kind.OURS and not worker.load.push_every_edit and role != "seeder":
-            self.replica = Replica(client_id)
+            self.replica = LengthReplica(client_id)
         self.pushed: dict[int, tuple[int, int]] = {}
         self.unpushed = 0
         self.received = 0  # peer edits received while measuring

@@ -296,6 +296,52 @@ class _SectionIter:
             self.off += length
 
 
+def _single_change(changes: ChangeSet) -> tuple[int, int, int] | None:
+    """``(start, deleted, index)`` of a set that is one non-empty change between at most one kept
+    range on each side (a keystroke, a paste), ``index`` its section's; None for any other set."""
+    s = changes._sections
+    count = len(s)
+    if count == 2:
+        return (0, s[0], 0) if s[1] >= 0 and (s[0] or s[1]) else None
+    if count == 4:
+        if s[1] == _KEEP and s[3] >= 0 and (s[2] or s[3]):
+            return s[0], s[2], 1
+        if s[1] >= 0 and s[3] == _KEEP and (s[0] or s[1]):
+            return 0, s[0], 0
+        return None
+    if count == 6 and s[1] == _KEEP and s[3] >= 0 and s[5] == _KEEP and (s[2] or s[3]):
+        return s[0], s[2], 1
+    return None
+
+
+def _map_apart(set_a: ChangeSet, set_b: ChangeSet) -> ChangeSet | None:
+    """`_map_set` for two single changes with kept text between them, which is most of what a
+    server rebases (two people typing in different places): the same result, without the walk.
+    None when the changes are not single, or touch or overlap (ties need the general rule)."""
+    a = _single_change(set_a)
+    b = _single_change(set_b)
+    if a is None or b is None:
+        return None
+    start_a, deleted_a, index_a = a
+    start_b, deleted_b, index_b = b
+    if start_a + deleted_a < start_b:
+        # A lies wholly before B: its position stands, the text after it changed length.
+        lead = start_a
+        tail = set_b._new_length - start_a - deleted_a
+    elif start_a > start_b + deleted_b:
+        # A lies wholly after B: it moves by what B removed and inserted.
+        lead = start_a - deleted_b + set_b._sections[2 * index_b + 1]
+        tail = set_a._length - start_a - deleted_a
+    else:
+        return None
+    sections: list[int] = [lead, _KEEP] if lead else []
+    sections += (deleted_a, set_a._sections[2 * index_a + 1])
+    inserted = [b""] * (len(sections) // 2 - 1) + [set_a._inserted[index_a]]
+    if tail:
+        sections += (tail, _KEEP)
+    return ChangeSet(sections, inserted)
+
+
 def _mismatch() -> InvalidChanges:
     return InvalidChanges("mismatched change set lengths")
 
@@ -470,16 +516,18 @@ class ChangeSet:
         ``inserted`` may be shorter than the number of sections (CodeMirror's array is too); it is
         padded with empty texts so that equality does not depend on how it was built.
         """
+        sections = tuple(sections)
         count = len(sections) // 2
-        texts = tuple(inserted[:count]) + (b"",) * (count - len(inserted))
+        texts = tuple(inserted)
+        if len(texts) != count:
+            texts = texts[:count] + (b"",) * (count - len(texts))
         length = 0
         new_length = 0
-        for i in range(0, len(sections), 2):
-            section_len = sections[i]
-            ins = sections[i + 1]
+        pairs = iter(sections)
+        for section_len, ins in zip(pairs, pairs):  # noqa: B905 (pairs of one iterator)
             length += section_len
             new_length += section_len if ins < 0 else ins
-        object.__setattr__(self, "_sections", tuple(sections))
+        object.__setattr__(self, "_sections", sections)
         object.__setattr__(self, "_inserted", texts)
         object.__setattr__(self, "_length", length)
         object.__setattr__(self, "_new_length", new_length)
@@ -708,7 +756,8 @@ class ChangeSet:
             )
         if other._cm_empty:
             return self
-        return _map_set(self, other, before)
+        apart = _map_apart(self, other)
+        return apart if apart is not None else _map_set(self, other, before)
 
     def compose(self, other: ChangeSet) -> ChangeSet:
         """CodeMirror ``changes.compose(other)``: these changes followed by ``other``, as one set."""

@@ -64,7 +64,7 @@ class Replica:
 
     def edit(self, changes: ChangeSet) -> dict[str, Any] | None:
         """Apply a local edit; returns the push to send, if nothing is in flight."""
-        self.text = changes.apply(self.text)
+        self._apply(changes)
         self.pending = changes if self.pending is None else self.pending.compose(changes)
         return self.flush()
 
@@ -106,7 +106,7 @@ class Replica:
             # cannot be rebased onto it.
             applied = self.inflight is not None and last_seq is not None and self.inflight.seq <= last_seq
             lost = self.pending is not None or (self.inflight is not None and not applied)
-            self.text = doc
+            self._reset(doc)
             self.version = int(message["version"])
             self.inflight = None
             self.pending = None
@@ -140,8 +140,16 @@ class Replica:
             pending = self.pending.map(remote)
             remote = remote.map(self.pending, True)
             self.pending = pending
-        self.text = remote.apply(self.text)
+        self._apply(remote)
         return None
+
+    def _apply(self, changes: ChangeSet) -> None:
+        """Show changes made at the replica's current text (local, or remote and rebased)."""
+        self.text = changes.apply(self.text)
+
+    def _reset(self, doc: str) -> None:
+        """Start over from a snapshot of the server's text."""
+        self.text = doc
 
     @property
     def length(self) -> int:

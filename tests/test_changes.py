@@ -724,3 +724,32 @@ def test_module_imports_no_framework() -> None:
 
     frameworks = {"asyncio", "fastapi", "nicegui", "starlette", "structlog", "prometheus_client"}
     assert set() == imported & frameworks
+
+
+@st.composite
+def single_change(draw: st.DrawFn, length: int) -> list[JsonPart]:
+    """One change (a keystroke, a deletion, a paste) over a document of ``length`` units."""
+    start = draw(st.integers(0, length))
+    end = draw(st.integers(start, length))
+    lines = draw(st.lists(st.sampled_from(["", "a", "漢", "😀"]), min_size=1, max_size=3))
+    if end == start and lines == [""]:
+        lines = ["x"]
+    parts: list[JsonPart] = [start] if start else []
+    parts.append([end - start, *lines] if lines != [""] else [end - start])
+    if length > end:
+        parts.append(length - end)
+    return parts
+
+
+@given(data=st.data(), length=st.integers(0, 12), before=st.booleans())
+def test_map_of_single_changes_apart_matches_the_general_walk(data: st.DataObject, length: int, before: bool) -> None:
+    from rooms.changes import _map_apart, _map_set
+
+    a = ChangeSet.from_json(data.draw(single_change(length)))
+    b = ChangeSet.from_json(data.draw(single_change(length)))
+    general = _map_set(a, b, before)
+    apart = _map_apart(a, b)
+    if apart is not None:
+        assert (general.to_json(), general) == (apart.to_json(), apart)
+        assert general.length == apart.length and general.new_length == apart.new_length
+    assert general == a.map(b, before)

@@ -201,6 +201,25 @@ async def test_one_commit_writes_several_rooms(store: Store) -> None:
     assert ([1, 2], [1, 2, 3]) == (await versions(store, "a"), await versions(store, "b"))
 
 
+async def test_a_commit_larger_than_one_statement_writes_every_room_record_and_client(store: Store) -> None:
+    # Over a hundred rooms, records and clients: the SQLite store writes them in several statements.
+    timelines = [Timeline(f"room-{index}") for index in range(130)]
+    await store.commit(
+        [
+            timeline.write([timeline.append(str(n), f"c{n}", seq=1) for n in range(index % 3 + 1)], snapshot=index == 7)
+            for index, timeline in enumerate(timelines)
+        ]
+    )
+    for index, timeline in enumerate(timelines):
+        loaded = await store.load(timeline.room_id, history=10)
+        assert loaded is not None
+        assert (timeline.head, timeline.text) == (loaded.info.version, loaded.text())
+        assert {f"c{n}": (1, n + 1) for n in range(index % 3 + 1)} == loaded.clients
+    long = Timeline("long")
+    await store.commit([long.write(long.appends(250))])
+    assert list(range(1, 251)) == await versions(store, "long")
+
+
 # Conflicts
 
 

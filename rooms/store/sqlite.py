@@ -19,6 +19,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from itertools import chain
 from pathlib import Path
 from typing import Literal, TypeVar
 
@@ -78,6 +79,18 @@ TABLES = {"rooms", "updates", "snapshots", "clients"}
 
 T = TypeVar("T")
 Synchronous = Literal["full", "normal"]
+# Rows in one multi-row INSERT: 9 columns of them stay under SQLite's oldest limit of 999
+# parameters a statement.
+ROWS_PER_STATEMENT = 100
+
+
+def _insert(db: sqlite3.Connection, head: str, rows: Sequence[tuple[object, ...]], tail: str = "") -> None:
+    """``head VALUES (...), (...) tail`` over ``rows``: one statement step per hundred rows,
+    where ``executemany`` steps once a row."""
+    for start in range(0, len(rows), ROWS_PER_STATEMENT):
+        chunk = rows[start : start + ROWS_PER_STATEMENT]
+        row = "(" + ",".join("?" * len(chunk[0])) + ")"
+        db.execute(f"{head} VALUES {','.join([row] * len(chunk))} {tail}", list(chain.from_iterable(chunk)))
 
 
 class SqliteStore(Store):
@@ -196,41 +209,48 @@ class SqliteStore(Store):
         await self._on(self._writer, lambda: self._commit(writes))
 
     def _commit(self, writes: Sequence[RoomWrite]) -> None:
+        # A few statements per commit whatever its size: sqlite3 lets go of the GIL around every
+        # step, and under load each step back waited for the event loop's thread to let go in
+        # turn, so a commit of one row per statement took as many waits as it had rows.
         db = self._writer_connection()
         now = time.time()
         db.execute("BEGIN IMMEDIATE")
         try:
-            snapshots = []
+            heads = self._heads(db, [write.room_id for write in writes])
+            room_rows: list[tuple[object, ...]] = []
+            update_rows: list[tuple[object, ...]] = []
+            client_rows: list[tuple[object, ...]] = []
+            snapshot_rows: list[tuple[object, ...]] = []
             for write in writes:
-                row = db.execute("SELECT version FROM rooms WHERE room_id = ?", (write.room_id,)).fetchone()
-                head = row[0] if row is not None else 0
+                head = heads.get(write.room_id, 0)
                 if write.records and write.records[0].version != head + 1:
                     raise StoreConflict(write.room_id, head + 1, write.records[0].version)
                 new_head = write.records[-1].version if write.records else head
-                db.execute(
-                    "INSERT INTO rooms (room_id, epoch, language, version, created, updated) VALUES (?, ?, ?, ?, ?, ?) "
-                    "ON CONFLICT (room_id) DO UPDATE SET language = excluded.language, version = excluded.version, "
-                    "updated = excluded.updated",
-                    (write.room_id, write.epoch, write.language, new_head, now, now),
-                )
-                db.executemany(
-                    "INSERT INTO updates VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [
-                        (write.room_id, r.version, r.client_id, r.seq, r.changes, r.user_id, r.author, r.color, r.time)
-                        for r in write.records
-                    ],
+                room_rows.append((write.room_id, write.epoch, write.language, new_head, now, now))
+                update_rows.extend(
+                    (write.room_id, r.version, r.client_id, r.seq, r.changes, r.user_id, r.author, r.color, r.time)
+                    for r in write.records
                 )
                 last: dict[str, tuple[int, int]] = {r.client_id: (r.seq, r.version) for r in write.records}
-                db.executemany(
-                    "INSERT INTO clients VALUES (?, ?, ?, ?) ON CONFLICT (room_id, client_id) "
-                    "DO UPDATE SET seq = excluded.seq, version = excluded.version",
-                    [(write.room_id, client, seq, version) for client, (seq, version) in last.items()],
-                )
+                client_rows.extend((write.room_id, client, seq, version) for client, (seq, version) in last.items())
                 if write.snapshot is not None:
-                    db.execute(
-                        "INSERT OR REPLACE INTO snapshots VALUES (?, ?, ?)", (write.room_id, new_head, write.snapshot)
-                    )
-                    snapshots.append(write.room_id)
+                    snapshot_rows.append((write.room_id, new_head, write.snapshot))
+            _insert(
+                db,
+                "INSERT INTO rooms (room_id, epoch, language, version, created, updated)",
+                room_rows,
+                "ON CONFLICT (room_id) DO UPDATE SET language = excluded.language, version = excluded.version, "
+                "updated = excluded.updated",
+            )
+            _insert(db, "INSERT INTO updates", update_rows)
+            _insert(
+                db,
+                "INSERT INTO clients",
+                client_rows,
+                "ON CONFLICT (room_id, client_id) DO UPDATE SET seq = excluded.seq, version = excluded.version",
+            )
+            _insert(db, "INSERT OR REPLACE INTO snapshots", snapshot_rows)
+            snapshots = [write.room_id for write in writes if write.snapshot is not None]
             for room_id in snapshots:
                 self._prune(db, room_id)
             db.execute("COMMIT")
@@ -245,6 +265,15 @@ class SqliteStore(Store):
             # rooms whose updates are stored), and the next snapshot tries again.
             with contextlib.suppress(sqlite3.Error):
                 db.executescript("PRAGMA incremental_vacuum;")
+
+    @staticmethod
+    def _heads(db: sqlite3.Connection, room_ids: Sequence[str]) -> dict[str, int]:
+        heads: dict[str, int] = {}
+        for start in range(0, len(room_ids), ROWS_PER_STATEMENT):
+            chunk = room_ids[start : start + ROWS_PER_STATEMENT]
+            marks = ",".join("?" * len(chunk))
+            heads.update(db.execute(f"SELECT room_id, version FROM rooms WHERE room_id IN ({marks})", chunk))
+        return heads
 
     def _prune(self, db: sqlite3.Connection, room_id: str) -> None:
         """Forget history older than ``keep_versions`` (never what loading the room needs)."""
