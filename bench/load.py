@@ -90,6 +90,27 @@ class LengthReplica(Replica):
         super().__init__(client_id)
         self.units = 0
 
+    def update(self, message: dict[str, Any]) -> dict[str, Any] | None:
+        if self.inflight is not None or self.pending is not None:
+            return super().update(message)  # local work to rebase: the whole algorithm
+        # Nothing local: only the length moves, read from the JSON without building a ChangeSet.
+        version = int(message["version"])
+        if version != self.version + 1:
+            raise InvalidMessage(f"update {version} does not follow version {self.version}")
+        before = after = 0
+        for part in message["changes"]:
+            if isinstance(part, int):
+                before += part
+                after += part
+            else:
+                before += part[0]
+                after += utf16_len("\n".join(part[1:]))
+        if before != self.units:
+            raise InvalidMessage(f"changes expect a document of {before} units, the replica has {self.units}")
+        self.version = version
+        self.units = after
+        return None
+
     def _apply(self, changes: ChangeSet) -> None:
         if changes.length != self.units:
             raise InvalidMessage(f"changes expect a document of {changes.length} units, the replica has {self.units}")
