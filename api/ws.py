@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import struct
 import time
 from collections.abc import Callable
 from typing import Any
@@ -18,6 +19,7 @@ from fastapi import APIRouter, WebSocket
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.protocol import State
 
 from api.origins import is_loopback, origin_allowed
 from observability import metrics
@@ -82,6 +84,15 @@ class DirectWrites:
         await self.app(scope, receive, send)
 
 
+def _text_frame_header(length: int) -> bytes:
+    """RFC 6455 section 5.2: FIN and the text opcode, then the unmasked payload length."""
+    if length < 126:
+        return bytes((0x81, length))
+    if length < 1 << 16:
+        return struct.pack("!BBH", 0x81, 126, length)
+    return struct.pack("!BBQ", 0x81, 127, length)
+
+
 class WebSocketTransport:
     """A Starlette WebSocket as a room `Transport`."""
 
@@ -105,6 +116,7 @@ class WebSocketTransport:
             or self.closing
             or connection.close_sent
             or connection.disconnected
+            or connection.conn.state is not State.OPEN
             or connection.transport.is_closing()
             or not connection.writable.is_set()
         ):
@@ -112,10 +124,15 @@ class WebSocketTransport:
         return self._write
 
     def _write(self, message: str) -> None:
-        # What uvicorn's `send` does for a `websocket.send` of text, less the awaits.
+        # What uvicorn's `send` does for a `websocket.send` of text, less the awaits. A server's
+        # frames are not masked: without compression a text frame is a header and the UTF-8.
         connection = self.connection
-        connection.conn.send_text(message.encode())
-        connection.transport.write(b"".join(connection.conn.data_to_send()))
+        payload = message.encode()
+        if connection.conn.extensions:
+            connection.conn.send_text(payload)
+            connection.transport.write(b"".join(connection.conn.data_to_send()))
+        else:
+            connection.transport.write(_text_frame_header(len(payload)) + payload)
 
     async def close(self, code: int = CLOSE_NORMAL, reason: str = "") -> None:
         # Idempotent: the registry (a drop, a shutdown) and the handler's `finally` may both

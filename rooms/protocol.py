@@ -167,6 +167,12 @@ def parse_client_message(raw: str | bytes, max_bytes: int) -> AnyClientMessage:
     if _SURROGATE_ESCAPE.search(raw):
         _refuse_lone_surrogates(data)
     kind = data.get("type")
+    if kind == "push":
+        # The commonest message, checked here as the model would: `changes` came from
+        # json.loads, so it is JSON already, and validating it as JsonValue walked it again.
+        version, seq, changes = data.get("version"), data.get("seq"), data.get("changes")
+        if type(version) is int and type(seq) is int and version >= 0 and seq >= 0 and type(changes) is list:
+            return Push.model_construct(type="push", version=version, seq=seq, changes=changes)
     if kind not in CLIENT_TYPES:
         raise InvalidMessage(f"unknown message type {str(kind)[:40]!r}; expected one of {', '.join(CLIENT_TYPES)}")
     try:

@@ -7,6 +7,7 @@ import json
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from rooms.changes import ChangeSet
 from rooms.document import ClientId, Update
@@ -20,6 +21,7 @@ from rooms.protocol import (
     Push,
     UpdateOut,
     Welcome,
+    _client_adapter,
     parse_client_message,
 )
 from rooms.registry import RoomRegistry
@@ -166,3 +168,32 @@ def test_update_encoding_matches_the_protocol_model(
         version=12, client_id=client_id, seq=seq, changes=changes.to_json(), user_id=user_id or None
     ).encode()
     assert expected == RoomRegistry._encode_update(update)
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 2**40) | st.floats(allow_nan=False) | st.text(max_size=3),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=2),
+    max_leaves=6,
+)
+
+
+@given(
+    version=_json_values | st.integers(0, 2**40),
+    seq=_json_values | st.integers(0, 2**40),
+    changes=_json_values | st.lists(_json_values, max_size=4),
+    extra=st.dictionaries(st.sampled_from(["client_id", "x"]), _json_values, max_size=2),
+)
+def test_a_push_parses_as_the_model_validates_it(
+    version: object, seq: object, changes: object, extra: dict[str, object]
+) -> None:
+    raw = json.dumps({"type": "push", "version": version, "seq": seq, "changes": changes, **extra})
+    data = json.loads(raw)
+    try:
+        expected: object = _client_adapter.validate_python(data)
+    except ValidationError:
+        expected = InvalidMessage
+    try:
+        parsed: object = parse_client_message(raw, 1_000_000)
+    except InvalidMessage:
+        parsed = InvalidMessage
+    assert expected == parsed

@@ -16,6 +16,7 @@ from starlette.websockets import WebSocket
 from api.ws import DirectWrites, WebSocketTransport
 
 seen: dict[str, object] = {}
+LONG = (125, 126, 65_535, 65_536, 300_000)
 
 
 async def endpoint(websocket: WebSocket) -> None:
@@ -26,6 +27,8 @@ async def endpoint(websocket: WebSocket) -> None:
     if write is not None:
         write("one")
         write("two é")
+        for size in LONG:  # each form of the frame's length field
+            write("x" * size)
     await transport.send("three")
     await websocket.receive()  # the client's close
     seen["after_close"] = transport.writer() is not None
@@ -37,11 +40,16 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def serve(wrap: bool) -> AsyncIterator[int]:
+async def serve(wrap: bool, deflate: bool = False) -> AsyncIterator[int]:
     app = Starlette(routes=[WebSocketRoute("/ws", endpoint)])
     port = free_port()
     config = uvicorn.Config(
-        DirectWrites(app) if wrap else app, host="127.0.0.1", port=port, ws="websockets-sansio", log_config=None
+        DirectWrites(app) if wrap else app,
+        host="127.0.0.1",
+        port=port,
+        ws="websockets-sansio",
+        ws_per_message_deflate=deflate,
+        log_config=None,
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
@@ -54,9 +62,9 @@ async def serve(wrap: bool) -> AsyncIterator[int]:
         await task
 
 
-@pytest.fixture
-async def direct_port() -> AsyncIterator[int]:
-    async for port in serve(wrap=True):
+@pytest.fixture(params=[False, True], ids=["plain-frames", "compressed"])
+async def direct_port(request: pytest.FixtureRequest) -> AsyncIterator[int]:
+    async for port in serve(wrap=True, deflate=request.param):
         yield port
 
 
@@ -68,8 +76,9 @@ async def plain_port() -> AsyncIterator[int]:
 
 async def test_frames_written_directly_arrive_in_order_with_those_sent(direct_port: int) -> None:
     seen.clear()
-    async with websockets.connect(f"ws://127.0.0.1:{direct_port}/ws") as client:
-        assert ["one", "two é", "three"] == [await client.recv() for _ in range(3)]
+    async with websockets.connect(f"ws://127.0.0.1:{direct_port}/ws", max_size=None) as client:
+        expected = ["one", "two é", *("x" * size for size in LONG), "three"]
+        assert expected == [await client.recv() for _ in expected]
     await asyncio.sleep(0.1)
     assert seen == {"writer": True, "after_close": False}
 
