@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from itertools import chain
 from pathlib import Path
 from typing import Literal, TypeVar
 
@@ -79,18 +79,37 @@ TABLES = {"rooms", "updates", "snapshots", "clients"}
 
 T = TypeVar("T")
 Synchronous = Literal["full", "normal"]
-# Rows in one multi-row INSERT: 9 columns of them stay under SQLite's oldest limit of 999
-# parameters a statement.
-ROWS_PER_STATEMENT = 100
-
-
-def _insert(db: sqlite3.Connection, head: str, rows: Sequence[tuple[object, ...]], tail: str = "") -> None:
-    """``head VALUES (...), (...) tail`` over ``rows``: one statement step per hundred rows,
-    where ``executemany`` steps once a row."""
-    for start in range(0, len(rows), ROWS_PER_STATEMENT):
-        chunk = rows[start : start + ROWS_PER_STATEMENT]
-        row = "(" + ",".join("?" * len(chunk[0])) + ")"
-        db.execute(f"{head} VALUES {','.join([row] * len(chunk))} {tail}", list(chain.from_iterable(chunk)))
+# Commits: one JSON batch, spread over the tables by a trigger of the writer's connection
+# (temporary: nothing of it is in the file). The batch is [rooms, updates, clients, snapshots,
+# time]: rooms as [room_id, epoch, language, head or null, first version or null], updates and
+# clients as their tables' columns, snapshots as [room_id, text] (at the room's new head).
+CONFLICT = "collab: the first version of a commit does not follow the head of its room"
+COMMIT_TRIGGER = f"""
+CREATE TEMP VIEW incoming (batch) AS SELECT NULL;
+CREATE TEMP TRIGGER incoming_commit INSTEAD OF INSERT ON incoming BEGIN
+    SELECT RAISE(ABORT, '{CONFLICT}') FROM json_each(NEW.batch, '$[0]') AS r
+        WHERE r.value ->> 4 IS NOT NULL
+        AND r.value ->> 4 != coalesce((SELECT version FROM rooms WHERE room_id = r.value ->> 0), 0) + 1;
+    INSERT INTO rooms (room_id, epoch, language, version, created, updated)
+        SELECT value ->> 0, value ->> 1, value ->> 2,
+            coalesce(value ->> 3, (SELECT version FROM rooms AS stored WHERE stored.room_id = value ->> 0), 0),
+            NEW.batch ->> 4, NEW.batch ->> 4
+        FROM json_each(NEW.batch, '$[0]') WHERE true
+        ON CONFLICT (room_id) DO UPDATE
+            SET language = excluded.language, version = excluded.version, updated = excluded.updated;
+    INSERT INTO updates
+        SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, value ->> 6,
+            value ->> 7, value ->> 8
+        FROM json_each(NEW.batch, '$[1]');
+    INSERT INTO clients
+        SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3 FROM json_each(NEW.batch, '$[2]') WHERE true
+        ON CONFLICT (room_id, client_id) DO UPDATE SET seq = excluded.seq, version = excluded.version;
+    INSERT OR REPLACE INTO snapshots
+        SELECT value ->> 0, (SELECT version FROM rooms WHERE room_id = value ->> 0), value ->> 1
+        FROM json_each(NEW.batch, '$[3]');
+END;
+"""
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
 class SqliteStore(Store):
@@ -164,6 +183,7 @@ class SqliteStore(Store):
             connection.execute(f"PRAGMA synchronous = {self.synchronous.upper()}")
             if not existed:
                 connection.executescript(f"BEGIN; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
+            connection.executescript(COMMIT_TRIGGER)
         except BaseException:
             connection.close()
             raise
@@ -209,71 +229,70 @@ class SqliteStore(Store):
         await self._on(self._writer, lambda: self._commit(writes))
 
     def _commit(self, writes: Sequence[RoomWrite]) -> None:
-        # A few statements per commit whatever its size: sqlite3 lets go of the GIL around every
-        # step, and under load each step back waited for the event loop's thread to let go in
-        # turn, so a commit of one row per statement took as many waits as it had rows.
+        # One statement per commit, whatever its size: sqlite3 lets go of the GIL around every
+        # statement step, and under load each step back waits for the event loop's thread to let
+        # go in turn (up to the interpreter's switch interval). The batch goes in as one JSON
+        # text that the `incoming` trigger spreads over the tables, in one implicit transaction.
         db = self._writer_connection()
-        now = time.time()
-        db.execute("BEGIN IMMEDIATE")
+        batch = [
+            [
+                [
+                    write.room_id,
+                    write.epoch,
+                    write.language,
+                    write.records[-1].version if write.records else None,
+                    write.records[0].version if write.records else None,
+                ]
+                for write in writes
+            ],
+            [
+                [write.room_id, r.version, r.client_id, r.seq, r.changes, r.user_id, r.author, r.color, r.time]
+                for write in writes
+                for r in write.records
+            ],
+            [
+                [write.room_id, client, seq, version]
+                for write in writes
+                for client, (seq, version) in {r.client_id: (r.seq, r.version) for r in write.records}.items()
+            ],
+            [[write.room_id, write.snapshot] for write in writes if write.snapshot is not None],
+            time.time(),
+        ]
         try:
-            heads = self._heads(db, [write.room_id for write in writes])
-            room_rows: list[tuple[object, ...]] = []
-            update_rows: list[tuple[object, ...]] = []
-            client_rows: list[tuple[object, ...]] = []
-            snapshot_rows: list[tuple[object, ...]] = []
-            for write in writes:
-                head = heads.get(write.room_id, 0)
-                if write.records and write.records[0].version != head + 1:
-                    raise StoreConflict(write.room_id, head + 1, write.records[0].version)
-                new_head = write.records[-1].version if write.records else head
-                room_rows.append((write.room_id, write.epoch, write.language, new_head, now, now))
-                update_rows.extend(
-                    (write.room_id, r.version, r.client_id, r.seq, r.changes, r.user_id, r.author, r.color, r.time)
-                    for r in write.records
-                )
-                last: dict[str, tuple[int, int]] = {r.client_id: (r.seq, r.version) for r in write.records}
-                client_rows.extend((write.room_id, client, seq, version) for client, (seq, version) in last.items())
-                if write.snapshot is not None:
-                    snapshot_rows.append((write.room_id, new_head, write.snapshot))
-            _insert(
-                db,
-                "INSERT INTO rooms (room_id, epoch, language, version, created, updated)",
-                room_rows,
-                "ON CONFLICT (room_id) DO UPDATE SET language = excluded.language, version = excluded.version, "
-                "updated = excluded.updated",
-            )
-            _insert(db, "INSERT INTO updates", update_rows)
-            _insert(
-                db,
-                "INSERT INTO clients",
-                client_rows,
-                "ON CONFLICT (room_id, client_id) DO UPDATE SET seq = excluded.seq, version = excluded.version",
-            )
-            _insert(db, "INSERT OR REPLACE INTO snapshots", snapshot_rows)
-            snapshots = [write.room_id for write in writes if write.snapshot is not None]
-            for room_id in snapshots:
-                self._prune(db, room_id)
-            db.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):  # a failed COMMIT may have ended it already
-                db.execute("ROLLBACK")
+            db.execute("INSERT INTO incoming VALUES (?)", (_JSON.encode(batch),))
+        except sqlite3.IntegrityError as exc:
+            if CONFLICT in str(exc):
+                raise self._conflict(db, writes) from None
             raise
-        if snapshots and self.keep_versions:
-            # `execute` steps a statement without result columns once, and each step of this
-            # pragma frees one page; `executescript` runs it to the end. The commit is durable
-            # already: a failure here must not report it as failed (the registry would reset
-            # rooms whose updates are stored), and the next snapshot tries again.
-            with contextlib.suppress(sqlite3.Error):
-                db.executescript("PRAGMA incremental_vacuum;")
+        snapshots = [write.room_id for write in writes if write.snapshot is not None]
+        if not snapshots or not self.keep_versions:
+            return
+        # Pruning needs no part of the commit's atomicity: what it removes is older than a
+        # snapshot that is stored already, and a failure here must not report the commit as
+        # failed (the registry would reset rooms whose updates are stored); the next snapshot
+        # tries again. `execute` steps a statement without result columns once, and each step
+        # of this pragma frees one page; `executescript` runs it to the end.
+        with contextlib.suppress(sqlite3.Error):
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for room_id in snapshots:
+                    self._prune(db, room_id)
+                db.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+                raise
+            db.executescript("PRAGMA incremental_vacuum;")
 
     @staticmethod
-    def _heads(db: sqlite3.Connection, room_ids: Sequence[str]) -> dict[str, int]:
-        heads: dict[str, int] = {}
-        for start in range(0, len(room_ids), ROWS_PER_STATEMENT):
-            chunk = room_ids[start : start + ROWS_PER_STATEMENT]
-            marks = ",".join("?" * len(chunk))
-            heads.update(db.execute(f"SELECT room_id, version FROM rooms WHERE room_id IN ({marks})", chunk))
-        return heads
+    def _conflict(db: sqlite3.Connection, writes: Sequence[RoomWrite]) -> StoreError:
+        """The error of a commit the trigger refused: which room's versions do not follow."""
+        for write in writes:
+            row = db.execute("SELECT version FROM rooms WHERE room_id = ?", (write.room_id,)).fetchone()
+            head = row[0] if row is not None else 0
+            if write.records and write.records[0].version != head + 1:
+                return StoreConflict(write.room_id, head + 1, write.records[0].version)
+        return StoreError("a commit was refused as out of order, but no room's versions are")
 
     def _prune(self, db: sqlite3.Connection, room_id: str) -> None:
         """Forget history older than ``keep_versions`` (never what loading the room needs)."""
