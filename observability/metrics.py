@@ -90,7 +90,7 @@ UPDATE_APPLY = Histogram(
 )
 FANOUT = Histogram(
     "collab_fanout_seconds",
-    "Time from a message being queued for a client to its write to the socket completing.",
+    "Time from a message being queued for a client to its write to the connection.",
     buckets=_FANOUT_BUCKETS,
 )
 DOCUMENT_CHARS = Histogram(
