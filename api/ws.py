@@ -68,7 +68,7 @@ class DirectWrites:
     """The outermost ASGI layer: gives `/ws` handlers uvicorn's connection object.
 
     The fan-out then writes frames to it synchronously (`WebSocketTransport.writer`) instead of
-    awaiting ``send`` through every middleware once per frame, which was about a third of the
+    awaiting ``send`` through every middleware once per frame, which was about a quarter of the
     server's CPU at load. Anything else, or another server, passes through untouched, and the
     transport falls back to ``send``.
     """

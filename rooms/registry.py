@@ -1007,9 +1007,9 @@ class RoomRegistry:
                 if write is None:
                     self._wake(session)  # the connection's buffer is full: the sender waits for it
                     continue
-                queued_at = now
+                queued_at = session.queue[0][1]  # the oldest message this write carries
                 while session.queue:
-                    frames, queued_at = self._take(session)
+                    frames, _ = self._take(session)
                     for frame in frames:
                         write(frame)
             except Exception as exc:

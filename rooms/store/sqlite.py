@@ -149,7 +149,7 @@ class SqliteStore(Store):
                 # directory name would otherwise cut the path short.
                 f"{self.path.resolve().as_uri()}?mode={'ro' if readonly else 'rwc'}",
                 uri=True,
-                isolation_level=None,  # transactions are explicit: BEGIN IMMEDIATE ... COMMIT
+                isolation_level=None,  # a commit is one statement; pruning opens its own transaction
                 check_same_thread=False,  # each connection is used by its own one thread
             )
             connection.execute("PRAGMA busy_timeout = 5000")
