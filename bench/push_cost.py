@@ -52,8 +52,15 @@ class InstantTransport:
         pass
 
 
-async def run(rooms: int, members: int, pushes: int, store: Store) -> float:
-    """CPU seconds per push for one pass."""
+async def run(
+    rooms: int,
+    members: int,
+    pushes: int,
+    store: Store,
+    transports: list[InstantTransport] | None = None,
+    transport_type: type[InstantTransport] = InstantTransport,
+) -> float:
+    """CPU seconds per push for one pass; ``transports`` collects the members' connections."""
     registry = RoomRegistry(Settings(), store=store)
     await registry.start()
     sessions: list[list[Session]] = []
@@ -61,7 +68,10 @@ async def run(rooms: int, members: int, pushes: int, store: Store) -> float:
         room = []
         for m in range(members):
             hello = Hello(type="hello", client_id=f"c{r}-{m}", username=f"user {m}", batch=True)
-            room.append(await registry.join_versioned(f"room-{r}", InstantTransport(), hello))
+            transport = transport_type()
+            if transports is not None:
+                transports.append(transport)
+            room.append(await registry.join_versioned(f"room-{r}", transport, hello))
         sessions.append(room)
     await registry.flush()
     seen: dict[str, int] = {}  # the version each author last based a push on

@@ -5,6 +5,7 @@ two, and no assertion about speed."""
 from __future__ import annotations
 
 import datetime
+import json
 import math
 import shutil
 import sys
@@ -16,6 +17,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
 import browser
+import push_cost
 import run
 import servers
 from browser import BrowserLoad, BrowserResult
@@ -240,3 +242,33 @@ def test_a_run_without_the_browser_section_says_so() -> None:
 
     assert "| < 1 MiB per open browser room page | not measured in this run | – |" in text
     assert "## Browser clients\n\nNot measured in this run." in text
+
+
+class CountingTransport(push_cost.InstantTransport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.updates: list[tuple[str, int]] = []
+
+    def write(self, message: str) -> None:
+        super().write(message)
+        decoded = json.loads(message)
+        for item in decoded if isinstance(decoded, list) else [decoded]:
+            if item["type"] == "update":
+                self.updates.append((item["client_id"], item["seq"]))
+
+
+@pytest.mark.parametrize("store", ["memory", "sqlite"])
+async def test_push_cost_applies_every_push_and_delivers_it_to_every_member(store: str, tmp_path: Path) -> None:
+    from rooms.store.memory import MemoryStore
+    from rooms.store.sqlite import SqliteStore
+
+    backend = MemoryStore() if store == "memory" else SqliteStore(tmp_path / "rooms.sqlite3")
+    transports: list[push_cost.InstantTransport] = []
+    seconds = await push_cost.run(2, 3, 60, backend, transports, CountingTransport)
+
+    assert seconds > 0
+    # Every push applied (none refused as stale or malformed), and seen by its room's three
+    # members, its author's confirmation included.
+    received = [t.updates for t in transports if isinstance(t, CountingTransport)]
+    assert [30] * 6 == [len(updates) for updates in received]
+    assert all(len(set(updates)) == 30 for updates in received)
