@@ -183,6 +183,9 @@ class SqliteStore(Store):
             connection.execute(f"PRAGMA synchronous = {self.synchronous.upper()}")
             if not existed:
                 connection.executescript(f"BEGIN; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
+            # The trigger lives in the connection's temporary schema: kept in memory, so that a
+            # read-only root file system (no writable temp directory) does not stop the start.
+            connection.execute("PRAGMA temp_store = MEMORY")
             connection.executescript(COMMIT_TRIGGER)
         except BaseException:
             connection.close()
