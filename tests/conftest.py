@@ -28,6 +28,9 @@ ROOT = Path(__file__).resolve().parent.parent
 # Tests that import the app in-process must not write into the checkout's data directory.
 os.environ.setdefault("DATA_DIR", tempfile.mkdtemp(prefix="collab-pad-test-data-"))
 
+# The `registry` and `users` fixtures of the NiceGUI user-simulation tests.
+pytest_plugins = ["tests.ui_simulation"]
+
 
 def free_port() -> int:
     with socket.socket() as sock:

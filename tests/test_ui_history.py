@@ -12,71 +12,26 @@ import random
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
-import httpx
 import pytest
-from nicegui import core, ui
+from nicegui import ui
 from nicegui.testing import User
-from nicegui.testing.user_simulation import user_simulation
 
 from rooms.changes import ChangeSet
 from rooms.protocol import Hello, Push
 from rooms.registry import RESTORE_CLIENT, RoomRegistry, Session
-from rooms.settings import Settings
 from rooms.store import HistoryUnavailable, Record, RoomWrite, Store
 from rooms.store.memory import MemoryStore
 from rooms.store.sqlite import SqliteStore
-from tests import ui_services
+from tests.ui_simulation import Recorder
 from ui.editor import CollabEditor
 from ui.history import NO_COLOR, Playback, codemirror_language, inserted_ranges, safe_color
-from ui.pages import Services
 
-MAIN = Path(__file__).with_name("ui_main.py")
 TEXTS = [
     "def add(a, b):\n",
     "def add(a, b):\n    return a + b\n",
     "def add(a, b):\n    return a + b\n\nprint(add(1, 2))\n",
     "def add(a, b):\n    # sum\n    return a + b\n\nprint(add(1, 2))\n",
 ]
-
-
-class Recorder:
-    """A raw client's transport: keeps what the room sends it."""
-
-    name = "test"
-
-    def __init__(self) -> None:
-        self.sent: list[str] = []
-
-    async def send(self, message: str) -> None:
-        self.sent.append(message)
-
-    async def close(self, code: int = 1000, reason: str = "") -> None:
-        pass
-
-
-@pytest.fixture
-async def registry() -> AsyncIterator[RoomRegistry]:
-    registry = RoomRegistry(Settings(room_grace_seconds=60))
-    await registry.start()
-    yield registry
-    await registry.stop()
-
-
-@pytest.fixture
-async def users(registry: RoomRegistry) -> AsyncIterator[Callable[[], User]]:
-    ui_services.provide(Services(registry=lambda: registry, settings=registry.settings))
-    try:
-        async with user_simulation(main_file=MAIN) as first:
-            made = [first]
-
-            def next_user() -> User:
-                if made:
-                    return made.pop()
-                return User(httpx.AsyncClient(transport=httpx.ASGITransport(core.app), base_url="http://test"))
-
-            yield next_user
-    finally:
-        ui_services.provide(None)
 
 
 async def until(condition: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
