@@ -14,7 +14,7 @@ from functools import cache
 
 from prometheus_client import REGISTRY, Counter, Gauge, disable_created_metrics
 from prometheus_client.core import HistogramMetricFamily
-from prometheus_client.registry import Collector
+from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
 # `*_created` series double the output and no dashboard uses them.
@@ -30,13 +30,15 @@ class Histogram(Collector):
     thread reads a copy, at worst one observation out of step with the sum.
     """
 
-    def __init__(self, name: str, documentation: str, buckets: Sequence[float]) -> None:
+    def __init__(
+        self, name: str, documentation: str, buckets: Sequence[float], registry: CollectorRegistry = REGISTRY
+    ) -> None:
         self.name = name
         self.documentation = documentation
         self.bounds = tuple(float(bound) for bound in buckets)
         self._counts = [0] * (len(self.bounds) + 1)  # the last one: above every bound (+Inf)
         self._sum = 0.0
-        REGISTRY.register(self)
+        registry.register(self)
 
     def observe(self, value: float) -> None:
         self._counts[bisect_left(self.bounds, value)] += 1
