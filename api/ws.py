@@ -81,7 +81,12 @@ class DirectWrites:
             connection = getattr(send, "__self__", None)
             if isinstance(connection, WebSocketsSansIOProtocol):
                 scope[CONNECTION_KEY] = connection
-        await self.app(scope, receive, send)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            # The connection holds the scope: a scope left holding the connection would keep a
+            # closed connection, and all it refers to, until a full collection of the heap.
+            scope.pop(CONNECTION_KEY, None)
 
 
 def _text_frame_header(length: int) -> bytes:

@@ -1037,7 +1037,10 @@ class RoomRegistry:
                         session.sending_since = None
                     metrics.FANOUT.observe(self.clock() - queued_at)
         except asyncio.CancelledError:
-            raise
+            # `leave` cancels the sender of a session that is gone. Ending quietly keeps no
+            # exception on the task: a kept one would hold this frame, the frame the session,
+            # and the session the task, a cycle only a full collection of the heap frees.
+            return
         except Exception as exc:
             session.log.info("send_failed", error=type(exc).__name__)
             self.drop(session, DropReason.SEND_FAILED)

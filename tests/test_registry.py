@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -311,6 +313,26 @@ async def test_leave_announces_member_left_once() -> None:
     await settle()
     assert [leaving.user_id] == [m["user_id"] for m in staying.of_type("member_left")]
     assert [leaving.user_id] == [m["user_id"] for m in seed.of_type("user_left")]
+
+
+async def test_a_session_that_left_is_freed_without_the_cycle_collector() -> None:
+    """Its cancelled sender keeps no exception: one would hold the sender's frame, which holds
+    the session, which holds the sender, and only a full collection would free the three."""
+    registry, _ = make_registry()
+    await registry.join_versioned("r", FakeTransport(), hello("c2"))
+    gc.collect()
+    gc.disable()
+    try:
+        leaving = await registry.join_versioned("r", FakeTransport(), hello("c1"))
+        registry.receive(leaving, push(0, 1, append(0, "x")))
+        await settle()
+        gone = weakref.ref(leaving)
+        registry.leave(leaving)
+        del leaving
+        await settle()
+        assert gone() is None
+    finally:
+        gc.enable()
 
 
 async def test_queue_overflow_drops_only_the_slow_client() -> None:
