@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/push_cost.py                   # 50 rooms of 5, the memory store
     .venv/bin/python bench/push_cost.py --store sqlite    # committed to a SQLite file in a temp dir
+    .venv/bin/python bench/push_cost.py --store sqlite --doc-chars 100000   # on large documents
 
 Every room's members are in-process transports that take frames at once (`Transport.writer`),
 so what is timed is what the server does for a push between reading its frame and writing the
@@ -59,9 +60,13 @@ async def run(
     store: Store,
     transports: list[InstantTransport] | None = None,
     transport_type: type[InstantTransport] = InstantTransport,
+    doc_chars: int = 0,
 ) -> float:
-    """CPU seconds per push for one pass; ``transports`` collects the members' connections."""
-    registry = RoomRegistry(Settings(), store=store)
+    """CPU seconds per push for one pass; ``transports`` collects the members' connections.
+
+    Each room starts with a text of ``doc_chars`` characters (lines of code), stored before the
+    timing starts."""
+    registry = RoomRegistry(Settings(max_document_chars=max(100_000, 2 * doc_chars)), store=store)
     await registry.start()
     sessions: list[list[Session]] = []
     for r in range(rooms):
@@ -73,9 +78,15 @@ async def run(
                 transports.append(transport)
             room.append(await registry.join_versioned(f"room-{r}", transport, hello))
         sessions.append(room)
+    line = "    total = compute(values[index], offset) + 1  # a line of code\n"
+    text = (line * (doc_chars // len(line) + 1))[:doc_chars]
+    seqs: dict[str, int] = {}
+    for room in sessions:
+        if text:
+            seqs[room[0].client_id] = 1
+            registry.receive(room[0], json.dumps({"type": "push", "version": 0, "seq": 1, "changes": [[0, text]]}))
     await registry.flush()
     seen: dict[str, int] = {}  # the version each author last based a push on
-    seqs: dict[str, int] = {}
     started = time.process_time()
     for i in range(pushes):
         session = sessions[i % rooms][(i // rooms) % members]
@@ -103,16 +114,17 @@ def main() -> None:
     parser.add_argument("--pushes", type=int, default=4000)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--store", choices=["memory", "sqlite"], default="memory")
+    parser.add_argument("--doc-chars", type=int, default=0, help="each room's text before the timed pushes")
     args = parser.parse_args()
     configure_logging("console", "WARNING")
     results = []
     for _ in range(args.repeats):
         with tempfile.TemporaryDirectory() as directory:
             store: Store = MemoryStore() if args.store == "memory" else SqliteStore(Path(directory) / "rooms.sqlite3")
-            results.append(asyncio.run(run(args.rooms, args.members, args.pushes, store)))
+            results.append(asyncio.run(run(args.rooms, args.members, args.pushes, store, doc_chars=args.doc_chars)))
     runs = ", ".join(f"{r * 1e6:.0f}" for r in results)
     print(
-        f"{args.rooms} rooms of {args.members}, {args.store} store: "
+        f"{args.rooms} rooms of {args.members}, {args.store} store, {args.doc_chars:,} characters: "
         f"median {statistics.median(results) * 1e6:.0f} µs CPU per push (runs: {runs})"
     )
 
