@@ -494,6 +494,11 @@ def _cut(text: str, starts: list[int] | None, start: int, end: int) -> str:
 # --------------------------------------------------------------------------------------------
 
 
+# `ChangeSet.packed`: length, new length, the count of section numbers, the section numbers and
+# the inserted texts (UTF-16-LE).
+Packed = tuple[int | bytes, ...]
+
+
 class ChangeSet:
     """An immutable set of changes to a document of :attr:`length` UTF-16 units.
 
@@ -537,6 +542,31 @@ class ChangeSet:
 
     def __delattr__(self, name: str) -> None:
         raise AttributeError(f"ChangeSet is immutable; cannot delete {name!r}")
+
+    # ---- compact form -----------------------------------------------------------------------
+
+    def packed(self) -> Packed:
+        """The set as one flat tuple of ints and bytes, for keeping many of them for long.
+
+        The garbage collector stops tracking a tuple of such atoms at its first collection (a
+        nested tuple would take one collection per level), so a room's history kept this way
+        costs no time in later collections; kept as objects, every update added two objects
+        that each collection of the older generations walked again.
+        """
+        return (self._length, self._new_length, len(self._sections), *self._sections, *self._inserted)
+
+    @classmethod
+    def unpacked(cls, packed: tuple[object, ...], start: int = 0) -> ChangeSet:
+        """The set that `packed` made, read from ``packed[start:]`` (trusted: not checked again)."""
+        count = packed[start + 2]
+        split = start + 3 + count  # type: ignore[operator]
+        changes = object.__new__(cls)
+        setattr_ = object.__setattr__
+        setattr_(changes, "_sections", packed[start + 3 : split])
+        setattr_(changes, "_inserted", packed[split:])
+        setattr_(changes, "_length", packed[start])
+        setattr_(changes, "_new_length", packed[start + 1])
+        return changes
 
     # ---- construction -----------------------------------------------------------------------
 

@@ -100,6 +100,17 @@ def test_json_roundtrip_gives_equal_changes(case: tuple[str, ChangeSet]) -> None
     assert changes == ChangeSet.from_json(changes.to_json())
 
 
+@given(doc_and_changes(), st.tuples(st.integers(), st.text(), st.binary()))
+def test_packed_form_gives_back_equal_changes(case: tuple[str, ChangeSet], prefix: tuple[int, str, bytes]) -> None:
+    doc, changes = case
+    packed = changes.packed()
+    again = ChangeSet.unpacked(prefix + packed, len(prefix))
+    assert again == changes
+    assert (again.length, again.new_length, again.to_json()) == (changes.length, changes.new_length, changes.to_json())
+    assert again.apply(doc) == changes.apply(doc)
+    assert all(isinstance(atom, int | bytes) for atom in packed)
+
+
 @given(doc_and_changes())
 def test_lengths_count_utf16_units_before_and_after(case: tuple[str, ChangeSet]) -> None:
     doc, changes = case

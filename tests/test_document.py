@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import random
 from collections import deque
 from typing import Any
@@ -29,6 +30,22 @@ def test_push_at_current_version_applies_and_increments_version() -> None:
     assert update is not None
     assert (1, "hello world") == (update.version, document.text)
     assert [update] == document.updates_since(0)
+
+
+def test_the_history_is_not_walked_by_the_garbage_collector() -> None:
+    """Thousands of kept updates per room must not make every collection longer."""
+    document = Document(history_limit=5_000)
+    for seq in range(1, 501):
+        document.push(A, seq, document.version, insert(document.length, 0, "x"))
+    gc.collect()
+    tracked = len(gc.get_objects())
+    for seq in range(501, 2501):
+        document.push(A, seq, document.version - 1, insert(document.length - 1, 0, "y"))
+    gc.collect()
+    assert len(gc.get_objects()) - tracked < 20
+    updates = document.updates_since(2490)  # and the updates come back whole
+    assert [(u.version, u.seq) for u in updates] == [(v, v) for v in range(2491, 2501)]
+    assert document.rebase(insert(document.length_at(2490), 0, "z"), 2490).length == document.length
 
 
 def test_push_on_stale_version_is_rebased_over_later_updates() -> None:
