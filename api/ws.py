@@ -69,8 +69,9 @@ class DirectWrites:
 
     The fan-out then writes frames to it synchronously (`WebSocketTransport.writer`) instead of
     awaiting ``send`` through every middleware once per frame, which was about a quarter of the
-    server's CPU at load. Anything else, or another server, passes through untouched, and the
-    transport falls back to ``send``.
+    server's CPU at load; and a joined client's messages reach the room as they are parsed
+    (`WebSocketTransport.read_directly`). Anything else, or another server, passes through
+    untouched, and the transport falls back to ``send`` and ``receive``.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -108,6 +109,7 @@ class WebSocketTransport:
         self.closing = False
         self.peer_gone = False
         self.connection: Any = websocket.scope.get(CONNECTION_KEY)
+        self.reading_directly = False
 
     async def send(self, message: str) -> None:
         await self.websocket.send_text(message)
@@ -138,6 +140,54 @@ class WebSocketTransport:
             connection.transport.write(b"".join(connection.conn.data_to_send()))
         else:
             connection.transport.write(_text_frame_header(len(payload)) + payload)
+
+    def read_directly(self, on_message: Callable[[str | bytes], None]) -> bool:
+        """From now on, have uvicorn's connection hand each message to ``on_message`` as soon as
+        it is parsed; True once it does.
+
+        uvicorn queues each message for ``receive``, pauses reading the socket until the handler
+        has taken it, and resumes: a queue, a task switch and two changes to the event loop's
+        poller for every message. Direct reads skip all of it, in the same order. False while
+        messages wait in that queue (``receive`` them first, then ask again) and when there is no
+        connection to read from (another server: ``receive`` as usual). ``receive`` still returns
+        the disconnect. Undo with `stop_reading_directly`.
+        """
+        connection = self.connection
+        if self.reading_directly or connection is None or connection.close_sent or not connection.queue.empty():
+            return self.reading_directly
+
+        def deliver() -> None:
+            # uvicorn's `send_receive_event_to_app` for this connection, less the queue and pause.
+            frames = connection.frames
+            data = frames[0] if len(frames) == 1 else b"".join(frames)
+            connection.frames = []
+            if connection.close_sent:
+                return  # closing: the peer's close reply is all that is read now
+            if connection.curr_msg_data_type != "text":
+                on_message(bytes(data))
+                return
+            try:
+                text = data.decode()
+            except UnicodeDecodeError:
+                connection.logger.info("Invalid UTF-8 sequence received from client.")
+                connection.conn.send_close(1007)
+                connection.handle_parser_exception()
+                return
+            on_message(text)
+
+        connection.send_receive_event_to_app = deliver
+        if connection.read_paused:
+            connection.read_paused = False
+            connection.transport.resume_reading()
+        self.reading_directly = True
+        return True
+
+    def stop_reading_directly(self) -> None:
+        """Messages go to uvicorn's queue again (and the connection no longer holds ours)."""
+        if self.reading_directly:
+            self.reading_directly = False
+            with contextlib.suppress(AttributeError):
+                del self.connection.send_receive_event_to_app
 
     async def close(self, code: int = CLOSE_NORMAL, reason: str = "") -> None:
         # Idempotent: the registry (a drop, a shutdown) and the handler's `finally` may both
@@ -206,12 +256,20 @@ async def room_socket(websocket: WebSocket, room_id: str) -> None:
         if session is None:
             return
         structlog.contextvars.bind_contextvars(user_id=session.user_id)
+        joined = session
+
+        def on_message(message: str | bytes) -> None:
+            registry.receive(joined, message)
+
         while not session.closed:
+            # Once what was queued before the join is read, messages come straight to the room.
+            transport.read_directly(on_message)
             registry.receive(session, await _receive(websocket))
     except (_Disconnected, WebSocketDisconnect, OSError):
         # OSError: uvicorn's ClientDisconnected, when the peer vanished during a send.
         transport.peer_gone = True
     finally:
+        transport.stop_reading_directly()
         if session is not None:
             registry.leave(session)
             await transport.close(session.close_code, session.close_reason)

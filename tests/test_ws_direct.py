@@ -1,4 +1,5 @@
-"""`DirectWrites` and `WebSocketTransport.writer` against a real uvicorn server, as ``app.py`` runs it."""
+"""`DirectWrites`, `WebSocketTransport.writer` and `read_directly` against a real uvicorn server,
+as ``app.py`` runs it."""
 
 from __future__ import annotations
 
@@ -38,6 +39,30 @@ async def endpoint(websocket: WebSocket) -> None:
     seen["after_close"] = transport.writer() is not None
 
 
+async def reader(websocket: WebSocket) -> None:
+    """Reads two messages through ``receive``, then the rest directly, and echoes the order."""
+    await websocket.accept()
+    transport = WebSocketTransport(websocket)
+    got: list[str | bytes] = []
+    read = [await websocket.receive_text(), await websocket.receive_text()]
+    await asyncio.sleep(0.2)  # the client's next messages wait in uvicorn's queue meanwhile
+    while not transport.read_directly(got.append):
+        message = await websocket.receive()
+        read.append(message.get("text") or message.get("bytes") or b"")
+    seen["queued"] = len(read)
+    try:
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                break
+            read.append(message.get("text") or b"")  # never: everything now comes to `got`
+    finally:
+        transport.stop_reading_directly()
+    seen["read"] = [*read, *got]
+    seen["direct"] = len(got)
+    seen["restored"] = "send_receive_event_to_app" not in vars(websocket.scope.get(CONNECTION_KEY, transport))
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -45,7 +70,7 @@ def free_port() -> int:
 
 
 async def serve(wrap: bool, deflate: bool = False) -> AsyncIterator[int]:
-    app = Starlette(routes=[WebSocketRoute("/ws", endpoint)])
+    app = Starlette(routes=[WebSocketRoute("/ws", endpoint), WebSocketRoute("/read", reader)])
     port = free_port()
     config = uvicorn.Config(
         DirectWrites(app) if wrap else app,
@@ -112,3 +137,34 @@ async def test_without_the_wrapper_the_transport_falls_back_to_send(plain_port: 
         assert "three" == await client.recv()
     await asyncio.sleep(0.1)
     assert seen == {"writer": False, "after_close": False}
+
+
+async def test_direct_reads_come_in_order_after_what_was_queued(direct_port: int) -> None:
+    seen.clear()
+    sent: list[str | bytes] = [f"m{i} é" for i in range(40)]
+    sent[30] = b"binary \x00"
+    async with websockets.connect(f"ws://127.0.0.1:{direct_port}/read") as client:
+        for message in sent[:10]:
+            await client.send(message)
+        await asyncio.sleep(0.5)  # the handler has switched: the rest is read directly
+        for message in sent[10:]:
+            await client.send(message)
+        await asyncio.sleep(0.2)
+    await asyncio.sleep(0.2)
+    assert seen["read"] == sent
+    assert seen["queued"] >= 2 and seen["direct"] == 30
+    assert seen["restored"] is True
+
+
+async def test_invalid_utf8_read_directly_closes_with_1007(direct_port: int) -> None:
+    seen.clear()
+    async with websockets.connect(f"ws://127.0.0.1:{direct_port}/read") as client:
+        await client.send("one")
+        await client.send("two")
+        await asyncio.sleep(0.5)
+        # A text frame that is not UTF-8, written raw: the client library would refuse it.
+        client.protocol.send_frame(websockets.frames.Frame(websockets.frames.Opcode.TEXT, b"\xff\xfe"))
+        client.transport.write(b"".join(client.protocol.data_to_send()))  # type: ignore[attr-defined]
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await asyncio.wait_for(client.recv(), 5)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1007
