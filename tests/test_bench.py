@@ -174,6 +174,7 @@ def test_report_renders_every_section_and_checks_the_targets() -> None:
         "commits": 100.0,
         "commit_p50_ms": 1.5,
         "commit_p99_ms": 4.0,
+        "slow_commits": 3.0,
         "updates_per_commit": 2.5,
     }
     report.memory_store = [_result(Kind.OURS, 10, 4.0), _result(Kind.OURS, 20, 120.0)]
@@ -199,7 +200,7 @@ def test_report_renders_every_section_and_checks_the_targets() -> None:
     assert "| < 1 MiB per open browser room page | 0.75 MiB with 10 pages, 0.50 MiB with 30 pages | yes |" in text
     assert "| 30 | 80 → 95 MiB | 0.50 MiB | yes | 20 / 60 / 90 | 12 | 600 (0) |" in text
     assert "lost" in text
-    assert "| 1.5 / 4.0 | 2.5 |" in text
+    assert "| 1.5 / 4.0 | 3 | 2.5 |" in text
     assert "20 clients with SQLite, 10 with memory: 2.00×." in text
 
 
@@ -219,6 +220,8 @@ def test_histogram_quantiles_are_interpolated_as_prometheus_does() -> None:
     assert math.isclose(0.001, run.quantile(0.5, buckets))
     assert math.isclose(0.002 + 0.003 * 0.9, run.quantile(0.99, buckets))
     assert math.isnan(run.quantile(0.5, []))
+    assert 10.0 == 100.0 - run._cumulative(buckets, 0.002)  # commits slower than 2 ms
+    assert math.isnan(run._cumulative(buckets, 0.05))  # not a bound of these buckets
 
 
 def test_a_browser_set_that_failed_is_reported_and_fails_the_memory_target() -> None:
