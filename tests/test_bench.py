@@ -195,7 +195,7 @@ def test_report_renders_every_section_and_checks_the_targets() -> None:
         assert heading in text
     assert "| p99 < 50 ms at 10 clients (rooms of 5 at 5 edits/s) | median 40 ms (runs: 20 (other work 0%)" in text
     assert "ours ≥ 20, bare ≥ 20, naive 10 clients | yes |" in text
-    assert "+10%) | yes |" in text
+    assert "+10%; 1 runs each, no fsync wait) | yes |" in text
     assert "| < 100 KiB per idle raw connection | 51 KiB | yes |" in text
     assert "| < 1 MiB per open browser room page | 0.75 MiB with 10 pages, 0.50 MiB with 30 pages | yes |" in text
     assert "| 30 | 80 → 95 MiB | 0.50 MiB | yes | 20 / 60 / 90 | 12 | 600 (0) |" in text
