@@ -685,8 +685,10 @@ def test_history_shows_an_old_version_beside_the_live_editor_and_restoring_it_re
         except PlaywrightTimeoutError:
             if attempt == 2:
                 raise
+    # An older version, whichever: how many versions each line took depends on how the typing
+    # was batched into pushes, so a third of the track is not always inside the same line.
     old = str(ann.page.evaluate(HISTORY_TEXT))
-    assert old.startswith("first") and current.startswith(old) and old != current
+    assert old and current.startswith(old) and old != current
     assert current == ann.text()  # the live editor behind the view is untouched
     history.get_by_role("button", name="Restore this version").click()
     ann.page.get_by_role("button", name="Restore", exact=True).click()
