@@ -51,9 +51,7 @@ from servers import Kind
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "benchmarks.md"
 MEMORY = {"STORE": "memory"}  # ours with nothing stored, for the cost of durability
-# Ours in the sections that compare two of its own loads differing in one thing (document size,
-# a stalled member): every update still committed before it is shown, without waiting for the
-# fsync, whose stalls on this machine's disk (50-400 ms, a few a minute) would decide the p99s.
+# Ours in the sections that compare two of its own loads differing in one thing (ISOLATED_NOTE).
 ISOLATED = {"SQLITE_SYNCHRONOUS": "normal"}
 ISOLATED_NOTE = (
     "Ours runs here with `SQLITE_SYNCHRONOUS=normal`: every update is still committed to SQLite before "

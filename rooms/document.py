@@ -50,6 +50,7 @@ class Update:
 # history holds thousands of updates per room; as objects, they made every collection of the
 # older generations walk them again (100-300 ms pauses at 500 clients).
 _Entry = tuple[int | str | bytes, ...]
+_CHANGES = 4  # where an entry's packed changes start
 
 
 def _pack(update: Update) -> _Entry:
@@ -62,7 +63,7 @@ def _version_of(entry: _Entry) -> int:
 
 def _unpack(entry: _Entry) -> Update:
     version, client_id, seq, user_id = entry[:4]
-    return Update(version, client_id, seq, ChangeSet.unpacked(entry, 4), user_id)  # type: ignore[arg-type]
+    return Update(version, client_id, seq, ChangeSet.unpacked(entry, _CHANGES), user_id)  # type: ignore[arg-type]
 
 
 class Document:
@@ -148,7 +149,7 @@ class Document:
     def length_at(self, version: int) -> int:
         """The length the document had at ``version`` (which must still be in the history)."""
         entries = self._entries_since(version)
-        return entries[0][4] if entries else self._length  # type: ignore[return-value]  # the first one's length
+        return ChangeSet.unpacked(entries[0], _CHANGES).length if entries else self._length
 
     @property
     def oldest_version(self) -> int:
@@ -199,7 +200,7 @@ class Document:
         """Map ``changes`` made at ``base_version`` over everything committed since."""
         unpacked = ChangeSet.unpacked
         for entry in self._entries_since(base_version):
-            changes = changes.map(unpacked(entry, 4))
+            changes = changes.map(unpacked(entry, _CHANGES))
         return changes
 
     def push(
