@@ -65,6 +65,33 @@ class Settings(BaseSettings):
     ws_ping_interval_seconds: float = Field(default=20.0, gt=0)
     ws_ping_timeout_seconds: float = Field(default=20.0, gt=0)
 
+    # The cost of one message (docs/configuration.md, "Limits on what one message may cost")
+    max_change_parts: int = Field(default=1_000, ge=1)
+    max_rebase_versions: int = Field(default=200, ge=1)
+    max_rebase_steps: int = Field(default=200_000, ge=1)
+    rebase_steps_per_token: int = Field(default=2_000, ge=1)
+    history_limit_bytes: int = Field(default=16_000_000, ge=1)
+    diff_max_steps: int = Field(default=2_000_000, ge=1)
+
+    # Per client address and in total
+    max_connections: int = Field(default=5_000, ge=1)
+    max_connections_per_address: int = Field(default=100, ge=1)
+    rate_limit_per_address_per_second: float = Field(default=300.0, gt=0)
+    rate_limit_per_address_burst: int = Field(default=1_500, ge=1)
+    rooms_per_address_per_minute: int = Field(default=30, ge=1)
+    max_loaded_rooms: int = Field(default=5_000, ge=1)
+    forwarded_allow_ips: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    room_retention_days: float = Field(default=30.0, ge=0)
+
+    # HTTP edge and the rooms API
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    request_header_timeout_seconds: float = Field(default=10.0, gt=0)
+    api_rate_limit_per_second: float = Field(default=10.0, gt=0)
+    api_rate_limit_burst: int = Field(default=60, ge=1)
+    api_max_response_bytes: int = Field(default=2_000_000, ge=1)
+    api_read_threads: int = Field(default=2, ge=1)
+    api_max_pending_reads: int = Field(default=16, ge=1)
+
     @model_validator(mode="after")
     def _dedup_covers_history(self) -> Settings:
         # A client forgotten by the dedup table while its pushes are still in the history
@@ -96,6 +123,13 @@ class Settings(BaseSettings):
         # A comma-separated list reads better in an environment variable than JSON.
         if isinstance(value, str):
             return [item.strip().rstrip("/") for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("allowed_hosts", "forwarded_allow_ips", mode="before")
+    @classmethod
+    def _split_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip().lower() for item in value.split(",") if item.strip()]
         return value
 
     @property
