@@ -7,8 +7,9 @@ import contextlib
 import json
 import sqlite3
 import tempfile
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
@@ -34,11 +35,33 @@ BACKENDS = ["memory", "sqlite"]
 StoreFactory = Callable[..., Awaitable[Store]]
 
 
-def new_store(backend: str, directory: Path, keep_versions: int = 0) -> Store:
+@dataclass
+class Clock:
+    """The time a store writes with, moved by the test."""
+
+    now: float = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def new_store(
+    backend: str,
+    directory: Path,
+    keep_versions: int = 0,
+    clock: Callable[[], float] = time.time,
+    purge_batch: int = 500,
+) -> Store:
     if backend == "memory":
-        return MemoryStore(keep_versions=keep_versions)
+        return MemoryStore(keep_versions=keep_versions, clock=clock)
     # Surviving a power cut is SQLite's business, not the contract's: NORMAL keeps these fast.
-    return SqliteStore(directory / "rooms.sqlite3", keep_versions=keep_versions, synchronous="normal")
+    return SqliteStore(
+        directory / "rooms.sqlite3",
+        keep_versions=keep_versions,
+        synchronous="normal",
+        clock=clock,
+        purge_batch=purge_batch,
+    )
 
 
 @pytest.fixture(params=BACKENDS)
@@ -46,10 +69,10 @@ async def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIte
     """Opened stores of the parametrized backend, each in its own directory, closed after."""
     opened: list[Store] = []
 
-    async def make(keep_versions: int = 0) -> Store:
+    async def make(keep_versions: int = 0, clock: Callable[[], float] = time.time, purge_batch: int = 500) -> Store:
         directory = tmp_path / f"store-{len(opened)}"
         directory.mkdir()
-        store = new_store(request.param, directory, keep_versions)
+        store = new_store(request.param, directory, keep_versions, clock, purge_batch)
         await store.open()
         opened.append(store)
         return store
@@ -429,6 +452,183 @@ def test_every_kept_version_and_the_head_equal_the_model(backend: str, steps: li
 
 async def test_check_passes_on_an_open_store(store: Store) -> None:
     await store.check()
+
+
+# Client tokens
+
+
+async def test_the_token_of_a_client_with_records_is_stored_and_loaded(store: Store) -> None:
+    timeline = Timeline()
+    records = [timeline.append("a", "c1", seq=1), timeline.append("b", "c2", seq=1)]
+    # c2 is bound to no token; c3 has no record in this write, so nothing of it is written.
+    tokens = {"c1": "aa11", "c2": "", "c3": "cc33"}
+    await store.commit([replace(timeline.write(records), tokens=tokens)])
+    loaded = await store.load("r", history=0)
+    assert loaded is not None
+    assert ({"c1": "aa11"}, {"c1": (1, 1), "c2": (1, 2)}) == (loaded.tokens, loaded.clients)
+
+
+async def test_a_write_without_a_clients_token_keeps_the_stored_one_and_a_new_token_replaces_it(
+    store: Store,
+) -> None:
+    timeline = Timeline()
+    await store.commit([replace(timeline.write([timeline.append("a", "c1", seq=1)]), tokens={"c1": "aa"})])
+    await store.commit([timeline.write([timeline.append("b", "c1", seq=2)])])
+    kept = await store.load("r", history=0)
+    await store.commit([replace(timeline.write([timeline.append("c", "c1", seq=3)]), tokens={"c1": "bb"})])
+    replaced = await store.load("r", history=0)
+    assert ({"c1": "aa"}, {"c1": "bb"}) == ((kept or pytest.fail()).tokens, (replaced or pytest.fail()).tokens)
+
+
+# Texts are kept exactly
+
+
+async def test_texts_with_nul_and_control_characters_are_kept_exactly(store: Store) -> None:
+    # SQLite's JSON functions cut a string at a NUL: client ids differing after one would merge,
+    # with their tokens, and a snapshot would lose its end.
+    timeline = Timeline("r")
+    texts = ["a\x00b", "\x01\x000\x011", "\x00", "c\x01"]
+    records = [
+        replace(timeline.append(text, client_id=f"c\x00{index}", seq=1), author=f"A\x00{text}")
+        for index, text in enumerate(texts)
+    ]
+    tokens = {f"c\x00{index}": f"t\x00{index}" for index in range(len(texts))}
+    await store.commit([replace(timeline.write(records, snapshot=True), tokens=tokens)])
+    loaded = await store.load("r", history=10)
+    assert loaded is not None
+    assert (records, timeline.text, tokens, timeline.text) == (
+        await store.history("r", 0, 10),
+        loaded.snapshot_text,
+        loaded.tokens,
+        await store.text_at("r", 4),
+    )
+
+
+# Integers: never stored as anything else
+
+
+@pytest.mark.parametrize("seq", [2**63, 2**64 + 1, -(2**63) - 1])
+async def test_a_seq_beyond_64_bits_is_refused_and_nothing_of_the_commit_is_kept(store: Store, seq: int) -> None:
+    timeline = Timeline()
+    await store.commit([timeline.write([timeline.append("a", seq=1)])])
+    other = Timeline("other")
+    with pytest.raises(StoreError, match="64-bit") as raised:
+        await store.commit([other.write([other.append("x")]), timeline.write([timeline.append("b", seq=seq)])])
+    assert not isinstance(raised.value, StoreConflict)
+    # The room goes on from its stored head, and the largest seq is kept exactly, as an integer.
+    timeline.texts.pop()
+    await store.commit([timeline.write([timeline.append("b", seq=2**63 - 1)])])
+    assert (None, [(1, 1), (2, 2**63 - 1)], [int, int]) == (
+        await store.info("other"),
+        [(record.version, record.seq) for record in await store.history("r", 0, 10)],
+        [type(record.seq) for record in await store.history("r", 0, 10)],
+    )
+
+
+# Retention
+
+
+async def commit_room(store: Store, room_id: str, updates: int = 2) -> None:
+    timeline = Timeline(room_id)
+    await store.commit([replace(timeline.write(timeline.appends(updates), snapshot=True), tokens={"c1": "aa"})])
+
+
+async def test_purge_deletes_the_rooms_last_written_before_the_time_but_the_kept_ones(make_store: StoreFactory) -> None:
+    clock = Clock(1_000.0)
+    store = await make_store(clock=clock)
+    for room_id in ("a", "b", "c"):
+        await commit_room(store, room_id)
+    clock.now = 2_000.0
+    await commit_room(store, "d")
+    deleted = await store.purge(1_500.0, keep={"b"})
+    assert (["a", "c"], [None, "b", None, "d"]) == (
+        sorted(deleted),
+        [None if info is None else info.room_id for info in [await store.info(r) for r in "abcd"]],
+    )
+
+
+async def test_a_purged_room_is_gone_with_its_history_snapshots_and_clients(make_store: StoreFactory) -> None:
+    clock = Clock(1_000.0)
+    store = await make_store(clock=clock)
+    await commit_room(store, "a", updates=5)
+    assert ["a"] == await store.purge(1_500.0, keep=())
+    with pytest.raises(KeyError):
+        await store.history("a", since=0, limit=10)
+    assert None is await store.load("a", history=10)
+    # Written again, it starts from nothing: no old update, snapshot, seq or token comes back.
+    fresh = Timeline("a")
+    await store.commit([fresh.write(fresh.appends(1))])
+    loaded = await store.load("a", history=10)
+    assert loaded is not None
+    assert ([1], "1;", {"c1": (1, 1)}, {}) == (
+        [record.version for record in loaded.records],
+        loaded.text(),
+        loaded.clients,
+        loaded.tokens,
+    )
+
+
+async def test_a_write_without_records_counts_as_a_use_of_the_room(make_store: StoreFactory) -> None:
+    clock = Clock(1_000.0)
+    store = await make_store(clock=clock)
+    await commit_room(store, "opened")
+    await commit_room(store, "untouched")
+    clock.now = 2_000.0
+    await store.commit([RoomWrite("opened", "epoch-1", "python", (), None, 2)])  # opened, not edited
+    assert ["untouched"] == await store.purge(1_500.0, keep=())
+
+
+async def test_purge_deletes_every_expired_room_however_many_batches_it_takes(make_store: StoreFactory) -> None:
+    clock = Clock(1_000.0)
+    store = await make_store(clock=clock, purge_batch=2)
+    for index in range(9):
+        await commit_room(store, f"old-{index}")
+    clock.now = 2_000.0
+    await commit_room(store, "new")
+    deleted = await store.purge(1_500.0, keep={"old-0", "old-5"})
+    assert ({f"old-{index}" for index in (1, 2, 3, 4, 6, 7, 8)}, 7) == (set(deleted), len(deleted))
+    assert ["old-0", "old-5"] == sorted(await store.purge(1_500.0, keep=()))  # only the kept were left
+
+
+async def test_count_expired_counts_what_purge_would_delete_and_deletes_nothing(make_store: StoreFactory) -> None:
+    clock = Clock(1_000.0)
+    store = await make_store(clock=clock)
+    for room_id in ("a", "b", "c"):
+        await commit_room(store, room_id)
+    clock.now = 2_000.0
+    await commit_room(store, "d")
+    counted = await store.count_expired(1_500.0, keep={"a"})
+    assert (2, ["b", "c"]) == (counted, sorted(await store.purge(1_500.0, keep={"a"})))
+
+
+# Reads cost what they return
+
+
+async def test_text_at_and_load_replay_only_the_updates_since_the_nearest_snapshot(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    timeline = Timeline()
+    for _ in range(6):
+        await store.commit([timeline.write(timeline.appends(50), snapshot=True)])
+    await store.commit([timeline.write(timeline.appends(30))])
+    replayed = 0
+    change_set = Record.change_set
+
+    def counted(record: Record) -> ChangeSet:
+        nonlocal replayed
+        replayed += 1
+        return change_set(record)
+
+    monkeypatch.setattr(Record, "change_set", counted)
+    text = await store.text_at("r", 275)
+    at_version, replayed = replayed, 0
+    loaded = await store.load("r", history=0)
+    assert (timeline.texts[275], 25, timeline.text, 30) == (
+        text,
+        at_version,
+        (loaded or pytest.fail()).text(),
+        replayed,
+    )
 
 
 # SQLite: the file

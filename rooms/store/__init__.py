@@ -9,7 +9,12 @@ that commit returned: an edit anyone has seen is durable. A store keeps per room
 * snapshots: the full text at some versions, so that loading a room, or the text at a version,
   replays a bounded number of updates;
 * the dedup table: the last ``seq`` each client had applied, so that a resend after a restart is
-  still recognised.
+  still recognised, and the hash of the token the client is bound to;
+* when the room was last written (opened or edited), so that rooms nobody used for a while can
+  be deleted (`Store.purge`).
+
+Versions and ``seq`` values are stored as 64-bit integers, never converted: a commit with any
+other value is refused with `StoreError`.
 
 Nothing here is specific to SQLite: a backend needs ordered appends per room and atomic batches.
 """
@@ -18,7 +23,7 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from rooms.changes import ChangeSet
@@ -81,6 +86,10 @@ class RoomWrite:
     # The text after the last record: kept as a snapshot when it is given.
     snapshot: str | None = None
     head: int = 0  # the version after this write (== records[-1].version when there are records)
+    # client_id -> the hex hash of the token the client is bound to. Stored with the client's
+    # row, so only for clients with records in this write; a client missing here, or with "",
+    # keeps the token it had.
+    tokens: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +113,8 @@ class StoredRoom:
     records: list[Record] = field(default_factory=list)
     # client_id -> (last applied seq, the version that seq made)
     clients: dict[str, tuple[int, int]] = field(default_factory=dict)
+    # client_id -> token hash, for the clients bound to a token
+    tokens: dict[str, str] = field(default_factory=dict)
 
     def text(self) -> str:
         """The text at the head: the snapshot with the records after it applied."""
@@ -160,7 +171,21 @@ class Store(ABC):
 
     @abstractmethod
     async def check(self) -> None:
-        """Raise `StoreError` unless the store can be read and written right now."""
+        """Raise `StoreError` unless the store can be read right now; never waits behind other reads."""
+
+    @abstractmethod
+    async def purge(self, before: float, keep: Collection[str]) -> list[str]:
+        """Delete every room last written before ``before`` (Unix time), except those in ``keep``,
+        with its whole history and clients; the ids of the deleted rooms.
+
+        ``keep`` must hold every room the caller has in memory or is loading: a room deleted
+        under it would have its next commit refused (`StoreConflict`), or written as a new,
+        empty room.
+        """
+
+    @abstractmethod
+    async def count_expired(self, before: float, keep: Collection[str]) -> int:
+        """How many rooms `purge` with the same arguments would delete now."""
 
 
 def make_store(settings: Settings) -> Store:
@@ -172,5 +197,8 @@ def make_store(settings: Settings) -> Store:
     from rooms.store.sqlite import SqliteStore
 
     return SqliteStore(
-        settings.database_path, keep_versions=settings.history_keep_versions, synchronous=settings.sqlite_synchronous
+        settings.database_path,
+        keep_versions=settings.history_keep_versions,
+        synchronous=settings.sqlite_synchronous,
+        api_read_threads=settings.api_read_threads,
     )

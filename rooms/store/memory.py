@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import bisect
+import time
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field, replace
 
 from rooms.store import (
@@ -13,23 +15,39 @@ from rooms.store import (
     Store,
     StoreConflict,
     StoredRoom,
+    StoreError,
     replay,
 )
+
+# What SQLite stores as an INTEGER; the memory store refuses what the SQLite store refuses.
+INT64 = range(-(2**63), 2**63)
+
+
+def _int64(value: object) -> bool:
+    return type(value) is int and value in INT64
 
 
 @dataclass
 class _Room:
     info: RoomInfo
+    updated: float  # Unix time of the last write
     records: list[Record] = field(default_factory=list)  # every kept record, in order
     snapshots: dict[int, str] = field(default_factory=lambda: {0: ""})
     clients: dict[str, tuple[int, int]] = field(default_factory=dict)
+    tokens: dict[str, str] = field(default_factory=dict)
+
+    def records_after(self, version: int, limit: int | None = None) -> list[Record]:
+        """The kept records after ``version``, found by bisection: a read costs what it returns."""
+        start = bisect.bisect_right(self.records, version, key=lambda record: record.version)
+        return self.records[start : None if limit is None else start + max(limit, 0)]
 
 
 class MemoryStore(Store):
     name = "memory"
 
-    def __init__(self, keep_versions: int = 0) -> None:
+    def __init__(self, keep_versions: int = 0, clock: Callable[[], float] = time.time) -> None:
         self.keep_versions = keep_versions  # 0: keep every version
+        self.clock = clock  # the time a write is stored at
         self._rooms: dict[str, _Room] = {}
         self.commits = 0
 
@@ -45,17 +63,29 @@ class MemoryStore(Store):
     async def commit(self, writes: Sequence[RoomWrite]) -> None:
         # Check every write before changing anything: a commit is all or nothing.
         for write in writes:
+            for record in write.records:
+                if not (_int64(record.version) and _int64(record.seq)):
+                    raise StoreError(
+                        f"room {write.room_id!r}: version {record.version!r} and seq {record.seq!r} "
+                        "must be 64-bit integers"
+                    )
             stored = self._rooms.get(write.room_id)
             head = stored.info.version if stored is not None else 0
             if write.records and write.records[0].version != head + 1:
                 raise StoreConflict(write.room_id, head + 1, write.records[0].version)
+        now = self.clock()
         for write in writes:
             room = self._rooms.get(write.room_id)
             if room is None:
-                room = self._rooms[write.room_id] = _Room(RoomInfo(write.room_id, write.epoch, write.language, 0, 0))
+                room = self._rooms[write.room_id] = _Room(
+                    RoomInfo(write.room_id, write.epoch, write.language, 0, 0), now
+                )
+            room.updated = now
             room.records.extend(write.records)
             for record in write.records:
                 room.clients[record.client_id] = (record.seq, record.version)
+                if write.tokens.get(record.client_id):
+                    room.tokens[record.client_id] = write.tokens[record.client_id]
             head = write.records[-1].version if write.records else room.info.version
             room.info = replace(room.info, language=write.language, version=head)
             if write.snapshot is not None:
@@ -68,7 +98,7 @@ class MemoryStore(Store):
             return
         below = min(room.info.version - self.keep_versions, max(room.snapshots))
         anchor = max(version for version in room.snapshots if version <= max(below, 0))
-        room.records = [record for record in room.records if record.version > anchor]
+        room.records = room.records_after(anchor)
         room.snapshots = {version: text for version, text in room.snapshots.items() if version >= anchor}
         room.info = replace(room.info, oldest=anchor)
 
@@ -82,8 +112,9 @@ class MemoryStore(Store):
             info=room.info,
             snapshot_version=snapshot,
             snapshot_text=room.snapshots[snapshot],
-            records=[record for record in room.records if record.version > start],
+            records=room.records_after(start),
             clients=dict(room.clients),
+            tokens=dict(room.tokens),
         )
 
     async def info(self, room_id: str) -> RoomInfo | None:
@@ -95,10 +126,22 @@ class MemoryStore(Store):
         if not room.info.oldest <= version <= room.info.version:
             raise HistoryUnavailable(version, room.info.oldest, room.info.version)
         base = max(v for v in room.snapshots if v <= version)
-        return replay(room.snapshots[base], base, room.records, until=version)
+        return replay(room.snapshots[base], base, room.records_after(base), until=version)
 
     async def history(self, room_id: str, since: int, limit: int) -> list[Record]:
         room = self._rooms.get(room_id)
         if room is None:
             raise KeyError(room_id)
-        return [record for record in room.records if record.version > since][:limit]
+        return room.records_after(since, limit)
+
+    def _expired(self, before: float, keep: Collection[str]) -> list[str]:
+        return [room_id for room_id, room in self._rooms.items() if room.updated < before and room_id not in keep]
+
+    async def purge(self, before: float, keep: Collection[str]) -> list[str]:
+        deleted = self._expired(before, keep)
+        for room_id in deleted:
+            del self._rooms[room_id]
+        return deleted
+
+    async def count_expired(self, before: float, keep: Collection[str]) -> int:
+        return len(self._expired(before, keep))

@@ -1,24 +1,37 @@
 """The SQLite store: one file under ``DATA_DIR``, WAL mode, the default.
 
-Writes go through one connection on one thread, reads through another (WAL lets readers go on
-while a commit is written), so no call blocks the event loop and commits are strictly ordered.
+Writes (commits, pruning, purges) go through one connection on one thread, so commits are
+strictly ordered. Reads run beside them (WAL lets readers go on while a commit is written), each
+kind on its own threads and read-only connections, so that none waits behind another: loading
+rooms on one thread, the rooms API (`info`, `text_at`, `history`) on a pool of
+``api_read_threads``, and `check` (``/readyz``) on one more. A slow API read (a large room's
+text at a version) then delays other API reads at most, never a join or the readiness probe.
+No call blocks the event loop.
 ``synchronous=FULL`` by default: a commit is on disk (fsync) before it returns, so an update
 shown to anyone survives a crash of the process and of the machine; ``NORMAL`` survives a crash
 of the process only, and costs less.
 
 The file is checked when it is opened (its header, ``PRAGMA quick_check`` and the schema
 version): a truncated or corrupt file stops the start with a message naming it. It is never
-replaced or "repaired" behind anyone's back.
+replaced or "repaired" behind anyone's back. A file of an older schema version is migrated in
+place, in one transaction.
+
+The directory is made private (0700) and the file, with the ``-wal`` and ``-shm`` files SQLite
+creates with its mode, is created 0600: it holds every room's text.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
+import os
 import sqlite3
+import stat
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal, TypeVar
@@ -36,7 +49,7 @@ from rooms.store import (
     replay,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 HEADER = b"SQLite format 3\x00"
 
 SCHEMA = """
@@ -72,10 +85,15 @@ CREATE TABLE clients (
     client_id TEXT NOT NULL,
     seq INTEGER NOT NULL,
     version INTEGER NOT NULL,
+    token TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (room_id, client_id)
 ) WITHOUT ROWID;
 """
 TABLES = {"rooms", "updates", "snapshots", "clients"}
+# The statements that bring a file of schema version N to N + 1.
+MIGRATIONS = {
+    1: "ALTER TABLE clients ADD COLUMN token TEXT NOT NULL DEFAULT '';",
+}
 
 T = TypeVar("T")
 Synchronous = Literal["full", "normal"]
@@ -83,59 +101,148 @@ Synchronous = Literal["full", "normal"]
 # (temporary: nothing of it is in the file). The batch is [rooms, updates, clients, snapshots,
 # time]: rooms as [room_id, epoch, language, head or null, first version or null], updates and
 # clients as their tables' columns, snapshots as [room_id, text] (at the room's new head).
+# Every room of the batch gets `updated`, with records or without (a room opened, a language
+# changed), so that retention counts from the last use.
 CONFLICT = "collab: the first version of a commit does not follow the head of its room"
-COMMIT_TRIGGER = f"""
-CREATE TEMP VIEW incoming (batch) AS SELECT NULL;
-CREATE TEMP TRIGGER incoming_commit INSTEAD OF INSERT ON incoming BEGIN
+# A JSON number beyond 64 bits reads as REAL, which the INTEGER columns would keep as REAL and
+# every later comparison of versions would go wrong: such a commit is refused as a whole. The
+# rooms' and clients' versions and seqs are those of the records, so checking these suffices.
+NOT_INTEGER = "collab: a version or seq of a commit is not a 64-bit integer"
+
+
+# Texts: SQLite's JSON functions cut a string at its first NUL (U+0000), which would store a
+# shorter text, or merge the client ids "a\0b" and "a\0c" (and their tokens) into "a". A batch
+# with a NUL or U+0001 anywhere has every text escaped (`_escaped`) and goes to a second trigger,
+# the same but for unescaping each text (`_unescaped`); the first, for every other batch, pays
+# nothing for it.
+def _plain(row: str, index: int) -> str:
+    return f"{row} ->> {index}"
+
+
+def _unescaped(row: str, index: int) -> str:
+    """SQL for the text at ``index`` of a batch row, unescaped (see `_escaped`)."""
+    return f"replace(replace({row} ->> {index}, char(1, 48), char(0)), char(1, 49), char(1))"
+
+
+def _commit_trigger(name: str, when: str, t: Callable[[str, int], str]) -> str:
+    """The trigger that spreads a batch over the tables, taking its texts with ``t``."""
+    return f"""
+CREATE TEMP TRIGGER {name} INSTEAD OF INSERT ON incoming WHEN {when} BEGIN
+    SELECT RAISE(ABORT, '{NOT_INTEGER}') FROM json_each(NEW.batch, '$[1]')
+        WHERE typeof(value ->> 1) != 'integer' OR typeof(value ->> 3) != 'integer';
     SELECT RAISE(ABORT, '{CONFLICT}') FROM json_each(NEW.batch, '$[0]') AS r
         WHERE r.value ->> 4 IS NOT NULL
-        AND r.value ->> 4 != coalesce((SELECT version FROM rooms WHERE room_id = r.value ->> 0), 0) + 1;
+        AND r.value ->> 4 != coalesce((SELECT version FROM rooms WHERE room_id = {t("r.value", 0)}), 0) + 1;
     INSERT INTO rooms (room_id, epoch, language, version, created, updated)
-        SELECT value ->> 0, value ->> 1, value ->> 2,
-            coalesce(value ->> 3, (SELECT version FROM rooms AS stored WHERE stored.room_id = value ->> 0), 0),
+        SELECT {t("value", 0)}, {t("value", 1)}, {t("value", 2)},
+            coalesce(value ->> 3, (SELECT version FROM rooms AS stored WHERE stored.room_id = {t("value", 0)}), 0),
             NEW.batch ->> 4, NEW.batch ->> 4
         FROM json_each(NEW.batch, '$[0]') WHERE true
         ON CONFLICT (room_id) DO UPDATE
             SET language = excluded.language, version = excluded.version, updated = excluded.updated;
     INSERT INTO updates
-        SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, value ->> 6,
-            value ->> 7, value ->> 8
+        SELECT {t("value", 0)}, value ->> 1, {t("value", 2)}, value ->> 3, {t("value", 4)},
+            {t("value", 5)}, {t("value", 6)}, {t("value", 7)}, value ->> 8
         FROM json_each(NEW.batch, '$[1]');
-    INSERT INTO clients
-        SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3 FROM json_each(NEW.batch, '$[2]') WHERE true
-        ON CONFLICT (room_id, client_id) DO UPDATE SET seq = excluded.seq, version = excluded.version;
+    INSERT INTO clients (room_id, client_id, seq, version, token)
+        SELECT {t("value", 0)}, {t("value", 1)}, value ->> 2, value ->> 3, {t("value", 4)}
+        FROM json_each(NEW.batch, '$[2]') WHERE true
+        ON CONFLICT (room_id, client_id) DO UPDATE SET seq = excluded.seq, version = excluded.version,
+            token = CASE excluded.token WHEN '' THEN clients.token ELSE excluded.token END;
     INSERT OR REPLACE INTO snapshots
-        SELECT value ->> 0, (SELECT version FROM rooms WHERE room_id = value ->> 0), value ->> 1
+        SELECT {t("value", 0)}, (SELECT version FROM rooms WHERE room_id = {t("value", 0)}), {t("value", 1)}
         FROM json_each(NEW.batch, '$[3]');
 END;
 """
+
+
+COMMIT_TRIGGER = (
+    "CREATE TEMP VIEW incoming (batch, escaped) AS SELECT NULL, NULL;"
+    + _commit_trigger("incoming_commit", "NOT NEW.escaped", _plain)
+    + _commit_trigger("incoming_commit_escaped", "NEW.escaped", _unescaped)
+)
 _JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+# Rooms a purge deletes in one transaction: a purge of many rooms lets commits in between.
+PURGE_BATCH = 500
+# Rooms last written before a time (?1), but for a JSON list of ids (?2).
+_EXPIRED = "FROM rooms WHERE updated < ?1 AND room_id NOT IN (SELECT value FROM json_each(?2))"
+CHECK_TIMEOUT_SECONDS = 5.0
+
+
+def _escaped(value: object) -> object:
+    """``value`` with every text's U+0001 written as U+0001 "1" and U+0000 as U+0001 "0"."""
+    if isinstance(value, str):
+        return value.replace("\x01", "\x011").replace("\x00", "\x010")
+    if isinstance(value, list):
+        return [_escaped(item) for item in value]
+    return value
+
+
+def _narrow(path: Path, mode: int) -> None:
+    """Take away every permission of ``path`` beyond ``mode``."""
+    current = stat.S_IMODE(path.stat().st_mode)
+    if current & ~mode:
+        path.chmod(current & mode)
 
 
 class SqliteStore(Store):
     name = "sqlite"
 
-    def __init__(self, path: Path, *, keep_versions: int = 0, synchronous: Synchronous = "full") -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        keep_versions: int = 0,
+        synchronous: Synchronous = "full",
+        api_read_threads: int = 2,
+        check_timeout: float = CHECK_TIMEOUT_SECONDS,
+        purge_batch: int = PURGE_BATCH,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.path = path
         self.keep_versions = keep_versions  # 0: keep every version
         self.synchronous = synchronous
-        self._writer = self._reader = ThreadPoolExecutor(1)  # replaced by `open`
+        self.api_read_threads = api_read_threads
+        self.check_timeout = check_timeout  # `check` fails when the probe gets no answer in time
+        self.purge_batch = purge_batch
+        self.clock = clock  # the time a commit is stored at (`rooms.updated`)
+        # Replaced by `open`.
+        self._writer = self._loader = self._api = self._prober = ThreadPoolExecutor(1)
         self._write: sqlite3.Connection | None = None
-        self._read: sqlite3.Connection | None = None
+        self._load_connection: sqlite3.Connection | None = None
+        self._probe_connection: sqlite3.Connection | None = None
+        # The API pool's connections: one per thread, made by the thread on its first read.
+        self._api_local = threading.local()
+        self._api_connections: list[sqlite3.Connection] = []
+        self._api_lock = threading.Lock()
 
     # Lifecycle
 
     async def open(self) -> None:
-        """Open (creating or checking the file); a second call while open does nothing."""
+        """Open (creating, checking or migrating the file); a second call while open does nothing."""
         if self._write is not None:
             return
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="collab-store-write")
-        self._reader = ThreadPoolExecutor(1, thread_name_prefix="collab-store-read")
+        self._loader = ThreadPoolExecutor(1, thread_name_prefix="collab-store-load")
+        self._api = ThreadPoolExecutor(self.api_read_threads, thread_name_prefix="collab-store-api")
+        self._prober = ThreadPoolExecutor(1, thread_name_prefix="collab-store-check")
+        self._api_local = threading.local()
         await self._on(self._writer, self._open_writer)
-        self._read = await self._on(self._reader, lambda: self._connect(readonly=True))
+        self._load_connection = await self._on(self._loader, lambda: self._connect(readonly=True))
+        self._probe_connection = await self._on(self._prober, lambda: self._connect(readonly=True))
 
     async def close(self) -> None:
-        for executor, attribute in ((self._reader, "_read"), (self._writer, "_write")):
+        # API reads still running finish first; their connections are closed once no thread uses them.
+        await asyncio.to_thread(self._api.shutdown, wait=True)
+        with self._api_lock:
+            connections, self._api_connections = self._api_connections, []
+        for connection in connections:
+            connection.close()
+        for executor, attribute in (
+            (self._prober, "_probe_connection"),
+            (self._loader, "_load_connection"),
+            (self._writer, "_write"),
+        ):
             connection = getattr(self, attribute)
             if connection is not None:
                 await self._on(executor, connection.close)
@@ -163,17 +270,31 @@ class SqliteStore(Store):
             "restore it from a backup, or move it away to start with no rooms"
         )
 
+    def _make_private(self) -> None:
+        """The directory 0700 and the database files 0600, created so or narrowed if more open."""
+        directory = self.path.parent
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with contextlib.suppress(OSError):  # not ours to change (a shared parent): the files still are
+            _narrow(directory, 0o700)
+        # Created before SQLite opens it, so that it never exists with a wider mode; SQLite gives
+        # the -wal and -shm files it creates the database file's mode.
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+        for path in (self.path, Path(f"{self.path}-wal"), Path(f"{self.path}-shm")):
+            with contextlib.suppress(FileNotFoundError):
+                _narrow(path, 0o600)
+
     def _open_writer(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         existed = self.path.exists() and self.path.stat().st_size > 0
         if existed:
             with self.path.open("rb") as file:
                 if file.read(len(HEADER)) != HEADER:
                     raise self._corrupt("the file does not start with an SQLite header")
+        self._make_private()
         connection = self._connect()
         try:
             if existed:
                 self._check(connection)
+                self._migrate(connection)
             else:
                 # Incremental vacuum gives the pages of pruned history back to the file system.
                 # It must be chosen before anything is written: switching to WAL writes the
@@ -201,8 +322,25 @@ class SqliteStore(Store):
             raise self._corrupt(str(exc)) from exc
         if problems != ["ok"]:
             raise self._corrupt("integrity check: " + "; ".join(problems[:3]))
-        if version != SCHEMA_VERSION or not TABLES <= tables:
+        if not (version == SCHEMA_VERSION or version in MIGRATIONS) or not TABLES <= tables:
             raise self._corrupt(f"schema version {version} with tables {sorted(tables)}, expected {SCHEMA_VERSION}")
+
+    def _migrate(self, connection: sqlite3.Connection) -> None:
+        """Bring a file of an older schema version to `SCHEMA_VERSION`, in one transaction."""
+        if connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
+            return
+        connection.execute("BEGIN IMMEDIATE")  # read the version under the write lock: migrate once
+        try:
+            version = connection.execute("PRAGMA user_version").fetchone()[0]
+            while version < SCHEMA_VERSION:
+                connection.execute(MIGRATIONS[version])
+                version += 1
+            connection.execute(f"PRAGMA user_version = {version}")
+            connection.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                connection.execute("ROLLBACK")
+            raise
 
     async def _on(self, executor: ThreadPoolExecutor, call: Callable[[], T]) -> T:
         try:
@@ -216,15 +354,23 @@ class SqliteStore(Store):
                 raise StoreError(f"{self.path}: {exc}") from exc
             raise self._corrupt(str(exc)) from exc
 
-    def _writer_connection(self) -> sqlite3.Connection:
-        if self._write is None:
+    def _opened(self, connection: sqlite3.Connection | None) -> sqlite3.Connection:
+        if connection is None:
             raise StoreError(f"{self.path} is not open")
-        return self._write
+        return connection
 
-    def _reader_connection(self) -> sqlite3.Connection:
-        if self._read is None:
-            raise StoreError(f"{self.path} is not open")
-        return self._read
+    def _writer_connection(self) -> sqlite3.Connection:
+        return self._opened(self._write)
+
+    def _api_connection(self) -> sqlite3.Connection:
+        """The calling API thread's own connection: its reads never share one with another's."""
+        connection: sqlite3.Connection | None = getattr(self._api_local, "connection", None)
+        if connection is None:
+            self._opened(self._write)  # not after `close`
+            connection = self._api_local.connection = self._connect(readonly=True)
+            with self._api_lock:
+                self._api_connections.append(connection)
+        return connection
 
     # Writing
 
@@ -254,18 +400,26 @@ class SqliteStore(Store):
                 for r in write.records
             ],
             [
-                [write.room_id, client, seq, version]
+                [write.room_id, client, seq, version, write.tokens.get(client, "")]
                 for write in writes
                 for client, (seq, version) in {r.client_id: (r.seq, r.version) for r in write.records}.items()
             ],
             [[write.room_id, write.snapshot] for write in writes if write.snapshot is not None],
-            time.time(),
+            self.clock(),
         ]
+        encoded = _JSON.encode(batch)
+        # How the encoder writes U+0000 and U+0001 (or a text holding such an escape: rare, and
+        # escaping it too does no harm).
+        escaped = "\\u0000" in encoded or "\\u0001" in encoded
+        if escaped:
+            encoded = _JSON.encode(_escaped(batch))
         try:
-            db.execute("INSERT INTO incoming VALUES (?)", (_JSON.encode(batch),))
+            db.execute("INSERT INTO incoming VALUES (?, ?)", (encoded, escaped))
         except sqlite3.IntegrityError as exc:
             if CONFLICT in str(exc):
                 raise self._conflict(db, writes) from None
+            if NOT_INTEGER in str(exc):
+                raise self._not_integer(writes) from None
             raise
         snapshots = [write.room_id for write in writes if write.snapshot is not None]
         if not snapshots or not self.keep_versions:
@@ -297,6 +451,16 @@ class SqliteStore(Store):
                 return StoreConflict(write.room_id, head + 1, write.records[0].version)
         return StoreError("a commit was refused as out of order, but no room's versions are")
 
+    @staticmethod
+    def _not_integer(writes: Sequence[RoomWrite]) -> StoreError:
+        for write in writes:
+            for r in write.records:
+                if not all(type(value) is int and -(2**63) <= value < 2**63 for value in (r.version, r.seq)):
+                    return StoreError(
+                        f"room {write.room_id!r}: version {r.version!r} and seq {r.seq!r} must be 64-bit integers"
+                    )
+        return StoreError("a commit was refused for a version or seq that is not an integer, but none is")
+
     def _prune(self, db: sqlite3.Connection, room_id: str) -> None:
         """Forget history older than ``keep_versions`` (never what loading the room needs)."""
         if not self.keep_versions:
@@ -316,10 +480,10 @@ class SqliteStore(Store):
     # Reading
 
     async def load(self, room_id: str, history: int) -> StoredRoom | None:
-        return await self._on(self._reader, lambda: self._load(room_id, history))
+        return await self._on(self._loader, lambda: self._load(room_id, history))
 
     def _load(self, room_id: str, history: int) -> StoredRoom | None:
-        db = self._reader_connection()
+        db = self._opened(self._load_connection)
         db.execute("BEGIN")  # one consistent view of the room across the queries
         try:
             info = self._info(db, room_id)
@@ -328,13 +492,14 @@ class SqliteStore(Store):
             snapshot_version, snapshot_text = self._snapshot(db, room_id, info.version)
             start = min(snapshot_version, info.version - history)
             records = self._records(db, room_id, start, info.version)
-            clients = {
-                client: (seq, version)
-                for client, seq, version in db.execute(
-                    "SELECT client_id, seq, version FROM clients WHERE room_id = ?", (room_id,)
-                )
-            }
-            return StoredRoom(info, snapshot_version, snapshot_text, records, clients)
+            clients, tokens = {}, {}
+            for client, seq, version, token in db.execute(
+                "SELECT client_id, seq, version, token FROM clients WHERE room_id = ?", (room_id,)
+            ):
+                clients[client] = (seq, version)
+                if token:
+                    tokens[client] = token
+            return StoredRoom(info, snapshot_version, snapshot_text, records, clients, tokens)
         finally:
             db.execute("COMMIT")
 
@@ -362,14 +527,18 @@ class SqliteStore(Store):
             )
         ]
 
+    # The rooms API's reads, on its own pool.
+
     async def info(self, room_id: str) -> RoomInfo | None:
-        return await self._on(self._reader, lambda: self._info(self._reader_connection(), room_id))
+        return await self._on(self._api, lambda: self._info(self._api_connection(), room_id))
 
     async def text_at(self, room_id: str, version: int) -> str:
-        return await self._on(self._reader, lambda: self._text_at(room_id, version))
+        return await self._on(self._api, lambda: self._text_at(room_id, version))
 
     def _text_at(self, room_id: str, version: int) -> str:
-        db = self._reader_connection()
+        # From the newest snapshot at or before `version`: the replay is bounded by the snapshot
+        # interval, whatever the length of the history.
+        db = self._api_connection()
         db.execute("BEGIN")
         try:
             info = self._info(db, room_id)
@@ -384,18 +553,66 @@ class SqliteStore(Store):
 
     async def history(self, room_id: str, since: int, limit: int) -> list[Record]:
         def read() -> list[Record]:
-            db = self._reader_connection()
+            db = self._api_connection()
             if self._info(db, room_id) is None:
                 raise KeyError(room_id)
             return self._records(db, room_id, since, 2**62, limit)
 
-        return await self._on(self._reader, read)
+        return await self._on(self._api, read)
 
     async def check(self) -> None:
+        # On a thread and connection of its own, so that the probe never waits behind reads or
+        # loads; a probe that gets no answer in time (a stuck disk) fails.
         def read() -> None:
-            self._reader_connection().execute("SELECT 1 FROM rooms LIMIT 1").fetchall()
+            self._opened(self._probe_connection).execute("SELECT 1 FROM rooms LIMIT 1").fetchall()
 
-        await self._on(self._reader, read)
+        try:
+            await asyncio.wait_for(self._on(self._prober, read), self.check_timeout)
+        except TimeoutError:
+            raise StoreError(f"{self.path}: no answer within {self.check_timeout:g} s") from None
+
+    # Retention
+
+    async def purge(self, before: float, keep: Collection[str]) -> list[str]:
+        # In batches, each its own transaction on the writer's thread: commits queued meanwhile
+        # wait for one batch at most. Rooms are taken in key order, each batch after the last.
+        kept = _JSON.encode(sorted(keep))
+        deleted: list[str] = []
+        after = ""
+        while True:
+            batch = await self._on(self._writer, functools.partial(self._purge_batch, before, kept, after))
+            deleted += batch
+            if len(batch) < self.purge_batch:
+                return deleted
+            after = batch[-1]
+
+    def _purge_batch(self, before: float, kept: str, after: str) -> list[str]:
+        db = self._writer_connection()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            query = f"SELECT room_id {_EXPIRED} AND room_id > ?3 ORDER BY room_id LIMIT ?4"
+            rooms = [row[0] for row in db.execute(query, (before, kept, after, self.purge_batch))]
+            chosen = _JSON.encode(rooms)
+            for table in ("updates", "snapshots", "clients", "rooms"):
+                db.execute(f"DELETE FROM {table} WHERE room_id IN (SELECT value FROM json_each(?))", (chosen,))
+            db.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            raise
+        if rooms:
+            with contextlib.suppress(sqlite3.Error):  # the pages are given back by the next purge or prune
+                db.executescript("PRAGMA incremental_vacuum;")
+        return rooms
+
+    async def count_expired(self, before: float, keep: Collection[str]) -> int:
+        kept = _JSON.encode(sorted(keep))
+
+        def count() -> int:
+            row = self._api_connection().execute(f"SELECT count(*) {_EXPIRED}", (before, kept))
+            return int(row.fetchone()[0])
+
+        return await self._on(self._api, count)
 
     def file_size(self) -> int:
         """Bytes on disk: the database and its write-ahead log."""
