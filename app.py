@@ -24,7 +24,8 @@ from nicegui import app as nicegui_app
 from nicegui import core, ui
 from nicegui.storage import Storage
 
-from api import health, rooms, ws
+from api import edge, health, rooms, ws
+from api.http_timeouts import http_protocol
 from api.origins import is_loopback, origin_allowed
 from observability.logs import configure_logging
 from rooms.registry import RoomRegistry
@@ -52,8 +53,17 @@ def storage_secret(settings: Settings) -> str:
         return _new_secret(path)
 
 
+def private_directory(path: Path) -> Path:
+    """``path``, created when missing with mode 0700: room texts and secrets are kept below it.
+
+    An existing directory keeps its mode (a mounted volume's owner decides it).
+    """
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return path
+
+
 def _new_secret(path: Path) -> str:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_directory(path.parent)
     secret = secrets.token_urlsafe(32)
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "w", encoding="ascii") as file:
@@ -87,13 +97,14 @@ def create_app(settings: Settings, store: Store) -> FastAPI:
 
     application = FastAPI(title="collab pad", lifespan=lifespan, docs_url=None, redoc_url=None)
     application.state.settings = settings
+    edge.install(application, settings)  # around everything below, whichever server runs it
     # API routes first: NiceGUI is mounted at "/" and would otherwise shadow them.
     application.include_router(health.router)
     application.include_router(ws.router)
     application.include_router(rooms.router)
     pages.register(pages.Services(registry=lambda: application.state.registry, settings=settings))
     # NiceGUI's per-browser storage (names, colours, theme) lives in DATA_DIR too.
-    Storage.path = (settings.data_dir / "nicegui").resolve()
+    Storage.path = private_directory(private_directory(settings.data_dir) / "nicegui").resolve()
     nicegui_app.storage = Storage()
     restrict_socketio_origins(settings)
     ui.run_with(
@@ -166,6 +177,12 @@ def main() -> None:
         host=settings.host,
         port=settings.port,
         log_config=None,
+        # The request head must arrive within REQUEST_HEADER_TIMEOUT_SECONDS (api/http_timeouts.py).
+        http=http_protocol(settings.request_header_timeout_seconds),
+        # A client address from X-Forwarded-For only from the proxies listed: uvicorn's default
+        # trusts 127.0.0.1, and any local process could then pick its address at will.
+        proxy_headers=bool(settings.forwarded_allow_ips),
+        forwarded_allow_ips=settings.forwarded_allow_ips or None,
         # The sans-I/O websockets implementation applies back-pressure on send (wsproto buffers
         # without limit), which is what lets the registry spot and drop a slow client; it also
         # costs less CPU per frame than the legacy one (p99 35 ms against 70 ms at 500 clients).

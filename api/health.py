@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
@@ -10,6 +12,10 @@ from observability import metrics
 from rooms.registry import RoomRegistry
 
 router = APIRouter()
+
+# Longest `/readyz` waits for the store's check: a probe that hangs tells an orchestrator
+# nothing, a 503 tells it to send traffic elsewhere. Probes usually give up after 1 s.
+READY_CHECK_TIMEOUT_SECONDS = 0.8
 
 
 def running_registry(app: FastAPI) -> RoomRegistry | None:
@@ -32,8 +38,11 @@ async def readyz(request: Request) -> JSONResponse:
     registry = running_registry(request.app)
     if registry is None:
         return JSONResponse({"status": "unavailable", "reason": "not accepting connections"}, status_code=503)
+    # The store's check has a thread of its own: it never waits behind API reads or commits.
     try:
-        await registry.store.check()
+        await asyncio.wait_for(registry.store.check(), READY_CHECK_TIMEOUT_SECONDS)
+    except TimeoutError:
+        return JSONResponse({"status": "unavailable", "reason": "store: not answering"}, status_code=503)
     except Exception as exc:
         return JSONResponse({"status": "unavailable", "reason": f"store: {exc}"}, status_code=503)
     if not registry.store_ok:

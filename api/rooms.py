@@ -13,12 +13,20 @@ are refused by the same ``Origin`` rule as ``/ws``. Nothing here creates or load
 
 Every error is ``{"error": code, "message": ...}`` with the HTTP status (see docs/api.md), and
 every response carries ``Cache-Control: no-store``: room texts must not linger in caches.
+
+What one client may cost is bounded: requests per client address by a token bucket
+(``API_RATE_LIMIT_*``, 429 beyond), requests in progress at once (``API_MAX_PENDING_READS``,
+503 beyond), and the body of a history page (``API_MAX_RESPONSE_BYTES``). A room's text is
+bounded by ``MAX_DOCUMENT_CHARS`` and always sent whole.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
+import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -32,7 +40,8 @@ from starlette.exceptions import HTTPException
 
 from api.health import running_registry
 from api.origins import is_loopback, origin_allowed
-from rooms.limits import ROOM_ID
+from rooms.errors import RateLimited
+from rooms.limits import ROOM_ID, TokenBucket
 from rooms.registry import RoomRegistry
 from rooms.settings import Settings
 from rooms.store import HistoryUnavailable, Record
@@ -46,6 +55,16 @@ MAX_HISTORY_PAGE = 1000
 # Reading a room's text reads its head and then the text at that head: a commit that prunes
 # the head's text in between (only with a tiny HISTORY_KEEP_VERSIONS) is met by reading again.
 TEXT_READ_ATTEMPTS = 3
+
+# Records read from the store at a time while a history page fills up to its byte budget, so
+# a page of large updates never holds many more of them in memory than it sends.
+HISTORY_READ_CHUNK = 50
+
+# Client addresses whose request rate is tracked; beyond it the least recently seen is forgotten.
+MAX_TRACKED_ADDRESSES = 10_000
+
+# Seconds a client refused for too many reads in progress is asked to wait.
+BUSY_RETRY_AFTER_SECONDS = 1
 
 _INTEGER = re.compile(r"-?[0-9]+")
 ECHO_CHARS = 40  # how much of a bad parameter an error message repeats
@@ -64,6 +83,19 @@ class ApiError(Exception):
 
     def response(self) -> JSONResponse:
         return JSONResponse({"error": self.code, "message": self.message}, status_code=self.status)
+
+
+class Refused(ApiError):
+    """A refusal that says when to try again (``Retry-After``, whole seconds)."""
+
+    def __init__(self, status: int, code: str, message: str, retry_after: int) -> None:
+        super().__init__(status, code, message)
+        self.retry_after = retry_after
+
+    def response(self) -> JSONResponse:
+        response = super().response()
+        response.headers["Retry-After"] = str(self.retry_after)
+        return response
 
 
 def invalid_parameter(message: str) -> ApiError:
@@ -86,18 +118,86 @@ def server_unavailable() -> ApiError:
     return ApiError(503, "server_unavailable", "the server is starting or stopping; try again in a moment")
 
 
+class ApiLimits:
+    """The rooms API's limits for one application: a token bucket per client address and a
+    count of requests in progress.
+
+    The buckets are kept for at most `MAX_TRACKED_ADDRESSES` addresses, least recently seen
+    forgotten first (a forgotten address starts again with a full bucket).
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.rate = settings.api_rate_limit_per_second
+        self.burst = settings.api_rate_limit_burst
+        self.max_pending = settings.api_max_pending_reads
+        self.buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+        self.pending = 0
+
+    def take(self, address: str, now: float) -> None:
+        """Spend one request of ``address``'s allowance, or raise a 429 `Refused`."""
+        bucket = self.buckets.get(address)
+        if bucket is None:
+            bucket = self.buckets[address] = TokenBucket.full(self.rate, self.burst, now)
+            if len(self.buckets) > MAX_TRACKED_ADDRESSES:
+                self.buckets.popitem(last=False)
+        else:
+            self.buckets.move_to_end(address)
+        try:
+            bucket.take(now)
+        except RateLimited as exc:
+            raise Refused(
+                429,
+                "rate_limited",
+                f"too many requests from your address; at most {self.rate:g} a second "
+                f"(bursts of {self.burst}), retry in {exc.retry_after:.2f} s",
+                retry_after=max(1, math.ceil(exc.retry_after)),
+            ) from None
+
+    def begin(self) -> None:
+        """Count one more request in progress, or raise a 503 `Refused` when too many are."""
+        if self.pending >= self.max_pending:
+            raise Refused(
+                503,
+                "server_busy",
+                f"too many reads are in progress ({self.max_pending}); try again in a moment",
+                retry_after=BUSY_RETRY_AFTER_SECONDS,
+            )
+        self.pending += 1
+
+    def end(self) -> None:
+        self.pending -= 1
+
+
+def api_limits(request: Request) -> ApiLimits:
+    """The application's `ApiLimits`, made from its settings on first use."""
+    state = request.app.state
+    limits: ApiLimits | None = getattr(state, "api_limits", None)
+    if limits is None:
+        limits = state.api_limits = ApiLimits(state.settings)
+    return limits
+
+
 class JsonErrorRoute(APIRoute):
     """This router's routes: `ApiError` answered in its JSON shape, and no response cached.
 
     Scoped to these routes, so the rest of the application keeps FastAPI's default answers.
     The endpoints take their parameters as strings and parse them themselves, so FastAPI's
-    validation (a 422 in another shape) never answers here.
+    validation (a 422 in another shape) never answers here. Every request, whatever its
+    answer, is charged to its client address's rate limit first.
     """
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
 
         async def handle(request: Request) -> Response:
+            limits = api_limits(request)
+            try:
+                limits.take(request.client.host if request.client else "", time.monotonic())
+                limits.begin()
+            except ApiError as error:
+                refused = error.response()
+                refused.headers["Cache-Control"] = "no-store"
+                return refused
             try:
                 response = await handler(request)
             except ApiError as error:
@@ -107,6 +207,8 @@ class JsonErrorRoute(APIRoute):
             except Exception:
                 log.exception("api_request_failed", path=request.url.path)
                 response = ApiError(500, "internal_error", "internal error; the server has logged it").response()
+            finally:
+                limits.end()
             response.headers["Cache-Control"] = "no-store"
             return response
 
@@ -262,10 +364,17 @@ async def text_at_version(request: Request, room_id: str, version: str) -> JSONR
     return JSONResponse({"room_id": room_id, "epoch": state.epoch, "version": number, "text": text})
 
 
+def _json_size(value: Any) -> int:
+    """Bytes of ``value`` as `JSONResponse` renders it."""
+    return len(json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8"))
+
+
 @router.get("/{room_id}/history")
 async def history(request: Request, room_id: str, since: str | None = None, limit: str | None = None) -> JSONResponse:
-    """Up to ``limit`` committed updates after version ``since``, oldest first."""
+    """Up to ``limit`` committed updates after version ``since``, oldest first, in at most
+    ``API_MAX_RESPONSE_BYTES`` (always at least one update: ``next`` says where to go on)."""
     registry = _registry(request, room_id)
+    settings: Settings = request.app.state.settings
     after = _integer(since, "since", 0)
     count = _integer(limit, "limit", DEFAULT_HISTORY_PAGE)
     if not 1 <= count <= MAX_HISTORY_PAGE:
@@ -273,26 +382,40 @@ async def history(request: Request, room_id: str, since: str | None = None, limi
     state = await _state(registry, room_id)
     if after > state.head:
         raise out_of_range(f"since {after} is past the last version: since must be 0 to {state.head}")
-    records: list[Record] = []
-    if state.stored and after < state.head:
+    page: dict[str, Any] = {
+        "room_id": room_id,
+        "epoch": state.epoch,
+        "head": state.head,
+        "oldest": state.oldest,
+        "updates": [],
+        "next": state.head,  # the longest `next` there can be, for the budget
+    }
+    budget = settings.api_max_response_bytes - _json_size(page)
+    updates: list[dict[str, Any]] = page["updates"]
+    cursor = after
+    full = not (state.stored and after < state.head)
+    while not full:
         try:
-            records = await _read(registry.store.history(room_id, after, count), room_id)
+            want = min(HISTORY_READ_CHUNK, count - len(updates))
+            records = await _read(registry.store.history(room_id, cursor, want), room_id)
         except KeyError:
             raise not_found(room_id) from None
-    # Updates committed after the head was read are left to the next page: this one is
-    # consistent with the `head` it reports.
-    records = [record for record in records if record.version <= state.head]
-    last = records[-1].version if records else state.head
-    return JSONResponse(
-        {
-            "room_id": room_id,
-            "epoch": state.epoch,
-            "head": state.head,
-            "oldest": state.oldest,
-            "updates": [history_entry(record) for record in records],
-            "next": last if last < state.head else None,
-        }
-    )
+        # Updates committed after the head was read are left to the next page: this one is
+        # consistent with the `head` it reports.
+        records = [record for record in records if record.version <= state.head]
+        for record in records:
+            entry = history_entry(record)
+            size = _json_size(entry) + (1 if updates else 0)  # and its comma
+            if updates and size > budget:
+                full = True
+                break
+            updates.append(entry)
+            budget -= size
+            cursor = record.version
+        full = full or not records or len(updates) == count or cursor >= state.head
+    last = cursor if updates else state.head
+    page["next"] = last if last < state.head else None
+    return JSONResponse(page)
 
 
 # Anything else under /api/rooms answers in the same shape, rather than with the web page's

@@ -120,6 +120,12 @@ STORE_ERRORS = Counter(
 # Prometheus sees only metrics, so readiness is one too: an alert on `collab_ready == 0` (or
 # `up == 0`) is the scrape-side twin of a failing `/readyz`.
 READY = Gauge("collab_ready", "1 while this process accepts room connections (/readyz answers 200), else 0.")
+REFUSED_CONNECTIONS = Counter(
+    "collab_refused_connections_total",
+    "Connections and requests refused at the HTTP edge: per-address or total WebSocket limit, "
+    "Host not allowed, request head not complete in time.",
+    ["reason"],
+)
 
 
 @cache

@@ -13,13 +13,16 @@ from app import app, storage_secret
 from rooms.settings import Settings
 from tests.conftest import LiveServer
 
+# The default Host rule answers loopback names only (TestClient says "testserver").
+LOCAL = "http://127.0.0.1"
+
 
 def test_app_serves_health_and_a_websocket_room_in_process() -> None:
-    with TestClient(app) as client:
+    with TestClient(app, base_url=LOCAL) as client:
         assert {"status": "ok"} == client.get("/healthz").json()
         assert "ready" == client.get("/readyz").json()["status"]
         assert "collab_rooms" in client.get("/metrics").text
-        with client.websocket_connect("/ws/in-process") as socket:
+        with client.websocket_connect("ws://127.0.0.1/ws/in-process") as socket:
             socket.send_json({"type": "hello", "client_id": "c1", "username": "ann", "version": None})
             welcome = socket.receive_json()
             assert ("welcome", "") == (welcome["type"], welcome["doc"])
@@ -29,9 +32,9 @@ def test_app_serves_health_and_a_websocket_room_in_process() -> None:
 
 def test_readyz_is_unavailable_outside_the_lifespan() -> None:
     # Without `with`, the lifespan does not run: no registry is accepting rooms.
-    response = TestClient(app).get("/readyz")
+    response = TestClient(app, base_url=LOCAL).get("/readyz")
     assert (503, "unavailable") == (response.status_code, response.json()["status"])
-    assert {"status": "ok"} == TestClient(app).get("/healthz").json()
+    assert {"status": "ok"} == TestClient(app, base_url=LOCAL).get("/healthz").json()
 
 
 def test_a_generated_storage_secret_is_kept_private_and_reused(tmp_path: Path) -> None:

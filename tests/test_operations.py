@@ -17,6 +17,9 @@ from app import app
 from rooms.registry import DropReason
 from tests.conftest import Client, LiveServer
 
+# The default Host rule answers loopback names only (TestClient says "testserver").
+LOCAL = "http://127.0.0.1"
+
 DOC = Path(__file__).resolve().parent.parent / "docs" / "operations.md"
 
 
@@ -36,10 +39,10 @@ def sample(text: str, series: str) -> float:
 
 def test_ready_gauge_says_what_readyz_says() -> None:
     # Outside the lifespan no registry runs: not ready, in both places.
-    outside = TestClient(app)
+    outside = TestClient(app, base_url=LOCAL)
     assert 503 == outside.get("/readyz").status_code
     assert 0.0 == sample(outside.get("/metrics").text, "collab_ready")
-    with TestClient(app) as client:
+    with TestClient(app, base_url=LOCAL) as client:
         assert 200 == client.get("/readyz").status_code
         assert 1.0 == sample(client.get("/metrics").text, "collab_ready")
         registry = client.app.state.registry  # type: ignore[attr-defined]
