@@ -1,14 +1,18 @@
 """``/ws/{room_id}``: raw WebSocket clients of either protocol, fed into the room registry.
 
 The first message decides the protocol: ``hello`` starts the versioned protocol; ``join`` (or
-any other seed message, which then joins as "Anonymous") starts the seed protocol. Every error
-is answered with an ``error`` message and the connection stays open.
+any other seed message, which then joins as "Anonymous") starts the seed protocol. A first frame
+that is no valid message at all (not JSON, an unknown type, a malformed seed message) joins as
+"Anonymous" silently, as the seed server did; a failed ``hello`` (or ``push``, ``cursor``,
+``language``) is answered with a versioned ``error`` and the connection may say hello again.
+Every other error is answered with an ``error`` message and the connection stays open.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import struct
 import time
 from collections.abc import Callable
@@ -29,6 +33,7 @@ from rooms.errors import (
     RateLimited,
     RoomError,
     RoomFull,
+    ServerBusy,
     ServerStopping,
     StorageUnavailable,
 )
@@ -214,6 +219,22 @@ async def _receive(websocket: WebSocket) -> str | bytes:
     return data
 
 
+def _frame_type(raw: str | bytes) -> str | None:
+    """The ``type`` of a frame that failed to parse, when it is a JSON object that has one."""
+    with contextlib.suppress(ValueError, RecursionError):
+        data = json.loads(raw)
+        if isinstance(data, dict) and isinstance(data.get("type"), str):
+            return str(data["type"])
+    return None
+
+
+def _address(websocket: WebSocket) -> str:
+    """The client's address: the peer of the socket, or the client a trusted proxy forwarded
+    for (uvicorn rewrites the scope only for ``FORWARDED_ALLOW_IPS``)."""
+    client = websocket.client
+    return client.host if client is not None and client.host else ""
+
+
 def _pre_join_error(error: RoomError, message_type: str | None) -> str:
     """An error before the client has joined, in the format of the protocol it is trying.
 
@@ -283,6 +304,7 @@ async def _join(
     deadline = asyncio.get_running_loop().time() + settings.join_timeout_seconds
     bucket = TokenBucket.full(settings.rate_limit_per_second, settings.rate_limit_burst, time.monotonic())
     last_rate_error = float("-inf")
+    address = _address(websocket)
     while True:
         try:
             async with asyncio.timeout_at(deadline):
@@ -297,21 +319,30 @@ async def _join(
             except RateLimited:
                 metrics.RATE_LIMITED.inc()
                 raise
-            message = parse_client_message(raw, settings.frame_limit_bytes)
+            registry.charge_address(address)
+            try:
+                message = parse_client_message(raw, settings.frame_limit_bytes)
+            except RoomError as invalid:
+                message_type = invalid.message_type or _frame_type(raw)
+                if message_type in VERSIONED_ONLY:
+                    raise
+                # Not a message at all, or a broken seed one: the seed server joined such a
+                # client as "Anonymous" without a word, and its clients rely on that.
+                return await registry.join_seed(room_id, transport, None, address=address)
             message_type = message.type
             if message.type in ("hello", "join"):
                 metrics.message_counter("in", message.type).inc()
             match message:
                 case Hello():
-                    return await registry.join_versioned(room_id, transport, message)
+                    return await registry.join_versioned(room_id, transport, message, address=address)
                 case Join():
-                    return await registry.join_seed(room_id, transport, message.username)
+                    return await registry.join_seed(room_id, transport, message.username, address=address)
                 case Leave():
                     await transport.close(CLOSE_NORMAL, "left")
                     return None
                 case CodeChange() | SyncRequest() | Ping() | Pong():
                     # A seed client that skipped join: admit it as "Anonymous", then serve it.
-                    session = await registry.join_seed(room_id, transport, None)
+                    session = await registry.join_seed(room_id, transport, None, address=address)
                     registry.receive(session, message)
                     return session
                 case _:
@@ -328,6 +359,9 @@ async def _join(
             await websocket.send_text(_pre_join_error(error, message_type or error.message_type))
             if isinstance(error, RoomFull):
                 await transport.close(CLOSE_TRY_AGAIN_LATER, "room is full")
+                return None
+            if isinstance(error, ServerBusy):
+                await transport.close(CLOSE_TRY_AGAIN_LATER, "server busy")
                 return None
             if isinstance(error, StorageUnavailable):
                 await transport.close(CLOSE_TRY_AGAIN_LATER, "storage unavailable")

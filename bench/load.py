@@ -336,11 +336,14 @@ class Client(asyncio.Protocol):
     def _versioned(self, message: dict[str, Any], now: float) -> None:
         kind = message.get("type")
         replica = self.replica
-        if replica is not None and kind in ("update", "welcome"):
+        if replica is not None and kind in ("update", "welcome", "ack"):
             if kind == "update":
                 self._push(replica.update(message))
-                if message["client_id"] != self.client_id:
-                    self._peer_edit(message["client_id"], message["seq"], now)
+                if message.get("client_id") != self.client_id:
+                    self._peer_edit(message.get("client_id"), message["seq"], now)
+            elif kind == "ack":
+                # A push that changed nothing: confirmed without a version; send what is pending.
+                self._push(replica.ack(message))
             else:
                 replica.welcome(message)
                 self.cursor = self.rng.randint(0, replica.length)
@@ -353,8 +356,8 @@ class Client(asyncio.Protocol):
                 if isinstance(part, list):
                     # Inserted lines joined by "\n", minus the deleted length (ASCII only).
                     self.length += sum(map(len, part[1:])) + max(0, len(part) - 2) - part[0]
-            if message["client_id"] != self.client_id:
-                self._peer_edit(message["client_id"], message["seq"], now)
+            if message.get("client_id") != self.client_id:
+                self._peer_edit(message.get("client_id"), message["seq"], now)
             elif self.role == "seeder" and not self.joined.done():
                 self.joined.set_result(None)
         elif kind == "welcome":

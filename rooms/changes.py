@@ -31,9 +31,10 @@ from bisect import bisect_right
 from collections.abc import Sequence
 from typing import Final, TypeAlias, TypeGuard
 
-from rooms.errors import InvalidChanges
+from rooms.errors import InvalidChanges, TooComplex
 
 __all__ = [
+    "MAX_SAFE_INTEGER",
     "ChangeSet",
     "JsonPart",
     "index_to_utf16",
@@ -62,6 +63,10 @@ DEFAULT_MAX_EDITS: Final = 1000
 
 DEFAULT_MAX_WORK: Final = 200_000
 """Steps (diagonals visited plus characters compared) :meth:`ChangeSet.diff` may spend."""
+
+MAX_SAFE_INTEGER: Final = 2**53 - 1
+"""JavaScript's ``Number.MAX_SAFE_INTEGER``: the largest count a browser holds exactly, and so
+the largest a change may carry (beyond it two different numbers read as one)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -460,8 +465,9 @@ def _show(value: object) -> str:
 
 
 def _is_count(value: object) -> TypeGuard[int]:
-    # bool is an int subclass in Python; JSON true is never a length.
-    return type(value) is int and value >= 0
+    # bool is an int subclass in Python; JSON true is never a length. Beyond 2^53 - 1 a browser
+    # cannot hold the number exactly, so no client it shares the document with could agree on it.
+    return type(value) is int and 0 <= value <= MAX_SAFE_INTEGER
 
 
 def _parse_lines(index: int, part: Sequence[object]) -> str:
@@ -571,7 +577,7 @@ class ChangeSet:
     # ---- construction -----------------------------------------------------------------------
 
     @classmethod
-    def from_json(cls, parts: object) -> ChangeSet:
+    def from_json(cls, parts: object, *, max_parts: int | None = None) -> ChangeSet:
         """Parse CodeMirror's ``ChangeSet.toJSON()`` format, keeping the sections exactly as sent.
 
         Like CodeMirror's ``fromJSON``, each part becomes one section, unmerged: adjacent keeps stay
@@ -579,10 +585,13 @@ class ChangeSet:
         (``[0, ""]`` as ``[0]``). Stricter than CodeMirror, which accepts any JS number: counts must be
         non-negative integers and not booleans, a keep must not be ``0`` (CodeMirror never emits one,
         and its own map/compose throw on a trailing one), lines must be strings without ``"\\n"``.
-        Errors name the zero-based index of the offending part.
+        Errors name the zero-based index of the offending part. With ``max_parts``, more parts
+        than that raise :class:`~rooms.errors.TooComplex` before any part is read.
         """
         if not isinstance(parts, list | tuple):
             raise InvalidChanges(f"changes must be a json array of parts, got {type(parts).__name__}")
+        if max_parts is not None and len(parts) > max_parts:
+            raise TooComplex(len(parts), max_parts)
         sections: list[int] = []
         inserted: list[bytes] = []
         for index, part in enumerate(parts):
@@ -697,6 +706,11 @@ class ChangeSet:
     def new_length(self) -> int:
         """Length of the document after the changes, in UTF-16 code units."""
         return self._new_length
+
+    @property
+    def part_count(self) -> int:
+        """Parts (sections) of the set, one per element of :meth:`to_json`: what mapping it costs."""
+        return len(self._sections) // 2
 
     @property
     def is_empty(self) -> bool:
@@ -873,34 +887,41 @@ def _myers_matches(a: str, b: str, max_edits: int, max_work: int) -> list[tuple[
     """Matching runs ``(i, j, size)`` of a shortest edit script from ``a`` to ``b`` (Myers 1986).
 
     Returns None when the script needs more than ``max_edits`` edits or the search more than
-    ``max_work`` steps; the caller then replaces the whole range. Keeps a copy of the frontier per
-    ``d`` for the backtrack: O(D²) memory, bounded by ``max_edits``.
+    ``max_work`` steps; the caller then replaces the whole range. A step is one diagonal visited
+    (with its copy into the trace kept for the backtrack) or one character compared, and the
+    budget is checked as it is spent, inside a round and inside a snake, so the work never passes
+    ``max_work`` however long the texts are. Memory is O(D²), bounded by both limits.
     """
     n, m = len(a), len(b)
     limit = min(n + m, max_edits)
     offset = limit + 1
     frontier = [0] * (2 * limit + 3)
     trace: list[list[int]] = []
-    work = 0
+    left = max_work
     for d in range(limit + 1):
+        left -= 2 * d + 1  # the diagonals of this round, and their copy into the trace
+        if left < 0:
+            return None
         for k in range(-d, d + 1, 2):
             if k == -d or (k != d and frontier[offset + k - 1] < frontier[offset + k + 1]):
                 x = frontier[offset + k + 1]
             else:
                 x = frontier[offset + k - 1] + 1
             y = x - k
+            # Follow the snake, comparing at most `left` characters.
+            stop = x + min(n - x, m - y, left)
             start = x
-            while x < n and y < m and a[x] == b[y]:
+            while x < stop and a[x] == b[y]:
                 x += 1
                 y += 1
-            work += x - start + 1
+            left -= x - start
+            if x == stop and x < n and y < m and left <= 0:
+                return None  # out of budget in the middle of a snake
             frontier[offset + k] = x
             if x >= n and y >= m:
                 trace.append(frontier[offset - d : offset + d + 1])
                 return _backtrack(trace, n, m)
         trace.append(frontier[offset - d : offset + d + 1])
-        if work > max_work:
-            return None
     return None
 
 

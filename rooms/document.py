@@ -18,6 +18,11 @@ instead of updates that would not fit its text.
 
 Everything is checked before anything changes: a bad ChangeSet, a version the history no
 longer reaches, or a result over the size limit raises and leaves the document as it was.
+
+The cost of one push is known before it is paid: every history entry keeps its part count and a
+size in bytes, with running totals, so the work of rebasing a push (``rebase_steps``) and the
+size of a catch-up (``bytes_since``) are a subtraction, not a walk. The history is bounded by
+both a count and a total size; a push that changes nothing creates no version.
 """
 
 from __future__ import annotations
@@ -28,8 +33,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import NewType
 
-from rooms.changes import ChangeSet, utf16_len
-from rooms.errors import DocumentTooLarge, InvalidChanges, SeqReused, VersionFromFuture, VersionTooOld
+from rooms.changes import DEFAULT_MAX_WORK, ChangeSet, utf16_len
+from rooms.errors import DocumentTooLarge, InvalidChanges, Resync, SeqReused, VersionFromFuture, VersionTooOld
 
 ClientId = NewType("ClientId", str)
 
@@ -43,6 +48,18 @@ class Update:
     seq: int
     changes: ChangeSet
     user_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Unchanged:
+    """A push that, rebased, changes nothing: no version is made, its author is only told so.
+
+    Its seq is not recorded for dedup: there is nothing to apply twice (a resend is answered the
+    same way), and a recorded seq must point at the version it made, which this push has none of.
+    """
+
+    version: int
+    seq: int
 
 
 # A history entry: an `Update` as one flat tuple of atoms (version, client id, seq, user id, then
@@ -61,6 +78,25 @@ def _version_of(entry: _Entry) -> int:
     return entry[0]  # type: ignore[return-value]
 
 
+# Bytes counted for an entry beyond its strings: the tuple's slots, the int objects CPython makes
+# for lengths above 256 and the bytes objects' headers (tracemalloc: ~43 bytes a part for
+# 1000-part updates). Used to bound a room's memory and to judge a catch-up's size before
+# encoding it, which it overestimates (a part is 2 to 12 characters of JSON besides its text).
+_ENTRY_OVERHEAD = 160
+_BYTES_PER_PART = 40
+
+
+def _parts_of(entry: _Entry) -> int:
+    return entry[_CHANGES + 2] // 2  # type: ignore[operator]
+
+
+def _size_of(entry: _Entry) -> int:
+    """A cheap measure of an entry's memory: its strings and bytes, plus a constant per part."""
+    parts = _parts_of(entry)
+    strings = sum(len(atom) for atom in entry if not isinstance(atom, int))  # ids and inserted texts
+    return _ENTRY_OVERHEAD + _BYTES_PER_PART * parts + strings
+
+
 def _unpack(entry: _Entry) -> Update:
     version, client_id, seq, user_id = entry[:4]
     return Update(version, client_id, seq, ChangeSet.unpacked(entry, _CHANGES), user_id)  # type: ignore[arg-type]
@@ -76,8 +112,10 @@ class Document:
         *,
         max_chars: int = 100_000,
         history_limit: int = 2_000,
+        history_limit_bytes: int = 16_000_000,
         dedup_limit: int = 10_000,
         epoch: str | None = None,
+        diff_max_steps: int = DEFAULT_MAX_WORK,
     ) -> None:
         if version < 0:
             raise ValueError(f"version must be non-negative, got {version}")
@@ -86,7 +124,15 @@ class Document:
         self._length = utf16_len(text)
         self._version = version
         self.max_chars = max_chars
-        self._history: deque[_Entry] = deque(maxlen=history_limit)
+        self.diff_max_steps = diff_max_steps
+        self._history: deque[_Entry] = deque()
+        self._history_limit = history_limit
+        self._history_limit_bytes = history_limit_bytes
+        # Running totals, per kept entry, of (parts, bytes) over every entry ever kept up to and
+        # including it; `_totals_before` are those before the oldest kept one. The parts or bytes
+        # of any run of recent entries is then one subtraction.
+        self._totals: deque[tuple[int, int]] = deque()
+        self._totals_before: tuple[int, int] = (0, 0)
         # Per client: the last applied seq and the version it made, least recently used first
         # (so the table stays bounded).
         self._last_seq: OrderedDict[ClientId, tuple[int, int]] = OrderedDict()
@@ -102,8 +148,10 @@ class Document:
         *,
         max_chars: int = 100_000,
         history_limit: int = 2_000,
+        history_limit_bytes: int = 16_000_000,
         dedup_limit: int = 10_000,
         epoch: str,
+        diff_max_steps: int = DEFAULT_MAX_WORK,
     ) -> Document:
         """A document brought back from storage.
 
@@ -111,23 +159,33 @@ class Document:
         ``version`` are applied (those before only fill the history, so that clients a little
         behind can still be caught up and rebased). ``last_seq`` maps each client to its last
         applied seq and the version it made. The size limit is not applied: a document over a
-        limit lowered since is kept, as it was.
+        limit lowered since is kept, as it was. The history keeps what fits both of its limits,
+        newest first, as it would have had the updates been pushed.
         """
         document = cls(
-            text, version, max_chars=max_chars, history_limit=history_limit, dedup_limit=dedup_limit, epoch=epoch
+            text,
+            version,
+            max_chars=max_chars,
+            history_limit=history_limit,
+            history_limit_bytes=history_limit_bytes,
+            dedup_limit=dedup_limit,
+            epoch=epoch,
+            diff_max_steps=diff_max_steps,
         )
+        previous: int | None = None
         for update in updates:
-            if document._history and update.version != _version_of(document._history[-1]) + 1:
-                raise ValueError(f"update {update.version} does not follow {_version_of(document._history[-1])}")
+            if previous is not None and update.version != previous + 1:
+                raise ValueError(f"update {update.version} does not follow {previous}")
+            previous = update.version
             if update.version > document._version:
                 if update.version != document._version + 1:
                     raise ValueError(f"update {update.version} does not follow version {document._version}")
                 document._text = update.changes.apply(document._text)
                 document._length = update.changes.new_length
                 document._version = update.version
-            document._history.append(_pack(update))
-        if document._history and _version_of(document._history[-1]) != document._version:
-            raise ValueError(f"the history ends at {_version_of(document._history[-1])}, not {document._version}")
+            document._remember(_pack(update))
+        if previous is not None and previous != document._version:
+            raise ValueError(f"the history ends at {previous}, not {document._version}")
         # Least recently used first, as `_commit` keeps it.
         for client_id, last in sorted(last_seq.items(), key=lambda item: item[1][1])[-dedup_limit:]:
             document._last_seq[client_id] = last
@@ -157,6 +215,52 @@ class Document:
         if not self._history:
             return self._version
         return _version_of(self._history[0]) - 1
+
+    @property
+    def history_bytes(self) -> int:
+        """The size of the kept history, by the measure `HISTORY_LIMIT_BYTES` bounds."""
+        return self._totals[-1][1] - self._totals_before[1] if self._totals else 0
+
+    def _totals_since(self, version: int) -> tuple[int, int]:
+        """(parts, bytes) of the updates after ``version``: O(1) but for deque indexing."""
+        if version > self._version:
+            raise VersionFromFuture(version, self._version)
+        if version < self.oldest_version:
+            raise VersionTooOld(version, self.oldest_version, self._version)
+        count = self._version - version
+        if not count:
+            return (0, 0)
+        totals = self._totals
+        start = len(totals) - count
+        before = totals[start - 1] if start else self._totals_before
+        last = totals[-1]
+        return (last[0] - before[0], last[1] - before[1])
+
+    def bytes_since(self, version: int) -> int:
+        """An upper estimate of the size of the updates after ``version``, without encoding them.
+
+        Raises `VersionTooOld` or `VersionFromFuture` as `updates_since` does.
+        """
+        return self._totals_since(version)[1]
+
+    def rebase_steps(self, base_version: int, parts: int) -> int:
+        """The work of rebasing a push of ``parts`` parts made at ``base_version``, in part-steps.
+
+        Mapping one set over another walks the parts of both, so it is, for every version behind,
+        the push's parts plus that update's. Known before any of it is done; raises
+        `VersionTooOld` or `VersionFromFuture` as `rebase` does.
+        """
+        behind_parts = self._totals_since(base_version)[0]
+        return (self._version - base_version) * parts + behind_parts
+
+    def check_rebase(self, base_version: int, parts: int, max_versions: int | None, max_steps: int | None) -> int:
+        """The steps of rebasing such a push (see `rebase_steps`); `Resync` beyond either bound."""
+        steps = self.rebase_steps(base_version, parts)
+        behind = self._version - base_version
+        too_far = max_versions is not None and behind > max_versions
+        if too_far or (max_steps is not None and steps > max_steps):
+            raise Resync(behind, steps, max_versions or 0, max_steps or 0)
+        return steps
 
     def last_seq(self, client_id: ClientId) -> int | None:
         last = self._last_seq.get(client_id)
@@ -210,12 +314,38 @@ class Document:
         base_version: int,
         changes: ChangeSet,
         user_id: str = "",
-    ) -> Update | None:
-        """Rebase and apply a client's changes; ``None`` if this ``(client_id, seq)`` was applied."""
+        *,
+        max_versions: int | None = None,
+        max_steps: int | None = None,
+    ) -> Update | Unchanged | None:
+        """Rebase and apply a client's changes.
+
+        ``None`` if this ``(client_id, seq)`` was applied; `Unchanged` (no new version, nothing
+        recorded) if the changes, rebased, change nothing. With ``max_versions`` or
+        ``max_steps``, a push whose rebase would pass either raises `Resync` before any work is
+        done; a resend that far behind is ignored without the check that it repeats its change.
+        """
+        bounded = max_versions is not None or max_steps is not None
         if self.is_duplicate(client_id, seq):
+            if bounded:
+                try:
+                    self.check_rebase(base_version, changes.part_count, max_versions, max_steps)
+                except (Resync, VersionTooOld, VersionFromFuture):
+                    return None
             self._check_resend(client_id, seq, base_version, changes)
             return None
+        if bounded:
+            self.check_rebase(base_version, changes.part_count, max_versions, max_steps)
+        if changes.is_empty:
+            if changes.length != self.length_at(base_version):
+                raise InvalidChanges(
+                    f"changes expect a document of {changes.length} units, "
+                    f"it had {self.length_at(base_version)} at version {base_version}"
+                )
+            return Unchanged(self._version, seq)
         rebased = self.rebase(changes, base_version)
+        if rebased.is_empty:
+            return Unchanged(self._version, seq)  # everything it deleted was deleted already
         new_text = rebased.apply(self._text)
         self._check_size(new_text)
         return self._commit(new_text, client_id, seq, rebased, user_id)
@@ -223,7 +353,8 @@ class Document:
     def replace(self, new_text: str, client_id: ClientId, seq: int, user_id: str = "") -> Update | None:
         """Set the whole text (the seed protocol's ``code_change``) as a minimal change.
 
-        ``None`` when the text is unchanged or the push is a resend.
+        ``None`` when the text is unchanged or the push is a resend. The diff spends at most
+        ``diff_max_steps``; beyond that the change is one replacement of the differing middle.
         """
         self._check_size(new_text)
         if self.is_duplicate(client_id, seq):
@@ -232,7 +363,7 @@ class Document:
             new_text.encode("utf-8")
         except UnicodeEncodeError:
             raise InvalidChanges("text holds a lone surrogate; documents must be valid Unicode") from None
-        changes = ChangeSet.diff(self._text, new_text)
+        changes = ChangeSet.diff(self._text, new_text, max_work=self.diff_max_steps)
         if changes.is_empty:
             return None
         return self._commit(new_text, client_id, seq, changes, user_id)
@@ -247,12 +378,24 @@ class Document:
         self._length = changes.new_length
         self._version += 1
         update = Update(self._version, client_id, seq, changes, user_id)
-        self._history.append(_pack(update))
+        self._remember(_pack(update))
         self._last_seq[client_id] = (seq, self._version)
         self._last_seq.move_to_end(client_id)
         if len(self._last_seq) > self._dedup_limit:
             self._last_seq.popitem(last=False)
         return update
+
+    def _remember(self, entry: _Entry) -> None:
+        """Keep an entry in the history, forgetting the oldest while either limit is passed."""
+        parts, size = self._totals[-1] if self._totals else self._totals_before
+        self._history.append(entry)
+        self._totals.append((parts + _parts_of(entry), size + _size_of(entry)))
+        history, totals = self._history, self._totals
+        while history and (
+            len(history) > self._history_limit or totals[-1][1] - self._totals_before[1] > self._history_limit_bytes
+        ):
+            history.popleft()
+            self._totals_before = totals.popleft()
 
 
 def caret_after(changes: ChangeSet) -> int:

@@ -160,3 +160,54 @@ class StorageUnavailable(RoomError):
 
     def __init__(self) -> None:
         super().__init__("the room's storage is unavailable; reconnect in a moment")
+
+
+class TooComplex(RoomError):
+    """A push holds more parts than one message may; no work was done on it."""
+
+    code = "too_complex"
+
+    def __init__(self, parts: int, limit: int) -> None:
+        self.parts = parts
+        self.limit = limit
+        super().__init__(
+            f"changes have {parts} parts, the limit is {limit}; send them as one replacement of the span they touch"
+        )
+
+
+class Resync(RoomError):
+    """A push is too far behind to be rebased here; the client catches up and pushes again."""
+
+    code = "resync"
+
+    def __init__(self, behind: int, steps: int, max_versions: int, max_steps: int) -> None:
+        self.behind = behind
+        self.steps = steps
+        self.max_versions = max_versions
+        self.max_steps = max_steps
+        super().__init__(
+            f"push is {behind} versions behind and needs {steps} steps to rebase "
+            f"(the limits are {max_versions} versions and {max_steps} steps); "
+            "catch up with hello, then push the same edits again"
+        )
+
+
+class ServerBusy(RoomError):
+    """The server holds as many rooms in memory as it may, and none can be unloaded for this one."""
+
+    code = "server_busy"
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        super().__init__(f"the server has {limit} rooms open, the most it may have; try again later")
+
+
+class TooManyNewRooms(RateLimited):
+    """One address created more rooms in the last minute than it may (``rate_limited`` on the wire)."""
+
+    def __init__(self, limit: int, retry_after: float) -> None:
+        self.limit = limit
+        RoomError.__init__(
+            self, f"too many new rooms from this address (at most {limit} a minute); retry in {retry_after:.2f} s"
+        )
+        self.retry_after = retry_after

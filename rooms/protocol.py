@@ -24,6 +24,13 @@ from rooms.errors import InvalidJson, InvalidMessage, MessageTooLarge, RoomError
 
 CURSOR_POSITION_MAX_BYTES = 200
 
+MAX_SAFE_INTEGER = 2**53 - 1
+"""JavaScript's ``Number.MAX_SAFE_INTEGER``. Versions, seqs and positions beyond it cannot be
+held exactly by a browser (nor stored as an integer by every store), so they are refused."""
+
+SafeInt = Annotated[int, Field(ge=0, le=MAX_SAFE_INTEGER)]
+"""A count or position on the wire: 0 to 2^53 - 1."""
+
 
 class Protocol(StrEnum):
     SEED = "seed"
@@ -81,7 +88,7 @@ class Hello(ClientMessage):
     type: Literal["hello"]
     client_id: Annotated[str, Field(min_length=1, max_length=128)]
     username: JsonValue = None
-    version: Annotated[int, Field(ge=0)] | None = None
+    version: SafeInt | None = None
     # The document epoch from the last `welcome`: a version of another epoch gets a snapshot.
     epoch: Annotated[str, Field(max_length=64)] | None = None
     # A secret the client keeps for as long as it lives (random, at least 16 characters): a
@@ -95,17 +102,17 @@ class Hello(ClientMessage):
 
 class Push(ClientMessage):
     type: Literal["push"]
-    version: Annotated[int, Field(ge=0)]
-    seq: Annotated[int, Field(ge=0)]
+    version: SafeInt
+    seq: SafeInt
     # Parsed into a ChangeSet by the room, where a malformed one is `invalid_changes`.
     changes: list[JsonValue]
 
 
 class Cursor(ClientMessage):
     type: Literal["cursor"]
-    version: Annotated[int, Field(ge=0)]
-    anchor: Annotated[int, Field(ge=0)]
-    head: Annotated[int, Field(ge=0)]
+    version: SafeInt
+    anchor: SafeInt
+    head: SafeInt
 
 
 class Language(ClientMessage):
@@ -171,7 +178,13 @@ def parse_client_message(raw: str | bytes, max_bytes: int) -> AnyClientMessage:
         # The commonest message, checked here as the model would: `changes` came from
         # json.loads, so it is JSON already, and validating it as JsonValue walked it again.
         version, seq, changes = data.get("version"), data.get("seq"), data.get("changes")
-        if type(version) is int and type(seq) is int and version >= 0 and seq >= 0 and type(changes) is list:
+        if (
+            type(version) is int
+            and type(seq) is int
+            and 0 <= version <= MAX_SAFE_INTEGER
+            and 0 <= seq <= MAX_SAFE_INTEGER
+            and type(changes) is list
+        ):
             return Push.model_construct(type="push", version=version, seq=seq, changes=changes)
     if kind not in CLIENT_TYPES:
         raise InvalidMessage(f"unknown message type {str(kind)[:40]!r}; expected one of {', '.join(CLIENT_TYPES)}")
@@ -238,12 +251,15 @@ class Welcome(ServerMessage):
     # The last seq the document applied for this client_id, when it remembers one: tells a
     # client whose state was reset whether its in-flight batch made it, and where seq goes on.
     last_seq: int | None = None
+    # The most parts a push may hold: a client coarsens a larger ChangeSet before sending it.
+    max_change_parts: int | None = None
 
 
 class UpdateOut(ServerMessage):
     type: Literal["update"] = "update"
     version: int
-    client_id: str
+    # Only in the author's copy: a client_id is a credential of its client (see `encode_update`).
+    client_id: str | None = None
     seq: int
     changes: list[Any]
     user_id: str | None = None
@@ -260,17 +276,31 @@ def encode_changes(changes: list[Any]) -> str:
     return _ENCODER.encode(changes)
 
 
-def encode_update(version: int, client_id: str, seq: int, changes: str, user_id: str | None) -> str:
+def encode_update(version: int, client_id: str | None, seq: int, changes: str, user_id: str | None) -> str:
     """``UpdateOut(...).encode()``, the same text, around ``changes`` already encoded.
+
+    ``client_id`` is given for the author's copy only (None leaves the field out): whoever
+    knows a client's id could otherwise try to speak for that client.
 
     Every update is encoded once per broadcast; through the pydantic model that cost ten times
     the encoding itself under load. ``tests/test_protocol.py`` keeps the two identical.
     """
     tail = f',"user_id":{encode_string(user_id)}}}' if user_id else "}"
-    return (
-        f'{{"type":"update","version":{version:d},"client_id":{encode_string(client_id)},"seq":{seq:d},'
-        f'"changes":{changes}{tail}'
-    )
+    author = f'"client_id":{encode_string(client_id)},' if client_id is not None else ""
+    return f'{{"type":"update","version":{version:d},{author}"seq":{seq:d},"changes":{changes}{tail}'
+
+
+class AckOut(ServerMessage):
+    """The answer to a push that changed nothing: its seq is confirmed, no version was made."""
+
+    type: Literal["ack"] = "ack"
+    seq: int
+    version: int
+
+
+def encode_ack(seq: int, version: int) -> str:
+    """``AckOut(seq=seq, version=version).encode()``, without the model."""
+    return f'{{"type":"ack","seq":{seq:d},"version":{version:d}}}'
 
 
 class CursorOut(ServerMessage):

@@ -34,10 +34,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import secrets
 import time
-from collections import deque
-from collections.abc import Callable
+from collections import OrderedDict, deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol as TypingProtocol
@@ -46,7 +47,7 @@ import structlog
 
 from observability import metrics
 from rooms.changes import ChangeSet
-from rooms.document import ClientId, Document, Update, caret_after
+from rooms.document import ClientId, Document, Unchanged, Update, caret_after
 from rooms.errors import (
     ClientIdInUse,
     InternalError,
@@ -54,8 +55,11 @@ from rooms.errors import (
     RateLimited,
     RoomError,
     RoomFull,
+    ServerBusy,
     ServerStopping,
     StorageUnavailable,
+    TooComplex,
+    TooManyNewRooms,
     VersionFromFuture,
     VersionTooOld,
 )
@@ -90,6 +94,7 @@ from rooms.protocol import (
     UserJoined,
     UserLeft,
     Welcome,
+    encode_ack,
     encode_changes,
     encode_update,
     parse_client_message,
@@ -106,12 +111,19 @@ SEED_CLIENT_PREFIX = "seed-"
 # The client_id of updates that restore an earlier version (their seq is the version they make).
 RESTORE_CLIENT = "restore"
 
-# Rebasing costs time in proportion to how far behind a push is: each this many versions of
-# distance cost one more rate-limit token, so stale pushes cannot monopolise the event loop.
-REBASE_VERSIONS_PER_TOKEN = 50
+# A snapshot is also stored once the changes since the last one pass this many times the
+# largest document, in characters of their JSON: reading the text at any version (the rooms
+# API, loading a room) then replays a bounded amount, however the updates are sized.
+SNAPSHOT_BYTES_PER_DOCUMENT = 4
 # A cursor further behind than this is dropped instead of mapped: it is stale, and the client
 # sends a fresh one with its next move.
 CURSOR_MAX_LAG = 100
+# The most client addresses remembered at once (their rate buckets and recent new rooms). Idle
+# ones are forgotten first: a full bucket and no room made within the last minute is all a
+# fresh entry would hold anyway.
+ADDRESS_TABLE_LIMIT = 50_000
+NEW_ROOM_WINDOW_SECONDS = 60.0
+RETENTION_INTERVAL_SECONDS = 3600.0
 
 
 class Transport(TypingProtocol):
@@ -155,6 +167,27 @@ CLOSE_REPLACED = 4001  # private-use code: a newer connection took over this cli
 CLOSE_TIMEOUT_SECONDS = 30.0
 
 
+def token_hash(token: str) -> str:
+    """What the registry and the store keep of a resume token: never the token itself."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(eq=False)
+class Address:
+    """What is shared by every connection from one client address."""
+
+    bucket: TokenBucket  # messages, across all its connections
+    sessions: int = 0  # live sessions from it
+    new_rooms: deque[float] = field(default_factory=deque)  # when it made rooms, within the window
+
+    def idle(self, now: float) -> bool:
+        """True when forgetting this entry changes nothing: a fresh one would be the same."""
+        bucket = self.bucket
+        full = bucket.tokens + (now - bucket.updated) * bucket.rate >= bucket.burst
+        recent = bool(self.new_rooms) and self.new_rooms[-1] > now - NEW_ROOM_WINDOW_SECONDS
+        return not self.sessions and full and not recent
+
+
 @dataclass(eq=False)
 class Session:
     """One client connection in one room."""
@@ -186,6 +219,10 @@ class Session:
     task: asyncio.Task[None] | None = None
     # The transport's `writer` method, if it has one.
     writer: Callable[[], Writer | None] | None = None
+    # The client's network address ("" when the transport does not know it: no per-address
+    # limits), and what is shared by every connection from it.
+    address: str = ""
+    limits: Address | None = None
 
     @property
     def log(self) -> structlog.stdlib.BoundLogger:
@@ -211,7 +248,11 @@ class Room:
     unsynced: list[Record] = field(default_factory=list)
     held: deque[tuple[int, Session, str | tuple[str, ...]]] = field(default_factory=deque)
     snapshot_version: int = 0
+    snapshot_bytes: int = 0  # characters of changes stored since the last snapshot
     failing: bool = False  # being reset (a failed commit, a stalled store): nothing more is stored
+    # client_id -> token_hash(resume_token) of the client bound to it, least recently used
+    # first: while the room remembers a client, only that token speaks for its client_id.
+    tokens: OrderedDict[ClientId, str] = field(default_factory=OrderedDict)
 
 
 def _size(entry: str | tuple[str, ...]) -> int:
@@ -244,11 +285,13 @@ class RoomRegistry:
         self._committer: asyncio.Task[None] | None = None
         self.store_ok = True  # False after a failed commit, until one succeeds
         self._shutdown_logged = False
-        # Rooms in the commit being written (a load waits for it), and the epochs of rooms reset
-        # before anything of theirs was stored.
+        # Rooms in the commit being written (a load waits for it).
         self._committing_rooms: set[RoomId] = set()
         self._committed: asyncio.Future[None] | None = None  # resolved when that commit ends
-        self._epochs: dict[RoomId, str] = {}
+        # Client addresses, least recently used first (see `Address`).
+        self._addresses: OrderedDict[str, Address] = OrderedDict()
+        # Resolved when the retention purge in progress ends: loads wait for it.
+        self._purging: asyncio.Future[None] | None = None
         self.accepting = True
         # Sessions with something queued in this event-loop turn, written when the turn ends.
         self._unsent: dict[Session, None] = {}
@@ -265,6 +308,7 @@ class RoomRegistry:
         self._tasks = [
             asyncio.create_task(self._every(heartbeat, self.heartbeat, "heartbeat"), name="collab-heartbeat"),
             asyncio.create_task(self._every(watchdog, self.check_sends, "watchdog"), name="collab-send-watchdog"),
+            asyncio.create_task(self._retain(), name="collab-retention"),
         ]
 
     def begin_shutdown(self) -> None:
@@ -303,14 +347,16 @@ class RoomRegistry:
         except TimeoutError:
             log.error("store_close_timed_out")
 
-    async def open(self, room_id: RoomId) -> Room:
+    async def open(self, room_id: RoomId, address: str = "") -> Room:
         """The room with this id, loaded from the store (or made empty) if it is not in memory.
 
         Opens of a room being loaded wait for that one load, and return in the order they were
         called, as does any open that comes while they wait: the caller admits its client in
         the same step, so clients join in the order their joins arrived. Raises
-        `ServerStopping` while shutting down and `StorageUnavailable` when the store cannot be
-        read.
+        `ServerStopping` while shutting down, `StorageUnavailable` when the store cannot be
+        read, `TooManyNewRooms` when the room is new and ``address`` made
+        ``rooms_per_address_per_minute`` rooms within the last minute, and `ServerBusy` when
+        ``max_loaded_rooms`` rooms are in memory and none of them can be unloaded.
         """
         if not self.accepting:
             raise ServerStopping()
@@ -322,7 +368,7 @@ class RoomRegistry:
                 async with lock:
                     room = self.rooms.get(room_id)
                     if room is None:
-                        room = await self._load(room_id)
+                        room = await self._load(room_id, address)
             finally:
                 self._openers[room_id] -= 1
                 if not self._openers[room_id]:
@@ -333,26 +379,72 @@ class RoomRegistry:
             room.eviction = None
         return room
 
-    async def _load(self, room_id: RoomId) -> Room:
+    async def _load(self, room_id: RoomId, address: str) -> Room:
         while room_id in self._committing_rooms and self._committed is not None:
             await asyncio.shield(self._committed)  # a reset room's last commit: load what it wrote
+        while self._purging is not None:
+            await asyncio.shield(self._purging)  # the purge must not delete a room being loaded
         try:
             stored = await self.store.load(room_id, self.settings.history_limit)
-            room = self._restore(room_id, stored) if stored is not None else self._new_room(room_id)
+            room = self._restore(room_id, stored) if stored is not None else None
         except Exception as exc:
             # The store failed, or what it holds is damaged (a change that does not apply).
             log.exception("room_load_failed", room_id=room_id)
             raise StorageUnavailable() from exc
+        limits = self._address(address) if room is None else None
+        if limits is not None:
+            self._check_new_room(limits)
+        self._make_space()
+        if room is None:
+            room = self._new_room(room_id)
+            if limits is not None:
+                limits.new_rooms.append(self.clock())
         self.rooms[room_id] = room
         metrics.ROOMS.set(len(self.rooms))
+        # The room's row is written before anyone is admitted: a new room, with its epoch, is in
+        # the store before anything of it is shown (a restart brings back the epoch clients
+        # know), and a loaded room's last write time tells retention it is still used.
+        self._mark_dirty(room)
         return room
+
+    def _check_new_room(self, limits: Address) -> None:
+        """Raise `TooManyNewRooms` when the address made its quota of rooms within the window."""
+        now = self.clock()
+        made = limits.new_rooms
+        while made and made[0] <= now - NEW_ROOM_WINDOW_SECONDS:
+            made.popleft()
+        quota = self.settings.rooms_per_address_per_minute
+        if len(made) >= quota:
+            metrics.RATE_LIMITED.inc()
+            raise TooManyNewRooms(quota, made[0] + NEW_ROOM_WINDOW_SECONDS - now)
+
+    def _make_space(self) -> None:
+        """Unload empty, committed rooms until one more fits; `ServerBusy` when none can go."""
+        limit = self.settings.max_loaded_rooms
+        if len(self.rooms) < limit:
+            return
+        for room in list(self.rooms.values()):  # the longest loaded first
+            if len(self.rooms) < limit:
+                return
+            if (
+                not room.sessions
+                and room.durable >= room.changes
+                and room.room_id not in self._dirty
+                and room.room_id not in self._committing_rooms
+                and room.room_id not in self._openers
+            ):
+                self._evict(room.room_id)
+        if len(self.rooms) >= limit:
+            log.warning("server_busy", rooms=len(self.rooms))
+            raise ServerBusy(limit)
 
     def _new_room(self, room_id: RoomId) -> Room:
         document = Document(
             max_chars=self.settings.max_document_chars,
             history_limit=self.settings.history_limit,
+            history_limit_bytes=self.settings.history_limit_bytes,
             dedup_limit=self.settings.dedup_clients,
-            epoch=self._epochs.pop(room_id, None),
+            diff_max_steps=self.settings.diff_max_steps,
         )
         log.info("room_created", room_id=room_id)
         language = self.settings.default_language
@@ -367,11 +459,16 @@ class RoomRegistry:
             {ClientId(client): last for client, last in stored.clients.items()},
             max_chars=self.settings.max_document_chars,
             history_limit=self.settings.history_limit,
+            history_limit_bytes=self.settings.history_limit_bytes,
             dedup_limit=self.settings.dedup_clients,
             epoch=stored.info.epoch,
+            diff_max_steps=self.settings.diff_max_steps,
         )
         room = Room(room_id, document, stored.info.language)
         room.snapshot_version = stored.snapshot_version
+        for client, digest in stored.tokens.items():
+            if digest:
+                self._bind(room, ClientId(client), digest)
         log.info("room_loaded", room_id=room_id, version=document.version, updates=len(updates))
         return room
 
@@ -387,6 +484,7 @@ class RoomRegistry:
         batch: bool = False,
         resume_token: str | None = None,
         color: str | None = None,
+        address: str = "",
     ) -> Session:
         if not self.accepting:
             raise ServerStopping()
@@ -406,7 +504,11 @@ class RoomRegistry:
             last_seen=now,
             batch=batch,
             writer=getattr(transport, "writer", None),
+            address=address,
+            limits=self._address(address),
         )
+        if session.limits is not None:
+            session.limits.sessions += 1
         if resume_token is not None:
             session.resume_token = resume_token
         member = room.presence.add(user_id, clean_username(username, self.settings.max_username_chars), color)
@@ -421,25 +523,40 @@ class RoomRegistry:
         session.log.info("member_joined", protocol=protocol.value, transport=transport.name)
         return session
 
-    async def join_seed(self, room_id: RoomId, transport: Transport, username: object) -> Session:
-        """Admit a seed-protocol client; it gets no reply, the others get ``user_joined``."""
-        await self.open(room_id)
-        return self._admit(room_id, transport, Protocol.SEED, username, None)
+    async def join_seed(self, room_id: RoomId, transport: Transport, username: object, *, address: str = "") -> Session:
+        """Admit a seed-protocol client; it gets no reply, the others get ``user_joined``.
 
-    async def join_versioned(self, room_id: RoomId, transport: Transport, hello: Hello) -> Session:
+        ``address`` is the client's network address: its messages and new rooms are limited
+        per address (see `Address`); "" means unknown, with no such limits."""
+        await self.open(room_id, address)
+        return self._admit(room_id, transport, Protocol.SEED, username, None, address=address)
+
+    async def join_versioned(
+        self, room_id: RoomId, transport: Transport, hello: Hello, *, address: str = ""
+    ) -> Session:
         """Admit a versioned client: ``welcome``, then every update it has not seen, in order.
 
-        A client_id speaks through one connection at a time: a hello for a client_id that is
-        still connected takes the old connection over when it presents that connection's
-        ``resume_token`` (the same client reconnecting before the server noticed the old socket
-        die), and is refused otherwise (a second copy of the client, such as a duplicated tab,
-        whose pushes would collide with the first one's). The token is the client's own secret
-        when it sends one, so a reconnect whose ``welcome`` was lost still holds the right one.
+        A client_id is bound to the ``resume_token`` of its first welcome for as long as the
+        room remembers the client (in memory and in the store, beside its last seq): a hello
+        for a bound client_id without that token is refused, so knowing a client's id is not
+        enough to speak for it. A client_id speaks through one connection at a time: a hello
+        for a client_id that is still connected takes the old connection over when it presents
+        that connection's ``resume_token`` (the same client reconnecting before the server
+        noticed the old socket die), and is refused otherwise (a second copy of the client,
+        such as a duplicated tab, whose pushes would collide with the first one's). The token
+        is the client's own secret when it sends one, so a reconnect whose ``welcome`` was lost
+        still holds the right one. ``address`` as for `join_seed`.
         """
         if hello.client_id.startswith(SEED_CLIENT_PREFIX) or hello.client_id == RESTORE_CLIENT:
             raise InvalidMessage(f"client_id must not start with {SEED_CLIENT_PREFIX!r} nor be {RESTORE_CLIENT!r}")
-        room = await self.open(room_id)
-        existing = room.clients.get(ClientId(hello.client_id))
+        room = await self.open(room_id, address)
+        client_id = ClientId(hello.client_id)
+        bound = room.tokens.get(client_id)
+        if bound is not None and (
+            hello.resume_token is None or not secrets.compare_digest(token_hash(hello.resume_token), bound)
+        ):
+            raise ClientIdInUse()
+        existing = room.clients.get(client_id)
         if existing is not None:
             if hello.resume_token is None or not secrets.compare_digest(hello.resume_token, existing.resume_token):
                 raise ClientIdInUse()
@@ -449,29 +566,97 @@ class RoomRegistry:
             transport,
             Protocol.VERSIONED,
             hello.username,
-            ClientId(hello.client_id),
+            client_id,
             hello.batch,
             hello.resume_token,
             hello.color.lower() if hello.color else None,
+            address,
         )
         try:
             self._welcome(session, hello)
         except BaseException:
             self.leave(session)  # never leave a half-joined session behind
             raise
+        # A stored client without a token (a database from before tokens) binds to this one.
+        self._bind(room, client_id, bound or token_hash(session.resume_token))
         return session
+
+    def _bind(self, room: Room, client_id: ClientId, digest: str) -> None:
+        """Bind a client_id to a token hash, forgetting the least recently used beyond
+        ``dedup_clients`` (as the document forgets their last seqs)."""
+        tokens = room.tokens
+        tokens[client_id] = digest
+        tokens.move_to_end(client_id)
+        while len(tokens) > self.settings.dedup_clients:
+            tokens.popitem(last=False)
+
+    @staticmethod
+    def _tokens_of(room: Room, records: Sequence[Record]) -> dict[str, str]:
+        """The token hashes to store with these records: those of their clients."""
+        tokens = room.tokens
+        return {r.client_id: tokens[ClientId(r.client_id)] for r in records if r.client_id in tokens}
+
+    def _address(self, address: str) -> Address | None:
+        """The entry of a client address (made on first use); None for an unknown address."""
+        if not address:
+            return None
+        entry = self._addresses.get(address)
+        if entry is not None:
+            self._addresses.move_to_end(address)
+            return entry
+        now = self.clock()
+        if len(self._addresses) >= ADDRESS_TABLE_LIMIT:
+            self._forget_addresses(now)
+        entry = Address(
+            TokenBucket.full(
+                self.settings.rate_limit_per_address_per_second, self.settings.rate_limit_per_address_burst, now
+            )
+        )
+        self._addresses[address] = entry
+        return entry
+
+    def _forget_addresses(self, now: float) -> None:
+        """Make room in the address table: the idle entries go, then, if that was not enough,
+        the least recently used with no connection."""
+        for key, entry in list(self._addresses.items()):
+            if entry.idle(now):
+                del self._addresses[key]
+        target = ADDRESS_TABLE_LIMIT * 9 // 10
+        for key, entry in list(self._addresses.items()):
+            if len(self._addresses) <= target:
+                break
+            if not entry.sessions:
+                del self._addresses[key]
+
+    def charge_address(self, address: str, cost: int = 1) -> None:
+        """Charge a message from ``address`` before its connection joined; `RateLimited` if
+        the address is over its rate."""
+        entry = self._address(address)
+        if entry is not None:
+            try:
+                entry.bucket.take(self.clock(), cost)
+            except RateLimited:
+                metrics.RATE_LIMITED.inc()
+                raise
 
     def _welcome(self, session: Session, hello: Hello) -> None:
         room = session.room
         document = room.document
         catch_up: list[str] | None = None
+        budget = self.settings.outbound_queue_chars // 2
         if hello.version is not None and hello.epoch in (None, document.epoch):
             try:
-                catch_up = [self._encode_update(update) for update in document.updates_since(hello.version)]
+                # A catch-up bigger than half a queue's worth of text is cheaper as a snapshot.
+                # Decided from the history's size bookkeeping before anything is encoded; the
+                # estimate errs high, and the encoded text is measured again, as it may not.
+                if document.bytes_since(hello.version) <= budget:
+                    catch_up = [
+                        self._encode_update(update, session.client_id)
+                        for update in document.updates_since(hello.version)
+                    ]
             except (VersionTooOld, VersionFromFuture):
                 catch_up = None  # the client resets to the snapshot in `welcome`
-            # A catch-up bigger than a whole queue's worth of text is cheaper as a snapshot.
-            if catch_up and sum(map(len, catch_up)) > self.settings.outbound_queue_chars // 2:
+            if catch_up and sum(map(len, catch_up)) > budget:
                 catch_up = None
         welcome = Welcome(
             user_id=session.user_id,
@@ -482,6 +667,7 @@ class RoomRegistry:
             epoch=document.epoch,
             resume_token=session.resume_token,
             last_seq=document.last_seq(session.client_id),
+            max_change_parts=self.settings.max_change_parts,
         )
         cursors = [
             CursorOut(
@@ -505,6 +691,8 @@ class RoomRegistry:
         if session.closed:
             return
         session.closed = True
+        if session.limits is not None:
+            session.limits.sessions -= 1
         room = session.room
         if room.clients.get(session.client_id) is session:
             del room.clients[session.client_id]
@@ -604,10 +792,19 @@ class RoomRegistry:
         self._dispatch(session, message)
 
     def _charge(self, session: Session, cost: int) -> None:
+        """Spend ``cost`` tokens of the connection's bucket and of its address's bucket, which
+        every connection from that address shares (a reconnect does not refill it)."""
         now = self.clock()
         session.last_seen = now
         try:
             session.bucket.take(now, cost)
+            limits = session.limits
+            if limits is not None:
+                try:
+                    limits.bucket.take(now, cost)
+                except RateLimited:
+                    session.bucket.tokens += cost  # refused: the connection spent nothing
+                    raise
         except RateLimited:
             metrics.RATE_LIMITED.inc()
             raise
@@ -655,16 +852,45 @@ class RoomRegistry:
             self._send(session, ErrorOut.of(error).encode(), "error")
 
     def _push(self, session: Session, push: Push) -> None:
-        lag = session.room.document.version - push.version
-        if lag >= REBASE_VERSIONS_PER_TOKEN:
-            self._charge(session, lag // REBASE_VERSIONS_PER_TOKEN)
-        changes = ChangeSet.from_json(push.changes)
+        """Apply a push, at a cost known and bounded before any of it is paid.
+
+        Its parts are counted before a ChangeSet is built (`TooComplex` beyond the limit), and
+        the rebase work (for every version behind, the push's parts plus that update's) is
+        read from the history's running totals: beyond the bounds the push gets `Resync`,
+        within them it is charged one more token per `REBASE_STEPS_PER_TOKEN` steps.
+        """
+        settings = self.settings
+        parts = len(push.changes)
+        if parts > settings.max_change_parts:
+            raise TooComplex(parts, settings.max_change_parts)
+        document = session.room.document
+        try:
+            steps = document.rebase_steps(push.version, parts)
+        except (VersionTooOld, VersionFromFuture):
+            steps = 0  # refused by `push` below, or an old resend it ignores
+        extra = min(steps, settings.max_rebase_steps) // settings.rebase_steps_per_token
+        if extra:
+            self._charge(session, extra)
+        changes = ChangeSet.from_json(push.changes, max_parts=settings.max_change_parts)
         started = time.perf_counter()
-        update = session.room.document.push(session.client_id, push.seq, push.version, changes, session.user_id)
-        if update is None:
+        result = document.push(
+            session.client_id,
+            push.seq,
+            push.version,
+            changes,
+            session.user_id,
+            max_versions=settings.max_rebase_versions,
+            max_steps=settings.max_rebase_steps,
+        )
+        if result is None:
             return  # a resend of an applied push: the client finds its update in the stream
+        if isinstance(result, Unchanged):
+            # No version, nothing stored: only the author hears of it, after anything queued
+            # for it before (`_send` keeps the line of messages held until their commit).
+            self._send(session, encode_ack(result.seq, result.version), "ack")
+            return
         metrics.UPDATE_APPLY.observe(time.perf_counter() - started)
-        self._publish(session, update, None)
+        self._publish(session, result, None)
 
     def _code_change(self, session: Session, message: CodeChange) -> None:
         room = session.room
@@ -741,8 +967,12 @@ class RoomRegistry:
         """An update the session's client made was applied: store it, and show it once stored."""
         changes = encode_changes(update.changes.to_json())
         self._record(session, update, changes)
-        encoded = encode_update(update.version, update.client_id, update.seq, changes, update.user_id)
-        self._broadcast_update(session.room, update, session, cursor_position, encoded)
+        # Encoded once for the author and once for everyone else, not once per recipient.
+        others = encode_update(update.version, None, update.seq, changes, update.user_id)
+        own = others
+        if session.protocol is Protocol.VERSIONED and session.client_id == update.client_id:
+            own = encode_update(update.version, update.client_id, update.seq, changes, update.user_id)
+        self._broadcast_update(session.room, update, session, cursor_position, own, others)
 
     def _record(self, session: Session, update: Update, changes: str) -> None:
         """Hand an applied update to the committer, with who made it and when."""
@@ -780,11 +1010,24 @@ class RoomRegistry:
         """What to commit for the room, and the count of its changes that commit makes durable."""
         records, room.unsynced = room.unsynced, []
         head = records[-1].version if records else room.document.version
+        room.snapshot_bytes += sum(len(record.changes) for record in records)
         snapshot = None
-        if records and head - room.snapshot_version >= self.settings.snapshot_every:
+        if records and (
+            head - room.snapshot_version >= self.settings.snapshot_every
+            or room.snapshot_bytes >= SNAPSHOT_BYTES_PER_DOCUMENT * self.settings.max_document_chars
+        ):
             snapshot = room.document.text  # the text at `head`: every applied update is in `records`
             room.snapshot_version = head
-        return RoomWrite(room.room_id, room.document.epoch, room.language, records, snapshot, head), room.changes
+            room.snapshot_bytes = 0
+        return RoomWrite(
+            room.room_id,
+            room.document.epoch,
+            room.language,
+            records,
+            snapshot,
+            head,
+            tokens=self._tokens_of(room, records),
+        ), room.changes
 
     async def _commit_loop(self) -> None:
         """The committer: one `Store.commit` at a time, of everything applied since the last."""
@@ -833,11 +1076,10 @@ class RoomRegistry:
         """
         room.failing = True
         if self.rooms.get(room.room_id) is room:
+            # A room whose first commit failed was shown to no one (its welcomes were held for
+            # that commit), so its successor may start a new epoch.
             del self.rooms[room.room_id]
             metrics.ROOMS.set(len(self.rooms))
-            # A room that was never stored comes back under the same epoch, so that its clients
-            # resend what was not confirmed rather than reset to a snapshot.
-            self._epochs[room.room_id] = room.document.epoch
         if self._dirty.get(room.room_id) is room:
             del self._dirty[room.room_id]
         room.held.clear()
@@ -860,20 +1102,24 @@ class RoomRegistry:
     # Fan-out
 
     @staticmethod
-    def _encode_update(update: Update) -> str:
+    def _encode_update(update: Update, recipient: ClientId | None) -> str:
+        """An update as ``recipient`` gets it: with its client_id only when it is the author."""
         changes = encode_changes(update.changes.to_json())
-        return encode_update(update.version, update.client_id, update.seq, changes, update.user_id)
+        client_id = update.client_id if update.client_id == recipient else None
+        return encode_update(update.version, client_id, update.seq, changes, update.user_id)
 
     def _broadcast_update(
-        self, room: Room, update: Update, author: Session, cursor_position: object, versioned: str
+        self, room: Room, update: Update, author: Session, cursor_position: object, own: str, versioned: str
     ) -> None:
+        """Send an update to every client: ``own`` (with its client_id) to its author, the
+        encoding without it to everyone else."""
         room.presence.map_selections(update.changes)
         metrics.DOCUMENT_CHARS.observe(len(room.document.text))
         seed: str | None = None  # the full text, encoded only if a seed client needs it
         updates = 0
         for session in list(room.sessions.values()):
             if session.protocol is Protocol.VERSIONED:
-                updates += self._enqueue(session, versioned)
+                updates += self._enqueue(session, own if session is author else versioned)
             elif session is not author:
                 if seed is None:
                     position = cursor_position if cursor_position is not None else caret_after(update.changes)
@@ -1044,6 +1290,32 @@ class RoomRegistry:
         except Exception as exc:
             session.log.info("send_failed", error=type(exc).__name__)
             self.drop(session, DropReason.SEND_FAILED)
+
+    async def _retain(self) -> None:
+        """Retention: `purge` once at start, then every hour; a failing run is logged."""
+        while True:
+            try:
+                await self.purge()
+            except Exception:
+                log.exception("retention_failed")
+            await asyncio.sleep(RETENTION_INTERVAL_SECONDS)
+
+    async def purge(self) -> int:
+        """Delete the stored rooms nobody opened for ``room_retention_days`` (0: keep forever),
+        with their history; the count deleted. Rooms in memory, or being loaded, are kept, and
+        loads wait until the purge is done."""
+        days = self.settings.room_retention_days
+        if not days or self._purging is not None:
+            return 0
+        self._purging = asyncio.get_running_loop().create_future()
+        try:
+            keep = set(self.rooms) | set(self._openers)
+            deleted = await self.store.purge(time.time() - days * 86_400, keep)
+        finally:
+            self._purging.set_result(None)
+            self._purging = None
+        log.info("rooms_purged", count=len(deleted))
+        return len(deleted)
 
     async def _every(self, interval: float, step: Callable[[], None], name: str) -> None:
         """Run ``step`` every ``interval`` seconds; a failing step is logged, not fatal."""

@@ -11,6 +11,11 @@ earlier-committed insert first), so every replica converges on the server's text
 
     inflight' = inflight.map(U);  U1 = U.map(inflight, before=True)
     pending'  = pending.map(U1);  U2 = U1.map(pending, before=True);  apply U2
+
+A push that changes nothing on the server is confirmed by an ``ack`` instead of an ``update``.
+A batch with more parts than the server takes (``max_change_parts`` in ``welcome``) is sent as
+one replacement of the span it touches; a ``resync`` error is answered by catching up with
+``hello`` and sending the same batch again (`resync`).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from rooms.changes import ChangeSet, utf16_len
+from rooms.changes import ChangeSet, utf16_len, utf16_to_index
 from rooms.errors import InvalidMessage
 
 
@@ -45,6 +50,8 @@ class Replica:
         # and our own secret that lets a reconnect take over a connection the server still holds.
         self.epoch: str | None = None
         self.resume_token = secrets.token_urlsafe(16)
+        # The most parts the server takes in one push (from `welcome`); None: no limit known.
+        self.max_change_parts: int | None = None
 
     @property
     def has_unconfirmed(self) -> bool:
@@ -72,10 +79,38 @@ class Replica:
         """Send pending work if nothing is in flight."""
         if self.inflight is not None or self.pending is None:
             return None
-        self.inflight = Inflight(self.next_seq, self.pending)
+        pending = self.pending
+        if self.max_change_parts is not None and pending.part_count > self.max_change_parts:
+            pending = self._coarsened(pending)
+        self.inflight = Inflight(self.next_seq, pending)
         self.next_seq += 1
         self.pending = None
         return self._push(self.inflight)
+
+    def _coarsened(self, changes: ChangeSet) -> ChangeSet:
+        """``changes`` (the last thing applied to the text) as one replacement of the span they
+        touch: the same result in at most three parts, which the server never refuses as too
+        complex. Everything between the first and the last change is sent again as inserted."""
+        start = end = None  # in the document before the changes
+        position = 0
+        for part in changes.to_json():
+            size = part if isinstance(part, int) else int(part[0])
+            if not isinstance(part, int):
+                start = position if start is None else start
+                end = position + size
+            position += size
+        if start is None or end is None:
+            return changes
+        tail = changes.length - end
+        new_end = changes.new_length - tail
+        inserted = self.text[utf16_to_index(self.text, start) : utf16_to_index(self.text, new_end)]
+        return ChangeSet.of_replace(changes.length, start, end, inserted)
+
+    def resync(self, username: str) -> dict[str, Any]:
+        """After a ``resync`` error: the ``hello`` that catches up. The refused batch stays in
+        flight; `welcome` sends it again rebased over the catch-up (or, given a snapshot,
+        reports it as `welcome` does)."""
+        return self.hello(username)
 
     def resend(self) -> dict[str, Any] | None:
         """After a reconnect: the in-flight batch again, same seq (the server applies it once)."""
@@ -96,6 +131,7 @@ class Replica:
         (`UnconfirmedWorkLost`) and dropped from the replica.
         """
         self.epoch = message.get("epoch", self.epoch)
+        self.max_change_parts = message.get("max_change_parts", self.max_change_parts)
         last_seq = message.get("last_seq")
         if last_seq is not None:
             # Never reuse a seq the server has applied (seq_reused), even if our state was lost.
@@ -127,7 +163,8 @@ class Replica:
             raise InvalidMessage(f"update {version} does not follow version {self.version}")
         self.version = version
         inflight = self.inflight
-        if inflight is not None and message["client_id"] == self.client_id and message["seq"] == inflight.seq:
+        # Only the author's copy of an update carries its client_id.
+        if inflight is not None and message.get("client_id") == self.client_id and message["seq"] == inflight.seq:
             self.inflight = None
             # The server applied our batch as `changes`, which the replica already shows.
             return self.flush()
@@ -142,6 +179,19 @@ class Replica:
             self.pending = pending
         self._apply(remote)
         return None
+
+    def ack(self, message: dict[str, Any]) -> dict[str, Any] | None:
+        """Handle ``ack``: the in-flight batch changed nothing on the server (no version was
+        made); it is confirmed as it is and pending work is sent. Returns the next push."""
+        inflight = self.inflight
+        if inflight is None or message.get("seq") != inflight.seq:
+            return None  # an ack of a batch already confirmed (a resend acked twice)
+        if int(message["version"]) != self.version:
+            raise InvalidMessage(f"ack at version {message['version']}, the replica is at {self.version}")
+        if not inflight.changes.is_empty:
+            raise InvalidMessage(f"ack of seq {inflight.seq}, whose changes are not empty here")
+        self.inflight = None
+        return self.flush()
 
     def _apply(self, changes: ChangeSet) -> None:
         """Show changes made at the replica's current text (local, or remote and rebased)."""

@@ -68,10 +68,10 @@ class Settings(BaseSettings):
     # The cost of one message (docs/configuration.md, "Limits on what one message may cost")
     max_change_parts: int = Field(default=1_000, ge=1)
     max_rebase_versions: int = Field(default=200, ge=1)
-    max_rebase_steps: int = Field(default=200_000, ge=1)
-    rebase_steps_per_token: int = Field(default=2_000, ge=1)
+    max_rebase_steps: int = Field(default=16_000, ge=1)
+    rebase_steps_per_token: int = Field(default=500, ge=1)
     history_limit_bytes: int = Field(default=16_000_000, ge=1)
-    diff_max_steps: int = Field(default=2_000_000, ge=1)
+    diff_max_steps: int = Field(default=50_000, ge=1)
 
     # Per client address and in total
     max_connections: int = Field(default=5_000, ge=1)

@@ -79,6 +79,14 @@ def start_server(tmp: Path, **env: str) -> LiveServer:
         "PORT": str(port),
         "DATA_DIR": str(tmp / "data"),
         "LOG_FORMAT": "json",
+        # Every test client comes from 127.0.0.1: the per-address limits would count the whole
+        # suite as one client. The tests of those limits set their own values.
+        "ROOMS_PER_ADDRESS_PER_MINUTE": "100000",
+        "RATE_LIMIT_PER_ADDRESS_PER_SECOND": "100000",
+        "RATE_LIMIT_PER_ADDRESS_BURST": "100000",
+        "MAX_CONNECTIONS_PER_ADDRESS": "100000",
+        "API_RATE_LIMIT_PER_SECOND": "100000",
+        "API_RATE_LIMIT_BURST": "100000",
         **env,
     }
     with log_path.open("wb") as log_file:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import time
 from pathlib import Path
 
 import pytest
@@ -764,3 +765,54 @@ def test_map_of_single_changes_apart_matches_the_general_walk(data: st.DataObjec
         assert (general.to_json(), general) == (apart.to_json(), apart)
         assert general.length == apart.length and general.new_length == apart.new_length
     assert general == a.map(b, before)
+
+
+# ---- bounded cost --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "parts", [[2**53], [[2**53, "x"]], [[2**63]], [1, [2**64]]], ids=["keep", "replace", "delete", "huge"]
+)
+def test_from_json_refuses_counts_beyond_javascripts_safe_integers(parts: list[JsonPart]) -> None:
+    with pytest.raises(InvalidChanges):
+        ChangeSet.from_json(parts)
+
+
+def test_from_json_accepts_the_largest_safe_integer() -> None:
+    assert 2**53 - 1 == ChangeSet.from_json([2**53 - 1]).length
+
+
+def test_from_json_refuses_too_many_parts_before_reading_any() -> None:
+    from rooms.errors import TooComplex
+
+    with pytest.raises(TooComplex) as caught:
+        ChangeSet.from_json([object()] * 1_001, max_parts=1_000)  # none of them is even valid
+    assert ("too_complex", 1_001, 1_000) == (caught.value.code, caught.value.parts, caught.value.limit)
+    assert 1_000 == ChangeSet.from_json([[0, "x"]] * 1_000, max_parts=1_000).part_count
+
+
+def test_part_count_is_one_per_json_part() -> None:
+    assert (3, 0) == (ChangeSet.from_json([1, [2, "a", "b"], [1]]).part_count, ChangeSet.empty(0).part_count)
+
+
+astral_texts = st.text(alphabet="ab\n😀漢", max_size=60)
+
+
+@settings(deadline=None, max_examples=300)
+@given(astral_texts, astral_texts, st.integers(0, 40))
+def test_diff_within_a_tiny_budget_stays_correct(old: str, new: str, budget: int) -> None:
+    changes = ChangeSet.diff(old, new, max_work=budget)
+    assert new == changes.apply(old)
+
+
+def test_diff_spends_no_more_than_its_budget_on_one_long_snake() -> None:
+    # Every character of the middles matches one step off the diagonal: a single snake of 2
+    # million characters, which the search used to follow to its end before checking its budget.
+    size = 2_000_000
+    old = "b" + "a" * size + "c"
+    new = "a" * size + "d"
+    started = time.process_time()
+    changes = ChangeSet.diff(old, new, max_work=1_000)
+    spent = time.process_time() - started
+    assert new == changes.apply(old)
+    assert spent < 0.05  # the old search spent ~150 ms comparing characters one by one

@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rooms.changes import ChangeSet, utf16_len
-from rooms.document import ClientId, Document, caret_after
-from rooms.errors import DocumentTooLarge, InvalidChanges, SeqReused, VersionFromFuture, VersionTooOld
+from rooms.document import ClientId, Document, Unchanged, Update, caret_after
+from rooms.errors import DocumentTooLarge, InvalidChanges, Resync, SeqReused, VersionFromFuture, VersionTooOld
 from rooms.replica import Replica
 
 A = ClientId("a")
@@ -236,7 +236,10 @@ def _run_model(seed: int, clients: int, steps: int, deletes: bool, reconnects: b
         update = document.push(
             ClientId(replicas[index].client_id), push["seq"], push["version"], ChangeSet.from_json(push["changes"])
         )
-        if update is not None:
+        if isinstance(update, Unchanged):
+            # A push that changed nothing (it deleted what was deleted already): only its author hears.
+            to_client[index].append({"type": "ack", "seq": update.seq, "version": update.version})
+        elif update is not None:
             message = {
                 "version": update.version,
                 "client_id": update.client_id,
@@ -247,7 +250,9 @@ def _run_model(seed: int, clients: int, steps: int, deletes: bool, reconnects: b
                 queue.append(message)
 
     def deliver_to_client(index: int) -> None:
-        out = replicas[index].update(to_client[index].popleft())
+        message = to_client[index].popleft()
+        replica = replicas[index]
+        out = replica.ack(message) if message.get("type") == "ack" else replica.update(message)
         if out is not None:
             to_server[index].append(out)
 
@@ -355,3 +360,131 @@ def test_replace_resend_is_ignored() -> None:
     document.replace("a", A, 1)
     assert document.replace("b", A, 1) is None
     assert "a" == document.text
+
+
+# The cost of one push is known, and bounded, before it is paid.
+
+
+def test_a_push_that_changes_nothing_makes_no_version_and_is_not_recorded() -> None:
+    document = Document("x" * 1000)
+    result = document.push(A, 1, 0, ChangeSet.from_json([1] * 1000))
+    assert Unchanged(0, 1) == result
+    assert (0, [], None) == (document.version, document.updates_since(0), document.last_seq(A))
+    # Acked again if resent (nothing to apply twice), and the next seq goes on as usual.
+    assert Unchanged(0, 1) == document.push(A, 1, 0, ChangeSet.from_json([1000]))
+    assert isinstance(document.push(A, 2, 0, insert(1000, 0, "!")), Update)
+
+
+def test_a_push_whose_deletion_was_already_made_is_unchanged() -> None:
+    document = Document("abc")
+    document.push(A, 1, 0, ChangeSet.from_json([1, [1], 1]))
+    assert Unchanged(1, 1) == document.push(B, 1, 0, ChangeSet.from_json([1, [1], 1]))
+    assert ("ac", 1) == (document.text, document.version)
+
+
+def test_an_empty_push_of_the_wrong_length_is_still_invalid() -> None:
+    document = Document("abc")
+    with pytest.raises(InvalidChanges):
+        document.push(A, 1, 0, ChangeSet.from_json([4]))
+
+
+def test_the_history_forgets_its_oldest_entries_beyond_its_byte_limit() -> None:
+    document = Document(history_limit=1_000, history_limit_bytes=5_000)
+    for seq in range(1, 101):
+        document.push(A, seq, document.version, insert(document.length, 0, "w" * 100))
+    assert document.history_bytes <= 5_000
+    kept = document.version - document.oldest_version
+    assert 0 < kept < 100
+    assert kept == len(document.updates_since(document.oldest_version))
+    with pytest.raises(VersionTooOld):
+        document.updates_since(document.oldest_version - 1)
+    # What is kept still rebases a push made at the oldest kept version.
+    update = document.push(B, 1, document.oldest_version, insert(document.length_at(document.oldest_version), 0, "<"))
+    assert isinstance(update, Update)
+    assert 1 == document.text.count("<")
+
+
+def test_a_restored_document_keeps_its_history_within_the_byte_limit() -> None:
+    source = Document(history_limit=1_000)
+    for seq in range(1, 51):
+        source.push(A, seq, source.version, insert(source.length, source.length, "v" * 100))
+    restored = Document.restored(
+        "", 0, source.updates_since(0), {A: (50, 50)}, history_limit=1_000, history_limit_bytes=3_000, epoch="e"
+    )
+    assert (source.text, 50) == (restored.text, restored.version)
+    assert restored.history_bytes <= 3_000
+    assert 0 < restored.version - restored.oldest_version < 50
+    assert [u.version for u in source.updates_since(restored.oldest_version)] == [
+        u.version for u in restored.updates_since(restored.oldest_version)
+    ]
+
+
+def test_rebase_steps_are_read_from_running_totals() -> None:
+    document = Document("abcdef", history_limit=3)
+    document.push(A, 1, 0, ChangeSet.from_json([1, [1], 4]))  # 3 parts
+    document.push(A, 2, 1, ChangeSet.from_json([[0, "x"], 5]))  # 2 parts
+    document.push(A, 3, 2, ChangeSet.from_json([6, [0, "y"]]))  # 2 parts
+    document.push(A, 4, 3, ChangeSet.from_json([7, [0, "z"]]))  # 2 parts; the first is forgotten
+    assert 0 == document.rebase_steps(4, 5)
+    assert 5 + 2 == document.rebase_steps(3, 5)
+    assert 3 * 5 + 2 + 2 + 2 == document.rebase_steps(1, 5)
+    with pytest.raises(VersionTooOld):
+        document.rebase_steps(0, 5)
+    with pytest.raises(VersionFromFuture):
+        document.rebase_steps(5, 5)
+
+
+def test_a_push_beyond_the_rebase_bounds_raises_resync_before_any_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    document = Document("")
+    for seq in range(1, 301):
+        document.push(A, seq, seq - 1, insert(seq - 1, seq - 1, "x"))
+    mapped: list[int] = []
+    original = ChangeSet.map
+    monkeypatch.setattr(ChangeSet, "map", lambda self, *a: mapped.append(1) or original(self, *a))
+    with pytest.raises(Resync):
+        document.push(B, 1, 0, insert(0, 0, "late"), max_versions=200, max_steps=200_000)
+    with pytest.raises(Resync):
+        document.push(B, 1, 250, ChangeSet.from_json([[0, "a"]] * 250 + [250]), max_versions=200, max_steps=10_000)
+    assert ([], 300) == (mapped, document.version)
+    update = document.push(B, 1, 150, insert(150, 0, "ok"), max_versions=200, max_steps=200_000)
+    assert isinstance(update, Update) and document.text.startswith("ok")
+
+
+def test_a_resend_beyond_the_rebase_bounds_is_ignored_without_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    document = Document("")
+    document.push(B, 1, 0, insert(0, 0, "mine"))
+    for seq in range(1, 301):
+        document.push(A, seq, document.version, insert(document.length, 0, "x"))
+    mapped: list[int] = []
+    original = ChangeSet.map
+    monkeypatch.setattr(ChangeSet, "map", lambda self, *a: mapped.append(1) or original(self, *a))
+    assert document.push(B, 1, 0, insert(0, 0, "mine"), max_versions=200, max_steps=200_000) is None
+    assert [] == mapped
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.text(alphabet='a"\\\t\n😀漢', max_size=30), min_size=1, max_size=20), st.data())
+def test_the_catch_up_estimate_is_never_below_its_encoded_size(texts: list[str], data: st.DataObject) -> None:
+    from rooms.protocol import encode_changes, encode_update
+
+    document = Document()
+    for seq, text in enumerate(texts, 1):
+        at = data.draw(st.integers(0, len(document.text)))
+        position = utf16_len(document.text[:at])
+        document.push(A, seq, document.version, insert(document.length, position, text or "-"), "user-1")
+    since = data.draw(st.integers(0, document.version))
+    encoded = sum(
+        len(encode_update(u.version, u.client_id, u.seq, encode_changes(u.changes.to_json()), u.user_id))
+        for u in document.updates_since(since)
+    )
+    assert encoded <= document.bytes_since(since)
+
+
+def test_replace_keeps_to_its_diff_budget_and_stays_correct() -> None:
+    rng = random.Random(7)
+    old = "".join(rng.choice("ab😀") for _ in range(3_000))
+    new = "".join(rng.choice("ab😀") for _ in range(3_000))
+    document = Document(old, diff_max_steps=50)
+    update = document.replace(new, A, 1)
+    assert update is not None and new == document.text
+    assert update.changes.part_count <= 3  # one replacement of the differing middle

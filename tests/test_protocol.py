@@ -154,9 +154,10 @@ _lines = st.lists(
     client_id=st.text(min_size=1, max_size=20),
     seq=st.integers(0, 2**40),
     user_id=st.sampled_from(["", "9c2e51a07b3d"]),
+    to_author=st.booleans(),
 )
 def test_update_encoding_matches_the_protocol_model(
-    keep: int, deleted: int, lines: list[str], client_id: str, seq: int, user_id: str
+    keep: int, deleted: int, lines: list[str], client_id: str, seq: int, user_id: str, to_author: bool
 ) -> None:
     parts: list[object] = [keep] if keep else []
     parts.append([deleted, *lines])
@@ -165,9 +166,14 @@ def test_update_encoding_matches_the_protocol_model(
     update = Update(version=12, client_id=ClientId(client_id), seq=seq, changes=changes, user_id=user_id)
 
     expected = UpdateOut(
-        version=12, client_id=client_id, seq=seq, changes=changes.to_json(), user_id=user_id or None
+        version=12,
+        client_id=client_id if to_author else None,
+        seq=seq,
+        changes=changes.to_json(),
+        user_id=user_id or None,
     ).encode()
-    assert expected == RoomRegistry._encode_update(update)
+    recipient = ClientId(client_id) if to_author else None
+    assert expected == RoomRegistry._encode_update(update, recipient)
 
 
 _json_values = st.recursive(
@@ -197,3 +203,64 @@ def test_a_push_parses_as_the_model_validates_it(
     except InvalidMessage:
         parsed = InvalidMessage
     assert expected == parsed
+
+
+def test_an_update_for_anyone_but_its_author_has_no_client_id() -> None:
+    update = Update(version=3, client_id=ClientId("tab-a"), seq=1, changes=ChangeSet.from_json([[0, "x"]]), user_id="u")
+
+    assert "client_id" in json.loads(RoomRegistry._encode_update(update, ClientId("tab-a")))
+    assert "client_id" not in json.loads(RoomRegistry._encode_update(update, ClientId("tab-b")))
+    assert "client_id" not in json.loads(RoomRegistry._encode_update(update, None))
+
+
+# Integers on the wire stay within JavaScript's safe range (0 .. 2^53 - 1).
+
+
+@pytest.mark.parametrize("field", ["version", "seq"])
+@pytest.mark.parametrize("value", [2**53, 2**63, 2**64 + 1])
+def test_a_push_with_an_integer_beyond_the_safe_range_is_invalid(field: str, value: int) -> None:
+    message = {"type": "push", "version": 0, "seq": 1, "changes": [[0, "x"]], field: value}
+    with pytest.raises(InvalidMessage):
+        parse_client_message(json.dumps(message), 1_000_000)
+
+
+def test_a_push_at_the_largest_safe_integer_parses() -> None:
+    raw = json.dumps({"type": "push", "version": 2**53 - 1, "seq": 2**53 - 1, "changes": []})
+    assert Push(type="push", version=2**53 - 1, seq=2**53 - 1, changes=[]) == parse_client_message(raw, 1_000_000)
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        {"type": "hello", "client_id": "c", "version": 2**53},
+        {"type": "cursor", "version": 2**53, "anchor": 0, "head": 0},
+        {"type": "cursor", "version": 0, "anchor": 2**63, "head": 0},
+        {"type": "cursor", "version": 0, "anchor": 0, "head": 2**53},
+    ],
+    ids=["hello-version", "cursor-version", "cursor-anchor", "cursor-head"],
+)
+def test_other_integers_beyond_the_safe_range_are_invalid(message: dict[str, object]) -> None:
+    with pytest.raises(InvalidMessage):
+        parse_client_message(json.dumps(message), 1_000_000)
+
+
+@given(
+    version=st.integers(-(2**65), 2**65),
+    seq=st.integers(-(2**65), 2**65),
+)
+def test_the_push_fast_path_bounds_integers_as_the_model_does(version: int, seq: int) -> None:
+    raw = json.dumps({"type": "push", "version": version, "seq": seq, "changes": []})
+    valid = 0 <= version <= 2**53 - 1 and 0 <= seq <= 2**53 - 1
+    try:
+        parse_client_message(raw, 1_000_000)
+        parsed = True
+    except InvalidMessage:
+        parsed = False
+    assert valid == parsed
+
+
+def test_an_ack_encodes_as_its_model() -> None:
+    from rooms.protocol import AckOut, encode_ack
+
+    assert AckOut(seq=7, version=12).encode() == encode_ack(7, 12)
+    assert {"type": "ack", "seq": 7, "version": 12} == json.loads(encode_ack(7, 12))

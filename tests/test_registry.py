@@ -20,12 +20,15 @@ from rooms.errors import (
     InvalidMessage,
     RateLimited,
     RoomFull,
+    ServerBusy,
     ServerStopping,
+    TooManyNewRooms,
     VersionTooOld,
 )
 from rooms.protocol import CodeChange, Cursor, Hello, Language, Ping, Push, SyncRequest
-from rooms.registry import DropReason, RoomRegistry, Session
+from rooms.registry import DropReason, RoomRegistry, Session, token_hash
 from rooms.settings import Settings
+from rooms.store.memory import MemoryStore
 
 
 class FakeTransport:
@@ -138,8 +141,11 @@ async def test_update_reaches_everyone_including_author_in_version_order() -> No
     registry.handle(sessions[0], push(0, 1, [[0, "a"]]))
     registry.handle(sessions[1], push(0, 1, [[0, "b"]]))
     await settle()
-    for transport in transports:
-        assert [(1, "c0"), (2, "c1")] == [(u["version"], u["client_id"]) for u in transport.of_type("update")]
+    for index, transport in enumerate(transports):
+        # Only its author gets an update's client_id.
+        mine = {0: "c0", 1: "c1"}.get(index)
+        expected = [(1, "c0" if mine == "c0" else None), (2, "c1" if mine == "c1" else None)]
+        assert expected == [(u["version"], u.get("client_id")) for u in transport.of_type("update")]
 
 
 async def test_seed_code_change_reaches_versioned_clients_as_minimal_update() -> None:
@@ -599,11 +605,12 @@ async def test_a_wrong_resume_token_does_not_take_over() -> None:
         await registry.join_versioned("r", FakeTransport(), hello_with_token("tab", "a-wrong-guess-of-16+"))
 
 
-async def test_client_id_is_free_again_after_leaving() -> None:
+async def test_client_id_is_free_again_after_leaving_for_its_token() -> None:
     registry, _ = make_registry()
     first = await registry.join_versioned("r", FakeTransport(), hello("tab"))
     registry.leave(first)
-    assert not (await registry.join_versioned("r", FakeTransport(), hello("tab"))).closed
+    again = hello_with_token("tab", first.resume_token)
+    assert not (await registry.join_versioned("r", FakeTransport(), again)).closed
 
 
 async def test_seed_prefix_is_reserved() -> None:
@@ -652,16 +659,18 @@ async def test_malformed_frames_are_charged_to_the_rate_limit() -> None:
     assert ["invalid_json"] * 3 + ["rate_limited"] == [m["code"] for m in transport.of_type("error")]
 
 
-async def test_a_stale_push_costs_tokens_in_proportion_to_its_distance() -> None:
+async def test_a_stale_push_costs_tokens_in_proportion_to_its_rebase_work() -> None:
     registry, _ = make_registry(rate_limit_per_second=1, rate_limit_burst=4)
     writer = await registry.join_versioned("r", FakeTransport(), hello("w"))
     writer.bucket.burst = writer.bucket.tokens = 1000
-    for seq in range(1, 201):
+    for seq in range(1, 11):
         registry.handle(writer, push(seq - 1, seq, append(seq - 1, "x")))
     stale = await registry.join_versioned("r", FakeTransport(), hello("stale"))
+    many_parts = [[0, "x"]] * 1000
     with pytest.raises(RateLimited):
-        registry.handle(stale, push(0, 1, [[0, "late"]]))  # 200 versions behind: 1 + 4 tokens of 4
-    assert 200 == stale.room.document.version
+        # 10 versions behind, 1000 parts: 10 * 1000 + 18 steps, 1 + 20 tokens of 4.
+        registry.handle(stale, push(0, 1, many_parts))
+    assert 10 == stale.room.document.version
 
 
 async def test_a_cursor_far_behind_is_dropped_silently() -> None:
@@ -735,7 +744,7 @@ async def test_welcome_tells_a_known_client_its_last_applied_seq() -> None:
     registry.handle(first, push(0, 7, [[0, "a"]]))
     registry.leave(first)
     again, fresh = FakeTransport(), FakeTransport()
-    await registry.join_versioned("r", again, hello("tab"))
+    await registry.join_versioned("r", again, hello_with_token("tab", first.resume_token))
     await registry.join_versioned("r", fresh, hello("new"))
     await settle()
     assert 7 == again.sent[0]["last_seq"]
@@ -824,3 +833,447 @@ async def test_a_full_connection_is_left_to_the_sender_and_order_is_kept() -> No
     assert [0, 1, 2, 3, 4] == [m["version"] for m in transport.sent]
     # The welcome went out through the sender (queued before it first ran), then: writer, send, send, writer.
     assert ["send", "writer", "send", "send", "writer"] == transport.paths
+
+
+# The cost of one message is bounded by construction.
+
+
+def count_calls(monkeypatch: pytest.MonkeyPatch, owner: Any, name: str) -> list[int]:
+    """Count the calls of ``owner.name`` (a method or a staticmethod), still calling it."""
+    calls: list[int] = []
+    original = owner.__dict__[name]
+    function = original.__func__ if isinstance(original, staticmethod | classmethod) else original
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return function(*args, **kwargs)
+
+    if isinstance(original, classmethod):
+        monkeypatch.setattr(owner, name, classmethod(lambda cls, *a, **k: counted(cls, *a, **k)))
+    else:
+        monkeypatch.setattr(owner, name, staticmethod(counted) if isinstance(original, staticmethod) else counted)
+    return calls
+
+
+async def test_a_push_of_too_many_parts_is_refused_before_any_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rooms.changes import ChangeSet
+    from rooms.document import Document
+
+    registry, _ = make_registry()
+    transport = FakeTransport()
+    session = await registry.join_versioned("r", transport, hello("c1"))
+    parsed = count_calls(monkeypatch, ChangeSet, "from_json")
+    rebased = count_calls(monkeypatch, Document, "rebase")
+    attack = push(0, 1, [[0, "x"]] * 50_000)
+    started = time.process_time()
+    registry.receive(session, attack)
+    spent = time.process_time() - started
+    await settle()
+    assert ["too_complex"] == [m["code"] for m in transport.of_type("error")]
+    assert ([], []) == (parsed, rebased)
+    assert 0 == session.room.document.version
+    assert spent < 0.05  # refused by counting the parts: far below the old 150 ms
+
+
+async def test_a_push_at_the_parts_limit_is_applied() -> None:
+    registry, _ = make_registry(max_change_parts=3)
+    transport = FakeTransport()
+    session = await registry.join_versioned("r", transport, hello("c1"))
+    registry.handle(session, push(0, 1, [[0, "a"], [0, "b"], [0, "c"]]))
+    assert "abc" == session.room.document.text
+
+
+async def test_a_push_too_far_behind_gets_resync_and_lands_after_catching_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from rooms.document import Document
+
+    registry, _ = make_registry()
+    writer = await registry.join_versioned("r", FakeTransport(), hello("w"))
+    writer.bucket.burst = writer.bucket.tokens = 10_000
+    for seq in range(1, 301):
+        registry.handle(writer, push(seq - 1, seq, append(seq - 1, "x")))
+    late = FakeTransport()
+    session = await registry.join_versioned("r", late, hello("late"))
+    rebased = count_calls(monkeypatch, Document, "rebase")
+    registry.receive(session, push(0, 1, [[0, "mine"]]))  # 300 versions behind
+    await settle()
+    assert ["resync"] == [m["code"] for m in late.of_type("error")]
+    assert ([], 300) == (rebased, session.room.document.version)
+    # The client catches up (here: from the current version) and pushes the same edit again.
+    registry.handle(session, push(300, 1, [[0, "mine"], 300]))
+    await settle()
+    assert session.room.document.text.startswith("mine")
+    assert [1] == [m["seq"] for m in late.of_type("update") if m.get("client_id") == "late"]
+
+
+async def test_a_push_whose_rebase_passes_the_step_bound_gets_resync() -> None:
+    registry, _ = make_registry(max_rebase_steps=100)
+    writer = await registry.join_versioned("r", FakeTransport(), hello("w"))
+    for seq in range(1, 11):
+        registry.handle(writer, push(seq - 1, seq, append(seq - 1, "x")))
+    late = FakeTransport()
+    session = await registry.join_versioned("r", late, hello("late"))
+    registry.receive(session, push(0, 1, [[0, "y"]] * 20))  # 10 * 20 + 19 steps
+    await settle()
+    assert ["resync"] == [m["code"] for m in late.of_type("error")]
+    assert 10 == session.room.document.version
+
+
+async def test_a_push_that_changes_nothing_is_acked_and_stores_nothing() -> None:
+    registry, _ = make_registry()
+    author, other = FakeTransport(), FakeTransport()
+    session = await registry.join_versioned("r", author, hello("a"))
+    await registry.join_versioned("r", other, hello("b"))
+    registry.handle(session, push(0, 1, append(0, "x" * 100)))
+    await registry.flush()
+    await settle()
+    room = session.room
+    stored = room.changes
+    registry.handle(session, push(1, 2, [1] * 100))  # 100 one-unit keeps
+    await registry.flush()
+    await settle()
+    assert [{"type": "ack", "seq": 2, "version": 1}] == author.of_type("ack")
+    assert [] == other.of_type("ack")
+    assert [1] == [m["version"] for m in other.of_type("update")]
+    assert (1, stored, []) == (room.document.version, room.changes, room.unsynced)
+    assert 1 == len(room.document.updates_since(0))
+
+
+async def test_a_push_whose_deletion_was_made_already_is_acked() -> None:
+    registry, _ = make_registry()
+    first, second = FakeTransport(), FakeTransport()
+    a = await registry.join_versioned("r", first, hello("a"))
+    b = await registry.join_versioned("r", second, hello("b"))
+    registry.handle(a, push(0, 1, append(0, "abc")))
+    registry.handle(a, push(1, 2, [1, [1], 1]))  # deletes "b"
+    registry.handle(b, push(1, 1, [1, [1], 1]))  # the same deletion, made concurrently
+    await registry.flush()
+    await settle()
+    assert ("ac", 2) == (a.room.document.text, a.room.document.version)
+    assert [{"type": "ack", "seq": 1, "version": 2}] == second.of_type("ack")
+
+
+async def test_a_resume_over_a_huge_history_takes_a_snapshot_without_encoding(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    registry, _ = make_registry(outbound_queue_chars=60_000)
+    writer = await registry.join_versioned("r", FakeTransport(), hello("w"))
+    writer.bucket.burst = writer.bucket.tokens = 10_000
+    for seq in range(1, 201):
+        registry.handle(writer, push(seq - 1, seq, append((seq - 1) * 100, "y" * 100)))
+    encoded = count_calls(monkeypatch, RoomRegistry, "_encode_update")
+    transport = FakeTransport()
+    await registry.join_versioned("r", transport, hello("late", version=0))
+    await settle()
+    welcome = transport.of_type("welcome")[0]
+    assert (200, "y" * 20_000) == (welcome["version"], welcome["doc"])
+    assert [] == encoded
+    assert [] == transport.of_type("update")
+
+
+async def test_a_small_resume_still_gets_updates() -> None:
+    registry, _ = make_registry()
+    writer = await registry.join_versioned("r", FakeTransport(), hello("w"))
+    for seq in range(1, 4):
+        registry.handle(writer, push(seq - 1, seq, append(seq - 1, "z")))
+    transport = FakeTransport()
+    await registry.join_versioned("r", transport, hello("late", version=1))
+    await settle()
+    welcome = transport.of_type("welcome")[0]
+    assert (1, None, 1000) == (welcome["version"], welcome.get("doc"), welcome["max_change_parts"])
+    assert [2, 3] == [m["version"] for m in transport.of_type("update")]
+
+
+async def test_a_snapshot_is_taken_once_the_changes_since_the_last_pass_a_byte_budget() -> None:
+    registry, _ = make_registry(max_document_chars=1_000, snapshot_every=500)
+    session = await registry.join_versioned("r", FakeTransport(), hello("w"))
+    session.bucket.burst = session.bucket.tokens = 10_000
+    room = session.room
+    # Replacing the whole text again and again: few versions, many bytes of changes.
+    for seq in range(1, 11):
+        length = room.document.length
+        registry.handle(session, push(seq - 1, seq, [[length, "q" * 900]] if length else [[0, "q" * 900]]))
+        await registry.flush()
+    assert 0 < room.snapshot_version <= 10
+    stored = await registry.store.load("r", 10)
+    assert stored is not None
+    assert stored.snapshot_version == room.snapshot_version
+
+
+async def test_a_safe_integer_bound_keeps_the_room_working() -> None:
+    registry, _ = make_registry()
+    transport = FakeTransport()
+    session = await registry.join_versioned("r", transport, hello("c1"))
+    registry.receive(session, json.dumps({"type": "push", "version": 0, "seq": 2**63, "changes": [[0, "x"]]}))
+    registry.receive(session, json.dumps({"type": "push", "version": 0, "seq": 2**53, "changes": [[0, "x"]]}))
+    registry.receive(session, json.dumps({"type": "push", "version": 0, "seq": 1, "changes": [[0, "ok"]]}))
+    await registry.flush()
+    await settle()
+    assert ["invalid_message", "invalid_message"] == [m["code"] for m in transport.of_type("error")]
+    assert ("ok", 1) == (session.room.document.text, session.room.document.version)
+
+
+# Client ids bound to their tokens
+
+
+async def test_a_remembered_client_id_is_refused_without_its_token() -> None:
+    registry, _ = make_registry()
+    token = "the-token-of-the-tab"
+    registry.leave(await registry.join_versioned("r", FakeTransport(), hello_with_token("tab", token)))
+    with pytest.raises(ClientIdInUse):
+        await registry.join_versioned("r", FakeTransport(), hello("tab"))
+    with pytest.raises(ClientIdInUse):
+        await registry.join_versioned("r", FakeTransport(), hello_with_token("tab", "another-token-of-16"))
+    assert not (await registry.join_versioned("r", FakeTransport(), hello_with_token("tab", token))).closed
+
+
+async def test_a_client_id_is_bound_to_the_token_the_server_made_up_when_it_sent_none() -> None:
+    registry, _ = make_registry()
+    first = await registry.join_versioned("r", FakeTransport(), hello("tab"))
+    registry.leave(first)
+    with pytest.raises(ClientIdInUse):
+        await registry.join_versioned("r", FakeTransport(), hello("tab"))
+    assert token_hash(first.resume_token) == first.room.tokens["tab"]
+
+
+async def test_the_room_keeps_a_hash_of_the_token_never_the_token() -> None:
+    registry, _ = make_registry()
+    session = await registry.join_versioned("r", FakeTransport(), hello_with_token("tab", "the-token-of-the-tab"))
+    registry.handle(session, push(0, 1, [[0, "x"]]))
+    await registry.flush()
+    stored = await registry.store.load("r", 10)
+    assert stored is not None
+    expected = token_hash("the-token-of-the-tab")
+    assert (expected, {"tab": expected}) == (session.room.tokens["tab"], stored.tokens)
+    assert "the-token-of-the-tab" not in repr(stored)
+
+
+async def test_a_stored_binding_is_restored_with_the_room() -> None:
+    store = MemoryStore()
+    registry = RoomRegistry(Settings(), clock=Clock(), store=store)
+    session = await registry.join_versioned("r", FakeTransport(), hello_with_token("tab", "the-token-of-the-tab"))
+    registry.handle(session, push(0, 1, [[0, "x"]]))
+    await registry.stop()
+    again = RoomRegistry(Settings(), clock=Clock(), store=store)
+    with pytest.raises(ClientIdInUse):
+        await again.join_versioned("r", FakeTransport(), hello("tab"))
+    resumed = await again.join_versioned("r", FakeTransport(), hello_with_token("tab", "the-token-of-the-tab"))
+    await again.stop()
+    assert 1 == resumed.room.document.last_seq(resumed.client_id)
+
+
+async def test_a_stored_client_without_a_token_binds_to_the_first_one_presented() -> None:
+    store = MemoryStore()
+    registry = RoomRegistry(Settings(), clock=Clock(), store=store)
+    session = await registry.join_versioned("r", FakeTransport(), hello("tab"))
+    registry.handle(session, push(0, 1, [[0, "x"]]))
+    session.room.tokens.clear()  # as a database from before tokens would have it
+    await registry.stop()
+    again = RoomRegistry(Settings(), clock=Clock(), store=store)
+    first = await again.join_versioned("r", FakeTransport(), hello_with_token("tab", "first-token-presented"))
+    again.leave(first)
+    with pytest.raises(ClientIdInUse):
+        await again.join_versioned("r", FakeTransport(), hello_with_token("tab", "second-token-presented"))
+    await again.stop()
+
+
+async def test_the_token_table_forgets_the_least_recently_used_client_first() -> None:
+    registry, _ = make_registry(history_limit=2, dedup_clients=2)
+    for client in ("a", "b", "a", "c"):  # "b" is the least recently used when "c" comes
+        token = f"token-of-client-{client}"
+        registry.leave(await registry.join_versioned("r", FakeTransport(), hello_with_token(client, token)))
+    assert ["a", "c"] == list(registry.rooms["r"].tokens)
+    assert not (await registry.join_versioned("r", FakeTransport(), hello("b"))).closed
+
+
+async def test_an_update_is_encoded_twice_per_broadcast_not_once_per_member() -> None:
+    registry, _ = make_registry()
+    transports = [FakeTransport() for _ in range(4)]
+    sessions = [await registry.join_versioned("r", t, hello(f"c{i}")) for i, t in enumerate(transports)]
+    registry.handle(sessions[0], push(0, 1, [[0, "a"]]))
+    await settle()
+    sent = [t.of_type("update")[0] for t in transports]
+    assert ["c0", None, None, None] == [u.get("client_id") for u in sent]
+    assert 1 == len({json.dumps(u) for u in sent[1:]})
+
+
+# Limits per client address
+
+
+async def test_connections_of_one_address_share_its_bucket() -> None:
+    registry, _ = make_registry(rate_limit_per_address_per_second=1, rate_limit_per_address_burst=5)
+    transports = [FakeTransport() for _ in range(3)]
+    sessions = [await registry.join_seed("r", t, "ann", address="10.0.0.1") for t in transports]
+    other = await registry.join_seed("r", FakeTransport(), "bob", address="10.0.0.2")
+    for session in (*sessions, *sessions[:2]):  # five pings from three connections
+        registry.handle(session, Ping(type="ping"))
+    with pytest.raises(RateLimited):
+        registry.handle(sessions[0], Ping(type="ping"))
+    registry.handle(other, Ping(type="ping"))  # another address has its own
+
+
+async def test_a_refused_message_costs_the_connection_nothing() -> None:
+    registry, _ = make_registry(rate_limit_per_address_per_second=1, rate_limit_per_address_burst=1)
+    first = await registry.join_seed("r", FakeTransport(), "ann", address="10.0.0.1")
+    second = await registry.join_seed("r", FakeTransport(), "ann", address="10.0.0.1")
+    registry.handle(first, Ping(type="ping"))
+    with pytest.raises(RateLimited):
+        registry.handle(second, Ping(type="ping"))
+    assert float(registry.settings.rate_limit_burst) == second.bucket.tokens
+
+
+async def test_reconnecting_does_not_refill_the_address_bucket() -> None:
+    registry, clock = make_registry(rate_limit_per_address_per_second=1, rate_limit_per_address_burst=3)
+    session = await registry.join_seed("r", FakeTransport(), "ann", address="10.0.0.1")
+    for _ in range(3):
+        registry.handle(session, Ping(type="ping"))
+    registry.leave(session)
+    again = await registry.join_seed("r", FakeTransport(), "ann", address="10.0.0.1")
+    with pytest.raises(RateLimited):
+        registry.handle(again, Ping(type="ping"))
+    with pytest.raises(RateLimited):
+        registry.charge_address("10.0.0.1")  # nor does a connection that has not joined
+    clock.now += 1
+    registry.handle(again, Ping(type="ping"))
+
+
+async def test_the_address_table_forgets_idle_addresses_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("rooms.registry.ADDRESS_TABLE_LIMIT", 3)
+    registry, clock = make_registry(rate_limit_per_address_per_second=0.5, rate_limit_per_address_burst=2)
+    busy = await registry.join_seed("r", FakeTransport(), "ann", address="busy")
+    registry.charge_address("idle")
+    clock.now += 2  # "idle" is full again
+    registry.charge_address("spent")
+    registry.charge_address("spent")
+    registry.charge_address("new")
+    assert ["busy", "spent", "new"] == list(registry._addresses)
+    assert not busy.closed
+    with pytest.raises(RateLimited):
+        registry.charge_address("spent")
+
+
+async def test_an_unknown_address_has_no_address_limits() -> None:
+    registry, _ = make_registry(rate_limit_per_address_burst=1, rooms_per_address_per_minute=1)
+    session = await registry.join_seed("r", FakeTransport(), "ann")
+    registry.handle(session, Ping(type="ping"))
+    registry.handle(session, Ping(type="ping"))
+    await registry.join_seed("other", FakeTransport(), "ann")
+
+
+async def test_an_address_may_make_so_many_rooms_a_minute() -> None:
+    registry, clock = make_registry(rooms_per_address_per_minute=2)
+    await registry.join_seed("a", FakeTransport(), "ann", address="10.0.0.1")
+    await registry.join_seed("b", FakeTransport(), "ann", address="10.0.0.1")
+    with pytest.raises(TooManyNewRooms) as refused:
+        await registry.join_seed("c", FakeTransport(), "ann", address="10.0.0.1")
+    assert ("rate_limited", 60.0) == (refused.value.code, refused.value.retry_after)
+    await registry.join_seed("a", FakeTransport(), "ann", address="10.0.0.1")  # existing rooms open
+    await registry.join_seed("c", FakeTransport(), "bob", address="10.0.0.2")
+    clock.now += 60
+    await registry.join_seed("d", FakeTransport(), "ann", address="10.0.0.1")
+
+
+async def test_a_stored_room_is_not_a_new_room() -> None:
+    registry, _ = make_registry(rooms_per_address_per_minute=1, room_grace_seconds=0)
+    session = await registry.join_seed("a", FakeTransport(), "ann", address="10.0.0.1")
+    await registry.flush()
+    registry.leave(session)
+    await settle()
+    assert "a" not in registry.rooms
+    await registry.join_seed("a", FakeTransport(), "ann", address="10.0.0.1")
+
+
+async def test_a_full_server_unloads_an_empty_committed_room_or_refuses() -> None:
+    registry, _ = make_registry(max_loaded_rooms=2)
+    first = await registry.join_seed("a", FakeTransport(), "ann")
+    await registry.join_seed("b", FakeTransport(), "bob")
+    with pytest.raises(ServerBusy) as refused:
+        await registry.join_seed("c", FakeTransport(), "cy")
+    assert "server_busy" == refused.value.code
+    await registry.flush()
+    registry.leave(first)
+    await registry.join_seed("c", FakeTransport(), "cy")
+    assert ["b", "c"] == list(registry.rooms)
+
+
+async def test_a_room_with_uncommitted_changes_is_not_unloaded_for_another() -> None:
+    registry, _ = make_registry(max_loaded_rooms=1)
+    first = await registry.join_seed("a", FakeTransport(), "ann")
+    registry.leave(first)  # its creation is not committed yet
+    with pytest.raises(ServerBusy):
+        await registry.join_seed("b", FakeTransport(), "bob")
+
+
+# Retention
+
+
+class PurgingStore(MemoryStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.purges: list[tuple[float, set[str]]] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def purge(self, before: float, keep: Any) -> list[str]:
+        self.purges.append((before, set(keep)))
+        await self.gate.wait()
+        return ["old-1", "old-2"]
+
+
+async def test_retention_keeps_the_loaded_rooms_and_logs_the_count() -> None:
+    store = PurgingStore()
+    registry = RoomRegistry(Settings(room_retention_days=2), clock=Clock(), store=store)
+    await registry.join_seed("open", FakeTransport(), "ann")
+    with capture_logs() as logs:
+        assert 2 == await registry.purge()
+    before, keep = store.purges[0]
+    assert ({"open"}, True) == (keep, abs(time.time() - 2 * 86_400 - before) < 60)
+    assert [{"event": "rooms_purged", "count": 2, "log_level": "info"}] == [
+        entry for entry in logs if entry["event"] == "rooms_purged"
+    ]
+
+
+async def test_retention_zero_keeps_every_room() -> None:
+    store = PurgingStore()
+    registry = RoomRegistry(Settings(room_retention_days=0), clock=Clock(), store=store)
+    assert 0 == await registry.purge()
+    assert [] == store.purges
+
+
+async def test_a_load_waits_for_the_purge_in_progress() -> None:
+    store = PurgingStore()
+    store.gate.clear()
+    registry = RoomRegistry(Settings(), clock=Clock(), store=store)
+    purge = asyncio.create_task(registry.purge())
+    await settle()
+    join = asyncio.create_task(registry.join_seed("r", FakeTransport(), "ann"))
+    await settle()
+    assert "r" not in registry.rooms
+    store.gate.set()
+    await purge
+    await join
+    assert "r" in registry.rooms
+
+
+async def test_retention_runs_at_start() -> None:
+    store = PurgingStore()
+    registry = RoomRegistry(Settings(), clock=Clock(), store=store)
+    await registry.start()
+    await settle()
+    await registry.stop()
+    assert 1 == len(store.purges)
+
+
+async def test_opening_a_stored_room_writes_its_row_once() -> None:
+    store = MemoryStore()
+    registry = RoomRegistry(Settings(room_grace_seconds=0), clock=Clock(), store=store)
+    session = await registry.join_seed("r", FakeTransport(), "ann")
+    await registry.flush()
+    registry.leave(session)
+    await settle()
+    commits = store.commits
+    await registry.join_seed("r", FakeTransport(), "ann")
+    await registry.join_seed("r", FakeTransport(), "bob")
+    await registry.flush()
+    assert commits + 1 == store.commits

@@ -173,6 +173,8 @@ async def test_a_language_change_reaches_no_one_before_it_is_committed(
 
 async def test_pushes_of_one_event_loop_turn_go_into_one_commit(store: GatedStore, registry: RoomRegistry) -> None:
     sessions = [(await join(registry, f"c{index}", f"user{index}"))[0] for index in range(3)]
+    store.batches.clear()  # the room's creation
+    store.commits = 0
     for seq in range(1, 11):
         for session in sessions:
             registry.handle(session, push(0, seq, [[0, session.client_id]]))
@@ -227,7 +229,14 @@ async def restarted(tmp_path: Path) -> AsyncIterator[tuple[RoomRegistry, dict[st
 
 
 def resume(welcome: dict[str, Any]) -> Hello:
-    return Hello(type="hello", client_id="c1", username="ann", version=welcome["version"], epoch=welcome["epoch"])
+    return Hello(
+        type="hello",
+        client_id="c1",
+        username="ann",
+        version=welcome["version"],
+        epoch=welcome["epoch"],
+        resume_token=welcome["resume_token"],
+    )
 
 
 async def test_after_a_restart_a_resuming_client_gets_a_catch_up_not_a_snapshot(
@@ -465,3 +474,35 @@ async def test_a_room_reset_before_anything_was_stored_comes_back_under_its_epoc
     store.failing = False
     _, again = await join(registry, "c1")  # so the client resends instead of resetting
     assert (epoch, 0, "") == (again.sent[0]["epoch"], again.sent[0]["version"], again.sent[0]["doc"])
+
+
+# A new room is stored before anyone is shown it
+
+
+async def test_a_new_rooms_welcome_waits_for_the_commit_that_stores_the_room(
+    store: GatedStore, registry: RoomRegistry
+) -> None:
+    store.gate.clear()
+    transport = FakeTransport()
+    session = await registry.join_versioned("r", transport, hello("c1"))
+    await until(lambda: store.batches)
+    await settle()
+    assert [] == transport.sent
+    write = store.batches[0][0]
+    assert ("r", session.room.document.epoch, [], 0) == (write.room_id, write.epoch, list(write.records), write.head)
+    store.gate.set()
+    await until(lambda: transport.sent)
+    stored = await store.info("r")
+    assert stored is not None and transport.sent[0]["epoch"] == stored.epoch
+
+
+async def test_a_new_room_whose_first_commit_fails_was_shown_to_no_one(
+    store: GatedStore, registry: RoomRegistry
+) -> None:
+    store.failing = True
+    seed, versioned = FakeTransport(), FakeTransport()
+    await registry.join_seed("r", seed, "ann")
+    await registry.join_versioned("r", versioned, hello("c1"))
+    await until(lambda: versioned.closed is not None and seed.closed is not None)
+    assert ([], [], CLOSE_TRY_AGAIN_LATER) == (seed.sent, versioned.sent, versioned.closed[0])
+    assert None is await store.info("r")

@@ -126,3 +126,40 @@ def test_seq_continues_after_the_servers_last_applied_one() -> None:
     replica.welcome({"type": "welcome", "version": 0, "last_seq": 41})
     push = replica.edit(ChangeSet.of_replace(0, 0, 0, "a"))
     assert push is not None and 42 == push["seq"]
+
+
+def test_an_ack_of_the_inflight_seq_confirms_it_and_sends_pending() -> None:
+    replica = Replica("me", "ab", 4)
+    replica.edit(ChangeSet.of_replace(2, 0, 1, ""))  # in flight: deletes "a"
+    replica.edit(ChangeSet.of_replace(1, 1, 1, "!"))  # pending
+    replica.update(update(5, "other", 1, [[1], 1]))  # someone deleted the same "a"
+    assert replica.inflight is not None and replica.inflight.changes.is_empty
+    push = replica.ack({"type": "ack", "seq": 1, "version": 5})
+    assert push is not None and (5, 2, [1, [0, "!"]]) == (push["version"], push["seq"], push["changes"])
+    assert replica.ack({"type": "ack", "seq": 1, "version": 5}) is None  # a repeated ack changes nothing
+
+
+def test_an_ack_at_another_version_is_refused() -> None:
+    replica = Replica("me", "a", 1)
+    replica.edit(ChangeSet.from_json([1]))
+    with pytest.raises(InvalidMessage):
+        replica.ack({"type": "ack", "seq": 1, "version": 2})
+
+
+def test_a_batch_of_more_parts_than_the_server_takes_is_sent_as_one_replacement() -> None:
+    replica = Replica("me", "a😀cdefgh", 0)
+    replica.welcome({"type": "welcome", "version": 0, "max_change_parts": 3})
+    changes = ChangeSet.from_json([1, [0, "x"], 2, [0, "y"], 1, [1], 4])  # 7 parts
+    push = replica.edit(changes)
+    assert push is not None
+    coarse = ChangeSet.from_json(push["changes"])
+    assert coarse.part_count <= 3
+    assert replica.text == coarse.apply("a😀cdefgh") == changes.apply("a😀cdefgh")
+
+
+def test_resync_says_hello_at_the_current_version_and_keeps_the_batch() -> None:
+    replica = Replica("me", "", 0)
+    replica.edit(ChangeSet.of_replace(0, 0, 0, "a"))
+    hello = replica.resync("ann")
+    assert ("hello", 0) == (hello["type"], hello["version"])
+    assert replica.inflight is not None and 1 == replica.inflight.seq

@@ -3,18 +3,33 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.conftest import Client, LiveServer, stalled_socket
+from tests.conftest import Client, LiveServer, stalled_socket, start_server
 
 pytestmark = pytest.mark.slow
 
 Connect = Callable[..., Any]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """One server for this module. Every test opens its own rooms from this one address, more
+    than an address may make a minute by default; the limits per address have tests of their
+    own (tests/test_abuse_identity.py)."""
+    live = start_server(
+        tmp_path_factory.mktemp("seed-server"),
+        ROOMS_PER_ADDRESS_PER_MINUTE="100000",
+        RATE_LIMIT_PER_ADDRESS_PER_SECOND="100000",
+        RATE_LIMIT_PER_ADDRESS_BURST="100000",
+    )
+    yield live
+    live.stop()
 
 
 async def join(connect_client: Connect, server: LiveServer, room: str, name: object = "ann") -> Client:
@@ -227,7 +242,7 @@ async def test_connection_that_never_joins_is_closed(
 ) -> None:
     live = make_server(JOIN_TIMEOUT_SECONDS="0.5")
     lurker: Client = await connect_client(live.ws(room))
-    await lurker.send("not json")  # an error does not restart the clock
+    await lurker.send({"type": "hello"})  # a failed hello does not restart the clock
     assert "error" == (await lurker.recv())["type"]
     with pytest.raises(ConnectionClosed) as closed:
         await lurker.recv(timeout=5)
@@ -255,24 +270,37 @@ async def test_seed_client_cannot_speak_the_versioned_protocol(
 
 
 @pytest.mark.parametrize(
-    ("frame", "fields"),
+    "frame",
     [
-        ("not json", {"type", "message"}),
-        ('{"type": "code_change"}', {"type", "message"}),
-        ('{"type": "dance"}', {"type", "message"}),
-        ('{"type": "hello", "username": "no id"}', {"type", "code", "message"}),
-        ('{"type": "push", "version": 0, "seq": 1, "changes": []}', {"type", "code", "message"}),
+        '{"type": "hello", "username": "no id"}',
+        '{"type": "hello", "client_id": "x", "username": "\\ud800"}',
+        '{"type": "push", "version": 0, "seq": 1, "changes": []}',
+        '{"type": "language", "language": 5}',
     ],
 )
-async def test_errors_before_joining_use_the_format_of_the_protocol_tried(
-    server: LiveServer, room: str, connect_client: Connect, frame: str, fields: set[str]
+async def test_a_failed_hello_attempt_gets_a_versioned_error_and_may_say_hello_again(
+    server: LiveServer, room: str, connect_client: Connect, frame: str
 ) -> None:
     client: Client = await connect_client(server.ws(room))
     await client.send(frame)
     error = await client.recv()
-    assert ("error", fields) == (error["type"], set(error))
-    # The connection stays open and may still join.
-    await client.send({"type": "join", "username": "late"})
+    assert ("error", {"type", "code", "message"}) == (error["type"], set(error))
+    await client.send({"type": "hello", "client_id": "tab-late", "username": "late"})
+    assert "welcome" == (await client.recv())["type"]
+
+
+@pytest.mark.parametrize(
+    "frame",
+    ["not json", "[1, 2]", '{"type": "code_change"}', '{"type": "dance"}', '{"no": "type"}', b"\xff"],
+)
+async def test_a_first_frame_that_is_no_valid_message_joins_as_anonymous_silently(
+    server: LiveServer, room: str, connect_client: Connect, frame: str | bytes
+) -> None:
+    ann = await join(connect_client, server, room)
+    client: Client = await connect_client(server.ws(room))
+    await client.connection.send(frame)
+    assert ("user_joined", "Anonymous") == ((joined := await ann.recv())["type"], joined["username"])
+    await client.expect_silence()
     await client.send({"type": "sync_request"})
     assert "code_change" == (await client.recv())["type"]
 

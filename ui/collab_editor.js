@@ -16,6 +16,11 @@ const HELLO_RETRY_MS = [2000, 4000, 8000];
 const CURSOR_THROTTLE_MS = 80;
 const RESEND_MS = 3000; // an unconfirmed batch is sent again (same seq: applied once) after this
 const NOTICE_EVERY_MS = 5000;
+// After a server failure (internal_error) the hello is retried after a growing delay, not at
+// once: a failure that repeats must not become a loop. After FAILURES_BEFORE_OFFER in a row the
+// user is offered their text, as when work cannot be merged.
+const FAILURE_RETRY_MS = [500, 1000, 2000, 4000, 8000, 15000, 30000];
+const FAILURES_BEFORE_OFFER = 3;
 
 function randomId(bytes) {
   const data = new Uint8Array(bytes);
@@ -311,6 +316,7 @@ export default {
       if (this.stopped) return;
       this.gen += 1;
       this.live = false;
+      this.sendAfterFrame = false;
       const state = this.state;
       const message = {
         type: "hello",
@@ -382,6 +388,12 @@ export default {
         if (gen !== this.gen) return; // the handler started a new hello
         changed ||= message.type === "welcome" || message.type === "update" || message.type === "error";
       }
+      if (this.sendAfterFrame) {
+        this.sendAfterFrame = false;
+        if (this.inflight) this.sendInflight();
+        else this.flush();
+        this.sendCursor();
+      }
       if (changed) this.scheduleSave();
     },
     closed(gen, code, reason) {
@@ -416,6 +428,8 @@ export default {
           return this.onWelcome(message);
         case "update":
           return this.onUpdate(message);
+        case "ack":
+          return this.onAck(message);
         case "cursor":
           return this.onCursor(message);
         case "member_joined":
@@ -440,6 +454,7 @@ export default {
       this.helloAttempt = 0;
       const state = this.state;
       this.userId = message.user_id;
+      if (Number.isSafeInteger(message.max_change_parts)) this.maxChangeParts = message.max_change_parts;
       const lastSeq = message.last_seq ?? null;
       if (lastSeq !== null && state.version !== null && lastSeq >= state.next_seq) {
         // The room applied a push of ours that this state never made: it is an older copy of
@@ -486,9 +501,10 @@ export default {
       this.live = true;
       this.drawCursors();
       this.setLanguage(message.language);
-      if (this.inflight) this.sendInflight();
-      else this.flush();
-      this.sendCursor();
+      // The catch-up follows the welcome in the same frame: unconfirmed work is sent once it is
+      // rebased over it (at the current version), not at the version we said hello at, which
+      // may be too far behind for the server to rebase (`resync`).
+      this.sendAfterFrame = true;
       this.publishStatus();
     },
     onUpdate(message) {
@@ -501,16 +517,7 @@ export default {
         this.base = inflight.changes.apply(this.base);
         this.baseDirty = true;
         state.version = message.version;
-        this.inflight = null;
-        clearTimeout(this.resendTimer);
-        if (!this.pending) {
-          this.unsentEdits = 0;
-          // A cursor sent while edits were unconfirmed was placed before them: send the real one.
-          if (this.cursorTimer === null) this.cursorTimer = setTimeout(() => this.sendCursor(), CURSOR_THROTTLE_MS);
-        }
-        this.flush();
-        this.publishStatus();
-        return;
+        return this.confirmed();
       }
       let remote = CM.ChangeSet.fromJSON(message.changes);
       this.base = remote.apply(this.base);
@@ -531,6 +538,26 @@ export default {
         annotations: [CM.Transaction.remote.of(true), CM.Transaction.addToHistory.of(false)],
       });
       this.publishStatus();
+    },
+    onAck(message) {
+      // Our in-flight batch changed nothing on the server (what it deleted was deleted already,
+      // say): no version was made, `base` stays as it is.
+      const inflight = this.inflight;
+      if (!inflight || message.seq !== inflight.seq || message.version !== this.state.version) return;
+      this.confirmed();
+    },
+    confirmed() {
+      this.inflight = null;
+      this.failures = 0;
+      clearTimeout(this.resendTimer);
+      if (!this.pending) {
+        this.unsentEdits = 0;
+        // A cursor sent while edits were unconfirmed was placed before them: send the real one.
+        if (this.cursorTimer === null) this.cursorTimer = setTimeout(() => this.sendCursor(), CURSOR_THROTTLE_MS);
+      }
+      this.flush();
+      this.publishStatus();
+      this.scheduleSave();
     },
     onCursor(message) {
       if (message.user_id === this.userId || message.version !== this.state.version) return;
@@ -554,7 +581,13 @@ export default {
         this.resendTimer = setTimeout(() => (this.inflight ? this.sendInflight() : this.flush()), wait);
         return;
       }
-      if (message.code === "internal_error") return this.hello();
+      if (message.code === "internal_error") return this.retryAfterFailure();
+      if (message.code === "resync") {
+        // Our batch was too far behind to be rebased by the server: catch up from our version
+        // (welcome rebases the batch over the catch-up and sends it again, same seq).
+        this.live = false;
+        return this.hello();
+      }
       if (message.code === "invalid_message" && this.inflight) return this.resync();
       if (message.code === "client_id_in_use" || message.code === "seq_reused") {
         // Another copy of this tab holds our client_id: carry on as a new client, keeping
@@ -576,7 +609,7 @@ export default {
         this.notice(message.code, "warning", message.message);
         return;
       }
-      if (["version_too_old", "invalid_changes", "too_large", "invalid_version"].includes(message.code)) {
+      if (["version_too_old", "invalid_changes", "too_large", "invalid_version", "too_complex"].includes(message.code)) {
         // The server refused our batch: start again from its text and offer ours to the user.
         this.notice(message.code, "negative", message.message);
         this.resync();
@@ -584,13 +617,45 @@ export default {
       }
       this.notice(message.code, "warning", message.message);
     },
+    retryAfterFailure() {
+      // The server failed to handle a message. Say hello again, later each time; when it keeps
+      // failing, offer the user their text (it stays here and is sent again once it works).
+      this.failures = (this.failures || 0) + 1;
+      this.live = false;
+      clearTimeout(this.helloTimer);
+      clearTimeout(this.resendTimer);
+      const step = FAILURE_RETRY_MS[Math.min(this.failures - 1, FAILURE_RETRY_MS.length - 1)];
+      this.helloTimer = setTimeout(() => this.hello(), step * (0.75 + Math.random() / 2));
+      if (this.failures === FAILURES_BEFORE_OFFER && (this.inflight || this.pending)) {
+        this.offer(this.view.state.doc.toString(), "failing");
+      }
+      this.publishStatus();
+    },
+    coarsened(changes, doc) {
+      // More parts than the server takes in one push: send one replacement of the span the
+      // changes touch instead (the same result), built against the text they apply to.
+      let from = -1;
+      let toA = 0;
+      let toB = 0;
+      changes.iterChangedRanges((fromA, endA, fromB, endB) => {
+        if (from < 0) from = fromA;
+        toA = endA;
+        toB = endB;
+      });
+      if (from < 0) return changes;
+      const after = changes.apply(doc);
+      return CM.ChangeSet.of({ from, to: toA, insert: after.slice(from, toB) }, changes.length);
+    },
     unconfirmed() {
       if (this.inflight && this.pending) return this.inflight.changes.compose(this.pending);
       return this.inflight ? this.inflight.changes : this.pending;
     },
     flush() {
       if (!this.live || this.inflight || !this.pending) return;
-      this.inflight = { seq: this.state.next_seq, changes: this.pending };
+      let changes = this.pending;
+      const limit = this.maxChangeParts;
+      if (limit && changes.toJSON().length > limit) changes = this.coarsened(changes, this.base);
+      this.inflight = { seq: this.state.next_seq, changes };
       this.state.next_seq += 1;
       this.pending = null;
       this.sendInflight();

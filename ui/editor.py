@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from nicegui import background_tasks, ui
+from nicegui import Client, background_tasks, ui
 from nicegui.events import GenericEventArguments
 
 from rooms.errors import InternalError, InvalidMessage, RateLimited, RoomError
@@ -36,6 +36,15 @@ HELLO_RATE_PER_SECOND = 0.5
 HELLO_BURST = 5
 # Frames a page may send between its hello and the room being loaded (a cursor, a resend).
 MAX_EARLY_FRAMES = 50
+
+
+def _client_address(client: Client) -> str:
+    """The page's network address, as for `/ws` (the request's client, which uvicorn takes
+    from a trusted proxy's X-Forwarded-For); "" when the page has no request."""
+    try:
+        return client.ip
+    except RuntimeError:
+        return ""
 
 
 class BrowserNotReading(ConnectionError):
@@ -106,6 +115,7 @@ class CollabEditor(ui.element, component="collab_editor.js"):
         self._props["theme"] = theme
         self._props["max-chars"] = settings.max_document_chars
         self._hellos = TokenBucket.full(HELLO_RATE_PER_SECOND, HELLO_BURST, time.monotonic())
+        self._address = _client_address(self.client)
         self.on("frame", self._on_frame)
 
     # Server -> browser
@@ -147,6 +157,7 @@ class CollabEditor(ui.element, component="collab_editor.js"):
         registry = self._registry()
         try:
             self._hellos.take(time.monotonic())
+            registry.charge_address(self._address)
         except RateLimited as limited:
             self.call("receive", gen, ErrorOut.of(limited).encode())
             return
@@ -167,7 +178,7 @@ class CollabEditor(ui.element, component="collab_editor.js"):
 
     async def _join(self, registry: RoomRegistry, transport: BrowserTransport, hello: Hello) -> None:
         try:
-            session = await registry.join_versioned(self.room_id, transport, hello)
+            session = await registry.join_versioned(self.room_id, transport, hello, address=self._address)
         except Exception as exc:
             self._refuse(transport, exc)
             return
