@@ -27,7 +27,7 @@ from nicegui.storage import Storage
 from api import edge, health, rooms, ws
 from api.http_timeouts import http_protocol
 from api.origins import is_loopback, origin_allowed
-from observability.logs import configure_logging
+from observability.logs import configure_logging, set_room_log_key
 from rooms.registry import RoomRegistry
 from rooms.settings import Settings, load_settings
 from rooms.store import Store, StoreError, make_store
@@ -116,6 +116,8 @@ def create_app(settings: Settings, store: Store) -> FastAPI:
     return application
 
 
+# Room ids are logged as tags keyed by the storage secret: the same tag after a restart.
+set_room_log_key(storage_secret(settings))
 store = make_store(settings)
 app = create_app(settings, store)
 
