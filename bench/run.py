@@ -15,7 +15,9 @@ Runs on loopback, one server at a time, each started fresh for each measurement
 4. slow consumer: one client per room stops reading; the others' p99, ours and naive;
 5. idle memory per raw connection, every server;
 6. browser pages (``bench/browser.py``): server memory per open room page, and edit latency
-   measured in the pages, with 10 and 30 headless Chromium pages (ours only).
+   measured in the pages, with 10 and 30 headless Chromium pages (ours only);
+7. abuse (``bench/abuse.py``): the server CPU of the costliest frame of each kind a client may
+   send at the default limits, and ordinary rooms' p99 while one client floods the costliest push.
 
 Each section is a function that adds its results to the report, one entry in ``SECTIONS``. The
 whole run is bounded: every load stops by itself, and the default plan takes about 13 minutes.
@@ -42,6 +44,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 # bench/ is a folder of scripts, not a package: its modules import each other as siblings.
+import abuse
 import browser
 import servers
 from browser import BrowserLoad, BrowserResult
@@ -108,6 +111,7 @@ class Plan:
     kinds: tuple[Kind, ...] = (Kind.OURS, Kind.BARE, Kind.NAIVE)
     browser_pages: tuple[int, ...] = (10, 30)  # open room pages, in rooms of 5, one typist each
     browser_seconds: float = 10.0
+    abuse_plan: abuse.AbusePlan = abuse.FULL
 
 
 QUICK = Plan(
@@ -126,6 +130,7 @@ QUICK = Plan(
     procs_from=20,
     browser_pages=(2,),
     browser_seconds=2.0,
+    abuse_plan=abuse.QUICK,
 )
 
 
@@ -146,6 +151,7 @@ class Report:
     quiet_waited_s: float = 0.0  # time spent waiting for other work to calm down
     load_average: tuple[float, float, float] = (0.0, 0.0, 0.0)
     command: str = "`make bench`"
+    abuse: abuse.AbuseResult | None = None
 
     def results(self) -> Iterator[Result]:
         for results in self.capacity.values():
@@ -377,6 +383,11 @@ def browser_pages(report: Report) -> None:
         report.browser.append(result)
 
 
+def abuse_section(report: Report) -> None:
+    wait_for_quiet(report)
+    report.abuse = abuse.run(report.plan.abuse_plan, quick=report.plan.abuse_plan == abuse.QUICK)
+
+
 SECTIONS: dict[str, Callable[[Report], None]] = {
     "capacity": capacity,
     "target": target,
@@ -385,6 +396,7 @@ SECTIONS: dict[str, Callable[[Report], None]] = {
     "slow": slow_consumer,
     "idle": idle,
     "browser": browser_pages,
+    "abuse": abuse_section,
 }
 
 
@@ -497,6 +509,7 @@ def render(report: Report) -> str:
     _slow_table(report, add)
     _idle_table(report, add)
     _browser_table(report, add)
+    abuse.render(report.abuse, add)
     _limits(add)
     _method(add)
     add("## Raw results")
@@ -513,6 +526,8 @@ def render(report: Report) -> str:
         add(json.dumps(row))
     for browser_result in report.browser:
         add(json.dumps(browser_result.to_json()))
+    if report.abuse is not None:
+        add(json.dumps(report.abuse.to_json()))
     add("```")
     add("")
     add("</details>")
@@ -590,6 +605,8 @@ def _targets(report: Report, add: Callable[[str], None]) -> None:
         add(f"| < {PAGE_TARGET_MIB:g} MiB per open browser room page | {', '.join(cells)} | {_yes(holds)} |")
     else:
         add(f"| < {PAGE_TARGET_MIB:g} MiB per open browser room page | not measured in this run | – |")
+    for row in abuse.target_rows(report.abuse):
+        add(row)
     add("")
 
 

@@ -16,6 +16,7 @@ import pytest
 # bench/ is a folder of scripts, not a package: its modules import each other as siblings.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
+import abuse
 import browser
 import push_cost
 import run
@@ -257,7 +258,8 @@ class CountingTransport(push_cost.InstantTransport):
         decoded = json.loads(message)
         for item in decoded if isinstance(decoded, list) else [decoded]:
             if item["type"] == "update":
-                self.updates.append((item["client_id"], item["seq"]))
+                # Others learn an update's author by user_id only.
+                self.updates.append((item["user_id"], item["seq"]))
 
 
 @pytest.mark.parametrize("store", ["memory", "sqlite"])
@@ -275,3 +277,85 @@ async def test_push_cost_applies_every_push_and_delivers_it_to_every_member(stor
     received = [t.updates for t in transports if isinstance(t, CountingTransport)]
     assert [30] * 6 == [len(updates) for updates in received]
     assert all(len(set(updates)) == 30 for updates in received)
+
+
+# The abuse section: the costliest frames and a flood (bench/abuse.py)
+
+SMOKE_ABUSE = abuse.AbusePlan(
+    repeats=1, history=110, doc_chars=3_000, writers=2, rooms=1, clients=2, seconds=1.0, pairs=1
+)
+
+
+@pytest.mark.slow
+def test_abuse_measures_every_costly_frame_and_the_flood() -> None:
+    result = abuse.run(SMOKE_ABUSE, quick=True)
+
+    # Where the oldest version gets a snapshot, the hello with the largest catch-up follows it.
+    frames = [cost.frame for cost in result.frames if cost.frame != "hello, the largest catch-up"]
+    assert [
+        "push",
+        "push, one version too far behind",
+        "seed code_change",
+        "seed code_change",
+        "seed code_change",
+        "hello",
+        "GET /api/rooms/{id}",
+        "GET /api/rooms/{id}/history?limit=1000",
+    ] == frames
+    assert all(len(cost.cpu_ms) == 1 and cost.cpu_ms[0] > 0 and cost.reply for cost in result.frames)
+    assert result.history_versions > int(result.limits["lag"])
+    assert 1 == len(result.baseline) == len(result.flooded) == len(result.floods)
+    assert result.baseline[0].latencies_ms
+    assert result.floods[0].sent > 0
+
+    lines: list[str] = []
+    abuse.render(result, lines.append)
+    text = "\n".join(lines)
+    assert text.startswith("## Abuse")
+    assert "| Frame | Shape | Server CPU ms | Wall ms | Reply | Reply bytes | ≤ 25 ms |" in text
+    assert "p99 with the flood against without (medians)" in text
+    assert 2 == len(abuse.target_rows(result))
+    json.dumps(result.to_json())
+
+
+def _abuse_result() -> abuse.AbuseResult:
+    result = abuse.AbuseResult(abuse.limits_of(abuse.Settings.model_construct()), history_versions=2001)
+    result.frames = [
+        abuse.FrameCost("push", "1,000 parts", cpu_ms=[30.0, 20.0, 24.0], wall_ms=[25.0], reply="update"),
+        abuse.FrameCost("hello", "resuming", cpu_ms=[5.0], wall_ms=[6.0], reply="welcome"),
+    ]
+    result.baseline = [abuse.Typing("without-1", 2, 5, 5.0, 8.0, latencies_ms=[1.0] * 98 + [10.0] * 2)]
+    result.flooded = [abuse.Typing("with-1", 2, 5, 5.0, 8.0, latencies_ms=[2.0] * 98 + [40.0] * 2)]
+    result.floods = [abuse.Flood(seconds=8.0, sent=30, applied=20, refused={"rate_limited": 10}, lag=100)]
+    return result
+
+
+def test_report_renders_the_abuse_section_and_its_targets() -> None:
+    report = run.Report(run.QUICK, datetime.datetime(2026, 1, 2, 3, 4, tzinfo=datetime.UTC))
+    report.abuse = _abuse_result()
+
+    text = run.render(report)
+
+    assert "## Abuse" in text
+    assert "| No client frame costs over 25 ms of server CPU (default limits) | worst: push, 24 ms | yes |" in text
+    assert "| median 40 ms (without the flood 10 ms, 4.00×) | yes |" in text
+    assert "| push | 1,000 parts | 24 (30, 20, 24) | 25 | update |" in text
+    assert "| 1 | 1.0 / 10 | 2.0 / 40 | 20 / 10 (rate_limited 10) in 8 s |" in text
+    assert '"section": "abuse"' in text
+
+
+def test_a_run_without_the_abuse_section_says_so() -> None:
+    text = run.render(run.Report(run.QUICK, datetime.datetime(2026, 1, 2, 3, 4, tzinfo=datetime.UTC)))
+    assert "## Abuse\n\nNot run in this invocation" in text
+    assert "server CPU (default limits)" not in text
+
+
+def test_abuse_changes_have_the_most_parts_and_keep_the_length() -> None:
+    changes = abuse.push_changes(3_000, 1_000, 1_000)
+    assert len(changes) in (999, 1_000)
+    covered = sum(part if isinstance(part, int) else part[0] for part in changes)
+    added = sum(len(part[1]) for part in changes if not isinstance(part, int))
+    removed = sum(part[0] for part in changes if not isinstance(part, int))
+    assert (3_000, 0) == (covered, added - removed)
+    with pytest.raises(ValueError, match="too short"):
+        abuse.push_changes(1_500, 1_000, 1_000)
