@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.origins import LOOPBACK_NAMES, is_loopback
 from observability import metrics
+from rooms.limits import address_key
 from rooms.settings import Settings
 
 # NiceGUI renders Vue templates in the browser (`new Function`) and puts its start-up code in
@@ -193,7 +194,7 @@ class ConnectionLimits:
             await self.app(scope, receive, send)
             return
         client = scope.get("client")
-        address = client[0] if client else ""
+        address = address_key(client[0]) if client else ""
         held = self.by_address.get(address, 0)
         if self.open >= self.total:
             metrics.REFUSED_CONNECTIONS.labels(REFUSED_TOTAL).inc()

@@ -41,7 +41,7 @@ from starlette.exceptions import HTTPException
 from api.health import running_registry
 from api.origins import is_loopback, origin_allowed
 from rooms.errors import RateLimited
-from rooms.limits import ROOM_ID, TokenBucket
+from rooms.limits import ROOM_ID, TokenBucket, address_key
 from rooms.registry import RoomRegistry
 from rooms.settings import Settings
 from rooms.store import HistoryUnavailable, Record
@@ -192,7 +192,7 @@ class JsonErrorRoute(APIRoute):
         async def handle(request: Request) -> Response:
             limits = api_limits(request)
             try:
-                limits.take(request.client.host if request.client else "", time.monotonic())
+                limits.take(address_key(request.client.host) if request.client else "", time.monotonic())
                 limits.begin()
             except ApiError as error:
                 refused = error.response()

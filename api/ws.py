@@ -39,6 +39,7 @@ from rooms.errors import (
 )
 from rooms.limits import ROOM_ID, TokenBucket
 from rooms.protocol import (
+    SEED_ONLY,
     VERSIONED_ONLY,
     CodeChange,
     ErrorOut,
@@ -326,9 +327,14 @@ async def _join(
                 message_type = invalid.message_type or _frame_type(raw)
                 if message_type in VERSIONED_ONLY:
                     raise
-                # Not a message at all, or a broken seed one: the seed server joined such a
-                # client as "Anonymous" without a word, and its clients rely on that.
-                return await registry.join_seed(room_id, transport, None, address=address)
+                # Not a message at all, or a broken join: the seed server joined such a client
+                # as "Anonymous" without a word, and its clients rely on that.
+                session = await registry.join_seed(room_id, transport, None, address=address)
+                if message_type in SEED_ONLY and message_type != "join":
+                    # A seed message that fails (a code_change over the size limit): joined as
+                    # well, and told why its edit was refused rather than left to believe it sent.
+                    registry.receive(session, raw)
+                return session
             message_type = message.type
             if message.type in ("hello", "join"):
                 metrics.message_counter("in", message.type).inc()

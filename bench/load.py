@@ -175,6 +175,9 @@ class Room:
     def __init__(self, name: str) -> None:
         self.name = name
         self.clients: dict[str, Client] = {}
+        # The server names an update's author to the others by user_id only (a client_id is
+        # its owner's credential): each client's user_id, from its welcome.
+        self.by_user: dict[str, Client] = {}
 
 
 class Client(asyncio.Protocol):
@@ -340,12 +343,13 @@ class Client(asyncio.Protocol):
             if kind == "update":
                 self._push(replica.update(message))
                 if message.get("client_id") != self.client_id:
-                    self._peer_edit(message.get("client_id"), message["seq"], now)
+                    self._peer_edit(self.room.by_user.get(message.get("user_id", "")), message["seq"], now)
             elif kind == "ack":
                 # A push that changed nothing: confirmed without a version; send what is pending.
                 self._push(replica.ack(message))
             else:
                 replica.welcome(message)
+                self.room.by_user[message["user_id"]] = self
                 self.cursor = self.rng.randint(0, replica.length)
                 if not self.joined.done():
                     self.joined.set_result(None)
@@ -357,10 +361,11 @@ class Client(asyncio.Protocol):
                     # Inserted lines joined by "\n", minus the deleted length (ASCII only).
                     self.length += sum(map(len, part[1:])) + max(0, len(part) - 2) - part[0]
             if message.get("client_id") != self.client_id:
-                self._peer_edit(message.get("client_id"), message["seq"], now)
+                self._peer_edit(self.room.by_user.get(message.get("user_id", "")), message["seq"], now)
             elif self.role == "seeder" and not self.joined.done():
                 self.joined.set_result(None)
         elif kind == "welcome":
+            self.room.by_user[message["user_id"]] = self
             self.version = message["version"]
             self.length = len(message.get("doc", ""))
             self.cursor = self.rng.randint(0, self.length)
@@ -372,10 +377,14 @@ class Client(asyncio.Protocol):
             self.worker.errors += 1
 
     def _peer_edit(self, author_id: object, seq: object, now: float) -> None:
+        """An edit by ``author_id`` (a `Client`, or the client_id or user_id naming one) arrived."""
         worker = self.worker
         if not worker.measuring or self.role not in ("typist", "silent"):
             return
-        author = self.room.clients.get(author_id) if isinstance(author_id, str) else None
+        if isinstance(author_id, Client):
+            author: Client | None = author_id
+        else:
+            author = self.room.clients.get(author_id) if isinstance(author_id, str) else None
         if author is None or author is self or not isinstance(seq, int):
             return  # the seeder's text
         if author.replica is not None:

@@ -102,6 +102,12 @@ def _unpack(entry: _Entry) -> Update:
     return Update(version, client_id, seq, ChangeSet.unpacked(entry, _CHANGES), user_id)  # type: ignore[arg-type]
 
 
+# Most separate edits a full-text replacement is split into; beyond, the differing middle is one
+# replacement. Every later push that is behind it is rebased over its parts, so a seed client's
+# `code_change` must not leave an update of thousands of parts for others to pay for.
+SEED_DIFF_MAX_EDITS = 100
+
+
 class Document:
     """The authoritative text of a room. Pure and synchronous; one per room."""
 
@@ -363,7 +369,7 @@ class Document:
             new_text.encode("utf-8")
         except UnicodeEncodeError:
             raise InvalidChanges("text holds a lone surrogate; documents must be valid Unicode") from None
-        changes = ChangeSet.diff(self._text, new_text, max_work=self.diff_max_steps)
+        changes = ChangeSet.diff(self._text, new_text, max_edits=SEED_DIFF_MAX_EDITS, max_work=self.diff_max_steps)
         if changes.is_empty:
             return None
         return self._commit(new_text, client_id, seq, changes, user_id)

@@ -211,3 +211,11 @@ class TooManyNewRooms(RateLimited):
             self, f"too many new rooms from this address (at most {limit} a minute); retry in {retry_after:.2f} s"
         )
         self.retry_after = retry_after
+
+
+class TooManyConnections(ServerBusy):
+    """A client address already holds as many connections as it may (``server_busy``)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        RoomError.__init__(self, f"your address already has {limit} connections, the most it may have; close some")

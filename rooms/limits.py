@@ -7,6 +7,7 @@ is one push; people peak around 15 a second) but stop a flood within a fraction 
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -77,3 +78,21 @@ def clean_language(raw: object) -> str:
     if not all(char.isalnum() or char in "+#._- " for char in name):
         raise InvalidMessage(f"language {name!r} may only hold letters, digits, spaces and + # . _ -")
     return name
+
+
+# An IPv6 client is usually given a whole /64: limits per address count the network, not the
+# one address, or a client could take a fresh one for every connection.
+IPV6_PREFIX = 64
+
+
+def address_key(address: str) -> str:
+    """What the limits per client address count: an IPv4 address, or an IPv6 address's /64."""
+    try:
+        parsed = ipaddress.ip_address(address)
+    except ValueError:
+        return address  # not an IP address (a test client's name, a Unix socket)
+    if isinstance(parsed, ipaddress.IPv6Address):
+        if parsed.ipv4_mapped is not None:
+            return str(parsed.ipv4_mapped)
+        return str(ipaddress.IPv6Network((parsed, IPV6_PREFIX), strict=False))
+    return address

@@ -59,11 +59,12 @@ from rooms.errors import (
     ServerStopping,
     StorageUnavailable,
     TooComplex,
+    TooManyConnections,
     TooManyNewRooms,
     VersionFromFuture,
     VersionTooOld,
 )
-from rooms.limits import TokenBucket, clean_language, clean_username
+from rooms.limits import TokenBucket, address_key, clean_language, clean_username
 from rooms.presence import Member, Presence, Selection, UserId
 from rooms.protocol import (
     PING,
@@ -114,7 +115,10 @@ RESTORE_CLIENT = "restore"
 # A snapshot is also stored once the changes since the last one pass this many times the
 # largest document, in characters of their JSON: reading the text at any version (the rooms
 # API, loading a room) then replays a bounded amount, however the updates are sized.
-SNAPSHOT_BYTES_PER_DOCUMENT = 4
+SNAPSHOT_BYTES_PER_DOCUMENT = 2
+# A resume is caught up with updates only while they hold at most this many parts per rebase
+# step a push may take (`MAX_REBASE_STEPS`); beyond, a snapshot costs less to send.
+CATCH_UP_PARTS_PER_REBASE_STEP = 2
 # A cursor further behind than this is dropped instead of mapped: it is stale, and the client
 # sends a fresh one with its next move.
 CURSOR_MAX_LAG = 100
@@ -492,6 +496,11 @@ class RoomRegistry:
         if len(room.sessions) >= self.settings.max_members_per_room:
             self._schedule_eviction(room)
             raise RoomFull(self.settings.max_members_per_room)
+        limits = self._address(address)
+        if limits is not None and limits.sessions >= self.settings.max_connections_per_address:
+            # The edge counts WebSockets; this also counts pages on socket.io's long polling.
+            self._schedule_eviction(room)
+            raise TooManyConnections(self.settings.max_connections_per_address)
         now = self.clock()
         user_id = _new_user_id()
         session = Session(
@@ -505,7 +514,7 @@ class RoomRegistry:
             batch=batch,
             writer=getattr(transport, "writer", None),
             address=address,
-            limits=self._address(address),
+            limits=limits,
         )
         if session.limits is not None:
             session.limits.sessions += 1
@@ -552,14 +561,18 @@ class RoomRegistry:
         room = await self.open(room_id, address)
         client_id = ClientId(hello.client_id)
         bound = room.tokens.get(client_id)
-        if bound is not None and (
-            hello.resume_token is None or not secrets.compare_digest(token_hash(hello.resume_token), bound)
-        ):
-            raise ClientIdInUse()
         existing = room.clients.get(client_id)
+        if (
+            bound is not None
+            and (hello.resume_token is None or not secrets.compare_digest(token_hash(hello.resume_token), bound))
+        ) or (
+            existing is not None
+            and (hello.resume_token is None or not secrets.compare_digest(hello.resume_token, existing.resume_token))
+        ):
+            # `open` stopped the room's eviction: a refused hello must not keep it loaded.
+            self._schedule_eviction(room)
+            raise ClientIdInUse()
         if existing is not None:
-            if hello.resume_token is None or not secrets.compare_digest(hello.resume_token, existing.resume_token):
-                raise ClientIdInUse()
             self.end(existing, CLOSE_REPLACED, "replaced by a newer connection")
         session = self._admit(
             room_id,
@@ -600,6 +613,7 @@ class RoomRegistry:
         """The entry of a client address (made on first use); None for an unknown address."""
         if not address:
             return None
+        address = address_key(address)
         entry = self._addresses.get(address)
         if entry is not None:
             self._addresses.move_to_end(address)
@@ -622,10 +636,12 @@ class RoomRegistry:
             if entry.idle(now):
                 del self._addresses[key]
         target = ADDRESS_TABLE_LIMIT * 9 // 10
+        window = now - NEW_ROOM_WINDOW_SECONDS
         for key, entry in list(self._addresses.items()):
             if len(self._addresses) <= target:
                 break
-            if not entry.sessions:
+            # Never one that made a room this minute: forgetting it would reset its quota.
+            if not entry.sessions and not (entry.new_rooms and entry.new_rooms[-1] > window):
                 del self._addresses[key]
 
     def charge_address(self, address: str, cost: int = 1) -> None:
@@ -649,7 +665,11 @@ class RoomRegistry:
                 # A catch-up bigger than half a queue's worth of text is cheaper as a snapshot.
                 # Decided from the history's size bookkeeping before anything is encoded; the
                 # estimate errs high, and the encoded text is measured again, as it may not.
-                if document.bytes_since(hello.version) <= budget:
+                # Encoding costs in proportion to the parts: at most what a rebase may walk.
+                parts = document.rebase_steps(hello.version, 0)
+                if parts <= CATCH_UP_PARTS_PER_REBASE_STEP * self.settings.max_rebase_steps and (
+                    document.bytes_since(hello.version) <= budget
+                ):
                     catch_up = [
                         self._encode_update(update, session.client_id)
                         for update in document.updates_since(hello.version)
@@ -868,7 +888,8 @@ class RoomRegistry:
             steps = document.rebase_steps(push.version, parts)
         except (VersionTooOld, VersionFromFuture):
             steps = 0  # refused by `push` below, or an old resend it ignores
-        extra = min(steps, settings.max_rebase_steps) // settings.rebase_steps_per_token
+        # Its own parts are charged too: every push that is behind it later pays for them.
+        extra = (min(steps, settings.max_rebase_steps) + parts) // settings.rebase_steps_per_token
         if extra:
             self._charge(session, extra)
         changes = ChangeSet.from_json(push.changes, max_parts=settings.max_change_parts)
@@ -1310,6 +1331,10 @@ class RoomRegistry:
         self._purging = asyncio.get_running_loop().create_future()
         try:
             keep = set(self.rooms) | set(self._openers)
+            # A room open for longer than the retention period without an edit is still in use:
+            # its stored row is touched, so it is not purged the moment it is unloaded.
+            for room in list(self.rooms.values()):
+                self._mark_dirty(room)
             deleted = await self.store.purge(time.time() - days * 86_400, keep)
         finally:
             self._purging.set_result(None)

@@ -88,7 +88,7 @@ class Settings(BaseSettings):
     request_header_timeout_seconds: float = Field(default=10.0, gt=0)
     api_rate_limit_per_second: float = Field(default=10.0, gt=0)
     api_rate_limit_burst: int = Field(default=60, ge=1)
-    api_max_response_bytes: int = Field(default=2_000_000, ge=1)
+    api_max_response_bytes: int = Field(default=256_000, ge=1)
     api_read_threads: int = Field(default=2, ge=1)
     api_max_pending_reads: int = Field(default=16, ge=1)
 

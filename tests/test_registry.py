@@ -1277,3 +1277,73 @@ async def test_opening_a_stored_room_writes_its_row_once() -> None:
     await registry.join_seed("r", FakeTransport(), "bob")
     await registry.flush()
     assert commits + 1 == store.commits
+
+
+async def test_a_push_is_charged_for_its_own_parts_which_every_later_rebase_pays_for() -> None:
+    registry, _ = make_registry(rate_limit_per_second=1, rate_limit_burst=4)
+    author = await registry.join_versioned("r", FakeTransport(), hello("a"))
+    # At the current version, so no rebase: 1 token for the frame and 1000 // 500 for its parts.
+    author.bucket.tokens = 2.5
+    with pytest.raises(RateLimited):
+        registry.handle(author, push(0, 1, [[0, "x"]] * 1000))
+    assert 0 == author.room.document.version
+
+
+async def test_a_refused_hello_leaves_the_room_to_be_unloaded() -> None:
+    registry, _ = make_registry(room_grace_seconds=0)
+    owner = await registry.join_versioned("r", FakeTransport(), hello_with_token("mine", "t" * 16))
+    registry.handle(owner, push(0, 1, [[0, "x"]]))
+    await registry.flush()
+    registry.leave(owner)
+    with pytest.raises(ClientIdInUse):
+        await registry.join_versioned("r", FakeTransport(), hello_with_token("mine", "u" * 16))
+    for _ in range(20):
+        await asyncio.sleep(0)
+        if "r" not in registry.rooms:
+            break
+    assert "r" not in registry.rooms
+
+
+async def test_an_address_holds_at_most_its_connection_limit_in_sessions() -> None:
+    registry, _ = make_registry(max_connections_per_address=2)
+    for index in range(2):
+        await registry.join_versioned("r", FakeTransport(), hello(f"c{index}"), address="10.0.0.1")
+    with pytest.raises(ServerBusy):
+        await registry.join_versioned("r", FakeTransport(), hello("c2"), address="10.0.0.1")
+    # Another address, and an IPv6 client outside the first one's /64, are not affected.
+    await registry.join_versioned("r", FakeTransport(), hello("c3"), address="10.0.0.2")
+    await registry.join_seed("r", FakeTransport(), "seed", address="2001:db8:0:1::1")
+
+
+async def test_an_ipv6_network_shares_one_address_bucket() -> None:
+    registry, _ = make_registry(rate_limit_per_address_per_second=1, rate_limit_per_address_burst=3)
+    first = await registry.join_versioned("r", FakeTransport(), hello("c1"), address="2001:db8::1")
+    second = await registry.join_versioned("r", FakeTransport(), hello("c2"), address="2001:db8::2")
+    assert first.limits is second.limits
+
+
+async def test_retention_touches_loaded_rooms_so_an_idle_open_room_is_not_purged_once_unloaded() -> None:
+    store = MemoryStore()
+    registry = RoomRegistry(Settings(room_retention_days=30), clock=Clock(), store=store)
+    await registry.join_versioned("open", FakeTransport(), hello("c"))
+    await registry.flush()
+    commits = store.commits
+    await registry.purge()
+    await registry.flush()
+    assert store.commits > commits
+
+
+async def test_a_resume_over_updates_of_many_parts_gets_a_snapshot_though_their_bytes_fit() -> None:
+    registry, _ = make_registry()
+    writer = await registry.join_versioned("r", FakeTransport(), hello("w"))
+    writer.bucket.burst = writer.bucket.tokens = 10_000
+    for seq in range(1, 41):  # 40 updates of 1000 parts: 40,000 parts, about 200 kB
+        length = writer.room.document.length
+        registry.handle(writer, push(seq - 1, seq, [*([[0, "x"]] * 999), *([length] if length else [])]))
+    assert 40 == writer.room.document.version
+    reader = FakeTransport()
+    await registry.join_versioned("r", reader, hello("late", version=0))
+    await settle()
+    welcome = reader.of_type("welcome")[0]
+    assert (40, []) == (welcome["version"], reader.of_type("update"))
+    assert "x" * 39_960 == welcome["doc"]

@@ -291,7 +291,7 @@ async def test_a_failed_hello_attempt_gets_a_versioned_error_and_may_say_hello_a
 
 @pytest.mark.parametrize(
     "frame",
-    ["not json", "[1, 2]", '{"type": "code_change"}', '{"type": "dance"}', '{"no": "type"}', b"\xff"],
+    ["not json", "[1, 2]", '{"type": "join", "username": [1]', '{"type": "dance"}', '{"no": "type"}', b"\xff"],
 )
 async def test_a_first_frame_that_is_no_valid_message_joins_as_anonymous_silently(
     server: LiveServer, room: str, connect_client: Connect, frame: str | bytes
@@ -303,6 +303,19 @@ async def test_a_first_frame_that_is_no_valid_message_joins_as_anonymous_silentl
     await client.expect_silence()
     await client.send({"type": "sync_request"})
     assert "code_change" == (await client.recv())["type"]
+
+
+async def test_a_broken_code_change_as_first_frame_joins_and_is_told_its_edit_was_refused(
+    server: LiveServer, room: str, connect_client: Connect
+) -> None:
+    ann = await join(connect_client, server, room)
+    client: Client = await connect_client(server.ws(room))
+    await client.send({"type": "code_change", "cursor_position": 0})  # no code
+    assert ("user_joined", "Anonymous") == ((joined := await ann.recv())["type"], joined["username"])
+    error = await client.recv()
+    assert ("error", {"type", "message"}) == (error["type"], set(error))
+    await client.send({"type": "sync_request"})
+    assert ("code_change", "") == ((reply := await client.recv())["type"], reply["code"])
 
 
 async def test_dead_seed_socket_is_found_by_protocol_pings(
