@@ -71,6 +71,20 @@ class Socket:
     mute_down: int | None = None  # acknowledgements lost
     mute_up: int | None = None  # nothing reaches the server, not even pongs
     down_bytes: list[int] = field(default_factory=list)  # the editor's frames (runMethod "receive")
+    # While cut, the page has no connection: the open one was closed and new ones are refused.
+    # (Chromium's offline mode does not reliably stop a WebSocket from reconnecting.)
+    cut_off: bool = False
+    open_routes: list[tuple[WebSocketRoute, WebSocketRoute]] = field(default_factory=list)
+
+    def cut(self) -> None:
+        self.cut_off = True
+        for page_side, server_side in self.open_routes:
+            server_side.close()
+            page_side.close()
+        self.open_routes.clear()
+
+    def restore(self) -> None:
+        self.cut_off = False
 
     def mute_current(self, *, down: bool = False, up: bool = False) -> None:
         if down:
@@ -80,9 +94,13 @@ class Socket:
 
     def route(self, page: Page) -> None:
         def handler(ws: WebSocketRoute) -> None:
+            if self.cut_off:
+                ws.close()
+                return
             self.connections += 1
             number = self.connections
             server = ws.connect_to_server()
+            self.open_routes.append((ws, server))
 
             def down(message: str | bytes) -> None:
                 if isinstance(message, str) and "receive" in message:
@@ -445,9 +463,10 @@ def test_edits_the_room_can_no_longer_merge_are_offered_to_the_user(
 ) -> None:
     server = start_server(tmp_path, HISTORY_LIMIT="5")
     try:
-        ann = open_pad("Ann", room, server=server)
+        socket = Socket()
+        ann = open_pad("Ann", room, server=server, socket=socket)
         bob = open_pad("Bob", room, server=server)
-        ann.context.set_offline(True)
+        socket.cut()
         ann.page.locator(".cm-content").click()
         ann.page.keyboard.type("ann's offline work")
         # Long enough for the server to forget Ann's page (NiceGUI's reconnect timeout), so
@@ -459,7 +478,7 @@ def test_edits_the_room_can_no_longer_merge_are_offered_to_the_user(
             bob.page.wait_for_function(
                 "([w]) => window.collabEditor.inflight === null && window.collabEditor.text().endsWith(w)", arg=[word]
             )
-        ann.context.set_offline(False)
+        socket.restore()
         dialog = ann.page.locator(".collab-lost")
         dialog.wait_for(timeout=40_000)
         assert "ann's offline work" in dialog.locator("textarea").input_value()
