@@ -115,7 +115,7 @@ RESTORE_CLIENT = "restore"
 # A snapshot is also stored once the changes since the last one pass this many times the
 # largest document, in characters of their JSON: reading the text at any version (the rooms
 # API, loading a room) then replays a bounded amount, however the updates are sized.
-SNAPSHOT_BYTES_PER_DOCUMENT = 2
+SNAPSHOT_BYTES_PER_DOCUMENT = 1
 # A resume is caught up with updates only while they hold at most this many parts per rebase
 # step a push may take (`MAX_REBASE_STEPS`); beyond, a snapshot costs less to send.
 CATCH_UP_PARTS_PER_REBASE_STEP = 2
