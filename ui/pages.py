@@ -461,6 +461,8 @@ LOST_REASONS = {
     "stale": "This tab's saved state was older than what the room has from it, so its unsent edits were "
     "not sent again (they may already be in the room).",
     "duplicate": "Another copy of this tab holds its edits, so this one continues as a new member.",
+    "failing": "The server keeps failing to take this page's edits. They are kept here and sent again as "
+    "soon as it works; here is your text in case it does not.",
 }
 
 
