@@ -50,6 +50,7 @@ from rooms.changes import ChangeSet
 from rooms.document import ClientId, Document, Unchanged, Update, caret_after
 from rooms.errors import (
     ClientIdInUse,
+    DocumentTooLarge,
     InternalError,
     InvalidMessage,
     RateLimited,
@@ -119,6 +120,8 @@ SNAPSHOT_BYTES_PER_DOCUMENT = 1
 # A resume is caught up with updates only while they hold at most this many parts per rebase
 # step a push may take (`MAX_REBASE_STEPS`); beyond, a snapshot costs less to send.
 CATCH_UP_PARTS_PER_REBASE_STEP = 2
+# Every this many bytes of a frame cost one more rate-limit token (parsing is in proportion).
+FRAME_BYTES_PER_TOKEN = 64 * 1024
 # A cursor further behind than this is dropped instead of mapped: it is stale, and the client
 # sends a fresh one with its next move.
 CURSOR_MAX_LAG = 100
@@ -670,6 +673,9 @@ class RoomRegistry:
                 if parts <= CATCH_UP_PARTS_PER_REBASE_STEP * self.settings.max_rebase_steps and (
                     document.bytes_since(hello.version) <= budget
                 ):
+                    # Encoding it costs in proportion to its parts: the address pays for them.
+                    if session.limits is not None and parts >= self.settings.rebase_steps_per_token:
+                        session.limits.bucket.take(self.clock(), parts // self.settings.rebase_steps_per_token)
                     catch_up = [
                         self._encode_update(update, session.client_id)
                         for update in document.updates_since(hello.version)
@@ -793,7 +799,9 @@ class RoomRegistry:
         if session.closed:
             return
         try:
-            self._charge(session, 1)
+            # Parsing costs in proportion to the frame: a large one costs more tokens.
+            size = 0 if isinstance(frame, ClientMessage) else len(frame)
+            self._charge(session, 1 + size // FRAME_BYTES_PER_TOKEN)
             if not isinstance(frame, ClientMessage):
                 frame = parse_client_message(frame, self.settings.frame_limit_bytes)
             self._dispatch(session, frame)  # type: ignore[arg-type]
@@ -881,9 +889,18 @@ class RoomRegistry:
         """
         settings = self.settings
         parts = len(push.changes)
-        if parts > settings.max_change_parts:
-            raise TooComplex(parts, settings.max_change_parts)
         document = session.room.document
+        if parts > settings.max_change_parts:
+            if document.is_duplicate(session.client_id, push.seq):
+                # A resend of an applied push that grew while its client rebased it: ignored
+                # as any resend is (its update is in the stream), not refused as new work.
+                return
+            raise TooComplex(parts, settings.max_change_parts)
+        # Each line after an insertion's first is a newline inserted: more than a document may
+        # hold is refused before the lines are read (joining them costs in proportion).
+        lines = sum(len(part) - 1 for part in push.changes if type(part) is list and len(part) > 1)
+        if lines > settings.max_document_chars + parts:
+            raise DocumentTooLarge(lines - parts, settings.max_document_chars)
         try:
             steps = document.rebase_steps(push.version, parts)
         except (VersionTooOld, VersionFromFuture):
@@ -937,6 +954,14 @@ class RoomRegistry:
         document = session.room.document
         if document.version - cursor.version > CURSOR_MAX_LAG:
             return
+        # Mapping it walks every part of every update since its version: paid like a rebase,
+        # and dropped (it is stale; the next move sends a fresh one) beyond a rebase's bound.
+        steps = document.rebase_steps(cursor.version, 1)
+        if steps > self.settings.max_rebase_steps:
+            return
+        extra = steps // self.settings.rebase_steps_per_token
+        if extra:
+            self._charge(session, extra)
         length = document.length_at(cursor.version)
         if cursor.anchor > length or cursor.head > length:
             raise InvalidMessage(

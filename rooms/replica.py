@@ -108,8 +108,10 @@ class Replica:
 
     def resync(self, username: str) -> dict[str, Any]:
         """After a ``resync`` error: the ``hello`` that catches up. The refused batch stays in
-        flight; `welcome` sends it again rebased over the catch-up (or, given a snapshot,
-        reports it as `welcome` does)."""
+        flight. `welcome` returns it at the version resumed from, which the server may find
+        too far behind again: send `resend` instead once the catch-up updates that follow the
+        welcome are applied (then the batch is at the current version). Given a snapshot,
+        `welcome` reports the batch as lost."""
         return self.hello(username)
 
     def resend(self) -> dict[str, Any] | None:

@@ -70,7 +70,7 @@ class Settings(BaseSettings):
     max_rebase_versions: int = Field(default=200, ge=1)
     max_rebase_steps: int = Field(default=16_000, ge=1)
     rebase_steps_per_token: int = Field(default=500, ge=1)
-    history_limit_bytes: int = Field(default=16_000_000, ge=1)
+    history_limit_bytes: int = Field(default=4_000_000, ge=1)
     diff_max_steps: int = Field(default=50_000, ge=1)
 
     # Per client address and in total

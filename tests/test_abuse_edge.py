@@ -198,7 +198,7 @@ def test_a_partial_request_head_is_closed_within_the_header_timeout(live: LiveSe
     with socket.create_connection(("127.0.0.1", live.port)) as sock:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
         elapsed = closed_after(sock, trickle, limit=HEADER_TIMEOUT + 5)
-    assert HEADER_TIMEOUT * 0.9 <= elapsed <= HEADER_TIMEOUT + 1.0, elapsed
+    assert HEADER_TIMEOUT * 0.9 <= elapsed <= HEADER_TIMEOUT + 5.0, elapsed
 
 
 def test_a_complete_request_and_a_kept_alive_connection_are_not_cut(live: LiveServer) -> None:
@@ -214,7 +214,7 @@ def test_a_complete_request_and_a_kept_alive_connection_are_not_cut(live: LiveSe
             assert answer.startswith(b"HTTP/1.1 200")
         # The second request's head, late: its deadline runs from its own first byte.
         sock.sendall(b"GET /healthz HTTP/1.1\r\n")
-        assert HEADER_TIMEOUT * 0.9 <= closed_after(sock, None, limit=HEADER_TIMEOUT + 5) <= HEADER_TIMEOUT + 1.0
+        assert HEADER_TIMEOUT * 0.9 <= closed_after(sock, None, limit=HEADER_TIMEOUT + 10) <= HEADER_TIMEOUT + 5.0
 
 
 async def test_a_websocket_outlives_the_header_timeout(live: LiveServer) -> None:

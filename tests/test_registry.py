@@ -14,8 +14,10 @@ import pytest
 from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
+from rooms.changes import ChangeSet
 from rooms.errors import (
     ClientIdInUse,
+    DocumentTooLarge,
     InvalidChanges,
     InvalidMessage,
     RateLimited,
@@ -25,6 +27,7 @@ from rooms.errors import (
     TooManyNewRooms,
     VersionTooOld,
 )
+from rooms.presence import Selection
 from rooms.protocol import CodeChange, Cursor, Hello, Language, Ping, Push, SyncRequest
 from rooms.registry import DropReason, RoomRegistry, Session, token_hash
 from rooms.settings import Settings
@@ -1347,3 +1350,79 @@ async def test_a_resume_over_updates_of_many_parts_gets_a_snapshot_though_their_
     welcome = reader.of_type("welcome")[0]
     assert (40, []) == (welcome["version"], reader.of_type("update"))
     assert "x" * 39_960 == welcome["doc"]
+
+
+def _fill_with_big_updates(registry: RoomRegistry, writer: Session, count: int) -> None:
+    writer.bucket.burst = writer.bucket.tokens = 100_000
+    for seq in range(1, count + 1):
+        length = writer.room.document.length
+        registry.handle(writer, push(seq - 1, seq, [*([[0, "x"]] * 999), *([length] if length else [])]))
+
+
+async def test_a_cursor_far_behind_big_updates_is_dropped_without_mapping(monkeypatch: pytest.MonkeyPatch) -> None:
+    registry, _ = make_registry()
+    writer = await registry.join_versioned("r", FakeTransport(), hello("w"))
+    _fill_with_big_updates(registry, writer, 20)  # 20,000 parts behind version 0
+    watcher = FakeTransport()
+    mover = await registry.join_versioned("r", FakeTransport(), hello("m"))
+    await registry.join_versioned("r", watcher, hello("watch"))
+    mapped: list[int] = []
+    original = Selection.mapped
+    monkeypatch.setattr(Selection, "mapped", lambda self, changes: mapped.append(1) or original(self, changes))
+    registry.handle(mover, Cursor(type="cursor", version=0, anchor=0, head=0))
+    await settle()
+    assert ([], []) == (mapped, watcher.of_type("cursor"))
+
+
+async def test_a_cursor_is_charged_for_the_parts_it_is_mapped_over() -> None:
+    registry, _ = make_registry(rate_limit_per_second=1, rate_limit_burst=10)
+    writer = await registry.join_versioned("r", FakeTransport(), hello("w"))
+    _fill_with_big_updates(registry, writer, 10)  # 10,000 parts: 20 tokens at 500 a token
+    mover = await registry.join_versioned("r", FakeTransport(), hello("m"))
+    with pytest.raises(RateLimited):
+        registry.handle(mover, Cursor(type="cursor", version=0, anchor=0, head=0))
+
+
+async def test_a_large_frame_costs_a_token_per_64_kib() -> None:
+    registry, _ = make_registry(rate_limit_per_second=1, rate_limit_burst=3)
+    transport = FakeTransport()
+    session = await registry.join_versioned("r", transport, hello("c"))
+    frame = json.dumps({"type": "push", "version": 0, "seq": 1, "changes": [[0, "x" * 200_000]]})
+    registry.receive(session, frame)  # about 200 kB: 1 + 3 tokens of 3
+    await settle()
+    assert ["rate_limited"] == [error["code"] for error in transport.of_type("error")]
+    assert 0 == session.room.document.version
+
+
+async def test_a_push_of_more_lines_than_a_document_may_hold_is_refused_before_they_are_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    registry, _ = make_registry(max_document_chars=1_000)
+    session = await registry.join_versioned("r", FakeTransport(), hello("c"))
+    session.bucket.tokens = session.bucket.burst = 1_000
+    built: list[int] = []
+    original = ChangeSet.from_json
+    monkeypatch.setattr(ChangeSet, "from_json", lambda *a, **k: built.append(1) or original(*a, **k))
+    with pytest.raises(DocumentTooLarge):
+        registry.handle(session, push(0, 1, [[0, *([""] * 5_000)]]))
+    assert [] == built
+
+
+async def test_a_resend_of_an_applied_push_that_grew_past_the_part_limit_is_ignored() -> None:
+    registry, _ = make_registry(max_change_parts=3)
+    transport = FakeTransport()
+    session = await registry.join_versioned("r", transport, hello("c"))
+    registry.handle(session, push(0, 1, [[0, "ab"]]))
+    registry.handle(session, push(0, 1, [[0, "a"], [0, "b"], [0, ""], [0, ""]]))  # same seq, 4 parts
+    await settle()
+    assert ([], 1) == (transport.of_type("error"), session.room.document.version)
+
+
+async def test_a_resume_pays_its_address_for_the_parts_of_its_catch_up() -> None:
+    registry, _ = make_registry()
+    writer = await registry.join_versioned("r", FakeTransport(), hello("w"))
+    _fill_with_big_updates(registry, writer, 10)
+    late = await registry.join_versioned("r", FakeTransport(), hello("late", version=0), address="10.1.1.1")
+    assert late.limits is not None
+    parts = late.room.document.rebase_steps(0, 0)  # every part of the catch-up
+    assert 9_000 < parts and late.limits.bucket.tokens <= late.limits.bucket.burst - parts // 500

@@ -584,9 +584,20 @@ export default {
       if (message.code === "internal_error") return this.retryAfterFailure();
       if (message.code === "resync") {
         // Our batch was too far behind to be rebased by the server: catch up from our version
-        // (welcome rebases the batch over the catch-up and sends it again, same seq).
+        // (welcome rebases the batch over the catch-up and sends it again, same seq). It was
+        // not applied, so it may go again as one replacement: a few parts cost the server
+        // little to rebase, where a batch that grew while we rebased it would be refused again.
+        if (this.inflight) {
+          this.inflight = { seq: this.inflight.seq, changes: this.coarsened(this.inflight.changes, this.base) };
+        }
         this.live = false;
         return this.hello();
+      }
+      if (message.code === "too_complex" && this.inflight) {
+        // Our batch grew past the server's limit while we rebased it over others' edits; it was
+        // not applied (an applied one is never refused), so send it as one replacement.
+        this.inflight = { seq: this.inflight.seq, changes: this.coarsened(this.inflight.changes, this.base) };
+        return this.sendInflight();
       }
       if (message.code === "invalid_message" && this.inflight) return this.resync();
       if (message.code === "client_id_in_use" || message.code === "seq_reused") {
