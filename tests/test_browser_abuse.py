@@ -85,3 +85,33 @@ def test_a_batch_that_changed_nothing_is_confirmed_by_ack(
         ann.wait_settled(timeout=20)
     assert "ello" == ann.text()
     assert "ello" == server_text(live, room)
+
+
+def test_a_batch_that_grew_past_the_part_limit_while_rebased_is_sent_again_as_one_replacement(
+    open_pad: Callable[..., Pad], few_parts: LiveServer, room: str
+) -> None:
+    socket = Socket()
+    ann = open_pad("Ann", room, server=few_parts, socket=socket)
+    ann.type_in_page("abcdefghij", 0, 0)
+    ann.wait_typed()
+    ann.wait_settled()
+    with ws_connect(few_parts.ws(room)) as raw:
+        replica = Replica("raw")
+        raw.send(json.dumps(replica.hello("Raw", resume=False)))
+        replica.welcome(json.loads(raw.recv(timeout=10)))
+        # Ann deletes "bcdefghi" (three parts) while nothing she sends arrives...
+        socket.mute_current(up=True)
+        ann.page.evaluate('() => window.collabEditor.view.dispatch({changes: {from: 1, to: 9}, userEvent: "delete"})')
+        ann.wait_text("t === arg", "aj")
+        # ...and the raw client inserts twice inside that range (five parts). Rebased over it,
+        # her deletion is split around both insertions: seven parts, more than the server takes.
+        raw.send(
+            json.dumps({"type": "push", "version": replica.version, "seq": 1, "changes": [3, [0, "1"], 3, [0, "2"], 4]})
+        )
+        ann.wait_text("t === arg", "a12j")
+        socket.mute_up = None
+        # Her resend is refused as too complex; it was not applied, so the page sends it again
+        # as one replacement, and nothing is offered as lost.
+        ann.wait_settled(timeout=30)
+    assert "a12j" == ann.text() == server_text(few_parts, room)
+    assert 0 == ann.page.locator(".collab-lost").count()
