@@ -119,7 +119,7 @@ RESTORE_CLIENT = "restore"
 SNAPSHOT_BYTES_PER_DOCUMENT = 1
 # A resume is caught up with updates only while they hold at most this many parts per rebase
 # step a push may take (`MAX_REBASE_STEPS`); beyond, a snapshot costs less to send.
-CATCH_UP_PARTS_PER_REBASE_STEP = 2
+CATCH_UP_PARTS_PER_REBASE_STEP = 1
 # Every this many bytes of a frame cost one more rate-limit token (parsing is in proportion).
 FRAME_BYTES_PER_TOKEN = 64 * 1024
 # A cursor further behind than this is dropped instead of mapped: it is stale, and the client
