@@ -120,6 +120,8 @@ SNAPSHOT_BYTES_PER_DOCUMENT = 1
 # A resume is caught up with updates only while they hold at most this many parts per rebase
 # step a push may take (`MAX_REBASE_STEPS`); beyond, a snapshot costs less to send.
 CATCH_UP_PARTS_PER_REBASE_STEP = 1
+# Rooms deleted by retention per store call: a room load waits for at most one such batch.
+PURGE_BATCH = 500
 # Every this many bytes of a frame cost one more rate-limit token (parsing is in proportion).
 FRAME_BYTES_PER_TOKEN = 64 * 1024
 # A cursor further behind than this is dropped instead of mapped: it is stale, and the client
@@ -298,7 +300,8 @@ class RoomRegistry:
         # Client addresses, least recently used first (see `Address`).
         self._addresses: OrderedDict[str, Address] = OrderedDict()
         # Resolved when the retention purge in progress ends: loads wait for it.
-        self._purging: asyncio.Future[None] | None = None
+        self._purging: asyncio.Future[None] | None = None  # the purge batch in progress
+        self._purge_running = False
         self.accepting = True
         # Sessions with something queued in this event-loop turn, written when the turn ends.
         self._unsent: dict[Session, None] = {}
@@ -389,8 +392,10 @@ class RoomRegistry:
     async def _load(self, room_id: RoomId, address: str) -> Room:
         while room_id in self._committing_rooms and self._committed is not None:
             await asyncio.shield(self._committed)  # a reset room's last commit: load what it wrote
-        while self._purging is not None:
-            await asyncio.shield(self._purging)  # the purge must not delete a room being loaded
+        # A purge batch that began before this open must not delete the room under its load;
+        # every later batch keeps it (it is among `_openers`), so one wait is enough.
+        if self._purging is not None:
+            await asyncio.shield(self._purging)
         try:
             stored = await self.store.load(room_id, self.settings.history_limit)
             room = self._restore(room_id, stored) if stored is not None else None
@@ -1348,24 +1353,36 @@ class RoomRegistry:
 
     async def purge(self) -> int:
         """Delete the stored rooms nobody opened for ``room_retention_days`` (0: keep forever),
-        with their history; the count deleted. Rooms in memory, or being loaded, are kept, and
-        loads wait until the purge is done."""
+        with their history; the count deleted. Rooms in memory, or being loaded, are kept. It
+        goes in batches of `PURGE_BATCH` rooms, and a load waits for the batch in progress
+        only (a room must not be deleted while it is being loaded)."""
         days = self.settings.room_retention_days
-        if not days or self._purging is not None:
+        if not days or self._purge_running:
             return 0
-        self._purging = asyncio.get_running_loop().create_future()
+        self._purge_running = True
+        loop = asyncio.get_running_loop()
+        deleted = 0
         try:
-            keep = set(self.rooms) | set(self._openers)
             # A room open for longer than the retention period without an edit is still in use:
             # its stored row is touched, so it is not purged the moment it is unloaded.
             for room in list(self.rooms.values()):
                 self._mark_dirty(room)
-            deleted = await self.store.purge(time.time() - days * 86_400, keep)
+            before = time.time() - days * 86_400
+            while True:
+                self._purging = loop.create_future()
+                try:
+                    keep = set(self.rooms) | set(self._openers)
+                    batch = await self.store.purge(before, keep, limit=PURGE_BATCH)
+                finally:
+                    self._purging.set_result(None)
+                    self._purging = None
+                deleted += len(batch)
+                if len(batch) < PURGE_BATCH:
+                    break
         finally:
-            self._purging.set_result(None)
-            self._purging = None
-        log.info("rooms_purged", count=len(deleted))
-        return len(deleted)
+            self._purge_running = False
+        log.info("rooms_purged", count=deleted)
+        return deleted
 
     async def _every(self, interval: float, step: Callable[[], None], name: str) -> None:
         """Run ``step`` every ``interval`` seconds; a failing step is logged, not fatal."""

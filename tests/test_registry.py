@@ -29,7 +29,7 @@ from rooms.errors import (
 )
 from rooms.presence import Selection
 from rooms.protocol import CodeChange, Cursor, Hello, Language, Ping, Push, SyncRequest
-from rooms.registry import DropReason, RoomRegistry, Session, token_hash
+from rooms.registry import PURGE_BATCH, DropReason, RoomRegistry, Session, token_hash
 from rooms.settings import Settings
 from rooms.store.memory import MemoryStore
 
@@ -1218,10 +1218,26 @@ class PurgingStore(MemoryStore):
         self.gate = asyncio.Event()
         self.gate.set()
 
-    async def purge(self, before: float, keep: Any) -> list[str]:
+    async def purge(self, before: float, keep: Any, limit: int | None = None) -> list[str]:
         self.purges.append((before, set(keep)))
         await self.gate.wait()
         return ["old-1", "old-2"]
+
+
+class BatchedPurgingStore(MemoryStore):
+    """Full batches while ``batches`` lasts, each held until its gate opens."""
+
+    def __init__(self, batches: int) -> None:
+        super().__init__()
+        self.gates = [asyncio.Event() for _ in range(batches)]
+        self.calls = 0
+
+    async def purge(self, before: float, keep: Any, limit: int | None = None) -> list[str]:
+        self.calls += 1
+        if self.calls > len(self.gates):
+            return []
+        await self.gates[self.calls - 1].wait()
+        return [f"old-{self.calls}-{index}" for index in range(limit or 1)]
 
 
 async def test_retention_keeps_the_loaded_rooms_and_logs_the_count() -> None:
@@ -1257,6 +1273,21 @@ async def test_a_load_waits_for_the_purge_in_progress() -> None:
     await purge
     await join
     assert "r" in registry.rooms
+
+
+async def test_a_load_waits_for_one_purge_batch_not_the_whole_purge() -> None:
+    store = BatchedPurgingStore(batches=2)
+    registry = RoomRegistry(Settings(), clock=Clock(), store=store)
+    purge = asyncio.create_task(registry.purge())
+    await settle()
+    join = asyncio.create_task(registry.join_seed("r", FakeTransport(), "ann"))
+    await settle()
+    assert "r" not in registry.rooms
+    store.gates[0].set()  # the first batch ends; the second is still running
+    await join
+    assert ("r" in registry.rooms, False, 2) == ("r" in registry.rooms, purge.done(), store.calls)
+    store.gates[1].set()
+    assert 2 * PURGE_BATCH == await purge
 
 
 async def test_retention_runs_at_start() -> None:

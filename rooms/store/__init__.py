@@ -174,9 +174,11 @@ class Store(ABC):
         """Raise `StoreError` unless the store can be read right now; never waits behind other reads."""
 
     @abstractmethod
-    async def purge(self, before: float, keep: Collection[str]) -> list[str]:
+    async def purge(self, before: float, keep: Collection[str], limit: int | None = None) -> list[str]:
         """Delete every room last written before ``before`` (Unix time), except those in ``keep``,
-        with its whole history and clients; the ids of the deleted rooms.
+        with its whole history and clients; the ids of the deleted rooms. With ``limit``, at
+        most that many (call again for the rest: a caller that must hold other work while a
+        purge runs then holds it for one batch at a time).
 
         ``keep`` must hold every room the caller has in memory or is loading: a room deleted
         under it would have its next commit refused (`StoreConflict`), or written as a new,

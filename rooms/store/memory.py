@@ -137,8 +137,8 @@ class MemoryStore(Store):
     def _expired(self, before: float, keep: Collection[str]) -> list[str]:
         return [room_id for room_id, room in self._rooms.items() if room.updated < before and room_id not in keep]
 
-    async def purge(self, before: float, keep: Collection[str]) -> list[str]:
-        deleted = self._expired(before, keep)
+    async def purge(self, before: float, keep: Collection[str], limit: int | None = None) -> list[str]:
+        deleted = self._expired(before, keep)[:limit]
         for room_id in deleted:
             del self._rooms[room_id]
         return deleted

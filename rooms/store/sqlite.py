@@ -573,25 +573,27 @@ class SqliteStore(Store):
 
     # Retention
 
-    async def purge(self, before: float, keep: Collection[str]) -> list[str]:
+    async def purge(self, before: float, keep: Collection[str], limit: int | None = None) -> list[str]:
         # In batches, each its own transaction on the writer's thread: commits queued meanwhile
         # wait for one batch at most. Rooms are taken in key order, each batch after the last.
         kept = _JSON.encode(sorted(keep))
         deleted: list[str] = []
         after = ""
-        while True:
-            batch = await self._on(self._writer, functools.partial(self._purge_batch, before, kept, after))
+        while limit is None or len(deleted) < limit:
+            size = self.purge_batch if limit is None else min(self.purge_batch, limit - len(deleted))
+            batch = await self._on(self._writer, functools.partial(self._purge_batch, before, kept, after, size))
             deleted += batch
-            if len(batch) < self.purge_batch:
-                return deleted
+            if len(batch) < size:
+                break
             after = batch[-1]
+        return deleted
 
-    def _purge_batch(self, before: float, kept: str, after: str) -> list[str]:
+    def _purge_batch(self, before: float, kept: str, after: str, size: int) -> list[str]:
         db = self._writer_connection()
         db.execute("BEGIN IMMEDIATE")
         try:
             query = f"SELECT room_id {_EXPIRED} AND room_id > ?3 ORDER BY room_id LIMIT ?4"
-            rooms = [row[0] for row in db.execute(query, (before, kept, after, self.purge_batch))]
+            rooms = [row[0] for row in db.execute(query, (before, kept, after, size))]
             chosen = _JSON.encode(rooms)
             for table in ("updates", "snapshots", "clients", "rooms"):
                 db.execute(f"DELETE FROM {table} WHERE room_id IN (SELECT value FROM json_each(?))", (chosen,))
