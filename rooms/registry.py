@@ -603,13 +603,21 @@ class RoomRegistry:
         return session
 
     def _bind(self, room: Room, client_id: ClientId, digest: str) -> None:
-        """Bind a client_id to a token hash, forgetting the least recently used beyond
-        ``dedup_clients`` (as the document forgets their last seqs)."""
+        """Bind a client_id to a token hash. Beyond twice ``dedup_clients`` bindings, the least
+        recently used are forgotten, but never one of a client whose last seq the document
+        still remembers: its seqs would otherwise be open to whoever says hello with its id.
+        (The document remembers at most ``dedup_clients``, so there is always one to forget.)"""
         tokens = room.tokens
         tokens[client_id] = digest
         tokens.move_to_end(client_id)
-        while len(tokens) > self.settings.dedup_clients:
-            tokens.popitem(last=False)
+        if len(tokens) <= 2 * self.settings.dedup_clients:
+            return
+        document = room.document
+        for candidate in list(tokens):
+            if len(tokens) <= 2 * self.settings.dedup_clients:
+                break
+            if candidate != client_id and document.last_seq(candidate) is None:
+                del tokens[candidate]
 
     @staticmethod
     def _tokens_of(room: Room, records: Sequence[Record]) -> dict[str, str]:

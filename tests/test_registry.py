@@ -1083,11 +1083,24 @@ async def test_a_stored_client_without_a_token_binds_to_the_first_one_presented(
 
 async def test_the_token_table_forgets_the_least_recently_used_client_first() -> None:
     registry, _ = make_registry(history_limit=2, dedup_clients=2)
-    for client in ("a", "b", "a", "c"):  # "b" is the least recently used when "c" comes
+    # Up to twice DEDUP_CLIENTS bindings; "b" is the least recently used when "e" comes.
+    for client in ("a", "b", "a", "c", "d", "e"):
         token = f"token-of-client-{client}"
         registry.leave(await registry.join_versioned("r", FakeTransport(), hello_with_token(client, token)))
-    assert ["a", "c"] == list(registry.rooms["r"].tokens)
+    assert ["a", "c", "d", "e"] == list(registry.rooms["r"].tokens)
     assert not (await registry.join_versioned("r", FakeTransport(), hello("b"))).closed
+
+
+async def test_a_client_whose_seqs_are_remembered_keeps_its_binding_under_a_flood_of_hellos() -> None:
+    registry, _ = make_registry(history_limit=2, dedup_clients=2)
+    owner = await registry.join_versioned("r", FakeTransport(), hello_with_token("owner", "token-of-the-owner"))
+    registry.handle(owner, push(0, 1, [[0, "mine"]]))
+    registry.leave(owner)
+    for index in range(10):  # fresh client ids, never pushing: the oldest binding is the owner's
+        registry.leave(await registry.join_versioned("r", FakeTransport(), hello(f"flood-{index}")))
+    with pytest.raises(ClientIdInUse):
+        await registry.join_versioned("r", FakeTransport(), hello("owner"))
+    assert "owner" in registry.rooms["r"].tokens
 
 
 async def test_an_update_is_encoded_twice_per_broadcast_not_once_per_member() -> None:
