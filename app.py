@@ -180,7 +180,7 @@ def main() -> None:
         port=settings.port,
         log_config=None,
         # The request head must arrive within REQUEST_HEADER_TIMEOUT_SECONDS (api/http_timeouts.py).
-        http=http_protocol(settings.request_header_timeout_seconds),
+        http=http_protocol(settings.request_header_timeout_seconds, settings.request_body_timeout_seconds),
         # A client address from X-Forwarded-For only from the proxies listed: uvicorn's default
         # trusts 127.0.0.1, and any local process could then pick its address at will.
         proxy_headers=bool(settings.forwarded_allow_ips),

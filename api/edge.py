@@ -57,7 +57,8 @@ REFUSED_PER_ADDRESS = "per_address"
 REFUSED_TOTAL = "total"
 REFUSED_HOST = "host"
 REFUSED_HEADER_TIMEOUT = "header_timeout"
-for _reason in (REFUSED_PER_ADDRESS, REFUSED_TOTAL, REFUSED_HOST, REFUSED_HEADER_TIMEOUT):
+REFUSED_BODY_TIMEOUT = "body_timeout"
+for _reason in (REFUSED_PER_ADDRESS, REFUSED_TOTAL, REFUSED_HOST, REFUSED_HEADER_TIMEOUT, REFUSED_BODY_TIMEOUT):
     metrics.REFUSED_CONNECTIONS.labels(_reason)
 
 # Seconds a refused WebSocket client is asked to wait before it tries again.

@@ -1,5 +1,6 @@
-"""A deadline for the request head: a connection that has not sent its request line and headers
-within ``REQUEST_HEADER_TIMEOUT_SECONDS`` is closed.
+"""Deadlines for a request: a connection that has not sent its request line and headers within
+``REQUEST_HEADER_TIMEOUT_SECONDS``, or the body announced by those headers within
+``REQUEST_BODY_TIMEOUT_SECONDS`` after them, is closed.
 
 uvicorn has no such timeout: a client that opens connections and sends a header line now and
 then holds each of them, and its memory, for as long as it likes (slowloris). Its keep-alive
@@ -20,13 +21,14 @@ from typing import Any, Literal
 import structlog
 import uvicorn
 
-from api.edge import REFUSED_HEADER_TIMEOUT
+from api.edge import REFUSED_BODY_TIMEOUT, REFUSED_HEADER_TIMEOUT
 from observability import metrics
 
 log = structlog.get_logger("collab.http")
 
 # Versions whose HttpToolsProtocol calls `connection_made`, `on_message_begin`,
-# `on_headers_complete` and `connection_lost` as this module expects (tests/test_abuse_edge.py).
+# `on_headers_complete`, `on_message_complete` and `connection_lost` as this module expects, and
+# whose `parser` tells an upgrade (tests/test_abuse_edge.py).
 TESTED_UVICORN_VERSIONS = frozenset({"0.54.0"})
 
 try:
@@ -35,16 +37,18 @@ except ImportError:  # pragma: no cover - uvicorn[standard] installs httptools
     HttpToolsProtocol = None  # type: ignore[assignment, misc]
 
 
-def _with_deadline(base: type[Any], timeout: float) -> type[asyncio.Protocol]:
+def _with_deadline(base: type[Any], timeout: float, body_timeout: float) -> type[asyncio.Protocol]:
     class HeadDeadlineProtocol(base):  # type: ignore[misc]
-        """uvicorn's protocol, closing a connection whose request head is late.
+        """uvicorn's protocol, closing a connection whose request head or body is late.
 
-        The deadline runs from the connection's first byte, or from the first byte of the next
-        request on a kept-alive connection, to the end of the headers: trickling header lines
-        does not extend it. A WebSocket handshake ends its head like any request.
+        The head's deadline runs from the connection's first byte, or from the first byte of the
+        next request on a kept-alive connection, to the end of the headers: trickling header
+        lines does not extend it. A WebSocket handshake ends its head like any request and has
+        no body. The body's deadline runs from the end of the headers to the end of the body.
         """
 
         _head_deadline: asyncio.TimerHandle | None = None
+        _body_deadline: asyncio.TimerHandle | None = None
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             super().connection_made(transport)
@@ -58,10 +62,28 @@ def _with_deadline(base: type[Any], timeout: float) -> type[asyncio.Protocol]:
         def on_headers_complete(self) -> None:
             self._disarm_head_deadline()
             super().on_headers_complete()
+            if not self.parser.should_upgrade():
+                self._body_deadline = self.loop.call_later(body_timeout, self._too_late, REFUSED_BODY_TIMEOUT)
+
+        def on_message_complete(self) -> None:
+            self._disarm_body_deadline()
+            super().on_message_complete()
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm_head_deadline()
+            self._disarm_body_deadline()
             super().connection_lost(exc)
+
+        def _disarm_body_deadline(self) -> None:
+            if self._body_deadline is not None:
+                self._body_deadline.cancel()
+                self._body_deadline = None
+
+        def _too_late(self, reason: str) -> None:
+            self._body_deadline = None
+            if not self.transport.is_closing():
+                metrics.REFUSED_CONNECTIONS.labels(reason).inc()
+                self.transport.close()
 
         def _arm_head_deadline(self) -> None:
             self._head_deadline = self.loop.call_later(timeout, self._head_too_late)
@@ -80,9 +102,12 @@ def _with_deadline(base: type[Any], timeout: float) -> type[asyncio.Protocol]:
     return HeadDeadlineProtocol
 
 
-def http_protocol(timeout: float, version: str = uvicorn.__version__) -> type[asyncio.Protocol] | Literal["auto"]:
-    """What to pass as ``http=`` to ``uvicorn.Config``: a protocol with the head deadline, or
-    ``"auto"`` (no deadline) where this uvicorn is not one it was tested with."""
+def http_protocol(
+    timeout: float, body_timeout: float | None = None, version: str = uvicorn.__version__
+) -> type[asyncio.Protocol] | Literal["auto"]:
+    """What to pass as ``http=`` to ``uvicorn.Config``: a protocol with the head and body
+    deadlines (the body's is the head's unless given), or ``"auto"`` (no deadline) where this
+    uvicorn is not one it was tested with."""
     if HttpToolsProtocol is None or version not in TESTED_UVICORN_VERSIONS:
         log.warning(
             "request_header_timeout_unsupported",
@@ -91,4 +116,4 @@ def http_protocol(timeout: float, version: str = uvicorn.__version__) -> type[as
             hint="partial requests are not timed out; put a reverse proxy with a header timeout in front",
         )
         return "auto"
-    return _with_deadline(HttpToolsProtocol, timeout)
+    return _with_deadline(HttpToolsProtocol, timeout, timeout if body_timeout is None else body_timeout)

@@ -86,6 +86,7 @@ class Settings(BaseSettings):
     # HTTP edge and the rooms API
     allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
     request_header_timeout_seconds: float = Field(default=10.0, gt=0)
+    request_body_timeout_seconds: float = Field(default=60.0, gt=0)
     api_rate_limit_per_second: float = Field(default=10.0, gt=0)
     api_rate_limit_burst: int = Field(default=60, ge=1)
     api_max_response_bytes: int = Field(default=256_000, ge=1)

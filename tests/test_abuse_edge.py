@@ -39,6 +39,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     server = start_server(
         tmp_path_factory.mktemp("abuse"),
         REQUEST_HEADER_TIMEOUT_SECONDS=str(HEADER_TIMEOUT),
+        REQUEST_BODY_TIMEOUT_SECONDS=str(HEADER_TIMEOUT),
         API_MAX_RESPONSE_BYTES=str(RESPONSE_BYTES),
         JOIN_TIMEOUT_SECONDS="120",  # held connections must outlive the test, not time out
         # The defaults of the limits under test (conftest raises them for every other test).
@@ -199,6 +200,17 @@ def test_a_partial_request_head_is_closed_within_the_header_timeout(live: LiveSe
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
         elapsed = closed_after(sock, trickle, limit=HEADER_TIMEOUT + 5)
     assert HEADER_TIMEOUT * 0.9 <= elapsed <= HEADER_TIMEOUT + 5.0, elapsed
+
+
+@pytest.mark.parametrize("trickle", [None, b"x"], ids=["idle", "one-byte-every-half-second"])
+def test_a_request_whose_body_is_late_is_closed_within_the_body_timeout(
+    live: LiveServer, trickle: bytes | None
+) -> None:
+    with socket.create_connection(("127.0.0.1", live.port)) as sock:
+        sock.sendall(b"POST /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100000\r\n\r\nstart")
+        elapsed = closed_after(sock, trickle, limit=HEADER_TIMEOUT + 5)
+    # Well before uvicorn's own 5 s keep-alive timeout, which closes an idle one after its answer.
+    assert HEADER_TIMEOUT * 0.9 <= elapsed <= HEADER_TIMEOUT + 3.0, elapsed
 
 
 def test_a_complete_request_and_a_kept_alive_connection_are_not_cut(live: LiveServer) -> None:
