@@ -27,8 +27,8 @@ from observability import metrics
 log = structlog.get_logger("collab.http")
 
 # Versions whose HttpToolsProtocol calls `connection_made`, `on_message_begin`,
-# `on_headers_complete`, `on_message_complete` and `connection_lost` as this module expects, and
-# whose `parser` tells an upgrade (tests/test_abuse_edge.py).
+# `on_headers_complete`, `on_message_complete`, `handle_websocket_upgrade` and `connection_lost`
+# as this module expects (tests/test_abuse_edge.py).
 TESTED_UVICORN_VERSIONS = frozenset({"0.54.0"})
 
 try:
@@ -62,8 +62,12 @@ def _with_deadline(base: type[Any], timeout: float, body_timeout: float) -> type
         def on_headers_complete(self) -> None:
             self._disarm_head_deadline()
             super().on_headers_complete()
-            if not self.parser.should_upgrade():
-                self._body_deadline = self.loop.call_later(body_timeout, self._too_late, REFUSED_BODY_TIMEOUT)
+            # An upgrade may announce a body too, read before the connection is handed over.
+            self._body_deadline = self.loop.call_later(body_timeout, self._too_late, REFUSED_BODY_TIMEOUT)
+
+        def handle_websocket_upgrade(self) -> None:
+            self._disarm_body_deadline()
+            super().handle_websocket_upgrade()
 
         def on_message_complete(self) -> None:
             self._disarm_body_deadline()

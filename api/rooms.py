@@ -303,6 +303,10 @@ def iso_time(unix: float) -> str:
     return datetime.fromtimestamp(unix, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
 # As `JSONResponse` renders JSON, built once.
 _JSON = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
@@ -314,7 +318,9 @@ def history_entry(record: Record) -> str:
     them, so encoding them again (most of a page's cost) would give the same text. They are
     still parsed, so that a damaged row is an error rather than a broken page.
     """
-    json.loads(record.changes)
+    if not isinstance(record.changes, str):
+        raise TypeError(f"update {record.version} holds {type(record.changes).__name__}, not JSON text")
+    json.loads(record.changes, parse_constant=_refuse_constant)
     # No `client_id`: it identifies a browser tab's session, and with it a connection could be
     # resumed in someone else's name (docs/protocol.md); `user_id` is what other members see.
     fields = _JSON.encode(
@@ -393,7 +399,7 @@ async def history(request: Request, room_id: str, since: str | None = None, limi
     page = {"room_id": room_id, "epoch": state.epoch, "head": state.head, "oldest": state.oldest}
     start = _JSON.encode(page)[:-1] + ',"updates":['
     # The longest `next` there can be, for the budget.
-    budget = settings.api_max_response_bytes - len(start.encode()) - len(f'],"next":{state.head}}}')
+    budget = settings.api_max_response_bytes - len(start.encode()) - len(f'],"next":{max(state.head, 1000)}}}')
     updates: list[str] = []
     cursor = after
     full = not (state.stored and after < state.head)

@@ -11,6 +11,9 @@ from __future__ import annotations
 class RoomError(Exception):
     """Base class of every domain error. ``code`` is the stable wire error code."""
 
+    # The seq of the push refused, where the error answers one (`TooComplex`, `Resync`).
+    seq: int | None = None
+
     code = "room_error"
     # The type of the message that failed, when it is known: it tells a connection that has
     # not joined yet which protocol's error format to answer in.

@@ -342,10 +342,18 @@ class ErrorOut(ServerMessage):
     code: str
     message: str
     retry_after: float | None = None
+    # The seq of the push refused, for the errors that answer one (`too_complex`, `resync`):
+    # a client tells a late answer to an earlier send from one about its batch in flight.
+    seq: int | None = None
 
     @classmethod
     def of(cls, error: RoomError) -> ErrorOut:
-        return cls(code=error.code, message=str(error), retry_after=getattr(error, "retry_after", None))
+        return cls(
+            code=error.code,
+            message=str(error),
+            retry_after=getattr(error, "retry_after", None),
+            seq=getattr(error, "seq", None),
+        )
 
 
 PING = PingOut().encode()

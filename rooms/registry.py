@@ -54,8 +54,10 @@ from rooms.errors import (
     InternalError,
     InvalidMessage,
     RateLimited,
+    Resync,
     RoomError,
     RoomFull,
+    SeqReused,
     ServerBusy,
     ServerStopping,
     StorageUnavailable,
@@ -580,6 +582,11 @@ class RoomRegistry:
             # `open` stopped the room's eviction: a refused hello must not keep it loaded.
             self._schedule_eviction(room)
             raise ClientIdInUse()
+        try:
+            self._charge_catch_up(room, hello, address)
+        except RateLimited:
+            self._schedule_eviction(room)
+            raise
         if existing is not None:
             self.end(existing, CLOSE_REPLACED, "replaced by a newer connection")
         session = self._admit(
@@ -602,6 +609,25 @@ class RoomRegistry:
         self._bind(room, client_id, bound or token_hash(session.resume_token))
         return session
 
+    def _charge_catch_up(self, room: Room, hello: Hello, address: str) -> None:
+        """Charge the client's address for the catch-up its hello asks for, before it is
+        admitted: encoding it costs in proportion to its parts (`RateLimited` if over)."""
+        limits = self._address(address)
+        document = room.document
+        if limits is None or hello.version is None or hello.epoch not in (None, document.epoch):
+            return
+        try:
+            parts = document.rebase_steps(hello.version, 0)
+        except (VersionTooOld, VersionFromFuture):
+            return  # a snapshot: its cost is one text
+        per_token = self.settings.rebase_steps_per_token
+        if per_token <= parts <= CATCH_UP_PARTS_PER_REBASE_STEP * self.settings.max_rebase_steps:
+            try:
+                limits.bucket.take(self.clock(), parts // per_token)
+            except RateLimited:
+                metrics.RATE_LIMITED.inc()
+                raise
+
     def _bind(self, room: Room, client_id: ClientId, digest: str) -> None:
         """Bind a client_id to a token hash. Beyond twice ``dedup_clients`` bindings, the least
         recently used are forgotten, but never one of a client whose last seq the document
@@ -610,11 +636,14 @@ class RoomRegistry:
         tokens = room.tokens
         tokens[client_id] = digest
         tokens.move_to_end(client_id)
-        if len(tokens) <= 2 * self.settings.dedup_clients:
+        limit = 2 * self.settings.dedup_clients
+        if len(tokens) <= limit:
             return
+        # Down to three quarters of the limit in one walk, so that walks are rare: their cost
+        # is spread over the hellos that fill the table again.
         document = room.document
         for candidate in list(tokens):
-            if len(tokens) <= 2 * self.settings.dedup_clients:
+            if len(tokens) <= limit * 3 // 4:
                 break
             if candidate != client_id and document.last_seq(candidate) is None:
                 del tokens[candidate]
@@ -686,9 +715,6 @@ class RoomRegistry:
                 if parts <= CATCH_UP_PARTS_PER_REBASE_STEP * self.settings.max_rebase_steps and (
                     document.bytes_since(hello.version) <= budget
                 ):
-                    # Encoding it costs in proportion to its parts: the address pays for them.
-                    if session.limits is not None and parts >= self.settings.rebase_steps_per_token:
-                        session.limits.bucket.take(self.clock(), parts // self.settings.rebase_steps_per_token)
                     catch_up = [
                         self._encode_update(update, session.client_id)
                         for update in document.updates_since(hello.version)
@@ -814,7 +840,8 @@ class RoomRegistry:
         try:
             # Parsing costs in proportion to the frame: a large one costs more tokens.
             size = 0 if isinstance(frame, ClientMessage) else len(frame)
-            self._charge(session, 1 + size // FRAME_BYTES_PER_TOKEN)
+            # Never more than a full bucket, or a frame at the size cap could never pass.
+            self._charge(session, min(1 + size // FRAME_BYTES_PER_TOKEN, session.bucket.burst))
             if not isinstance(frame, ClientMessage):
                 frame = parse_client_message(frame, self.settings.frame_limit_bytes)
             self._dispatch(session, frame)  # type: ignore[arg-type]
@@ -904,11 +931,16 @@ class RoomRegistry:
         parts = len(push.changes)
         document = session.room.document
         if parts > settings.max_change_parts:
-            if document.is_duplicate(session.client_id, push.seq):
+            last = document.last_seq(session.client_id)
+            if last == push.seq:
                 # A resend of an applied push that grew while its client rebased it: ignored
                 # as any resend is (its update is in the stream), not refused as new work.
                 return
-            raise TooComplex(parts, settings.max_change_parts)
+            if last is not None and push.seq < last:
+                raise SeqReused(push.seq, last)
+            error = TooComplex(parts, settings.max_change_parts)
+            error.seq = push.seq
+            raise error
         # Each line after an insertion's first is a newline inserted: more than a document may
         # hold is refused before the lines are read (joining them costs in proportion).
         lines = sum(len(part) - 1 for part in push.changes if type(part) is list and len(part) > 1)
@@ -924,15 +956,19 @@ class RoomRegistry:
             self._charge(session, extra)
         changes = ChangeSet.from_json(push.changes, max_parts=settings.max_change_parts)
         started = time.perf_counter()
-        result = document.push(
-            session.client_id,
-            push.seq,
-            push.version,
-            changes,
-            session.user_id,
-            max_versions=settings.max_rebase_versions,
-            max_steps=settings.max_rebase_steps,
-        )
+        try:
+            result = document.push(
+                session.client_id,
+                push.seq,
+                push.version,
+                changes,
+                session.user_id,
+                max_versions=settings.max_rebase_versions,
+                max_steps=settings.max_rebase_steps,
+            )
+        except Resync as error:
+            error.seq = push.seq
+            raise
         if result is None:
             return  # a resend of an applied push: the client finds its update in the stream
         if isinstance(result, Unchanged):
@@ -969,7 +1005,10 @@ class RoomRegistry:
             return
         # Mapping it walks every part of every update since its version: paid like a rebase,
         # and dropped (it is stale; the next move sends a fresh one) beyond a rebase's bound.
-        steps = document.rebase_steps(cursor.version, 1)
+        try:
+            steps = document.rebase_steps(cursor.version, 1)
+        except (VersionTooOld, VersionFromFuture):
+            return  # older than the kept history (or not yet there): stale, dropped too
         if steps > self.settings.max_rebase_steps:
             return
         extra = steps // self.settings.rebase_steps_per_token

@@ -66,7 +66,7 @@ class Settings(BaseSettings):
     ws_ping_timeout_seconds: float = Field(default=20.0, gt=0)
 
     # The cost of one message (docs/configuration.md, "Limits on what one message may cost")
-    max_change_parts: int = Field(default=1_000, ge=1)
+    max_change_parts: int = Field(default=1_000, ge=3)
     max_rebase_versions: int = Field(default=200, ge=1)
     max_rebase_steps: int = Field(default=16_000, ge=1)
     rebase_steps_per_token: int = Field(default=500, ge=1)

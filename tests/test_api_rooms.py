@@ -464,11 +464,12 @@ async def test_a_registry_that_is_not_running_is_a_503(
     assert expected == error_of(response)
 
 
+@pytest.mark.parametrize("changes", ["not json", "[NaN]", "[Infinity, 1]"])
 async def test_an_unexpected_failure_is_a_500_in_the_same_shape(
-    in_process: tuple[httpx.AsyncClient, FastAPI, FailingStore],
+    in_process: tuple[httpx.AsyncClient, FastAPI, FailingStore], changes: str
 ) -> None:
     client, _, store = in_process
-    await store.commit([RoomWrite("damaged", "e1", "python", [Record(1, "tab-1", 1, "not json")], head=1)])
+    await store.commit([RoomWrite("damaged", "e1", "python", [Record(1, "tab-1", 1, changes)], head=1)])
     with capture_logs() as logs:
         response = await client.get("/api/rooms/damaged/history")
     assert (500, "internal_error", "internal error; the server has logged it") == error_of(response)

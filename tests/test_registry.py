@@ -22,6 +22,7 @@ from rooms.errors import (
     InvalidMessage,
     RateLimited,
     RoomFull,
+    SeqReused,
     ServerBusy,
     ServerStopping,
     TooManyNewRooms,
@@ -1470,3 +1471,48 @@ async def test_a_resume_pays_its_address_for_the_parts_of_its_catch_up() -> None
     assert late.limits is not None
     parts = late.room.document.rebase_steps(0, 0)  # every part of the catch-up
     assert 9_000 < parts and late.limits.bucket.tokens <= late.limits.bucket.burst - parts // 500
+
+
+async def test_an_over_limit_push_under_a_spent_seq_is_refused_as_reused_not_ignored() -> None:
+    registry, _ = make_registry(max_change_parts=3)
+    transport = FakeTransport()
+    session = await registry.join_versioned("r", transport, hello("c"))
+    registry.handle(session, push(0, 1, [[0, "a"]]))
+    registry.handle(session, push(1, 2, [[0, "b"], 1]))
+    with pytest.raises(SeqReused):
+        registry.handle(session, push(0, 1, [[0, "x"], [0, "y"], [0, "z"], [0, "w"]]))
+
+
+async def test_the_refusals_of_a_push_name_its_seq() -> None:
+    registry, _ = make_registry(max_change_parts=3)
+    transport = FakeTransport()
+    session = await registry.join_versioned("r", transport, hello("c"))
+    registry.receive(session, json.dumps({"type": "push", "version": 0, "seq": 7, "changes": [[0, "x"]] * 4}))
+    await settle()
+    assert [("too_complex", 7)] == [(e["code"], e.get("seq")) for e in transport.of_type("error")]
+
+
+async def test_a_cursor_older_than_the_kept_history_is_dropped_without_an_error() -> None:
+    registry, _ = make_registry(history_limit_bytes=1, history_limit=2, dedup_clients=2)
+    writer = await registry.join_versioned("r", FakeTransport(), hello("w"))
+    for seq in range(1, 4):
+        registry.handle(writer, push(seq - 1, seq, append(seq - 1, "x")))
+    transport = FakeTransport()
+    mover = await registry.join_versioned("r", transport, hello("m"))
+    registry.receive(mover, json.dumps({"type": "cursor", "version": 0, "anchor": 0, "head": 0}))
+    await settle()
+    assert [] == transport.of_type("error")
+
+
+async def test_a_resume_its_address_cannot_pay_for_is_refused_before_anyone_hears_of_it() -> None:
+    registry, _ = make_registry(rate_limit_per_address_burst=5, rate_limit_per_address_per_second=1)
+    writer = await registry.join_versioned("r", FakeTransport(), hello("w"))
+    _fill_with_big_updates(registry, writer, 10)  # a catch-up of 10,000 parts: 19 tokens
+    watcher = FakeTransport()
+    await registry.join_versioned("r", watcher, hello("watch"))
+    await settle()
+    joined = len(watcher.of_type("member_joined"))
+    with pytest.raises(RateLimited):
+        await registry.join_versioned("r", FakeTransport(), hello("late", version=0), address="10.2.2.2")
+    await settle()
+    assert joined == len(watcher.of_type("member_joined"))

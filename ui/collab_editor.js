@@ -526,7 +526,7 @@ export default {
       if (inflight) {
         const rebased = inflight.changes.map(remote);
         remote = remote.map(inflight.changes, true);
-        this.inflight = { seq: inflight.seq, changes: rebased };
+        this.inflight = { seq: inflight.seq, changes: rebased, coarse: inflight.coarse };
       }
       if (this.pending) {
         const pending = this.pending.map(remote);
@@ -584,19 +584,24 @@ export default {
       if (message.code === "internal_error") return this.retryAfterFailure();
       if (message.code === "resync") {
         // Our batch was too far behind to be rebased by the server: catch up from our version
-        // (welcome rebases the batch over the catch-up and sends it again, same seq). It was
-        // not applied, so it may go again as one replacement: a few parts cost the server
-        // little to rebase, where a batch that grew while we rebased it would be refused again.
-        if (this.inflight) {
-          this.inflight = { seq: this.inflight.seq, changes: this.coarsened(this.inflight.changes, this.base) };
-        }
+        // (welcome rebases the batch over the catch-up and sends it again, same seq, at the
+        // current version). Kept as it is: one replacement made now would be merged over the
+        // whole catch-up and could bring back text others deleted meanwhile.
+        if (message.seq !== undefined && message.seq !== this.inflight?.seq) return; // a late answer
         this.live = false;
         return this.hello();
       }
       if (message.code === "too_complex" && this.inflight) {
         // Our batch grew past the server's limit while we rebased it over others' edits; it was
-        // not applied (an applied one is never refused), so send it as one replacement.
-        this.inflight = { seq: this.inflight.seq, changes: this.coarsened(this.inflight.changes, this.base) };
+        // not applied, so send it as one replacement. Once only: a second answer is to an
+        // earlier send of the same batch, and answers about another seq are late ones.
+        if (message.seq !== undefined && message.seq !== this.inflight.seq) return;
+        if (this.inflight.coarse) return;
+        this.inflight = {
+          seq: this.inflight.seq,
+          changes: this.coarsened(this.inflight.changes, this.base),
+          coarse: true,
+        };
         return this.sendInflight();
       }
       if (message.code === "invalid_message" && this.inflight) return this.resync();
