@@ -46,6 +46,7 @@ from typing import Protocol as TypingProtocol
 import structlog
 
 from observability import metrics
+from rooms.addresses import Address, AddressTable
 from rooms.changes import ChangeSet
 from rooms.document import ClientId, Document, Unchanged, Update, caret_after
 from rooms.errors import (
@@ -67,7 +68,7 @@ from rooms.errors import (
     VersionFromFuture,
     VersionTooOld,
 )
-from rooms.limits import TokenBucket, address_key, clean_language, clean_username
+from rooms.limits import TokenBucket, clean_language, clean_username
 from rooms.presence import Member, Presence, Selection, UserId
 from rooms.protocol import (
     PING,
@@ -129,11 +130,6 @@ FRAME_BYTES_PER_TOKEN = 64 * 1024
 # A cursor further behind than this is dropped instead of mapped: it is stale, and the client
 # sends a fresh one with its next move.
 CURSOR_MAX_LAG = 100
-# The most client addresses remembered at once (their rate buckets and recent new rooms). Idle
-# ones are forgotten first: a full bucket and no room made within the last minute is all a
-# fresh entry would hold anyway.
-ADDRESS_TABLE_LIMIT = 50_000
-NEW_ROOM_WINDOW_SECONDS = 60.0
 RETENTION_INTERVAL_SECONDS = 3600.0
 
 
@@ -181,22 +177,6 @@ CLOSE_TIMEOUT_SECONDS = 30.0
 def token_hash(token: str) -> str:
     """What the registry and the store keep of a resume token: never the token itself."""
     return hashlib.sha256(token.encode()).hexdigest()
-
-
-@dataclass(eq=False)
-class Address:
-    """What is shared by every connection from one client address."""
-
-    bucket: TokenBucket  # messages, across all its connections
-    sessions: int = 0  # live sessions from it
-    new_rooms: deque[float] = field(default_factory=deque)  # when it made rooms, within the window
-
-    def idle(self, now: float) -> bool:
-        """True when forgetting this entry changes nothing: a fresh one would be the same."""
-        bucket = self.bucket
-        full = bucket.tokens + (now - bucket.updated) * bucket.rate >= bucket.burst
-        recent = bool(self.new_rooms) and self.new_rooms[-1] > now - NEW_ROOM_WINDOW_SECONDS
-        return not self.sessions and full and not recent
 
 
 @dataclass(eq=False)
@@ -266,6 +246,15 @@ class Room:
     tokens: OrderedDict[ClientId, str] = field(default_factory=OrderedDict)
 
 
+def _spend(bucket: TokenBucket, now: float, cost: int) -> None:
+    """Take ``cost`` tokens, counting a refusal in ``collab_rate_limited_total``."""
+    try:
+        bucket.take(now, cost)
+    except RateLimited:
+        metrics.RATE_LIMITED.inc()
+        raise
+
+
 def _size(entry: str | tuple[str, ...]) -> int:
     return len(entry) if isinstance(entry, str) else sum(map(len, entry))
 
@@ -300,8 +289,10 @@ class RoomRegistry:
         self._committing_rooms: set[RoomId] = set()
         self._committed: asyncio.Future[None] | None = None  # resolved when that commit ends
         # Client addresses, least recently used first (see `Address`).
-        self._addresses: OrderedDict[str, Address] = OrderedDict()
-        # Resolved when the retention purge in progress ends: loads wait for it.
+        self._addresses = AddressTable(
+            settings.rate_limit_per_address_per_second, settings.rate_limit_per_address_burst
+        )
+        # Resolved when the retention purge batch in progress ends: a load that began meanwhile waits.
         self._purging: asyncio.Future[None] | None = None  # the purge batch in progress
         self._purge_running = False
         self.accepting = True
@@ -407,7 +398,11 @@ class RoomRegistry:
             raise StorageUnavailable() from exc
         limits = self._address(address) if room is None else None
         if limits is not None:
-            self._check_new_room(limits)
+            try:
+                limits.check_new_room(self.clock(), self.settings.rooms_per_address_per_minute)
+            except TooManyNewRooms:
+                metrics.RATE_LIMITED.inc()
+                raise
         self._make_space()
         if room is None:
             room = self._new_room(room_id)
@@ -420,17 +415,6 @@ class RoomRegistry:
         # know), and a loaded room's last write time tells retention it is still used.
         self._mark_dirty(room)
         return room
-
-    def _check_new_room(self, limits: Address) -> None:
-        """Raise `TooManyNewRooms` when the address made its quota of rooms within the window."""
-        now = self.clock()
-        made = limits.new_rooms
-        while made and made[0] <= now - NEW_ROOM_WINDOW_SECONDS:
-            made.popleft()
-        quota = self.settings.rooms_per_address_per_minute
-        if len(made) >= quota:
-            metrics.RATE_LIMITED.inc()
-            raise TooManyNewRooms(quota, made[0] + NEW_ROOM_WINDOW_SECONDS - now)
 
     def _make_space(self) -> None:
         """Unload empty, committed rooms until one more fits; `ServerBusy` when none can go."""
@@ -622,11 +606,7 @@ class RoomRegistry:
             return  # a snapshot: its cost is one text
         per_token = self.settings.rebase_steps_per_token
         if per_token <= parts <= CATCH_UP_PARTS_PER_REBASE_STEP * self.settings.max_rebase_steps:
-            try:
-                limits.bucket.take(self.clock(), parts // per_token)
-            except RateLimited:
-                metrics.RATE_LIMITED.inc()
-                raise
+            _spend(limits.bucket, self.clock(), parts // per_token)
 
     def _bind(self, room: Room, client_id: ClientId, digest: str) -> None:
         """Bind a client_id to a token hash. Beyond twice ``dedup_clients`` bindings, the least
@@ -656,49 +636,14 @@ class RoomRegistry:
 
     def _address(self, address: str) -> Address | None:
         """The entry of a client address (made on first use); None for an unknown address."""
-        if not address:
-            return None
-        address = address_key(address)
-        entry = self._addresses.get(address)
-        if entry is not None:
-            self._addresses.move_to_end(address)
-            return entry
-        now = self.clock()
-        if len(self._addresses) >= ADDRESS_TABLE_LIMIT:
-            self._forget_addresses(now)
-        entry = Address(
-            TokenBucket.full(
-                self.settings.rate_limit_per_address_per_second, self.settings.rate_limit_per_address_burst, now
-            )
-        )
-        self._addresses[address] = entry
-        return entry
-
-    def _forget_addresses(self, now: float) -> None:
-        """Make room in the address table: the idle entries go, then, if that was not enough,
-        the least recently used with no connection."""
-        for key, entry in list(self._addresses.items()):
-            if entry.idle(now):
-                del self._addresses[key]
-        target = ADDRESS_TABLE_LIMIT * 9 // 10
-        window = now - NEW_ROOM_WINDOW_SECONDS
-        for key, entry in list(self._addresses.items()):
-            if len(self._addresses) <= target:
-                break
-            # Never one that made a room this minute: forgetting it would reset its quota.
-            if not entry.sessions and not (entry.new_rooms and entry.new_rooms[-1] > window):
-                del self._addresses[key]
+        return self._addresses.get(address, self.clock())
 
     def charge_address(self, address: str, cost: int = 1) -> None:
         """Charge a message from ``address`` before its connection joined; `RateLimited` if
         the address is over its rate."""
         entry = self._address(address)
         if entry is not None:
-            try:
-                entry.bucket.take(self.clock(), cost)
-            except RateLimited:
-                metrics.RATE_LIMITED.inc()
-                raise
+            _spend(entry.bucket, self.clock(), cost)
 
     def _welcome(self, session: Session, hello: Hello) -> None:
         room = session.room
@@ -864,18 +809,13 @@ class RoomRegistry:
         every connection from that address shares (a reconnect does not refill it)."""
         now = self.clock()
         session.last_seen = now
-        try:
-            session.bucket.take(now, cost)
-            limits = session.limits
-            if limits is not None:
-                try:
-                    limits.bucket.take(now, cost)
-                except RateLimited:
-                    session.bucket.tokens += cost  # refused: the connection spent nothing
-                    raise
-        except RateLimited:
-            metrics.RATE_LIMITED.inc()
-            raise
+        _spend(session.bucket, now, cost)
+        if session.limits is not None:
+            try:
+                _spend(session.limits.bucket, now, cost)
+            except RateLimited:
+                session.bucket.tokens += cost  # refused: the connection spent nothing
+                raise
 
     def _dispatch(self, session: Session, message: AnyClientMessage) -> None:
         metrics.message_counter("in", message.type).inc()

@@ -1157,7 +1157,7 @@ async def test_reconnecting_does_not_refill_the_address_bucket() -> None:
 
 
 async def test_the_address_table_forgets_idle_addresses_first(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("rooms.registry.ADDRESS_TABLE_LIMIT", 3)
+    monkeypatch.setattr("rooms.addresses.ADDRESS_TABLE_LIMIT", 3)
     registry, clock = make_registry(rate_limit_per_address_per_second=0.5, rate_limit_per_address_burst=2)
     busy = await registry.join_seed("r", FakeTransport(), "ann", address="busy")
     registry.charge_address("idle")

@@ -1,0 +1,127 @@
+"""The SQLite store's file format: its schema, the migrations from older versions, and the
+temporary trigger through which every commit is written (one statement per commit).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+SCHEMA_VERSION = 2
+HEADER = b"SQLite format 3\x00"
+
+SCHEMA = """
+CREATE TABLE rooms (
+    room_id TEXT PRIMARY KEY,
+    epoch TEXT NOT NULL,
+    language TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    oldest INTEGER NOT NULL DEFAULT 0,
+    created REAL NOT NULL,
+    updated REAL NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE updates (
+    room_id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    client_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    changes TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    author TEXT NOT NULL,
+    color TEXT NOT NULL,
+    time REAL NOT NULL,
+    PRIMARY KEY (room_id, version)
+) WITHOUT ROWID;
+CREATE TABLE snapshots (
+    room_id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    text TEXT NOT NULL,
+    PRIMARY KEY (room_id, version)
+) WITHOUT ROWID;
+CREATE TABLE clients (
+    room_id TEXT NOT NULL,
+    client_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    version INTEGER NOT NULL,
+    token TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (room_id, client_id)
+) WITHOUT ROWID;
+"""
+TABLES = {"rooms", "updates", "snapshots", "clients"}
+# The statements that bring a file of schema version N to N + 1.
+MIGRATIONS = {
+    1: "ALTER TABLE clients ADD COLUMN token TEXT NOT NULL DEFAULT '';",
+}
+
+# Commits: one JSON batch, spread over the tables by a trigger of the writer's connection
+# (temporary: nothing of it is in the file). The batch is [rooms, updates, clients, snapshots,
+# time]: rooms as [room_id, epoch, language, head or null, first version or null], updates and
+# clients as their tables' columns, snapshots as [room_id, text] (at the room's new head).
+# Every room of the batch gets `updated`, with records or without (a room opened, a language
+# changed), so that retention counts from the last use.
+CONFLICT = "collab: the first version of a commit does not follow the head of its room"
+# A JSON number beyond 64 bits reads as REAL, which the INTEGER columns would keep as REAL and
+# every later comparison of versions would go wrong: such a commit is refused as a whole. The
+# rooms' and clients' versions and seqs are those of the records, so checking these suffices.
+NOT_INTEGER = "collab: a version or seq of a commit is not a 64-bit integer"
+
+
+# Texts: SQLite's JSON functions cut a string at its first NUL (U+0000), which would store a
+# shorter text, or merge the client ids "a\0b" and "a\0c" (and their tokens) into "a". A batch
+# with a NUL or U+0001 anywhere has every text escaped (`escaped`) and goes to a second trigger,
+# the same but for unescaping each text (`_unescaped`); the first, for every other batch, pays
+# nothing for it.
+def _plain(row: str, index: int) -> str:
+    return f"{row} ->> {index}"
+
+
+def _unescaped(row: str, index: int) -> str:
+    """SQL for the text at ``index`` of a batch row, unescaped (see `escaped`)."""
+    return f"replace(replace({row} ->> {index}, char(1, 48), char(0)), char(1, 49), char(1))"
+
+
+def _commit_trigger(name: str, when: str, t: Callable[[str, int], str]) -> str:
+    """The trigger that spreads a batch over the tables, taking its texts with ``t``."""
+    return f"""
+CREATE TEMP TRIGGER {name} INSTEAD OF INSERT ON incoming WHEN {when} BEGIN
+    SELECT RAISE(ABORT, '{NOT_INTEGER}') FROM json_each(NEW.batch, '$[1]')
+        WHERE typeof(value ->> 1) != 'integer' OR typeof(value ->> 3) != 'integer';
+    SELECT RAISE(ABORT, '{CONFLICT}') FROM json_each(NEW.batch, '$[0]') AS r
+        WHERE r.value ->> 4 IS NOT NULL
+        AND r.value ->> 4 != coalesce((SELECT version FROM rooms WHERE room_id = {t("r.value", 0)}), 0) + 1;
+    INSERT INTO rooms (room_id, epoch, language, version, created, updated)
+        SELECT {t("value", 0)}, {t("value", 1)}, {t("value", 2)},
+            coalesce(value ->> 3, (SELECT version FROM rooms AS stored WHERE stored.room_id = {t("value", 0)}), 0),
+            NEW.batch ->> 4, NEW.batch ->> 4
+        FROM json_each(NEW.batch, '$[0]') WHERE true
+        ON CONFLICT (room_id) DO UPDATE
+            SET language = excluded.language, version = excluded.version, updated = excluded.updated;
+    INSERT INTO updates
+        SELECT {t("value", 0)}, value ->> 1, {t("value", 2)}, value ->> 3, {t("value", 4)},
+            {t("value", 5)}, {t("value", 6)}, {t("value", 7)}, value ->> 8
+        FROM json_each(NEW.batch, '$[1]');
+    INSERT INTO clients (room_id, client_id, seq, version, token)
+        SELECT {t("value", 0)}, {t("value", 1)}, value ->> 2, value ->> 3, {t("value", 4)}
+        FROM json_each(NEW.batch, '$[2]') WHERE true
+        ON CONFLICT (room_id, client_id) DO UPDATE SET seq = excluded.seq, version = excluded.version,
+            token = CASE excluded.token WHEN '' THEN clients.token ELSE excluded.token END;
+    INSERT OR REPLACE INTO snapshots
+        SELECT {t("value", 0)}, (SELECT version FROM rooms WHERE room_id = {t("value", 0)}), {t("value", 1)}
+        FROM json_each(NEW.batch, '$[3]');
+END;
+"""
+
+
+COMMIT_TRIGGER = (
+    "CREATE TEMP VIEW incoming (batch, escaped) AS SELECT NULL, NULL;"
+    + _commit_trigger("incoming_commit", "NOT NEW.escaped", _plain)
+    + _commit_trigger("incoming_commit_escaped", "NEW.escaped", _unescaped)
+)
+
+
+def escaped(value: object) -> object:
+    """``value`` with every text's U+0001 written as U+0001 "1" and U+0000 as U+0001 "0"."""
+    if isinstance(value, str):
+        return value.replace("\x01", "\x011").replace("\x00", "\x010")
+    if isinstance(value, list):
+        return [escaped(item) for item in value]
+    return value
