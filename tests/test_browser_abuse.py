@@ -7,6 +7,7 @@ import json
 from collections.abc import Callable, Iterator
 
 import pytest
+from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as ws_connect
 
 from rooms.changes import ChangeSet
@@ -36,6 +37,14 @@ def server_text(server: LiveServer, room: str) -> str:
         raw.send(json.dumps({"type": "hello", "client_id": "reader", "version": None}))
         welcome = json.loads(raw.recv(timeout=10))
         return str(welcome["doc"])
+
+
+def joined_replica(raw: ClientConnection) -> Replica:
+    """A reference client, welcomed into the room over ``raw``."""
+    replica = Replica("raw")
+    raw.send(json.dumps(replica.hello("Raw", resume=False)))
+    replica.welcome(json.loads(raw.recv(timeout=10)))
+    return replica
 
 
 def test_an_edit_of_more_parts_than_the_server_takes_is_sent_as_one_replacement(
@@ -71,9 +80,7 @@ def test_a_batch_that_changed_nothing_is_confirmed_by_ack(
     ann.wait_typed()
     ann.wait_settled()
     with ws_connect(live.ws(room)) as raw:
-        replica = Replica("raw")
-        raw.send(json.dumps(replica.hello("Raw", resume=False)))
-        replica.welcome(json.loads(raw.recv(timeout=10)))
+        replica = joined_replica(raw)
         # Ann deletes the "h" while nothing she sends arrives; the raw client deletes it too.
         socket.mute_current(up=True)
         ann.page.evaluate('() => window.collabEditor.view.dispatch({changes: {from: 0, to: 1}, userEvent: "delete"})')
@@ -96,9 +103,7 @@ def test_a_batch_that_grew_past_the_part_limit_while_rebased_is_sent_again_as_on
     ann.wait_typed()
     ann.wait_settled()
     with ws_connect(few_parts.ws(room)) as raw:
-        replica = Replica("raw")
-        raw.send(json.dumps(replica.hello("Raw", resume=False)))
-        replica.welcome(json.loads(raw.recv(timeout=10)))
+        replica = joined_replica(raw)
         # Ann deletes "bcdefghi" (three parts) while nothing she sends arrives...
         socket.mute_current(up=True)
         ann.page.evaluate('() => window.collabEditor.view.dispatch({changes: {from: 1, to: 9}, userEvent: "delete"})')

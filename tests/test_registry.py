@@ -112,6 +112,13 @@ def append(length: int, text: str) -> list[Any]:
     return [length, [0, text]] if length else [[0, text]]
 
 
+def type_chars(registry: RoomRegistry, writer: Session, count: int, char: str = "x") -> None:
+    """``count`` pushes of one character each at the end, each at the version before it."""
+    writer.bucket.burst = writer.bucket.tokens = max(writer.bucket.tokens, count + 10)
+    for seq in range(1, count + 1):
+        registry.handle(writer, push(seq - 1, seq, append(seq - 1, char)))
+
+
 def metric(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
@@ -192,8 +199,7 @@ async def test_hello_with_known_version_gets_missing_updates_without_doc() -> No
 async def test_hello_with_version_beyond_history_gets_snapshot() -> None:
     registry, _ = make_registry(history_limit=1)
     writer = await registry.join_versioned("r", FakeTransport(), hello("c1"))
-    for seq in range(1, 4):
-        registry.handle(writer, push(seq - 1, seq, append(seq - 1, "x")))
+    type_chars(registry, writer, 3)
     late = FakeTransport()
     await registry.join_versioned("r", late, hello("c2", version=0))
     await settle()
@@ -666,9 +672,7 @@ async def test_malformed_frames_are_charged_to_the_rate_limit() -> None:
 async def test_a_stale_push_costs_tokens_in_proportion_to_its_rebase_work() -> None:
     registry, _ = make_registry(rate_limit_per_second=1, rate_limit_burst=4)
     writer = await registry.join_versioned("r", FakeTransport(), hello("w"))
-    writer.bucket.burst = writer.bucket.tokens = 1000
-    for seq in range(1, 11):
-        registry.handle(writer, push(seq - 1, seq, append(seq - 1, "x")))
+    type_chars(registry, writer, 10)
     stale = await registry.join_versioned("r", FakeTransport(), hello("stale"))
     many_parts = [[0, "x"]] * 1000
     with pytest.raises(RateLimited):
@@ -680,9 +684,7 @@ async def test_a_stale_push_costs_tokens_in_proportion_to_its_rebase_work() -> N
 async def test_a_cursor_far_behind_is_dropped_silently() -> None:
     registry, _ = make_registry()
     writer = await registry.join_versioned("r", FakeTransport(), hello("w"))
-    writer.bucket.burst = writer.bucket.tokens = 1000
-    for seq in range(1, 151):
-        registry.handle(writer, push(seq - 1, seq, append(seq - 1, "x")))
+    type_chars(registry, writer, 150)
     watcher = FakeTransport()
     await registry.join_versioned("r", watcher, hello("watch"))
     registry.handle(writer, Cursor(type="cursor", version=10, anchor=1, head=1))
@@ -894,9 +896,7 @@ async def test_a_push_too_far_behind_gets_resync_and_lands_after_catching_up(
 
     registry, _ = make_registry()
     writer = await registry.join_versioned("r", FakeTransport(), hello("w"))
-    writer.bucket.burst = writer.bucket.tokens = 10_000
-    for seq in range(1, 301):
-        registry.handle(writer, push(seq - 1, seq, append(seq - 1, "x")))
+    type_chars(registry, writer, 300)
     late = FakeTransport()
     session = await registry.join_versioned("r", late, hello("late"))
     rebased = count_calls(monkeypatch, Document, "rebase")
@@ -914,8 +914,7 @@ async def test_a_push_too_far_behind_gets_resync_and_lands_after_catching_up(
 async def test_a_push_whose_rebase_passes_the_step_bound_gets_resync() -> None:
     registry, _ = make_registry(max_rebase_steps=100)
     writer = await registry.join_versioned("r", FakeTransport(), hello("w"))
-    for seq in range(1, 11):
-        registry.handle(writer, push(seq - 1, seq, append(seq - 1, "x")))
+    type_chars(registry, writer, 10)
     late = FakeTransport()
     session = await registry.join_versioned("r", late, hello("late"))
     registry.receive(session, push(0, 1, [[0, "y"]] * 20))  # 10 * 20 + 19 steps
@@ -979,8 +978,7 @@ async def test_a_resume_over_a_huge_history_takes_a_snapshot_without_encoding(
 async def test_a_small_resume_still_gets_updates() -> None:
     registry, _ = make_registry()
     writer = await registry.join_versioned("r", FakeTransport(), hello("w"))
-    for seq in range(1, 4):
-        registry.handle(writer, push(seq - 1, seq, append(seq - 1, "z")))
+    type_chars(registry, writer, 3, "z")
     transport = FakeTransport()
     await registry.join_versioned("r", transport, hello("late", version=1))
     await settle()
@@ -1385,10 +1383,7 @@ async def test_retention_touches_loaded_rooms_so_an_idle_open_room_is_not_purged
 async def test_a_resume_over_updates_of_many_parts_gets_a_snapshot_though_their_bytes_fit() -> None:
     registry, _ = make_registry()
     writer = await registry.join_versioned("r", FakeTransport(), hello("w"))
-    writer.bucket.burst = writer.bucket.tokens = 10_000
-    for seq in range(1, 41):  # 40 updates of 1000 parts: 40,000 parts, about 200 kB
-        length = writer.room.document.length
-        registry.handle(writer, push(seq - 1, seq, [*([[0, "x"]] * 999), *([length] if length else [])]))
+    _fill_with_big_updates(registry, writer, 40)  # 40,000 parts, about 200 kB
     assert 40 == writer.room.document.version
     reader = FakeTransport()
     await registry.join_versioned("r", reader, hello("late", version=0))
@@ -1497,8 +1492,7 @@ async def test_the_refusals_of_a_push_name_its_seq() -> None:
 async def test_a_cursor_older_than_the_kept_history_is_dropped_without_an_error() -> None:
     registry, _ = make_registry(history_limit_bytes=1, history_limit=2, dedup_clients=2)
     writer = await registry.join_versioned("r", FakeTransport(), hello("w"))
-    for seq in range(1, 4):
-        registry.handle(writer, push(seq - 1, seq, append(seq - 1, "x")))
+    type_chars(registry, writer, 3)
     transport = FakeTransport()
     mover = await registry.join_versioned("r", transport, hello("m"))
     registry.receive(mover, json.dumps({"type": "cursor", "version": 0, "anchor": 0, "head": 0}))
