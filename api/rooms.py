@@ -26,7 +26,6 @@ import json
 import math
 import re
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -40,8 +39,9 @@ from starlette.exceptions import HTTPException
 
 from api.health import running_registry
 from api.origins import is_loopback, origin_allowed
+from rooms.addresses import AddressTable
 from rooms.errors import RateLimited
-from rooms.limits import ROOM_ID, TokenBucket, address_key
+from rooms.limits import ROOM_ID
 from rooms.registry import RoomRegistry
 from rooms.settings import Settings
 from rooms.store import HistoryUnavailable, Record
@@ -60,8 +60,8 @@ TEXT_READ_ATTEMPTS = 3
 # a page of large updates never holds many more of them in memory than it sends.
 HISTORY_READ_CHUNK = 50
 
-# Client addresses whose request rate is tracked; beyond it the least recently seen is forgotten.
-MAX_TRACKED_ADDRESSES = 10_000
+# Where a request's client address is not known: such requests share one allowance.
+UNKNOWN_ADDRESS = "unknown"
 
 # Seconds a client refused for too many reads in progress is asked to wait.
 BUSY_RETRY_AFTER_SECONDS = 1
@@ -122,7 +122,7 @@ class ApiLimits:
     """The rooms API's limits for one application: a token bucket per client address and a
     count of requests in progress.
 
-    The buckets are kept for at most `MAX_TRACKED_ADDRESSES` addresses, least recently seen
+    The buckets are kept in an `AddressTable`, as the rooms' own are: bounded, idle addresses
     forgotten first (a forgotten address starts again with a full bucket).
     """
 
@@ -130,20 +130,15 @@ class ApiLimits:
         self.rate = settings.api_rate_limit_per_second
         self.burst = settings.api_rate_limit_burst
         self.max_pending = settings.api_max_pending_reads
-        self.buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+        self.addresses = AddressTable(self.rate, self.burst)
         self.pending = 0
 
     def take(self, address: str, now: float) -> None:
         """Spend one request of ``address``'s allowance, or raise a 429 `Refused`."""
-        bucket = self.buckets.get(address)
-        if bucket is None:
-            bucket = self.buckets[address] = TokenBucket.full(self.rate, self.burst, now)
-            if len(self.buckets) > MAX_TRACKED_ADDRESSES:
-                self.buckets.popitem(last=False)
-        else:
-            self.buckets.move_to_end(address)
+        entry = self.addresses.get(address or UNKNOWN_ADDRESS, now)
+        assert entry is not None  # only "" has none
         try:
-            bucket.take(now)
+            entry.bucket.take(now)
         except RateLimited as exc:
             raise Refused(
                 429,
@@ -192,7 +187,7 @@ class JsonErrorRoute(APIRoute):
         async def handle(request: Request) -> Response:
             limits = api_limits(request)
             try:
-                limits.take(address_key(request.client.host) if request.client else "", time.monotonic())
+                limits.take(request.client.host if request.client else "", time.monotonic())
                 limits.begin()
             except ApiError as error:
                 refused = error.response()
