@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import struct
 import time
 from collections.abc import Callable
@@ -220,15 +219,6 @@ async def _receive(websocket: WebSocket) -> str | bytes:
     return data
 
 
-def _frame_type(raw: str | bytes) -> str | None:
-    """The ``type`` of a frame that failed to parse, when it is a JSON object that has one."""
-    with contextlib.suppress(ValueError, RecursionError):
-        data = json.loads(raw)
-        if isinstance(data, dict) and isinstance(data.get("type"), str):
-            return str(data["type"])
-    return None
-
-
 def _address(websocket: WebSocket) -> str:
     """The client's address: the peer of the socket, or the client a trusted proxy forwarded
     for (uvicorn rewrites the scope only for ``FORWARDED_ALLOW_IPS``)."""
@@ -324,7 +314,8 @@ async def _join(
             try:
                 message = parse_client_message(raw, settings.frame_limit_bytes)
             except RoomError as invalid:
-                message_type = invalid.message_type or _frame_type(raw)
+                # The parser names the type whenever the frame was a JSON object with one.
+                message_type = invalid.message_type
                 if message_type in VERSIONED_ONLY:
                     raise
                 # Not a message at all, or a broken join: the seed server joined such a client

@@ -171,9 +171,13 @@ def parse_client_message(raw: str | bytes, max_bytes: int) -> AnyClientMessage:
         raise InvalidJson(f"message is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise InvalidJson(f"message must be a JSON object, got {type(data).__name__}")
-    if _SURROGATE_ESCAPE.search(raw):
-        _refuse_lone_surrogates(data)
     kind = data.get("type")
+    if _SURROGATE_ESCAPE.search(raw):
+        try:
+            _refuse_lone_surrogates(data)
+        except InvalidMessage as surrogate:
+            surrogate.message_type = kind if isinstance(kind, str) else None
+            raise
     if kind == "push":
         # The commonest message, checked here as the model would: `changes` came from
         # json.loads, so it is JSON already, and validating it as JsonValue walked it again.
@@ -187,7 +191,9 @@ def parse_client_message(raw: str | bytes, max_bytes: int) -> AnyClientMessage:
         ):
             return Push.model_construct(type="push", version=version, seq=seq, changes=changes)
     if kind not in CLIENT_TYPES:
-        raise InvalidMessage(f"unknown message type {str(kind)[:40]!r}; expected one of {', '.join(CLIENT_TYPES)}")
+        unknown = InvalidMessage(f"unknown message type {str(kind)[:40]!r}; expected one of {', '.join(CLIENT_TYPES)}")
+        unknown.message_type = kind if isinstance(kind, str) else None
+        raise unknown
     try:
         return _client_adapter.validate_python(data)
     except ValidationError as exc:
