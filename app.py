@@ -191,7 +191,7 @@ def main() -> None:
         ws="websockets-sansio",
         ws_max_size=settings.frame_limit_bytes,
         ws_per_message_deflate=settings.ws_per_message_deflate,
-        # Protocol-level pings find dead sockets of every client, seed clients included.
+        # Protocol-level pings find dead sockets of every client, full-text clients included.
         ws_ping_interval=settings.ws_ping_interval_seconds,
         ws_ping_timeout=settings.ws_ping_timeout_seconds,
         # Half of the stop's deadline for connections to close; the lifespan's flush of the

@@ -1,9 +1,9 @@
 """``/ws/{room_id}``: raw WebSocket clients of either protocol, fed into the room registry.
 
 The first message decides the protocol: ``hello`` starts the versioned protocol; ``join`` (or
-any other seed message, which then joins as "Anonymous") starts the seed protocol. A first frame
-that is no valid message at all (not JSON, an unknown type, a malformed seed message) joins as
-"Anonymous" silently, as the seed server did; a failed ``hello`` (or ``push``, ``cursor``,
+any other full-text message, which then joins as "Anonymous") starts the full-text protocol. A first frame
+that is no valid message at all (not JSON, an unknown type, a malformed full-text message) joins as
+"Anonymous" silently, as the original server did; a failed ``hello`` (or ``push``, ``cursor``,
 ``language``) is answered with a versioned ``error`` and the connection may say hello again.
 Every other error is answered with an ``error`` message and the connection stays open.
 """
@@ -38,7 +38,7 @@ from rooms.errors import (
 )
 from rooms.limits import ROOM_ID, TokenBucket
 from rooms.protocol import (
-    SEED_ONLY,
+    FULL_TEXT_ONLY,
     VERSIONED_ONLY,
     CodeChange,
     ErrorOut,
@@ -47,7 +47,7 @@ from rooms.protocol import (
     Leave,
     Ping,
     Pong,
-    SeedError,
+    FullTextError,
     SyncRequest,
     parse_client_message,
 )
@@ -230,11 +230,11 @@ def _pre_join_error(error: RoomError, message_type: str | None) -> str:
     """An error before the client has joined, in the format of the protocol it is trying.
 
     A frame whose type only the versioned protocol has (``hello``, ``push``...) is answered
-    with ``code`` and ``message``; anything else, as a seed client expects, with ``message``.
+    with ``code`` and ``message``; anything else, as a full-text client expects, with ``message``.
     """
     if message_type in VERSIONED_ONLY:
         return ErrorOut.of(error).encode()
-    return SeedError(message=str(error)).encode()
+    return FullTextError(message=str(error)).encode()
 
 
 @router.websocket("/ws/{room_id}")
@@ -318,11 +318,11 @@ async def _join(
                 message_type = invalid.message_type
                 if message_type in VERSIONED_ONLY:
                     raise
-                # Not a message at all, or a broken join: the seed server joined such a client
+                # Not a message at all, or a broken join: the original server joined such a client
                 # as "Anonymous" without a word, and its clients rely on that.
-                session = await registry.join_seed(room_id, transport, None, address=address)
-                if message_type in SEED_ONLY and message_type != "join":
-                    # A seed message that fails (a code_change over the size limit): joined as
+                session = await registry.join_full_text(room_id, transport, None, address=address)
+                if message_type in FULL_TEXT_ONLY and message_type != "join":
+                    # A full-text message that fails (a code_change over the size limit): joined as
                     # well, and told why its edit was refused rather than left to believe it sent.
                     registry.receive(session, raw)
                 return session
@@ -333,13 +333,13 @@ async def _join(
                 case Hello():
                     return await registry.join_versioned(room_id, transport, message, address=address)
                 case Join():
-                    return await registry.join_seed(room_id, transport, message.username, address=address)
+                    return await registry.join_full_text(room_id, transport, message.username, address=address)
                 case Leave():
                     await transport.close(CLOSE_NORMAL, "left")
                     return None
                 case CodeChange() | SyncRequest() | Ping() | Pong():
-                    # A seed client that skipped join: admit it as "Anonymous", then serve it.
-                    session = await registry.join_seed(room_id, transport, None, address=address)
+                    # A full-text client that skipped join: admit it as "Anonymous", then serve it.
+                    session = await registry.join_full_text(room_id, transport, None, address=address)
                     registry.receive(session, message)
                     return session
                 case _:

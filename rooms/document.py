@@ -103,9 +103,9 @@ def _unpack(entry: _Entry) -> Update:
 
 
 # Most separate edits a full-text replacement is split into; beyond, the differing middle is one
-# replacement. Every later push that is behind it is rebased over its parts, so a seed client's
+# replacement. Every later push that is behind it is rebased over its parts, so a full-text client's
 # `code_change` must not leave an update of thousands of parts for others to pay for.
-SEED_DIFF_MAX_EDITS = 100
+FULL_TEXT_DIFF_MAX_EDITS = 100
 
 
 class Document:
@@ -357,7 +357,7 @@ class Document:
         return self._commit(new_text, client_id, seq, rebased, user_id)
 
     def replace(self, new_text: str, client_id: ClientId, seq: int, user_id: str = "") -> Update | None:
-        """Set the whole text (the seed protocol's ``code_change``) as a minimal change.
+        """Set the whole text (the full-text protocol's ``code_change``) as a minimal change.
 
         ``None`` when the text is unchanged or the push is a resend. The diff spends at most
         ``diff_max_steps``; beyond that the change is one replacement of the differing middle.
@@ -369,7 +369,7 @@ class Document:
             new_text.encode("utf-8")
         except UnicodeEncodeError:
             raise InvalidChanges("text holds a lone surrogate; documents must be valid Unicode") from None
-        changes = ChangeSet.diff(self._text, new_text, max_edits=SEED_DIFF_MAX_EDITS, max_work=self.diff_max_steps)
+        changes = ChangeSet.diff(self._text, new_text, max_edits=FULL_TEXT_DIFF_MAX_EDITS, max_work=self.diff_max_steps)
         if changes.is_empty:
             return None
         return self._commit(new_text, client_id, seq, changes, user_id)
@@ -407,7 +407,7 @@ class Document:
 def caret_after(changes: ChangeSet) -> int:
     """The position just after the last inserted text (or last deletion) in the new document.
 
-    Seed clients expect a ``cursor_position`` with every ``code_change``; for an update from a
+    Full-text clients expect a ``cursor_position`` with every ``code_change``; for an update from a
     versioned client this is where its author's caret most likely is.
     """
     position = 0  # in the new document

@@ -12,7 +12,7 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
-from rooms.errors import InvalidMessage, RateLimited
+from rooms.errors import InvalidMessage, RateLimited, RoomError
 
 ANONYMOUS = "Anonymous"
 # A room id, in a URL (`/ws/{room_id}`, `/room/{room_id}`): 1 to 64 url-safe characters.
@@ -43,10 +43,46 @@ class TokenBucket:
         self.tokens -= cost
 
 
+# A client over its rate is told so at most once in this many seconds: a flood gets one reply a
+# second, not one per message it sent.
+REFUSAL_REPLY_INTERVAL_SECONDS = 1.0
+
+
+@dataclass(slots=True)
+class MessageLimit:
+    """What one connection may send: its own bucket and, when its address is known, the bucket
+    every connection from that address shares (so reconnecting does not refill it); and when it
+    was last told it is over its rate. Every transport charges and answers through this."""
+
+    own: TokenBucket
+    shared: TokenBucket | None = None
+    last_refusal_reply: float = float("-inf")
+
+    def charge(self, now: float, cost: float = 1.0) -> None:
+        """Spend ``cost`` tokens of both buckets, or neither: `RateLimited` if either is short."""
+        self.own.take(now, cost)
+        if self.shared is not None:
+            try:
+                self.shared.take(now, cost)
+            except RateLimited:
+                self.own.tokens += cost  # refused: the connection spent nothing
+                raise
+
+    def reply_due(self, error: RoomError, now: float) -> bool:
+        """Whether a refusal gets an ``error`` reply: always, except a rate limit told within
+        the last `REFUSAL_REPLY_INTERVAL_SECONDS`."""
+        if not isinstance(error, RateLimited):
+            return True
+        if now - self.last_refusal_reply < REFUSAL_REPLY_INTERVAL_SECONDS:
+            return False
+        self.last_refusal_reply = now
+        return True
+
+
 def clean_username(raw: object, max_chars: int) -> str:
     """A display name that is safe to show anywhere as text.
 
-    Non-strings, and names left empty after cleaning, become ``"Anonymous"`` (the seed protocol's
+    Non-strings, and names left empty after cleaning, become ``"Anonymous"`` (the full-text protocol's
     rule). Control and format characters (newlines, bidi overrides, zero-width joiners used for
     spoofing) are removed, runs of whitespace collapse to one space, and the result is cut to
     ``max_chars`` characters. Markup is *not* escaped here: names are data, and every view shows

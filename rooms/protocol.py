@@ -2,7 +2,7 @@
 
 Two protocols share the endpoint (see ``docs/protocol.md``):
 
-* the seed protocol (``join``, ``code_change``, ``sync_request``, ``leave``, ``ping``/``pong``,
+* the full-text protocol (``join``, ``code_change``, ``sync_request``, ``leave``, ``ping``/``pong``,
   ``user_joined``, ``user_left``, ``error``), kept verbatim for clients that exist;
 * the versioned protocol (``hello``, ``welcome``, ``push``, ``update``, ``cursor``,
   ``member_joined``, ``member_left``, ``language``, ``ping``/``pong``, ``error`` with a code).
@@ -32,8 +32,8 @@ SafeInt = Annotated[int, Field(ge=0, le=MAX_SAFE_INTEGER)]
 """A count or position on the wire: 0 to 2^53 - 1."""
 
 
-class Protocol(StrEnum):
-    SEED = "seed"
+class WireProtocol(StrEnum):
+    FULL_TEXT = "full_text"
     VERSIONED = "versioned"
 
 
@@ -41,7 +41,7 @@ class ClientMessage(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
 
-# Seed protocol, client to server.
+# Full-text protocol, client to server.
 
 
 class Join(ClientMessage):
@@ -53,13 +53,13 @@ class Join(ClientMessage):
 class CodeChange(ClientMessage):
     type: Literal["code_change"]
     code: str
-    # Relayed as given: seed clients disagree on its shape (offset, or line and column).
+    # Relayed as given: full-text clients disagree on its shape (offset, or line and column).
     cursor_position: JsonValue = None
 
     @field_validator("cursor_position")
     @classmethod
     def _small(cls, value: JsonValue) -> JsonValue:
-        # It is copied to every other seed client: a position, not a payload.
+        # It is copied to every other full-text client: a position, not a payload.
         if len(json.dumps(value)) > CURSOR_POSITION_MAX_BYTES:
             raise ValueError(f"must be at most {CURSOR_POSITION_MAX_BYTES} bytes of JSON")
         return value
@@ -127,7 +127,7 @@ AnyClientMessage = Annotated[
 _client_adapter: TypeAdapter[AnyClientMessage] = TypeAdapter(AnyClientMessage)
 # Messages only the versioned protocol has: an error about one is answered in its format.
 VERSIONED_ONLY = frozenset({"hello", "push", "cursor", "language"})
-SEED_ONLY = frozenset({"join", "code_change", "sync_request"})
+FULL_TEXT_ONLY = frozenset({"join", "code_change", "sync_request"})
 CLIENT_TYPES = ("join", "code_change", "sync_request", "leave", "ping", "pong", "hello", "push", "cursor", "language")
 
 
@@ -236,11 +236,11 @@ class CodeChangeOut(ServerMessage):
     user_id: str
 
     def encode(self) -> str:
-        # cursor_position is part of the seed message even when it is null.
+        # cursor_position is part of the full-text message even when it is null.
         return self.model_dump_json()
 
 
-class SeedError(ServerMessage):
+class FullTextError(ServerMessage):
     type: Literal["error"] = "error"
     message: str
 

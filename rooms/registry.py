@@ -1,6 +1,6 @@
 """The room registry: rooms, their members, and the fan-out of every change to every client.
 
-Lifecycle: a room is created on first use (`RoomRegistry.join_seed`, `join_versioned`), a
+Lifecycle: a room is created on first use (`RoomRegistry.join_full_text`, `join_versioned`), a
 session leaves it in the transport's ``finally`` (`RoomRegistry.leave`, idempotent), and a room
 left empty is evicted from memory after ``room_grace_seconds`` unless someone comes back first.
 
@@ -73,7 +73,7 @@ from rooms.presence import Member, Presence, Selection, UserId
 from rooms.protocol import (
     PING,
     PONG,
-    SEED_ONLY,
+    FULL_TEXT_ONLY,
     VERSIONED_ONLY,
     AnyClientMessage,
     ClientMessage,
@@ -92,9 +92,9 @@ from rooms.protocol import (
     MemberLeft,
     Ping,
     Pong,
-    Protocol,
+    WireProtocol,
     Push,
-    SeedError,
+    FullTextError,
     SyncRequest,
     UserJoined,
     UserLeft,
@@ -112,7 +112,7 @@ log = structlog.get_logger("collab.rooms")
 
 RoomId = str
 SERVER_USER_ID = "server"
-SEED_CLIENT_PREFIX = "seed-"
+FULL_TEXT_CLIENT_PREFIX = "seed-"
 # The client_id of updates that restore an earlier version (their seq is the version they make).
 RESTORE_CLIENT = "restore"
 
@@ -186,12 +186,12 @@ class Session:
     room: Room
     user_id: UserId
     client_id: ClientId
-    protocol: Protocol
+    protocol: WireProtocol
     transport: Transport
     bucket: TokenBucket
     last_seen: float
     batch: bool = False
-    seed_seq: int = 0
+    full_text_seq: int = 0
     closed: bool = False
     # How the connection is to be closed, once it is: set by whoever ends the session.
     close_code: int = CLOSE_NORMAL
@@ -476,7 +476,7 @@ class RoomRegistry:
         self,
         room_id: RoomId,
         transport: Transport,
-        protocol: Protocol,
+        protocol: WireProtocol,
         username: object,
         client_id: ClientId | None,
         batch: bool = False,
@@ -518,7 +518,7 @@ class RoomRegistry:
         # Announce before registering, so the joiner is not told about itself.
         self._broadcast_member_joined(room, member)
         room.sessions[user_id] = session
-        if protocol is Protocol.VERSIONED:
+        if protocol is WireProtocol.VERSIONED:
             room.clients[session.client_id] = session
         session.task = asyncio.create_task(self._drain(session), name=f"collab-send-{user_id}")
         metrics.CONNECTIONS.labels(transport.name, protocol.value).inc()
@@ -526,13 +526,13 @@ class RoomRegistry:
         session.log.info("member_joined", protocol=protocol.value, transport=transport.name)
         return session
 
-    async def join_seed(self, room_id: RoomId, transport: Transport, username: object, *, address: str = "") -> Session:
+    async def join_full_text(self, room_id: RoomId, transport: Transport, username: object, *, address: str = "") -> Session:
         """Admit a seed-protocol client; it gets no reply, the others get ``user_joined``.
 
         ``address`` is the client's network address: its messages and new rooms are limited
         per address (see `Address`); "" means unknown, with no such limits."""
         await self.open(room_id, address)
-        return self._admit(room_id, transport, Protocol.SEED, username, None, address=address)
+        return self._admit(room_id, transport, WireProtocol.FULL_TEXT, username, None, address=address)
 
     async def join_versioned(
         self, room_id: RoomId, transport: Transport, hello: Hello, *, address: str = ""
@@ -548,10 +548,10 @@ class RoomRegistry:
         noticed the old socket die), and is refused otherwise (a second copy of the client,
         such as a duplicated tab, whose pushes would collide with the first one's). The token
         is the client's own secret when it sends one, so a reconnect whose ``welcome`` was lost
-        still holds the right one. ``address`` as for `join_seed`.
+        still holds the right one. ``address`` as for `join_full_text`.
         """
-        if hello.client_id.startswith(SEED_CLIENT_PREFIX) or hello.client_id == RESTORE_CLIENT:
-            raise InvalidMessage(f"client_id must not start with {SEED_CLIENT_PREFIX!r} nor be {RESTORE_CLIENT!r}")
+        if hello.client_id.startswith(FULL_TEXT_CLIENT_PREFIX) or hello.client_id == RESTORE_CLIENT:
+            raise InvalidMessage(f"client_id must not start with {FULL_TEXT_CLIENT_PREFIX!r} nor be {RESTORE_CLIENT!r}")
         room = await self.open(room_id, address)
         client_id = ClientId(hello.client_id)
         bound = room.tokens.get(client_id)
@@ -576,7 +576,7 @@ class RoomRegistry:
         session = self._admit(
             room_id,
             transport,
-            Protocol.VERSIONED,
+            WireProtocol.VERSIONED,
             hello.username,
             client_id,
             hello.batch,
@@ -819,7 +819,7 @@ class RoomRegistry:
 
     def _dispatch(self, session: Session, message: AnyClientMessage) -> None:
         metrics.message_counter("in", message.type).inc()
-        if message.type in (VERSIONED_ONLY if session.protocol is Protocol.SEED else SEED_ONLY):
+        if message.type in (VERSIONED_ONLY if session.protocol is WireProtocol.FULL_TEXT else FULL_TEXT_ONLY):
             raise InvalidMessage(
                 f"{message.type} is not a message of the {session.protocol.value} protocol this connection speaks"
             )
@@ -854,8 +854,8 @@ class RoomRegistry:
                 return
             session.last_rate_error = now
         session.log.info("message_rejected", error_code=error.code)
-        if session.protocol is Protocol.SEED:
-            self._send(session, SeedError(message=str(error)).encode(), "error")
+        if session.protocol is WireProtocol.FULL_TEXT:
+            self._send(session, FullTextError(message=str(error)).encode(), "error")
         else:
             self._send(session, ErrorOut.of(error).encode(), "error")
 
@@ -922,18 +922,18 @@ class RoomRegistry:
     def _code_change(self, session: Session, message: CodeChange) -> None:
         room = session.room
         started = time.perf_counter()
-        session.seed_seq += 1
-        update = room.document.replace(message.code, session.client_id, session.seed_seq, session.user_id)
+        session.full_text_seq += 1
+        update = room.document.replace(message.code, session.client_id, session.full_text_seq, session.user_id)
         if update is not None:
             metrics.UPDATE_APPLY.observe(time.perf_counter() - started)
             self._publish(session, update, message.cursor_position)
         else:
-            # Same text, maybe a moved cursor: seed clients relay it as the naive server did.
+            # Same text, maybe a moved cursor: full-text clients relay it as the naive server did.
             relay = CodeChangeOut(
                 code=room.document.text, cursor_position=message.cursor_position, user_id=session.user_id
             ).encode()
             for other in list(room.sessions.values()):
-                if other.protocol is Protocol.SEED and other is not session:
+                if other.protocol is WireProtocol.FULL_TEXT and other is not session:
                     self._send(other, relay, "code_change")
         position = message.cursor_position
         if isinstance(position, int) and not isinstance(position, bool) and 0 <= position <= room.document.length:
@@ -972,7 +972,7 @@ class RoomRegistry:
             user_id=session.user_id, anchor=selection.anchor, head=selection.head, version=room.document.version
         ).encode()
         for other in list(room.sessions.values()):
-            if other.protocol is Protocol.VERSIONED and other is not session:
+            if other.protocol is WireProtocol.VERSIONED and other is not session:
                 self._send(other, message, "cursor")
 
     def _language(self, session: Session, message: Language) -> None:
@@ -981,7 +981,7 @@ class RoomRegistry:
         self._mark_dirty(room)
         out = LanguageOut(language=room.language, user_id=session.user_id).encode()
         for other in list(room.sessions.values()):
-            if other.protocol is Protocol.VERSIONED:
+            if other.protocol is WireProtocol.VERSIONED:
                 self._send(other, out, "language")
         session.log.info("language_changed", language=room.language)
 
@@ -1008,7 +1008,7 @@ class RoomRegistry:
         # Encoded once for the author and once for everyone else, not once per recipient.
         others = encode_update(update.version, None, update.seq, changes, update.user_id)
         own = others
-        if session.protocol is Protocol.VERSIONED and session.client_id == update.client_id:
+        if session.protocol is WireProtocol.VERSIONED and session.client_id == update.client_id:
             own = encode_update(update.version, update.client_id, update.seq, changes, update.user_id)
         self._broadcast_update(session.room, update, session, cursor_position, own, others)
 
@@ -1153,10 +1153,10 @@ class RoomRegistry:
         encoding without it to everyone else."""
         room.presence.map_selections(update.changes)
         metrics.DOCUMENT_CHARS.observe(len(room.document.text))
-        seed: str | None = None  # the full text, encoded only if a seed client needs it
+        seed: str | None = None  # the full text, encoded only if a full-text client needs it
         updates = 0
         for session in list(room.sessions.values()):
-            if session.protocol is Protocol.VERSIONED:
+            if session.protocol is WireProtocol.VERSIONED:
                 updates += self._enqueue(session, own if session is author else versioned)
             elif session is not author:
                 if seed is None:
@@ -1174,7 +1174,7 @@ class RoomRegistry:
         seed = UserJoined(user_id=member.user_id, username=member.username).encode()
         versioned = MemberJoined(user_id=member.user_id, username=member.username, color=member.color).encode()
         for session in list(room.sessions.values()):
-            if session.protocol is Protocol.SEED:
+            if session.protocol is WireProtocol.FULL_TEXT:
                 self._send(session, seed, "user_joined")
             else:
                 self._send(session, versioned, "member_joined")
@@ -1183,7 +1183,7 @@ class RoomRegistry:
         seed = UserLeft(user_id=user_id).encode()
         versioned = MemberLeft(user_id=user_id).encode()
         for session in list(room.sessions.values()):
-            if session.protocol is Protocol.SEED:
+            if session.protocol is WireProtocol.FULL_TEXT:
                 self._send(session, seed, "user_left")
             else:
                 self._send(session, versioned, "member_left")
@@ -1394,7 +1394,7 @@ class RoomRegistry:
         deadline = now - self.settings.heartbeat_timeout_seconds
         for room in list(self.rooms.values()):
             for session in list(room.sessions.values()):
-                if session.protocol is Protocol.VERSIONED and session.last_seen < deadline:
+                if session.protocol is WireProtocol.VERSIONED and session.last_seen < deadline:
                     self.drop(session, DropReason.HEARTBEAT_TIMEOUT)
                 else:
                     self._send(session, PING, "ping")

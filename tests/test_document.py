@@ -491,11 +491,11 @@ def test_replace_keeps_to_its_diff_budget_and_stays_correct() -> None:
 
 
 def test_a_full_text_replacement_is_split_into_at_most_a_bounded_number_of_edits() -> None:
-    from rooms.document import SEED_DIFF_MAX_EDITS
+    from rooms.document import FULL_TEXT_DIFF_MAX_EDITS
 
     old = "".join(f"line {index}\n" for index in range(2_000))
     new = old.replace("1", "one")  # hundreds of scattered edits
     document = Document(old)
     update = document.replace(new, ClientId("seed-a"), 1)
     assert update is not None and new == document.text
-    assert update.changes.part_count <= 2 * SEED_DIFF_MAX_EDITS + 1
+    assert update.changes.part_count <= 2 * FULL_TEXT_DIFF_MAX_EDITS + 1

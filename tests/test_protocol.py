@@ -100,7 +100,7 @@ def test_welcome_omits_doc_when_resuming() -> None:
     assert "doc" not in json.loads(welcome.encode())
 
 
-def test_seed_code_change_keeps_null_cursor_position() -> None:
+def test_full_text_code_change_keeps_null_cursor_position() -> None:
     message = CodeChangeOut(code="x", cursor_position=None, user_id="u")
     assert {"type": "code_change", "code": "x", "cursor_position": None, "user_id": "u"} == json.loads(message.encode())
 

@@ -135,11 +135,11 @@ async def test_versioned_join_gets_welcome_with_members_and_document() -> None:
     assert "bob" == first.of_type("member_joined")[0]["username"]
 
 
-async def test_seed_joiner_gets_nothing_and_others_get_user_joined() -> None:
+async def test_full_text_joiner_gets_nothing_and_others_get_user_joined() -> None:
     registry, _ = make_registry()
     first, second = FakeTransport(), FakeTransport()
-    await registry.join_seed("r", first, "ann")
-    await registry.join_seed("r", second, "bob")
+    await registry.join_full_text("r", first, "ann")
+    await registry.join_full_text("r", second, "bob")
     await settle()
     assert [] == second.sent
     assert [{"type": "user_joined", "user_id": first.sent[0]["user_id"], "username": "bob"}] == first.sent
@@ -159,11 +159,11 @@ async def test_update_reaches_everyone_including_author_in_version_order() -> No
         assert expected == [(u["version"], u.get("client_id")) for u in transport.of_type("update")]
 
 
-async def test_seed_code_change_reaches_versioned_clients_as_minimal_update() -> None:
+async def test_full_text_code_change_reaches_versioned_clients_as_minimal_update() -> None:
     registry, _ = make_registry()
     versioned, seed = FakeTransport(), FakeTransport()
     await registry.join_versioned("r", versioned, hello("c1"))
-    seed_session = await registry.join_seed("r", seed, "sam")
+    seed_session = await registry.join_full_text("r", seed, "sam")
     registry.handle(seed_session, CodeChange(type="code_change", code="print(1)", cursor_position=8))
     registry.handle(seed_session, CodeChange(type="code_change", code="print(12)", cursor_position=8))
     await settle()
@@ -171,11 +171,11 @@ async def test_seed_code_change_reaches_versioned_clients_as_minimal_update() ->
     assert [] == seed.of_type("code_change")
 
 
-async def test_versioned_push_reaches_seed_clients_as_full_text() -> None:
+async def test_versioned_push_reaches_full_text_clients_as_full_text() -> None:
     registry, _ = make_registry()
     versioned, seed = FakeTransport(), FakeTransport()
     session = await registry.join_versioned("r", versioned, hello("c1"))
-    await registry.join_seed("r", seed, "sam")
+    await registry.join_full_text("r", seed, "sam")
     registry.handle(session, push(0, 1, [[0, "abc"]]))
     await settle()
     assert [{"type": "code_change", "code": "abc", "cursor_position": 3, "user_id": session.user_id}] == (
@@ -228,7 +228,7 @@ async def test_report_uses_the_sessions_protocol() -> None:
     registry, _ = make_registry()
     versioned, seed = FakeTransport(), FakeTransport()
     versioned_session = await registry.join_versioned("r", versioned, hello("c1"))
-    seed_session = await registry.join_seed("r", seed, "sam")
+    seed_session = await registry.join_full_text("r", seed, "sam")
     registry.report(versioned_session, InvalidMessage("nope"))
     registry.report(seed_session, InvalidMessage("nope"))
     await settle()
@@ -311,7 +311,7 @@ async def test_language_with_markup_is_refused() -> None:
 async def test_sync_request_answers_sender_with_current_text() -> None:
     registry, _ = make_registry()
     transport = FakeTransport()
-    session = await registry.join_seed("r", transport, "sam")
+    session = await registry.join_full_text("r", transport, "sam")
     registry.handle(session, CodeChange(type="code_change", code="x = 1", cursor_position=None))
     registry.handle(session, SyncRequest(type="sync_request"))
     await settle()
@@ -323,7 +323,7 @@ async def test_leave_announces_member_left_once() -> None:
     staying, seed = FakeTransport(), FakeTransport()
     leaving = await registry.join_versioned("r", FakeTransport(), hello("c1"))
     await registry.join_versioned("r", staying, hello("c2"))
-    await registry.join_seed("r", seed, "sam")
+    await registry.join_full_text("r", seed, "sam")
     registry.leave(leaving)
     registry.leave(leaving)
     await settle()
@@ -404,7 +404,7 @@ async def test_heartbeat_pings_and_drops_silent_versioned_clients() -> None:
     silent, talking, seed = FakeTransport(), FakeTransport(), FakeTransport()
     silent_session = await registry.join_versioned("r", silent, hello("c1"))
     talking_session: Session = await registry.join_versioned("r", talking, hello("c2"))
-    seed_session = await registry.join_seed("r", seed, "sam")
+    seed_session = await registry.join_full_text("r", seed, "sam")
     clock.now += 45
     registry.handle(talking_session, push(0, 1, [[0, "x"]]))
     registry.heartbeat()
@@ -413,7 +413,7 @@ async def test_heartbeat_pings_and_drops_silent_versioned_clients() -> None:
     await settle()
     assert silent_session.closed
     assert not talking_session.closed
-    assert not seed_session.closed  # seed clients rely on WebSocket-level pings instead
+    assert not seed_session.closed  # full-text clients rely on WebSocket-level pings instead
     assert 2 == len(talking.of_type("ping"))
     assert DropReason.HEARTBEAT_TIMEOUT.value in (silent.closed or (0, ""))[1]
 
@@ -476,18 +476,18 @@ async def test_resent_push_is_not_broadcast_again() -> None:
 async def test_ping_is_answered_with_pong() -> None:
     registry, _ = make_registry()
     transport = FakeTransport()
-    session = await registry.join_seed("r", transport, "sam")
+    session = await registry.join_full_text("r", transport, "sam")
     registry.handle(session, Ping(type="ping"))
     await settle()
     assert [{"type": "pong"}] == transport.sent
 
 
-async def test_same_text_code_change_relays_cursor_to_seed_and_versioned_clients() -> None:
+async def test_same_text_code_change_relays_cursor_to_full_text_and_versioned_clients() -> None:
     registry, _ = make_registry()
     author, seed, versioned = FakeTransport(), FakeTransport(), FakeTransport()
-    session = await registry.join_seed("r", author, "sam")
+    session = await registry.join_full_text("r", author, "sam")
     registry.handle(session, CodeChange(type="code_change", code="abc", cursor_position=0))
-    await registry.join_seed("r", seed, "sid")
+    await registry.join_full_text("r", seed, "sid")
     await registry.join_versioned("r", versioned, hello("c1"))
     registry.handle(session, CodeChange(type="code_change", code="abc", cursor_position=2))
     await settle()
@@ -515,7 +515,7 @@ async def test_messages_after_leave_are_ignored() -> None:
 async def test_heartbeat_loop_runs_on_its_interval() -> None:
     registry, _ = make_registry(heartbeat_interval_seconds=0.01)
     transport = FakeTransport()
-    await registry.join_seed("r", transport, "sam")
+    await registry.join_full_text("r", transport, "sam")
     await registry.start()
     await asyncio.sleep(0.1)
     await registry.stop()
@@ -623,7 +623,7 @@ async def test_client_id_is_free_again_after_leaving_for_its_token() -> None:
     assert not (await registry.join_versioned("r", FakeTransport(), again)).closed
 
 
-async def test_seed_prefix_is_reserved() -> None:
+async def test_full_text_prefix_is_reserved() -> None:
     registry, _ = make_registry()
     with pytest.raises(InvalidMessage):
         await registry.join_versioned("r", FakeTransport(), hello("seed-123"))
@@ -651,10 +651,10 @@ async def test_version_of_another_epoch_gets_a_snapshot() -> None:
 async def test_messages_of_the_other_protocol_are_refused() -> None:
     registry, _ = make_registry()
     versioned = await registry.join_versioned("r", FakeTransport(), hello("v"))
-    seed = await registry.join_seed("r", FakeTransport(), "sam")
+    seed = await registry.join_full_text("r", FakeTransport(), "sam")
     with pytest.raises(InvalidMessage, match="versioned protocol"):
         registry.handle(versioned, CodeChange(type="code_change", code="x", cursor_position=0))
-    with pytest.raises(InvalidMessage, match="seed protocol"):
+    with pytest.raises(InvalidMessage, match="full_text protocol"):
         registry.handle(seed, push(0, 1, [[0, "x"]]))
     assert "" == versioned.room.document.text
 
@@ -723,8 +723,8 @@ async def test_a_failed_welcome_leaves_no_half_joined_session(monkeypatch: pytes
 
 async def test_queue_over_its_character_budget_drops_the_client() -> None:
     registry, _ = make_registry(outbound_queue_chars=10_000)
-    slow = await registry.join_seed("r", FakeTransport(stuck=True), "slow")
-    writer = await registry.join_seed("r", FakeTransport(), "writer")
+    slow = await registry.join_full_text("r", FakeTransport(stuck=True), "slow")
+    writer = await registry.join_full_text("r", FakeTransport(), "writer")
     await settle()
     for index in range(5):
         registry.handle(writer, CodeChange(type="code_change", code=str(index) * 4000, cursor_position=0))
@@ -736,8 +736,8 @@ async def test_queue_over_its_character_budget_drops_the_client() -> None:
 async def test_one_message_larger_than_the_budget_still_goes_to_an_idle_client() -> None:
     registry, _ = make_registry(outbound_queue_chars=100)
     reader = FakeTransport()
-    await registry.join_seed("r", reader, "reader")
-    writer = await registry.join_seed("r", FakeTransport(), "writer")
+    await registry.join_full_text("r", reader, "reader")
+    writer = await registry.join_full_text("r", FakeTransport(), "writer")
     await settle()  # the reader has sent `user_joined`: its queue is empty
     registry.handle(writer, CodeChange(type="code_change", code="x" * 500, cursor_position=0))
     await settle()
@@ -771,7 +771,7 @@ async def test_the_clients_own_token_survives_a_lost_welcome() -> None:
 async def test_leave_ends_the_session_with_a_normal_close() -> None:
     registry, _ = make_registry()
     transport = FakeTransport()
-    session = await registry.join_seed("r", transport, "sam")
+    session = await registry.join_full_text("r", transport, "sam")
     registry.receive(session, '{"type": "pong"}')
     registry.receive(session, '{"type": "leave"}')
     await settle()
@@ -1120,8 +1120,8 @@ async def test_an_update_is_encoded_twice_per_broadcast_not_once_per_member() ->
 async def test_connections_of_one_address_share_its_bucket() -> None:
     registry, _ = make_registry(rate_limit_per_address_per_second=1, rate_limit_per_address_burst=5)
     transports = [FakeTransport() for _ in range(3)]
-    sessions = [await registry.join_seed("r", t, "ann", address="10.0.0.1") for t in transports]
-    other = await registry.join_seed("r", FakeTransport(), "bob", address="10.0.0.2")
+    sessions = [await registry.join_full_text("r", t, "ann", address="10.0.0.1") for t in transports]
+    other = await registry.join_full_text("r", FakeTransport(), "bob", address="10.0.0.2")
     for session in (*sessions, *sessions[:2]):  # five pings from three connections
         registry.handle(session, Ping(type="ping"))
     with pytest.raises(RateLimited):
@@ -1131,8 +1131,8 @@ async def test_connections_of_one_address_share_its_bucket() -> None:
 
 async def test_a_refused_message_costs_the_connection_nothing() -> None:
     registry, _ = make_registry(rate_limit_per_address_per_second=1, rate_limit_per_address_burst=1)
-    first = await registry.join_seed("r", FakeTransport(), "ann", address="10.0.0.1")
-    second = await registry.join_seed("r", FakeTransport(), "ann", address="10.0.0.1")
+    first = await registry.join_full_text("r", FakeTransport(), "ann", address="10.0.0.1")
+    second = await registry.join_full_text("r", FakeTransport(), "ann", address="10.0.0.1")
     registry.handle(first, Ping(type="ping"))
     with pytest.raises(RateLimited):
         registry.handle(second, Ping(type="ping"))
@@ -1141,11 +1141,11 @@ async def test_a_refused_message_costs_the_connection_nothing() -> None:
 
 async def test_reconnecting_does_not_refill_the_address_bucket() -> None:
     registry, clock = make_registry(rate_limit_per_address_per_second=1, rate_limit_per_address_burst=3)
-    session = await registry.join_seed("r", FakeTransport(), "ann", address="10.0.0.1")
+    session = await registry.join_full_text("r", FakeTransport(), "ann", address="10.0.0.1")
     for _ in range(3):
         registry.handle(session, Ping(type="ping"))
     registry.leave(session)
-    again = await registry.join_seed("r", FakeTransport(), "ann", address="10.0.0.1")
+    again = await registry.join_full_text("r", FakeTransport(), "ann", address="10.0.0.1")
     with pytest.raises(RateLimited):
         registry.handle(again, Ping(type="ping"))
     with pytest.raises(RateLimited):
@@ -1157,7 +1157,7 @@ async def test_reconnecting_does_not_refill_the_address_bucket() -> None:
 async def test_the_address_table_forgets_idle_addresses_first(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("rooms.addresses.ADDRESS_TABLE_LIMIT", 3)
     registry, clock = make_registry(rate_limit_per_address_per_second=0.5, rate_limit_per_address_burst=2)
-    busy = await registry.join_seed("r", FakeTransport(), "ann", address="busy")
+    busy = await registry.join_full_text("r", FakeTransport(), "ann", address="busy")
     registry.charge_address("idle")
     clock.now += 2  # "idle" is full again
     registry.charge_address("spent")
@@ -1171,54 +1171,54 @@ async def test_the_address_table_forgets_idle_addresses_first(monkeypatch: pytes
 
 async def test_an_unknown_address_has_no_address_limits() -> None:
     registry, _ = make_registry(rate_limit_per_address_burst=1, rooms_per_address_per_minute=1)
-    session = await registry.join_seed("r", FakeTransport(), "ann")
+    session = await registry.join_full_text("r", FakeTransport(), "ann")
     registry.handle(session, Ping(type="ping"))
     registry.handle(session, Ping(type="ping"))
-    await registry.join_seed("other", FakeTransport(), "ann")
+    await registry.join_full_text("other", FakeTransport(), "ann")
 
 
 async def test_an_address_may_make_so_many_rooms_a_minute() -> None:
     registry, clock = make_registry(rooms_per_address_per_minute=2)
-    await registry.join_seed("a", FakeTransport(), "ann", address="10.0.0.1")
-    await registry.join_seed("b", FakeTransport(), "ann", address="10.0.0.1")
+    await registry.join_full_text("a", FakeTransport(), "ann", address="10.0.0.1")
+    await registry.join_full_text("b", FakeTransport(), "ann", address="10.0.0.1")
     with pytest.raises(TooManyNewRooms) as refused:
-        await registry.join_seed("c", FakeTransport(), "ann", address="10.0.0.1")
+        await registry.join_full_text("c", FakeTransport(), "ann", address="10.0.0.1")
     assert ("rate_limited", 60.0) == (refused.value.code, refused.value.retry_after)
-    await registry.join_seed("a", FakeTransport(), "ann", address="10.0.0.1")  # existing rooms open
-    await registry.join_seed("c", FakeTransport(), "bob", address="10.0.0.2")
+    await registry.join_full_text("a", FakeTransport(), "ann", address="10.0.0.1")  # existing rooms open
+    await registry.join_full_text("c", FakeTransport(), "bob", address="10.0.0.2")
     clock.now += 60
-    await registry.join_seed("d", FakeTransport(), "ann", address="10.0.0.1")
+    await registry.join_full_text("d", FakeTransport(), "ann", address="10.0.0.1")
 
 
 async def test_a_stored_room_is_not_a_new_room() -> None:
     registry, _ = make_registry(rooms_per_address_per_minute=1, room_grace_seconds=0)
-    session = await registry.join_seed("a", FakeTransport(), "ann", address="10.0.0.1")
+    session = await registry.join_full_text("a", FakeTransport(), "ann", address="10.0.0.1")
     await registry.flush()
     registry.leave(session)
     await settle()
     assert "a" not in registry.rooms
-    await registry.join_seed("a", FakeTransport(), "ann", address="10.0.0.1")
+    await registry.join_full_text("a", FakeTransport(), "ann", address="10.0.0.1")
 
 
 async def test_a_full_server_unloads_an_empty_committed_room_or_refuses() -> None:
     registry, _ = make_registry(max_loaded_rooms=2)
-    first = await registry.join_seed("a", FakeTransport(), "ann")
-    await registry.join_seed("b", FakeTransport(), "bob")
+    first = await registry.join_full_text("a", FakeTransport(), "ann")
+    await registry.join_full_text("b", FakeTransport(), "bob")
     with pytest.raises(ServerBusy) as refused:
-        await registry.join_seed("c", FakeTransport(), "cy")
+        await registry.join_full_text("c", FakeTransport(), "cy")
     assert "server_busy" == refused.value.code
     await registry.flush()
     registry.leave(first)
-    await registry.join_seed("c", FakeTransport(), "cy")
+    await registry.join_full_text("c", FakeTransport(), "cy")
     assert ["b", "c"] == list(registry.rooms)
 
 
 async def test_a_room_with_uncommitted_changes_is_not_unloaded_for_another() -> None:
     registry, _ = make_registry(max_loaded_rooms=1)
-    first = await registry.join_seed("a", FakeTransport(), "ann")
+    first = await registry.join_full_text("a", FakeTransport(), "ann")
     registry.leave(first)  # its creation is not committed yet
     with pytest.raises(ServerBusy):
-        await registry.join_seed("b", FakeTransport(), "bob")
+        await registry.join_full_text("b", FakeTransport(), "bob")
 
 
 # Retention
@@ -1256,7 +1256,7 @@ class BatchedPurgingStore(MemoryStore):
 async def test_retention_keeps_the_loaded_rooms_and_logs_the_count() -> None:
     store = PurgingStore()
     registry = RoomRegistry(Settings(room_retention_days=2), clock=Clock(), store=store)
-    await registry.join_seed("open", FakeTransport(), "ann")
+    await registry.join_full_text("open", FakeTransport(), "ann")
     with capture_logs() as logs:
         assert 2 == await registry.purge()
     before, keep = store.purges[0]
@@ -1279,7 +1279,7 @@ async def test_a_load_waits_for_the_purge_in_progress() -> None:
     registry = RoomRegistry(Settings(), clock=Clock(), store=store)
     purge = asyncio.create_task(registry.purge())
     await settle()
-    join = asyncio.create_task(registry.join_seed("r", FakeTransport(), "ann"))
+    join = asyncio.create_task(registry.join_full_text("r", FakeTransport(), "ann"))
     await settle()
     assert "r" not in registry.rooms
     store.gate.set()
@@ -1293,7 +1293,7 @@ async def test_a_load_waits_for_one_purge_batch_not_the_whole_purge() -> None:
     registry = RoomRegistry(Settings(), clock=Clock(), store=store)
     purge = asyncio.create_task(registry.purge())
     await settle()
-    join = asyncio.create_task(registry.join_seed("r", FakeTransport(), "ann"))
+    join = asyncio.create_task(registry.join_full_text("r", FakeTransport(), "ann"))
     await settle()
     assert "r" not in registry.rooms
     store.gates[0].set()  # the first batch ends; the second is still running
@@ -1315,13 +1315,13 @@ async def test_retention_runs_at_start() -> None:
 async def test_opening_a_stored_room_writes_its_row_once() -> None:
     store = MemoryStore()
     registry = RoomRegistry(Settings(room_grace_seconds=0), clock=Clock(), store=store)
-    session = await registry.join_seed("r", FakeTransport(), "ann")
+    session = await registry.join_full_text("r", FakeTransport(), "ann")
     await registry.flush()
     registry.leave(session)
     await settle()
     commits = store.commits
-    await registry.join_seed("r", FakeTransport(), "ann")
-    await registry.join_seed("r", FakeTransport(), "bob")
+    await registry.join_full_text("r", FakeTransport(), "ann")
+    await registry.join_full_text("r", FakeTransport(), "bob")
     await registry.flush()
     assert commits + 1 == store.commits
 
@@ -1359,7 +1359,7 @@ async def test_an_address_holds_at_most_its_connection_limit_in_sessions() -> No
         await registry.join_versioned("r", FakeTransport(), hello("c2"), address="10.0.0.1")
     # Another address, and an IPv6 client outside the first one's /64, are not affected.
     await registry.join_versioned("r", FakeTransport(), hello("c3"), address="10.0.0.2")
-    await registry.join_seed("r", FakeTransport(), "seed", address="2001:db8:0:1::1")
+    await registry.join_full_text("r", FakeTransport(), "seed", address="2001:db8:0:1::1")
 
 
 async def test_an_ipv6_network_shares_one_address_bucket() -> None:

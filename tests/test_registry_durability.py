@@ -416,12 +416,12 @@ async def test_clients_join_a_room_being_loaded_in_the_order_their_joins_came() 
     store = SlowLoadingStore()
     registry = make_registry(store)
     transports = {name: FakeTransport() for name in ("ann", "bob", "cid")}
-    ann = asyncio.create_task(registry.join_seed("r", transports["ann"], "ann"))
-    bob = asyncio.create_task(registry.join_seed("r", transports["bob"], "bob"))
+    ann = asyncio.create_task(registry.join_full_text("r", transports["ann"], "ann"))
+    bob = asyncio.create_task(registry.join_full_text("r", transports["bob"], "bob"))
     await settle()
     store.gate.set()
     await store.loaded.wait()  # the moment the load is done, before the waiting joins resume
-    cid = await registry.join_seed("r", transports["cid"], "cid")  # comes after them all the same
+    cid = await registry.join_full_text("r", transports["cid"], "cid")  # comes after them all the same
     sessions = [await ann, await bob, cid]
     await settle()
     assert [session.user_id for session in sessions] == list(registry.rooms["r"].sessions)
@@ -501,7 +501,7 @@ async def test_a_new_room_whose_first_commit_fails_was_shown_to_no_one(
 ) -> None:
     store.failing = True
     seed, versioned = FakeTransport(), FakeTransport()
-    await registry.join_seed("r", seed, "ann")
+    await registry.join_full_text("r", seed, "ann")
     await registry.join_versioned("r", versioned, hello("c1"))
     await until(lambda: versioned.closed is not None and seed.closed is not None)
     assert ([], [], CLOSE_TRY_AGAIN_LATER) == (seed.sent, versioned.sent, versioned.closed[0])

@@ -224,7 +224,7 @@ async def test_members_join_and_leave_are_announced(server: LiveServer, room: st
     assert {"type": "member_left", "user_id": bob_welcome["user_id"]} == await ann.recv_type("member_left")
 
 
-async def test_seed_and_versioned_clients_share_a_room(server: LiveServer, room: str, connect_client: Connect) -> None:
+async def test_full_text_and_versioned_clients_share_a_room(server: LiveServer, room: str, connect_client: Connect) -> None:
     seed: Client = await connect_client(server.ws(room))
     await seed.send({"type": "join", "username": "sam"})
     versioned: Client = await connect_client(server.ws(room))

@@ -1,4 +1,4 @@
-"""The seed protocol over real WebSockets against a live server: every behaviour, verbatim."""
+"""The full-text protocol over real WebSockets against a live server: every behaviour, verbatim."""
 
 from __future__ import annotations
 
@@ -189,7 +189,7 @@ async def test_flood_is_rate_limited_and_connection_stays(
     assert reply["code"].startswith("v")
 
 
-async def test_seed_client_without_join_is_served_as_anonymous(
+async def test_full_text_client_without_join_is_served_as_anonymous(
     server: LiveServer, room: str, connect_client: Connect
 ) -> None:
     ann = await join(connect_client, server, room)
@@ -261,12 +261,12 @@ async def test_binary_frame_with_encoded_surrogate_is_refused_and_room_goes_on(
     assert "fine" == (await bob.recv())["code"]
 
 
-async def test_seed_client_cannot_speak_the_versioned_protocol(
+async def test_full_text_client_cannot_speak_the_versioned_protocol(
     server: LiveServer, room: str, connect_client: Connect
 ) -> None:
     ann = await join(connect_client, server, room)
     await ann.send({"type": "push", "version": 0, "seq": 1, "changes": [[0, "x"]]})
-    assert "seed protocol" in (await ann.recv())["message"]
+    assert "full_text protocol" in (await ann.recv())["message"]
 
 
 @pytest.mark.parametrize(
@@ -318,12 +318,12 @@ async def test_a_broken_code_change_as_first_frame_joins_and_is_told_its_edit_wa
     assert ("code_change", "") == ((reply := await client.recv())["type"], reply["code"])
 
 
-async def test_dead_seed_socket_is_found_by_protocol_pings(
+async def test_dead_full_text_socket_is_found_by_protocol_pings(
     make_server: Callable[..., LiveServer], room: str, connect_client: Connect
 ) -> None:
     live = make_server(WS_PING_INTERVAL_SECONDS="0.3", WS_PING_TIMEOUT_SECONDS="0.5")
     ann = await join(connect_client, live, room)
-    # A seed client whose machine vanished: it joined, then never reads or answers again.
+    # A full-text client whose machine vanished: it joined, then never reads or answers again.
     dead = stalled_socket(live.port, room, {"type": "join", "username": "ghost"})
     ghost_id = (await ann.recv_type("user_joined"))["user_id"]
     assert {"type": "user_left", "user_id": ghost_id} == await ann.recv_type("user_left", timeout=10)
