@@ -28,7 +28,7 @@ The module is pure: no I/O, no framework imports.
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Final, TypeAlias, TypeGuard
 
 from rooms.errors import InvalidChanges, TooComplex
@@ -845,6 +845,36 @@ class ChangeSet:
         return pos_b
 
     # ---- serialisation ----------------------------------------------------------------------
+
+    def iter_changes(self, individual: bool = False) -> Iterator[tuple[int, int, int, int, str]]:
+        """CodeMirror ``iterChanges``: each replaced range as ``(from_a, to_a, from_b, to_b,
+        inserted)``, positions in UTF-16 units of the old (a) and new (b) document. Adjacent
+        changes come as one unless ``individual``, so two sets with the same effect give the
+        same ranges however their parts were split."""
+        sections = self._sections
+        count = len(sections)
+        pos_a = pos_b = 0
+        i = 0
+        while i < count:
+            length, ins = sections[i], sections[i + 1]
+            i += 2
+            if ins < 0:
+                pos_a += length
+                pos_b += length
+                continue
+            end_a, end_b = pos_a, pos_b
+            texts: list[bytes] = []
+            while True:
+                end_a += length
+                end_b += ins
+                if ins:
+                    texts.append(self._inserted[(i - 2) >> 1])
+                if individual or i == count or sections[i + 1] < 0:
+                    break
+                length, ins = sections[i], sections[i + 1]
+                i += 2
+            yield pos_a, end_a, pos_b, end_b, _decode_lenient(b"".join(texts))
+            pos_a, pos_b = end_a, end_b
 
     def to_json(self) -> list[JsonPart]:
         """CodeMirror ``ChangeSet.toJSON()``: one part per section, inserted text split into lines."""

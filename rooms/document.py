@@ -192,7 +192,7 @@ class Document:
             document._remember(_pack(update))
         if previous is not None and previous != document._version:
             raise ValueError(f"the history ends at {previous}, not {document._version}")
-        # Least recently used first, as `_commit` keeps it.
+        # Least recently used first, as `_apply` keeps it.
         for client_id, last in sorted(last_seq.items(), key=lambda item: item[1][1])[-dedup_limit:]:
             document._last_seq[client_id] = last
         return document
@@ -354,7 +354,7 @@ class Document:
             return Unchanged(self._version, seq)  # everything it deleted was deleted already
         new_text = rebased.apply(self._text)
         self._check_size(new_text)
-        return self._commit(new_text, client_id, seq, rebased, user_id)
+        return self._apply(new_text, client_id, seq, rebased, user_id)
 
     def replace(self, new_text: str, client_id: ClientId, seq: int, user_id: str = "") -> Update | None:
         """Set the whole text (the full-text protocol's ``code_change``) as a minimal change.
@@ -372,14 +372,27 @@ class Document:
         changes = ChangeSet.diff(self._text, new_text, max_edits=FULL_TEXT_DIFF_MAX_EDITS, max_work=self.diff_max_steps)
         if changes.is_empty:
             return None
-        return self._commit(new_text, client_id, seq, changes, user_id)
+        return self._apply(new_text, client_id, seq, changes, user_id)
 
     def _check_size(self, new_text: str) -> None:
         # A change that shrinks a document already over a lowered limit is still allowed.
         if len(new_text) > self.max_chars and len(new_text) > len(self._text):
             raise DocumentTooLarge(len(new_text), self.max_chars)
 
-    def _commit(self, text: str, client_id: ClientId, seq: int, changes: ChangeSet, user_id: str) -> Update:
+    def append(self, update: Update) -> Update:
+        """Apply an update made elsewhere (another process sharing the room) at the next
+        version, as it was made: no rebase, its ``(client_id, seq)`` remembered for dedup.
+        Raises `InvalidChanges` when it is not for the next version or this text."""
+        if update.version != self._version + 1:
+            raise InvalidChanges(f"an update to version {update.version} cannot follow version {self._version}")
+        if update.changes.length != self._length:
+            raise InvalidChanges(
+                f"changes expect a document of {update.changes.length} units, it has {self._length}"
+            )
+        text = update.changes.apply(self._text)
+        return self._apply(text, update.client_id, update.seq, update.changes, update.user_id)
+
+    def _apply(self, text: str, client_id: ClientId, seq: int, changes: ChangeSet, user_id: str) -> Update:
         self._text = text
         self._length = changes.new_length
         self._version += 1
@@ -405,41 +418,16 @@ class Document:
 
 
 def caret_after(changes: ChangeSet) -> int:
-    """The position just after the last inserted text (or last deletion) in the new document.
-
-    Full-text clients expect a ``cursor_position`` with every ``code_change``; for an update from a
-    versioned client this is where its author's caret most likely is.
-    """
-    position = 0  # in the new document
+    """Where the author's caret most likely is after ``changes``: just after the last text
+    inserted (or deleted), in the new document. Full-text clients expect a ``cursor_position``
+    with every ``code_change``, for updates from versioned clients too."""
     caret = 0
-    for part in changes.to_json():
-        if isinstance(part, int):
-            position += part
-            continue
-        if not isinstance(part, list) or not part:
-            raise InvalidChanges(f"unexpected part {part!r}")
-        lines = [line for line in part[1:] if isinstance(line, str)]
-        position += len("\n".join(lines).encode("utf-16-le")) // 2
-        caret = position
+    for _, _, _, to_b, _ in changes.iter_changes():
+        caret = to_b
     return caret
 
 
 def _canonical(changes: ChangeSet) -> list[tuple[int, int, str]]:
-    """``(kept before, deleted, inserted)`` runs: the same for two changes with the same effect,
-    however their JSON was split (CodeMirror keeps adjacent parts apart as they were sent)."""
-    runs: list[tuple[int, int, str]] = []
-    kept = deleted = 0
-    inserted = ""
-    for part in changes.to_json():
-        if isinstance(part, int):
-            if deleted or inserted:
-                runs.append((kept, deleted, inserted))
-                kept = deleted = 0
-                inserted = ""
-            kept += part
-        else:
-            deleted += int(part[0])
-            inserted += "\n".join(str(line) for line in part[1:])
-    if deleted or inserted:
-        runs.append((kept, deleted, inserted))
-    return runs
+    """``(from, to, inserted)`` ranges: the same for two changes with the same effect, however
+    their JSON was split (CodeMirror keeps adjacent parts apart as they were sent)."""
+    return [(from_a, to_a, inserted) for from_a, to_a, _, _, inserted in changes.iter_changes()]

@@ -1,4 +1,5 @@
-"""``python -m rooms.retention``: delete the rooms nobody has opened or edited for a while.
+"""Retention: delete the rooms nobody has opened or edited for a while, from the running server
+(`Retention`) or from the command line (``python -m rooms.retention``).
 
 A room whose last write (an edit, a language change, being opened) is older than
 ``ROOM_RETENTION_DAYS`` is deleted with its whole history, snapshots and clients. The command
@@ -11,12 +12,92 @@ import argparse
 import asyncio
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
+from typing import Protocol
+
+import structlog
 
 from rooms.settings import Settings, load_settings
 from rooms.store import Store, StoreError, make_store
 
+log = structlog.get_logger("collab.rooms")
+
 DAY_SECONDS = 86_400.0
+RETENTION_INTERVAL_SECONDS = 3600.0
+# Rooms deleted per store call: a room load waits for at most one such batch.
+PURGE_BATCH = 500
+
+
+class Rooms(Protocol):
+    """What retention needs of the server's rooms."""
+
+    settings: Settings
+    store: Store
+
+    @property
+    def rooms(self) -> Collection[str]: ...
+
+    def opening(self) -> set[str]: ...
+
+    def touch_loaded(self) -> None: ...
+
+
+class Retention:
+    """The server's own purge: once at start, then every `RETENTION_INTERVAL_SECONDS`. Rooms
+    in memory, or being loaded, are never deleted."""
+
+    def __init__(self, rooms: Rooms) -> None:
+        self.rooms = rooms
+        self._batch: asyncio.Future[None] | None = None  # resolved when the batch in progress ends
+        self._running = False
+
+    async def run(self, interval: float) -> None:
+        """Purge now and every ``interval`` seconds; a failing run is logged."""
+        while True:
+            try:
+                await self.purge()
+            except Exception:
+                log.exception("retention_failed")
+            await asyncio.sleep(interval)
+
+    async def wait_for_batch(self) -> None:
+        """Return once no purge batch that began before this call is running. A room load
+        waits here: every later batch keeps the room (it is being opened), so one wait is
+        enough."""
+        if self._batch is not None:
+            await asyncio.shield(self._batch)
+
+    async def purge(self) -> int:
+        """Delete the stored rooms nobody opened for ``room_retention_days`` (0: keep forever),
+        with their history; the count deleted. It goes in batches of `PURGE_BATCH` rooms."""
+        rooms = self.rooms
+        days = rooms.settings.room_retention_days
+        if not days or self._running:
+            return 0
+        self._running = True
+        loop = asyncio.get_running_loop()
+        deleted = 0
+        try:
+            # A room open for longer than the retention period without an edit is still in use:
+            # its stored row is touched, so it is not purged the moment it is unloaded.
+            rooms.touch_loaded()
+            before = time.time() - days * DAY_SECONDS
+            while True:
+                self._batch = loop.create_future()
+                try:
+                    keep = set(rooms.rooms) | rooms.opening()
+                    batch = await rooms.store.purge(before, keep, limit=PURGE_BATCH)
+                finally:
+                    self._batch.set_result(None)
+                    self._batch = None
+                deleted += len(batch)
+                if len(batch) < PURGE_BATCH:
+                    break
+        finally:
+            self._running = False
+        log.info("rooms_purged", count=deleted)
+        return deleted
+
 
 CAVEAT = """\
 Safe to run while the server runs: it deletes in short transactions, between the server's

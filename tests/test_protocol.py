@@ -24,7 +24,7 @@ from rooms.protocol import (
     _client_adapter,
     parse_client_message,
 )
-from rooms.registry import RoomRegistry
+from rooms.room_messages import encode_update_for
 
 
 def test_hello_parses_with_optional_version() -> None:
@@ -173,7 +173,7 @@ def test_update_encoding_matches_the_protocol_model(
         user_id=user_id or None,
     ).encode()
     recipient = ClientId(client_id) if to_author else None
-    assert expected == RoomRegistry._encode_update(update, recipient)
+    assert expected == encode_update_for(update, recipient)
 
 
 _json_values = st.recursive(
@@ -208,9 +208,9 @@ def test_a_push_parses_as_the_model_validates_it(
 def test_an_update_for_anyone_but_its_author_has_no_client_id() -> None:
     update = Update(version=3, client_id=ClientId("tab-a"), seq=1, changes=ChangeSet.from_json([[0, "x"]]), user_id="u")
 
-    assert "client_id" in json.loads(RoomRegistry._encode_update(update, ClientId("tab-a")))
-    assert "client_id" not in json.loads(RoomRegistry._encode_update(update, ClientId("tab-b")))
-    assert "client_id" not in json.loads(RoomRegistry._encode_update(update, None))
+    assert "client_id" in json.loads(encode_update_for(update, ClientId("tab-a")))
+    assert "client_id" not in json.loads(encode_update_for(update, ClientId("tab-b")))
+    assert "client_id" not in json.loads(encode_update_for(update, None))
 
 
 # Integers on the wire stay within JavaScript's safe range (0 .. 2^53 - 1).

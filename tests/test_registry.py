@@ -30,7 +30,10 @@ from rooms.errors import (
 )
 from rooms.presence import Selection
 from rooms.protocol import CodeChange, Cursor, Hello, Language, Ping, Push, SyncRequest
-from rooms.registry import PURGE_BATCH, DropReason, RoomRegistry, Session, token_hash
+from rooms.retention import PURGE_BATCH
+from rooms.registry import DropReason, RoomRegistry, Session, token_hash
+from rooms import room_messages
+from rooms.room import Room
 from rooms.settings import Settings
 from rooms.store.memory import MemoryStore
 
@@ -114,7 +117,7 @@ def append(length: int, text: str) -> list[Any]:
 
 def type_chars(registry: RoomRegistry, writer: Session, count: int, char: str = "x") -> None:
     """``count`` pushes of one character each at the end, each at the version before it."""
-    writer.bucket.burst = writer.bucket.tokens = max(writer.bucket.tokens, count + 10)
+    writer.limit.own.burst = writer.limit.own.tokens = max(writer.limit.own.tokens, count + 10)
     for seq in range(1, count + 1):
         registry.handle(writer, push(seq - 1, seq, append(seq - 1, char)))
 
@@ -378,6 +381,7 @@ async def test_send_timeout_drops_the_client_and_only_it() -> None:
     registry, clock = make_registry(send_timeout_seconds=5)
     stuck = await registry.join_versioned("r", FakeTransport(stuck=True), hello("c1"))
     healthy = await registry.join_versioned("r", FakeTransport(), hello("c2"))
+    sender = registry.outboxes.by_session[stuck].task
     await settle()
     registry.check_sends()
     assert not stuck.closed
@@ -386,7 +390,7 @@ async def test_send_timeout_drops_the_client_and_only_it() -> None:
     await settle()
     assert stuck.closed
     assert not healthy.closed
-    assert stuck.task is not None and stuck.task.done()
+    assert sender is not None and sender.done()
 
 
 async def test_watchdog_runs_on_its_own() -> None:
@@ -551,7 +555,7 @@ async def test_no_one_is_admitted_while_stopping() -> None:
 async def test_a_long_catch_up_is_not_taken_for_a_slow_client() -> None:
     registry, _ = make_registry(outbound_queue_size=10)
     writer = await registry.join_versioned("r", FakeTransport(), hello("w"))
-    writer.bucket.burst = writer.bucket.tokens = 1000
+    writer.limit.own.burst = writer.limit.own.tokens = 1000
     for seq in range(1, 101):
         registry.handle(writer, push(seq - 1, seq, append(seq - 1, "x")))
         await settle()
@@ -654,7 +658,7 @@ async def test_messages_of_the_other_protocol_are_refused() -> None:
     seed = await registry.join_full_text("r", FakeTransport(), "sam")
     with pytest.raises(InvalidMessage, match="versioned protocol"):
         registry.handle(versioned, CodeChange(type="code_change", code="x", cursor_position=0))
-    with pytest.raises(InvalidMessage, match="full_text protocol"):
+    with pytest.raises(InvalidMessage, match="full-text protocol"):
         registry.handle(seed, push(0, 1, [[0, "x"]]))
     assert "" == versioned.room.document.text
 
@@ -700,7 +704,7 @@ async def test_an_unexpected_failure_is_answered_and_the_room_goes_on(monkeypatc
     def broken(*_: object) -> None:
         raise KeyError("bug")
 
-    monkeypatch.setattr(registry, "_language", broken)
+    monkeypatch.setattr(session.room, "_language", broken)
     registry.receive(session, '{"type": "language", "language": "go"}')
     registry.receive(session, '{"type": "push", "version": 0, "seq": 1, "changes": [[0, "ok"]]}')
     await settle()
@@ -714,7 +718,7 @@ async def test_a_failed_welcome_leaves_no_half_joined_session(monkeypatch: pytes
     def broken(*_: object) -> None:
         raise KeyError("bug")
 
-    monkeypatch.setattr(registry, "_welcome", broken)
+    monkeypatch.setattr(Room, "_welcome", broken)
     with pytest.raises(KeyError):
         await registry.join_versioned("r", FakeTransport(), hello("c1"))
     assert {} == registry.rooms["r"].sessions
@@ -837,8 +841,10 @@ async def test_a_full_connection_is_left_to_the_sender_and_order_is_kept() -> No
     registry.handle(session, push(3, 4, append(3, "d")))
     await settle()
     assert [0, 1, 2, 3, 4] == [m["version"] for m in transport.sent]
-    # The welcome went out through the sender (queued before it first ran), then: writer, send, send, writer.
-    assert ["send", "writer", "send", "send", "writer"] == transport.paths
+    # Every write goes through the writer while the connection takes frames (the welcome,
+    # queued before the sender ran, included); while its buffer is full, the sender awaits
+    # `send` for one entry, and writes the rest through the writer once the buffer drained.
+    assert ["writer", "writer", "send", "writer", "writer"] == transport.paths
 
 
 # The cost of one message is bounded by construction.
@@ -929,17 +935,17 @@ async def test_a_push_that_changes_nothing_is_acked_and_stores_nothing() -> None
     session = await registry.join_versioned("r", author, hello("a"))
     await registry.join_versioned("r", other, hello("b"))
     registry.handle(session, push(0, 1, append(0, "x" * 100)))
-    await registry.flush()
+    await registry.wait_committed()
     await settle()
     room = session.room
-    stored = room.changes
+    stored = room.changes_made
     registry.handle(session, push(1, 2, [1] * 100))  # 100 one-unit keeps
-    await registry.flush()
+    await registry.wait_committed()
     await settle()
     assert [{"type": "ack", "seq": 2, "version": 1}] == author.of_type("ack")
     assert [] == other.of_type("ack")
     assert [1] == [m["version"] for m in other.of_type("update")]
-    assert (1, stored, []) == (room.document.version, room.changes, room.unsynced)
+    assert (1, stored, []) == (room.document.version, room.changes_made, room.unsynced)
     assert 1 == len(room.document.updates_since(0))
 
 
@@ -951,7 +957,7 @@ async def test_a_push_whose_deletion_was_made_already_is_acked() -> None:
     registry.handle(a, push(0, 1, append(0, "abc")))
     registry.handle(a, push(1, 2, [1, [1], 1]))  # deletes "b"
     registry.handle(b, push(1, 1, [1, [1], 1]))  # the same deletion, made concurrently
-    await registry.flush()
+    await registry.wait_committed()
     await settle()
     assert ("ac", 2) == (a.room.document.text, a.room.document.version)
     assert [{"type": "ack", "seq": 1, "version": 2}] == second.of_type("ack")
@@ -962,10 +968,10 @@ async def test_a_resume_over_a_huge_history_takes_a_snapshot_without_encoding(
 ) -> None:
     registry, _ = make_registry(outbound_queue_chars=60_000)
     writer = await registry.join_versioned("r", FakeTransport(), hello("w"))
-    writer.bucket.burst = writer.bucket.tokens = 10_000
+    writer.limit.own.burst = writer.limit.own.tokens = 10_000
     for seq in range(1, 201):
         registry.handle(writer, push(seq - 1, seq, append((seq - 1) * 100, "y" * 100)))
-    encoded = count_calls(monkeypatch, RoomRegistry, "_encode_update")
+    encoded = count_calls(monkeypatch, room_messages, "encode_update_for")
     transport = FakeTransport()
     await registry.join_versioned("r", transport, hello("late", version=0))
     await settle()
@@ -990,13 +996,13 @@ async def test_a_small_resume_still_gets_updates() -> None:
 async def test_a_snapshot_is_taken_once_the_changes_since_the_last_pass_a_byte_budget() -> None:
     registry, _ = make_registry(max_document_chars=1_000, snapshot_every=500)
     session = await registry.join_versioned("r", FakeTransport(), hello("w"))
-    session.bucket.burst = session.bucket.tokens = 10_000
+    session.limit.own.burst = session.limit.own.tokens = 10_000
     room = session.room
     # Replacing the whole text again and again: few versions, many bytes of changes.
     for seq in range(1, 11):
         length = room.document.length
         registry.handle(session, push(seq - 1, seq, [[length, "q" * 900]] if length else [[0, "q" * 900]]))
-        await registry.flush()
+        await registry.wait_committed()
     assert 0 < room.snapshot_version <= 10
     stored = await registry.store.load("r", 10)
     assert stored is not None
@@ -1010,7 +1016,7 @@ async def test_a_safe_integer_bound_keeps_the_room_working() -> None:
     registry.receive(session, json.dumps({"type": "push", "version": 0, "seq": 2**63, "changes": [[0, "x"]]}))
     registry.receive(session, json.dumps({"type": "push", "version": 0, "seq": 2**53, "changes": [[0, "x"]]}))
     registry.receive(session, json.dumps({"type": "push", "version": 0, "seq": 1, "changes": [[0, "ok"]]}))
-    await registry.flush()
+    await registry.wait_committed()
     await settle()
     assert ["invalid_message", "invalid_message"] == [m["code"] for m in transport.of_type("error")]
     assert ("ok", 1) == (session.room.document.text, session.room.document.version)
@@ -1043,7 +1049,7 @@ async def test_the_room_keeps_a_hash_of_the_token_never_the_token() -> None:
     registry, _ = make_registry()
     session = await registry.join_versioned("r", FakeTransport(), hello_with_token("tab", "the-token-of-the-tab"))
     registry.handle(session, push(0, 1, [[0, "x"]]))
-    await registry.flush()
+    await registry.wait_committed()
     stored = await registry.store.load("r", 10)
     assert stored is not None
     expected = token_hash("the-token-of-the-tab")
@@ -1136,7 +1142,7 @@ async def test_a_refused_message_costs_the_connection_nothing() -> None:
     registry.handle(first, Ping(type="ping"))
     with pytest.raises(RateLimited):
         registry.handle(second, Ping(type="ping"))
-    assert float(registry.settings.rate_limit_burst) == second.bucket.tokens
+    assert float(registry.settings.rate_limit_burst) == second.limit.own.tokens
 
 
 async def test_reconnecting_does_not_refill_the_address_bucket() -> None:
@@ -1193,7 +1199,7 @@ async def test_an_address_may_make_so_many_rooms_a_minute() -> None:
 async def test_a_stored_room_is_not_a_new_room() -> None:
     registry, _ = make_registry(rooms_per_address_per_minute=1, room_grace_seconds=0)
     session = await registry.join_full_text("a", FakeTransport(), "ann", address="10.0.0.1")
-    await registry.flush()
+    await registry.wait_committed()
     registry.leave(session)
     await settle()
     assert "a" not in registry.rooms
@@ -1207,7 +1213,7 @@ async def test_a_full_server_unloads_an_empty_committed_room_or_refuses() -> Non
     with pytest.raises(ServerBusy) as refused:
         await registry.join_full_text("c", FakeTransport(), "cy")
     assert "server_busy" == refused.value.code
-    await registry.flush()
+    await registry.wait_committed()
     registry.leave(first)
     await registry.join_full_text("c", FakeTransport(), "cy")
     assert ["b", "c"] == list(registry.rooms)
@@ -1316,13 +1322,13 @@ async def test_opening_a_stored_room_writes_its_row_once() -> None:
     store = MemoryStore()
     registry = RoomRegistry(Settings(room_grace_seconds=0), clock=Clock(), store=store)
     session = await registry.join_full_text("r", FakeTransport(), "ann")
-    await registry.flush()
+    await registry.wait_committed()
     registry.leave(session)
     await settle()
     commits = store.commits
     await registry.join_full_text("r", FakeTransport(), "ann")
     await registry.join_full_text("r", FakeTransport(), "bob")
-    await registry.flush()
+    await registry.wait_committed()
     assert commits + 1 == store.commits
 
 
@@ -1330,7 +1336,7 @@ async def test_a_push_is_charged_for_its_own_parts_which_every_later_rebase_pays
     registry, _ = make_registry(rate_limit_per_second=1, rate_limit_burst=4)
     author = await registry.join_versioned("r", FakeTransport(), hello("a"))
     # At the current version, so no rebase: 1 token for the frame and 1000 // 500 for its parts.
-    author.bucket.tokens = 2.5
+    author.limit.own.tokens = 2.5
     with pytest.raises(RateLimited):
         registry.handle(author, push(0, 1, [[0, "x"]] * 1000))
     assert 0 == author.room.document.version
@@ -1340,7 +1346,7 @@ async def test_a_refused_hello_leaves_the_room_to_be_unloaded() -> None:
     registry, _ = make_registry(room_grace_seconds=0)
     owner = await registry.join_versioned("r", FakeTransport(), hello_with_token("mine", "t" * 16))
     registry.handle(owner, push(0, 1, [[0, "x"]]))
-    await registry.flush()
+    await registry.wait_committed()
     registry.leave(owner)
     with pytest.raises(ClientIdInUse):
         await registry.join_versioned("r", FakeTransport(), hello_with_token("mine", "u" * 16))
@@ -1366,17 +1372,17 @@ async def test_an_ipv6_network_shares_one_address_bucket() -> None:
     registry, _ = make_registry(rate_limit_per_address_per_second=1, rate_limit_per_address_burst=3)
     first = await registry.join_versioned("r", FakeTransport(), hello("c1"), address="2001:db8::1")
     second = await registry.join_versioned("r", FakeTransport(), hello("c2"), address="2001:db8::2")
-    assert first.limits is second.limits
+    assert first.limit.shared is not None and first.limit.shared is second.limit.shared
 
 
 async def test_retention_touches_loaded_rooms_so_an_idle_open_room_is_not_purged_once_unloaded() -> None:
     store = MemoryStore()
     registry = RoomRegistry(Settings(room_retention_days=30), clock=Clock(), store=store)
     await registry.join_versioned("open", FakeTransport(), hello("c"))
-    await registry.flush()
+    await registry.wait_committed()
     commits = store.commits
     await registry.purge()
-    await registry.flush()
+    await registry.wait_committed()
     assert store.commits > commits
 
 
@@ -1394,7 +1400,7 @@ async def test_a_resume_over_updates_of_many_parts_gets_a_snapshot_though_their_
 
 
 def _fill_with_big_updates(registry: RoomRegistry, writer: Session, count: int) -> None:
-    writer.bucket.burst = writer.bucket.tokens = 100_000
+    writer.limit.own.burst = writer.limit.own.tokens = 100_000
     for seq in range(1, count + 1):
         length = writer.room.document.length
         registry.handle(writer, push(seq - 1, seq, [*([[0, "x"]] * 999), *([length] if length else [])]))
@@ -1428,7 +1434,7 @@ async def test_a_large_frame_costs_a_token_per_64_kib() -> None:
     registry, _ = make_registry(rate_limit_per_second=1, rate_limit_burst=10)
     transport = FakeTransport()
     session = await registry.join_versioned("r", transport, hello("c"))
-    session.bucket.tokens = 3
+    session.limit.own.tokens = 3
     frame = json.dumps({"type": "push", "version": 0, "seq": 1, "changes": [[0, "x" * 200_000]]})
     registry.receive(session, frame)  # about 200 kB: 1 + 3 tokens of 3
     await settle()
@@ -1441,7 +1447,7 @@ async def test_a_push_of_more_lines_than_a_document_may_hold_is_refused_before_t
 ) -> None:
     registry, _ = make_registry(max_document_chars=1_000)
     session = await registry.join_versioned("r", FakeTransport(), hello("c"))
-    session.bucket.tokens = session.bucket.burst = 1_000
+    session.limit.own.tokens = session.limit.own.burst = 1_000
     built: list[int] = []
     original = ChangeSet.from_json
     monkeypatch.setattr(ChangeSet, "from_json", lambda *a, **k: built.append(1) or original(*a, **k))
@@ -1465,9 +1471,10 @@ async def test_a_resume_pays_its_address_for_the_parts_of_its_catch_up() -> None
     writer = await registry.join_versioned("r", FakeTransport(), hello("w"))
     _fill_with_big_updates(registry, writer, 10)
     late = await registry.join_versioned("r", FakeTransport(), hello("late", version=0), address="10.1.1.1")
-    assert late.limits is not None
+    shared = late.limit.shared
+    assert shared is not None
     parts = late.room.document.rebase_steps(0, 0)  # every part of the catch-up
-    assert 9_000 < parts and late.limits.bucket.tokens <= late.limits.bucket.burst - parts // 500
+    assert 9_000 < parts and shared.tokens <= shared.burst - parts // 500
 
 
 async def test_an_over_limit_push_under_a_spent_seq_is_refused_as_reused_not_ignored() -> None:

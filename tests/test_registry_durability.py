@@ -13,7 +13,8 @@ import pytest
 
 from rooms.errors import StorageUnavailable
 from rooms.protocol import Hello, Language
-from rooms.registry import CLOSE_TRY_AGAIN_LATER, RESTORE_CLIENT, RoomRegistry, Session
+from rooms.registry import CLOSE_TRY_AGAIN_LATER, RoomRegistry, Session
+from rooms.room_messages import RESTORE_CLIENT
 from rooms.settings import Settings
 from rooms.store import RoomWrite, StoredRoom, StoreError
 from rooms.store.memory import MemoryStore
@@ -178,7 +179,7 @@ async def test_pushes_of_one_event_loop_turn_go_into_one_commit(store: GatedStor
     for seq in range(1, 11):
         for session in sessions:
             registry.handle(session, push(0, seq, [[0, session.client_id]]))
-    assert await registry.flush(5.0)
+    assert await registry.wait_committed(5.0)
     assert ([[30]], 1) == ([[len(write.records) for write in batch] for batch in store.batches], store.commits)
 
 
@@ -187,7 +188,7 @@ async def test_one_commit_carries_every_room_of_the_turn(store: GatedStore, regi
     second = await registry.join_versioned("b", FakeTransport(), hello("c2"))
     registry.handle(first, push(0, 1, [[0, "a"]]))
     registry.handle(second, push(0, 1, [[0, "b"]]))
-    assert await registry.flush(5.0)
+    assert await registry.wait_committed(5.0)
     assert [["a", "b"]] == [sorted(write.room_id for write in batch) for batch in store.batches]
 
 
@@ -264,7 +265,7 @@ async def test_after_a_restart_a_resent_push_is_not_applied_twice(
     transport = FakeTransport()
     session = await registry.join_versioned("r", transport, resume(welcome))
     registry.handle(session, push(1, 2, append(2, "c")))  # the last push, as if unconfirmed
-    assert await registry.flush(5.0)
+    assert await registry.wait_committed(5.0)
     await settle()
     stored = await registry.store.info("r")
     assert (RESUMED, 2, 2, [1, 2], []) == (
@@ -335,7 +336,7 @@ async def test_a_successful_commit_marks_the_store_well_again(store: GatedStore,
     await fail_a_commit(store, registry)
     session, _ = await join(registry, "c3", "cy")
     registry.handle(session, push(1, 1, append(4, "!")))
-    assert await registry.flush(5.0)
+    assert await registry.wait_committed(5.0)
     assert True is registry.store_ok
 
 
@@ -385,7 +386,7 @@ async def edit_twice_and_restore(registry: RoomRegistry) -> tuple[list[FakeTrans
     bob, bob_transport = await join(registry, "c2", "bob")
     registry.handle(ann, push(0, 1, [[0, "one"]]))
     registry.handle(ann, push(1, 2, [[3, "two"]]))
-    registry.restore(bob, 1, "one")
+    registry.revert(bob, 1, "one")
     return [ann_transport, bob_transport], bob
 
 
@@ -403,7 +404,7 @@ async def test_restore_keeps_the_history_and_stores_the_restorers_name(
     store: GatedStore, registry: RoomRegistry
 ) -> None:
     await edit_twice_and_restore(registry)
-    assert await registry.flush(5.0)
+    assert await registry.wait_committed(5.0)
     records = await store.history("r", since=0, limit=10)
     assert (["c1", "c1", RESTORE_CLIENT], ["ann", "ann", "bob"], ["one", "two", "one"]) == (
         [record.client_id for record in records],

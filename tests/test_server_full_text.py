@@ -266,7 +266,7 @@ async def test_full_text_client_cannot_speak_the_versioned_protocol(
 ) -> None:
     ann = await join(connect_client, server, room)
     await ann.send({"type": "push", "version": 0, "seq": 1, "changes": [[0, "x"]]})
-    assert "full_text protocol" in (await ann.recv())["message"]
+    assert "full-text protocol" in (await ann.recv())["message"]
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,8 @@ from nicegui.testing import User
 
 from rooms.changes import ChangeSet
 from rooms.protocol import Hello, Push
-from rooms.registry import RESTORE_CLIENT, RoomRegistry, Session
+from rooms.registry import RoomRegistry, Session
+from rooms.room_messages import RESTORE_CLIENT
 from rooms.store import HistoryUnavailable, Record, RoomWrite, Store
 from rooms.store.memory import MemoryStore
 from rooms.store.sqlite import SqliteStore
@@ -58,7 +59,7 @@ async def write(registry: RoomRegistry, session: Session, texts: Sequence[str]) 
         seq = (document.last_seq(session.client_id) or 0) + 1
         changes = ChangeSet.diff(document.text, text).to_json()
         registry.handle(session, Push(type="push", version=document.version, seq=seq, changes=changes))
-    assert await registry.flush(5)
+    assert await registry.wait_committed(5)
 
 
 async def enter(user: User, room_id: str, name: str) -> None:
@@ -334,7 +335,7 @@ async def test_restore_adds_a_version_with_the_old_text_and_keeps_the_history(
     ann.find(marker="history-restore-confirm").click()
     await wait_for_notice(ann, "Restoring version 2 as version 5.")
     assert TEXTS[1] == registry.rooms["restore"].document.text
-    assert await registry.flush(5)
+    assert await registry.wait_committed(5)
     after = await registry.store.history("restore", 0, 100)
     assert before == after[:4]
     assert 5 == after[-1].version and RESTORE_CLIENT == after[-1].client_id and "Ann" == after[-1].author

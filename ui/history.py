@@ -28,9 +28,10 @@ import structlog
 from nicegui import background_tasks, ui
 from nicegui.elements.codemirror.constants import SUPPORTED_LANGUAGES
 
-from rooms.changes import ChangeSet, utf16_len, utf16_to_index
+from rooms.changes import ChangeSet, utf16_to_index
 from rooms.errors import RoomError
-from rooms.registry import RESTORE_CLIENT, RoomRegistry
+from rooms.registry import RoomRegistry
+from rooms.room_messages import RESTORE_CLIENT
 from rooms.store import HistoryUnavailable, Record, RoomInfo, Store, StoreError
 from ui.editor import CollabEditor
 from ui.languages import label_for
@@ -69,17 +70,8 @@ def codemirror_language(language: str) -> SUPPORTED_LANGUAGES | None:
 
 def inserted_ranges(changes: ChangeSet, text: str) -> tuple[tuple[int, int], ...]:
     """Where ``changes`` inserted text in ``text`` (the text after them), as ``str`` indices."""
-    ranges: list[tuple[int, int]] = []
-    position = 0  # UTF-16 units of the new text, as the changes count them
-    for part in changes.to_json():
-        if isinstance(part, int):
-            position += part
-            continue
-        inserted = utf16_len("\n".join(str(line) for line in part[1:]))
-        if inserted and len(ranges) < MAX_MARKS:
-            ranges.append((utf16_to_index(text, position), utf16_to_index(text, position + inserted)))
-        position += inserted
-    return tuple(ranges)
+    ranges = [(from_b, to_b) for _, _, from_b, to_b, _ in changes.iter_changes() if to_b > from_b]
+    return tuple((utf16_to_index(text, start), utf16_to_index(text, end)) for start, end in ranges[:MAX_MARKS])
 
 
 def describe_time(seconds: float) -> str:
@@ -479,7 +471,7 @@ class HistoryView:
                 ui.notify("Not connected: the version cannot be restored right now.", type="warning")
                 return
             try:
-                update = self.registry.restore(session, frame.version, frame.text)
+                update = self.registry.revert(session, frame.version, frame.text)
             except RoomError as error:
                 ui.notify(str(error), type="warning")
                 return
