@@ -67,6 +67,11 @@ class Committer:
         """Whether the room has changes waiting for a commit, or in the one in progress."""
         return room_id in self._dirty or room_id in self.committing
 
+    @property
+    def idle(self) -> bool:
+        """Nothing waits for a commit and none is in progress."""
+        return not self._dirty and not self.committing
+
     def forget(self, room: Room) -> None:
         if self._dirty.get(room.room_id) is room:
             del self._dirty[room.room_id]

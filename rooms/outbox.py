@@ -193,6 +193,11 @@ class Outboxes:
                 outbox.wake()
         return True
 
+    @property
+    def flushing(self) -> bool:
+        """Whether a write at the end of this turn is still to come."""
+        return self._flush_scheduled
+
     def flush(self) -> None:
         """Write what this turn queued, to every connection that takes it now; wake the sender
         of any that cannot."""

@@ -29,17 +29,15 @@ from rooms.document import Update
 from rooms.errors import (
     RateLimited,
     RoomError,
-    ServerBusy,
     ServerStopping,
-    StorageUnavailable,
     TooManyConnections,
-    TooManyNewRooms,
 )
+from rooms.lifecycle import LoadedRooms
 from rooms.limits import TokenBucket
 from rooms.outbox import Outbox, Outboxes, Transport
 from rooms.protocol import ClientMessage, Hello
 from rooms.retention import RETENTION_INTERVAL_SECONDS, Retention
-from rooms.room import Room, RoomId, new_room, room_from_stored
+from rooms.room import Room, RoomId
 from rooms.session import (
     CLOSE_NORMAL,
     CLOSE_POLICY,
@@ -97,19 +95,18 @@ class RoomRegistry:
         self.settings = settings
         self.clock = clock
         self.store = store if store is not None else MemoryStore()
-        self.rooms: dict[RoomId, Room] = {}
         self.accepting = True
         self.outboxes = Outboxes()
         self.committer = Committer(
             self.store, is_loaded=self._is_loaded, on_committed=self._committed, on_failed=self._fail_room
         )
-        self.retention = Retention(self)
+        self.loaded = LoadedRooms(
+            settings, self.store, self.committer, clock=clock, address=self._address, carry_out=self._carry_out
+        )
+        self.rooms = self.loaded.rooms
+        self.retention = self.loaded.retention = Retention(self)
         self._tasks: list[asyncio.Task[None]] = []
         self._closing: set[asyncio.Task[None]] = set()
-        # Rooms being opened: how many opens wait, and the lock that serves them in order.
-        self._openers: dict[RoomId, int] = {}
-        self._open_locks: dict[RoomId, asyncio.Lock] = {}
-        self._evictions: dict[RoomId, asyncio.TimerHandle] = {}
         self._carrying: set[Room] = set()  # rooms whose actions are being carried out
         self._addresses = AddressTable(
             settings.rate_limit_per_address_per_second, settings.rate_limit_per_address_burst
@@ -160,7 +157,7 @@ class RoomRegistry:
             await asyncio.wait(set(self._closing), timeout=self.settings.send_timeout_seconds)
         await self.committer.stop()
         for room_id in list(self.rooms):
-            self._evict(room_id, force=True)
+            self.loaded.evict(room_id, force=True)
         try:
             async with asyncio.timeout(self.settings.shutdown_timeout_seconds / 2):
                 await self.store.close()
@@ -171,86 +168,32 @@ class RoomRegistry:
         """Wait until every change applied so far is committed; False if ``within`` ran out."""
         return await self.committer.wait_committed(within)
 
-    async def open(self, room_id: RoomId, address: str = "") -> Room:
-        """The room with this id, loaded from the store (or made empty) if it is not in memory.
+    async def settled(self) -> None:
+        """Return once every change so far is committed, every queued frame written (or waiting
+        on a connection that cannot take it now) and every connection to close is closed: an
+        event to wait on, where counting event-loop turns would tie a test to how many a step
+        takes. Never returns while a commit cannot finish (a stalled store)."""
+        while True:
+            await self.committer.wait_committed()
+            if self._closing:
+                await asyncio.wait(set(self._closing))
+            writing = self.outboxes.flushing or any(
+                outbox.queue and outbox.sending_since is None for outbox in self.outboxes.by_session.values()
+            )
+            if not writing and not self._closing and self.committer.idle:
+                return
+            await asyncio.sleep(0)  # let the senders and the flush run
 
-        Opens of a room being loaded wait for that one load, and return in the order they were
-        called, as does any open that comes while they wait: the caller admits its client in
-        the same step, so clients join in the order their joins arrived. Raises
-        `ServerStopping` while shutting down, `StorageUnavailable` when the store cannot be
-        read, `TooManyNewRooms` when the room is new and ``address`` made
-        ``rooms_per_address_per_minute`` rooms within the last minute, and `ServerBusy` when
-        ``max_loaded_rooms`` rooms are in memory and none of them can be unloaded.
-        """
+    async def open(self, room_id: RoomId, address: str = "") -> Room:
+        """The room with this id, loaded if need be (see `LoadedRooms.open`); `ServerStopping`
+        while shutting down."""
         if not self.accepting:
             raise ServerStopping()
-        room = self.rooms.get(room_id)
-        if room is None or room_id in self._openers:
-            self._openers[room_id] = self._openers.get(room_id, 0) + 1
-            lock = self._open_locks.setdefault(room_id, asyncio.Lock())  # first come, first served
-            try:
-                async with lock:
-                    room = self.rooms.get(room_id)
-                    if room is None:
-                        room = await self._load(room_id, address)
-            finally:
-                self._openers[room_id] -= 1
-                if not self._openers[room_id]:
-                    del self._openers[room_id]
-                    del self._open_locks[room_id]
-        eviction = self._evictions.pop(room_id, None)
-        if eviction is not None:
-            eviction.cancel()
-        return room
+        return await self.loaded.open(room_id, address)
 
     def opening(self) -> set[RoomId]:
         """The rooms being opened now (retention keeps them)."""
-        return set(self._openers)
-
-    async def _load(self, room_id: RoomId, address: str) -> Room:
-        await self.committer.wait_for(room_id)
-        await self.retention.wait_for_batch()  # a purge must not delete the room under its load
-        try:
-            stored = await self.store.load(room_id, self.settings.history_limit)
-            room = room_from_stored(room_id, stored, self.settings, self.clock) if stored is not None else None
-        except Exception as exc:
-            # The store failed, or what it holds is damaged (a change that does not apply).
-            log.exception("room_load_failed", room_id=room_id)
-            raise StorageUnavailable() from exc
-        limits = self._address(address) if room is None else None
-        if limits is not None:
-            try:
-                limits.check_new_room(self.clock(), self.settings.rooms_per_address_per_minute)
-            except TooManyNewRooms:
-                metrics.RATE_LIMITED.inc()
-                raise
-        self._make_space()
-        if room is None:
-            room = new_room(room_id, self.settings, self.clock)
-            if limits is not None:
-                limits.new_rooms.append(self.clock())
-        self.rooms[room_id] = room
-        metrics.ROOMS.set(len(self.rooms))
-        # The room's row is written before anyone is admitted: a new room, with its epoch, is in
-        # the store before anything of it is shown (a restart brings back the epoch clients
-        # know), and a loaded room's last write time tells retention it is still used.
-        room.mark_changed()
-        self._carry_out(room)
-        return room
-
-    def _make_space(self) -> None:
-        """Unload empty, committed rooms until one more fits; `ServerBusy` when none can go."""
-        limit = self.settings.max_loaded_rooms
-        for room in list(self.rooms.values()):  # the longest loaded first
-            if len(self.rooms) < limit:
-                return
-            room_id = room.room_id
-            idle = not room.sessions and room.all_durable and room_id not in self._openers
-            if idle and not self.committer.pending(room_id):
-                self._evict(room_id)
-        if len(self.rooms) >= limit:
-            log.warning("server_busy", rooms=len(self.rooms))
-            raise ServerBusy(limit)
+        return self.loaded.opening()
 
     def _is_loaded(self, room: Room) -> bool:
         return self.rooms.get(room.room_id) is room
@@ -292,7 +235,7 @@ class RoomRegistry:
         except BaseException:
             # `open` stopped the room's eviction: a refused client must not keep it loaded.
             self._carry_out(room)
-            self._schedule_eviction(room)
+            self.loaded.schedule_eviction(room)
             raise
         outbox = Outbox(
             session,
@@ -349,41 +292,13 @@ class RoomRegistry:
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
         if not session.room.sessions:
-            self._schedule_eviction(session.room)
+            self.loaded.schedule_eviction(session.room)
 
     @staticmethod
     async def _close(transport: Transport, session: Session) -> None:
         with contextlib.suppress(Exception):
             async with asyncio.timeout(CLOSE_TIMEOUT_SECONDS):
                 await transport.close(session.close_code, session.close_reason)
-
-    def _schedule_eviction(self, room: Room) -> None:
-        room_id = room.room_id
-        if room.sessions or room_id in self._evictions or not self._is_loaded(room):
-            return
-        # Even with no grace the eviction waits for the current step to finish: a takeover ends
-        # a room's last session and admits its successor in one step.
-        grace = max(0.0, self.settings.room_grace_seconds)
-        self._evictions[room_id] = asyncio.get_running_loop().call_later(grace, self._evict, room_id)
-
-    def _evict(self, room_id: RoomId, force: bool = False) -> None:
-        self._evictions.pop(room_id, None)
-        room = self.rooms.get(room_id)
-        if room is None or room.sessions:
-            return
-        if not room.all_durable and not force:
-            # Not committed yet: unloading now would lose it. Try again after the commit.
-            self._evictions[room_id] = asyncio.get_running_loop().call_later(
-                EVICTION_RETRY_SECONDS, self._evict, room_id
-            )
-            return
-        eviction = self._evictions.pop(room_id, None)
-        if eviction is not None:
-            eviction.cancel()
-        del self.rooms[room_id]
-        metrics.ROOMS.set(len(self.rooms))
-        metrics.ROOM_EVICTIONS.inc()
-        log.info("room_evicted", room_id=room_id, version=room.document.version)
 
     # Messages from clients
 
@@ -495,15 +410,10 @@ class RoomRegistry:
         Its clients are told to reconnect; they resend what was not confirmed, and the room is
         loaded again from what the store holds, which is everything anyone was shown.
         """
-        if self._is_loaded(room):
-            # A room whose first commit failed was shown to no one (its welcomes were held for
-            # that commit), so its successor may start a new epoch.
-            del self.rooms[room.room_id]
-            metrics.ROOMS.set(len(self.rooms))
+        # A room whose first commit failed was shown to no one (its welcomes were held for that
+        # commit), so its successor may start a new epoch.
+        self.loaded.unload(room)
         self.committer.forget(room)
-        eviction = self._evictions.pop(room.room_id, None)
-        if eviction is not None:
-            eviction.cancel()
         room.fail()
         self._carry_out(room)
 

@@ -69,7 +69,7 @@ from rooms.session import (
     token_hash,
 )
 from rooms.settings import Settings
-from rooms.store import Record, RoomWrite, StoredRoom
+from rooms.store import Record, RoomWrite
 
 log = structlog.get_logger("collab.rooms")
 
@@ -89,6 +89,16 @@ class UpdatesMissing(Exception):
         self.after = after
         self.first = first
         super().__init__(f"the room is at version {after}, the next update given is {first}")
+
+
+class UncommittedUpdates(Exception):
+    """Updates committed elsewhere arrived while the room has updates of its own not yet
+    committed: their versions may be the same. Feed them again once the room's commit returned
+    (a commit that lost the race to another process fails, and the room is reset)."""
+
+    def __init__(self, version: int) -> None:
+        self.version = version
+        super().__init__(f"the room has uncommitted updates up to version {version}")
 
 
 class Room(MessageHandling):
@@ -376,12 +386,14 @@ class Room(MessageHandling):
         """Updates committed elsewhere (by another process sharing the room), in version order:
         apply those this room does not have, and show them to every client. Versions it has are
         skipped; a gap raises `UpdatesMissing` (read the missing ones from the store first),
-        as does a room with updates of its own not yet committed, whose versions would clash."""
+        and a room with changes of its own not yet committed raises `UncommittedUpdates`."""
         document = self.document
+        if records and (self.unsynced or not self.all_durable):
+            raise UncommittedUpdates(document.version)
         for record in records:
             if record.version <= document.version:
                 continue
-            if record.version != document.version + 1 or self.unsynced or not self.all_durable:
+            if record.version != document.version + 1:
                 raise UpdatesMissing(document.version, record.version)
             update = document.append(
                 Update(record.version, ClientId(record.client_id), record.seq, record.change_set(), record.user_id)
@@ -446,52 +458,3 @@ class Room(MessageHandling):
                 self._send(Send(session, full_text, "user_left"))
             else:
                 self._send(Send(session, versioned, "member_left"))
-
-
-def _document(settings: Settings, text: str = "", version: int = 0, epoch: str | None = None) -> Document:
-    return Document(
-        text,
-        version,
-        max_chars=settings.max_document_chars,
-        history_limit=settings.history_limit,
-        history_limit_bytes=settings.history_limit_bytes,
-        dedup_limit=settings.dedup_clients,
-        epoch=epoch,
-        diff_max_steps=settings.diff_max_steps,
-    )
-
-
-def new_room(room_id: RoomId, settings: Settings, clock: Callable[[], float] = time.monotonic) -> Room:
-    """An empty room, with a new epoch."""
-    log.info("room_created", room_id=room_id)
-    document = _document(settings)
-    return Room(room_id, document, settings.default_language, settings, clock=clock)
-
-
-def room_from_stored(
-    room_id: RoomId, stored: StoredRoom, settings: Settings, clock: Callable[[], float] = time.monotonic
-) -> Room:
-    """A room as the store kept it: its text, recent history, clients' seqs and tokens.
-    Raises `InvalidChanges` when a stored change does not apply (damaged data)."""
-    updates = [Update(r.version, ClientId(r.client_id), r.seq, r.change_set(), r.user_id) for r in stored.records]
-    clients = {ClientId(client): last for client, last in stored.clients.items()}
-    document = Document.restored(
-        stored.snapshot_text,
-        stored.snapshot_version,
-        updates,
-        clients,
-        max_chars=settings.max_document_chars,
-        history_limit=settings.history_limit,
-        history_limit_bytes=settings.history_limit_bytes,
-        dedup_limit=settings.dedup_clients,
-        epoch=stored.info.epoch,
-        diff_max_steps=settings.diff_max_steps,
-    )
-    room = Room(
-        room_id, document, stored.info.language, settings, clock=clock, snapshot_version=stored.snapshot_version
-    )
-    for client, digest in stored.tokens.items():
-        if digest:
-            room.bind(ClientId(client), digest)
-    log.info("room_loaded", room_id=room_id, version=document.version, updates=len(updates))
-    return room

@@ -113,6 +113,28 @@ def test_packed_form_gives_back_equal_changes(case: tuple[str, ChangeSet], prefi
 
 
 @given(doc_and_changes())
+def test_iter_changes_rebuilds_the_new_text_from_the_old(case: tuple[str, ChangeSet]) -> None:
+    doc, changes = case
+    old = units(doc)
+    for individual in (False, True):
+        pieces: list[bytes] = []
+        position = 0
+        for from_a, to_a, from_b, to_b, inserted in changes.iter_changes(individual):
+            assert from_a >= position and to_b - from_b == utf16_len(inserted)
+            pieces.extend(old[position:from_a])
+            pieces.extend(units(inserted))
+            position = to_a
+        pieces.extend(old[position:])
+        assert units(changes.apply(doc)) == pieces
+
+
+def test_iter_changes_joins_adjacent_parts_unless_asked_for_each() -> None:
+    changes = ChangeSet.from_json([1, [1, "a"], [0, "b"], 2, [1]])
+    assert [(1, 2, 1, 3, "ab"), (4, 5, 5, 5, "")] == list(changes.iter_changes())
+    assert [(1, 2, 1, 2, "a"), (2, 2, 2, 3, "b"), (4, 5, 5, 5, "")] == list(changes.iter_changes(individual=True))
+
+
+@given(doc_and_changes())
 def test_lengths_count_utf16_units_before_and_after(case: tuple[str, ChangeSet]) -> None:
     doc, changes = case
 
