@@ -386,9 +386,7 @@ class Document:
         if update.version != self._version + 1:
             raise InvalidChanges(f"an update to version {update.version} cannot follow version {self._version}")
         if update.changes.length != self._length:
-            raise InvalidChanges(
-                f"changes expect a document of {update.changes.length} units, it has {self._length}"
-            )
+            raise InvalidChanges(f"changes expect a document of {update.changes.length} units, it has {self._length}")
         text = update.changes.apply(self._text)
         return self._apply(text, update.client_id, update.seq, update.changes, update.user_id)
 
