@@ -54,7 +54,7 @@ from rooms.protocol import (
     encode_update,
     parse_client_message,
 )
-from rooms.room_messages import FRAME_BYTES_PER_TOKEN, RESTORE_CLIENT, MessageHandling, encode_update_for
+from rooms.room_messages import FRAME_BYTES_PER_TOKEN, RESTORE_CLIENT, MessageHandling
 from rooms.session import (
     CLOSE_NORMAL,
     CLOSE_REPLACED,
@@ -398,7 +398,8 @@ class Room(MessageHandling):
             update = document.append(
                 Update(record.version, ClientId(record.client_id), record.seq, record.change_set(), record.user_id)
             )
-            self._broadcast_update(update, None, None, encode_update_for(update, None), record.changes)
+            others = encode_update(update.version, None, update.seq, record.changes, update.user_id)
+            self._broadcast_update(update, None, None, others, record.changes)
 
     # Fan-out
 
@@ -419,13 +420,15 @@ class Room(MessageHandling):
     def _broadcast_update(
         self, update: Update, author: Session | None, cursor_position: object, others: str, changes: str
     ) -> None:
-        """Send an update to every client: with its client_id to its author, without it to the
-        other versioned clients, as the whole text to full-text clients."""
+        """Send an update to every client: with its client_id to the connection of its author's
+        client_id (wherever the update was made: a client that moved to this process learns
+        here that its push landed), without it to the other versioned clients, and as the
+        whole text to full-text clients other than its author."""
         self.presence.map_selections(update.changes)
         full_text: str | None = None  # encoded only if a full-text client needs it
         for session in list(self.sessions.values()):
             if session.protocol is WireProtocol.VERSIONED:
-                if session is author and session.client_id == update.client_id:
+                if session.client_id == update.client_id:
                     own = encode_update(update.version, update.client_id, update.seq, changes, update.user_id)
                     self._send(Send(session, own, "update"))
                 else:
