@@ -1,6 +1,7 @@
 """Page logic with NiceGUI's simulated `user` (no browser): create and join, the name dialog,
 the presence list, the shared language. The browser half of the editor is covered by
-``test_browser.py``; here the editor's hello is sent the way the browser sends it."""
+``test_browser.py``; here the editor's hello is sent the way the browser sends it, and its
+member list is reported the way the browser reports it (`BrowserHalf`)."""
 
 from __future__ import annotations
 
@@ -9,15 +10,19 @@ import json
 import re
 from collections.abc import Callable
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
+from nicegui.events import GenericEventArguments
 from nicegui.testing import User
 
-from rooms.protocol import Hello
+from rooms.limits import ROOM_ID
+from rooms.protocol import Hello, Language
 from rooms.registry import RoomRegistry
 from tests.ui_simulation import Recorder
-from ui.editor import BrowserNotReading, BrowserTransport, CollabEditor
-from ui.pages import ROOM_ID, room_id_from
+from ui.editor import BrowserNotReading, BrowserTransport, CollabEditor, Roster, RosterEntry, parse_members
+from ui.presence_panel import comings_and_goings
+from ui.start_page import room_id_from
 
 
 async def choose_name(user: User, name: str) -> None:
@@ -34,10 +39,72 @@ async def wait_for_notice(user: User, text: str, timeout: float = 5.0) -> None:
     raise AssertionError(f"no notification {text!r}; got {user.notify.messages}")
 
 
-def browser_hello(user: User, client_id: str) -> None:
+async def until(condition: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
+    for _ in range(int(timeout / 0.02)):
+        if condition():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def browser_hello(user: User, client_id: str, gen: int = 1) -> None:
     """What the editor's browser half sends first (the server fills in name and colour)."""
     hello = {"type": "hello", "client_id": client_id, "version": None, "resume_token": "t" * 16, "batch": True}
-    user.find(CollabEditor).trigger("frame", {"gen": 1, "data": json.dumps(hello)})
+    user.find(CollabEditor).trigger("frame", {"gen": gen, "data": json.dumps(hello)})
+
+
+class BrowserHalf:
+    """Keeps the member list from what the room sends the page (its welcome, then each
+    member_joined and member_left) and reports it with a ``members`` event, as the editor's
+    browser half does."""
+
+    def __init__(self, user: User) -> None:
+        self.user = user
+        self.editor = user.find(CollabEditor).elements.pop()
+        self.own_id = ""
+        self.members: dict[str, dict[str, str]] = {}
+        self.reported: list[dict[str, Any]] = []
+        send = self.editor.call
+
+        def call(method: str, *args: Any) -> None:
+            send(method, *args)
+            if method == "receive":
+                self.receive(*args)
+
+        self.editor.call = call  # type: ignore[method-assign]
+
+    def receive(self, gen: int, data: str) -> None:
+        parsed = json.loads(data)
+        before = (self.own_id, dict(self.members))
+        for message in parsed if isinstance(parsed, list) else [parsed]:
+            if message["type"] == "welcome":
+                self.own_id = message["user_id"]
+                self.members = {member["user_id"]: member for member in message["members"]}
+            elif message["type"] == "member_joined":
+                self.members[message["user_id"]] = message
+            elif message["type"] == "member_left":
+                self.members.pop(message["user_id"], None)
+        if (self.own_id, self.members) != before and not self.editor.is_deleted:
+            members = [{key: m[key] for key in ("user_id", "username", "color")} for m in self.members.values()]
+            args = {"gen": gen, "self": self.own_id, "members": members}
+            self.reported.append(args)
+            self.user.find(CollabEditor).trigger("members", args)
+
+
+def members_event(gen: int, own: str, *names: str) -> dict[str, Any]:
+    """A ``members`` event of members ``u-<name>``, this page's own member being ``u-<own>``."""
+    members = [{"user_id": f"u-{name}", "username": name, "color": "#2563eb"} for name in names]
+    return {"gen": gen, "self": f"u-{own}", "members": members}
+
+
+async def connected_page(user: User, room: str, name: str) -> CollabEditor:
+    """``user`` in ``room`` with a session of generation 1 (no member list reported yet)."""
+    await user.open(f"/room/{room}")
+    await choose_name(user, name)
+    browser_hello(user, f"{name}-tab")
+    editor = user.find(CollabEditor).elements.pop()
+    await until(lambda: editor.session is not None, "the page's join")
+    return editor
 
 
 @pytest.mark.parametrize(
@@ -105,6 +172,7 @@ async def test_presence_list_shows_members_with_their_names_live(
     ann = users()
     await ann.open("/room/presence")
     await choose_name(ann, "Ann")
+    BrowserHalf(ann)
     browser_hello(ann, "ann-tab")
     await ann.should_see("In this room (1)", retries=30)
     await ann.should_see("(you)")
@@ -128,6 +196,7 @@ async def test_the_language_is_shared_by_the_room(users: Callable[[], User], reg
     browser_hello(ann, "ann-tab")
     await bob.open("/room/lang")
     await choose_name(bob, "Bob")
+    BrowserHalf(bob)
     browser_hello(bob, "bob-tab")
     await bob.should_see("In this room (2)", retries=30)
     ann.find(marker="language").elements.pop().set_value("rust")
@@ -141,6 +210,7 @@ async def test_changing_the_name_renames_the_member(users: Callable[[], User], r
     ann = users()
     await ann.open("/room/rename")
     await choose_name(ann, "Ann")
+    half = BrowserHalf(ann)
     browser_hello(ann, "ann-tab")
     await ann.should_see("In this room (1)", retries=30)
     ann.find(marker="me").click()
@@ -158,7 +228,8 @@ async def test_changing_the_name_renames_the_member(users: Callable[[], User], r
     assert ["Annie"] == [member.username for member in registry.rooms["rename"].presence]
     assert re.fullmatch(r"#[0-9a-f]{6}", next(iter(registry.rooms["rename"].presence)).color)
     # The page's own leave and join (a new session under the new name) are not announced to it.
-    await asyncio.sleep(1.0)
+    await ann.should_see(marker="member-name", content="Annie", retries=30)
+    assert 2 == half.reported[-1]["gen"]
     assert not [message for message in ann.notify.messages if "joined" in message or "left" in message]
 
 
@@ -188,3 +259,141 @@ async def test_theme_toggle_and_copy_link(users: Callable[[], User]) -> None:
     assert "light" == ann.find(CollabEditor).elements.pop().props["theme"]
     ann.find(marker="copy-link").click()
     await wait_for_notice(ann, "Link copied")
+
+
+# The member list: what the editor's connection reports, and nothing else.
+
+
+async def test_the_presence_list_is_the_editors_member_list_not_the_rooms(
+    users: Callable[[], User], registry: RoomRegistry
+) -> None:
+    ann = users()
+    await connected_page(ann, "one-source", "Ann")
+    ann.find(CollabEditor).trigger("members", members_event(1, "Ann", "Ann", "<b>Ghost</b>"))
+    await ann.should_see("In this room (2)", retries=30)
+    await ann.should_see("<b>Ghost</b>")  # as text
+    await ann.should_see("(you)")
+    # Someone joins the room, but the editor has not reported it: the page shows what it was told,
+    # even once it has read the room again (the language that member sets reaches the page).
+    mallory = await registry.join_versioned(
+        "one-source", Recorder(), Hello(type="hello", client_id="raw", username="Mallory", version=None)
+    )
+    registry.receive(mallory, Language(type="language", language="rust"))
+    await until(lambda: "rust" == ann.find(marker="language").elements.pop().value, "the room's language")
+    await ann.should_see("In this room (2)")
+    await ann.should_not_see("Mallory")
+    ann.find(CollabEditor).trigger("members", members_event(1, "Ann", "Ann", "Mallory"))
+    await ann.should_see("Mallory", retries=30)
+    await wait_for_notice(ann, "Mallory joined")
+    await wait_for_notice(ann, "<b>Ghost</b> left")
+
+
+async def test_a_page_without_a_connection_shows_no_members(users: Callable[[], User]) -> None:
+    ann = users()
+    await connected_page(ann, "offline-list", "Ann")
+    ann.find(CollabEditor).trigger("members", members_event(1, "Ann", "Ann", "Bob"))
+    await ann.should_see("In this room (2)", retries=30)
+    ann.find(CollabEditor).trigger("members", members_event(1, "Ann"))
+    await ann.should_see("Waiting for the room…", retries=30)
+    await ann.should_not_see("Bob")
+    # Back: the new list is compared with the last one of a live connection, so a member who
+    # was there all along is not announced again, and the page's new own member never is.
+    ann.find(CollabEditor).trigger("members", members_event(1, "Ann2", "Ann2", "Bob", "Cy"))
+    await ann.should_see("In this room (3)", retries=30)
+    await wait_for_notice(ann, "Cy joined")
+    assert ["Cy joined"] == [message for message in ann.notify.messages if "joined" in message or "left" in message]
+
+
+async def test_members_of_another_generation_or_shape_are_not_shown(users: Callable[[], User]) -> None:
+    ann = users()
+    editor = await connected_page(ann, "gens", "Ann")
+    ann.find(CollabEditor).trigger("members", members_event(1, "Ann", "Ann"))
+    await ann.should_see("In this room (1)", retries=30)
+    too_many = members_event(1, "Ann", *(f"m{i}" for i in range(editor._settings.max_members_per_room + 1)))
+    styled = members_event(1, "Ann", "Ann", "Eve")
+    styled["members"][1]["color"] = "red; background-image: url(https://example.com/)"
+    for args in (members_event(0, "Ann", "Ann", "Old"), members_event(2, "Ann", "Ann", "Next"), too_many, styled):
+        # Awaited here, so each has been handled once this returns.
+        await editor._on_members_event(GenericEventArguments(sender=editor, client=editor.client, args=args))
+    await ann.should_see("In this room (1)")
+    for name in ("Old", "Next", "m0", "Eve"):
+        await ann.should_not_see(name)
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        ([], "members event must be an object"),
+        ({"gen": True, "self": "", "members": []}, "gen must be an integer"),
+        ({"gen": 1, "self": 7, "members": []}, "self must be a string"),
+        ({"gen": 1, "self": "u" * 65, "members": []}, "self must be at most 64 characters"),
+        ({"gen": 1, "self": "u", "members": {}}, "members must be a list"),
+        ({"gen": 1, "self": "u", "members": [{}] * 4}, "members must hold at most 3 members, got 4"),
+        ({"gen": 1, "self": "u", "members": ["u"]}, "a member must be an object"),
+        ({"gen": 1, "self": "u", "members": [{"user_id": "u", "username": "Ann"}]}, "color must be a string"),
+        (
+            {"gen": 1, "self": "u", "members": [{"user_id": "u", "username": "A" * 11, "color": "#000000"}]},
+            "username must be at most 10 characters, got 11",
+        ),
+        (
+            {"gen": 1, "self": "u", "members": [{"user_id": "u", "username": "Ann", "color": "#00000g"}]},
+            "color must be #rrggbb",
+        ),
+    ],
+)
+def test_a_member_list_of_another_shape_is_refused_saying_why(args: object, error: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(error)):
+        parse_members(args, max_members=3, max_username_chars=10)
+
+
+def test_a_member_list_is_read_as_the_browser_reports_it() -> None:
+    args = {"gen": 4, "self": "a1", "members": [{"user_id": "a1", "username": "Ann", "color": "#2563EB", "x": 1}]}
+    assert (4, Roster("a1", (RosterEntry("a1", "Ann", "#2563EB"),))) == parse_members(
+        args, max_members=3, max_username_chars=10
+    )
+    # Closed before its first welcome: no own member, and nobody known.
+    assert (5, Roster("", ())) == parse_members(
+        {"gen": 5, "self": None, "members": []}, max_members=3, max_username_chars=10
+    )
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "own", "news"),
+    [
+        ({"a": "Ann"}, {"a": "Ann", "b": "Bob"}, {"a"}, (["Bob"], [])),
+        ({"a": "Ann", "b": "Bob"}, {"a": "Ann"}, {"a"}, ([], ["Bob"])),
+        # This page's members, old and new, are never news.
+        ({"a": "Ann"}, {"a2": "Ann"}, {"a", "a2"}, ([], [])),
+        # A reconnect under the same name is not news either.
+        ({"a": "Ann", "b": "Bob"}, {"a": "Ann", "b2": "Bob"}, {"a"}, ([], [])),
+        ({"a": "Ann", "b": "Bob"}, {"a": "Ann", "c": "Cy"}, {"a"}, (["Cy"], ["Bob"])),
+    ],
+)
+def test_who_joined_and_who_left_between_two_lists(
+    before: dict[str, str], after: dict[str, str], own: set[str], news: tuple[list[str], list[str]]
+) -> None:
+    assert news == comings_and_goings(before, after, own)
+
+
+async def test_a_flood_of_hellos_gets_one_refusal_a_second(users: Callable[[], User]) -> None:
+    ann = users()
+    editor = await connected_page(ann, "hellos", "Ann")
+    replies: list[tuple[Any, ...]] = []
+    editor.call = lambda method, *args: replies.append((method, *args))  # type: ignore[method-assign]
+    hello = json.dumps({"type": "hello", "client_id": "ann-tab", "version": None, "resume_token": "t" * 16})
+    for gen in range(2, 30):
+        editor._hello(gen, hello)
+    refusals = [args for method, *args in replies if method == "receive" and '"rate_limited"' in args[1]]
+    assert 1 == len(refusals)
+
+
+async def test_a_burst_of_member_lists_is_shown_as_its_newest(users: Callable[[], User]) -> None:
+    ann = users()
+    await connected_page(ann, "burst", "Ann")
+    ann.find(CollabEditor).trigger("members", members_event(1, "Ann", "Ann"))
+    await ann.should_see("In this room (1)", retries=30)
+    for i in range(20):
+        ann.find(CollabEditor).trigger("members", members_event(1, "Ann", "Ann", f"m{i}"))
+    await ann.should_see(marker="member-name", content="m19", retries=30)
+    # Drawn at most twice (at once, then the newest after the interval), not once per list.
+    assert 2 >= len([message for message in ann.notify.messages if "joined" in message])

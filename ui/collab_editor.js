@@ -2,14 +2,16 @@
 // NiceGUI's bridge. Browser -> server: this.$emit("frame", {gen, data}); server -> browser:
 // receive(gen, data), where data is one protocol message, or a JSON array of them (batch).
 //
-// Client state, as in rooms/replica.py: `version` (last server version applied), `base` (the
-// server's text at `version`), `inflight` (one sent batch with its seq) and `pending` (local
-// changes composed, not sent). Everything needed to resend unconfirmed work is kept in
-// sessionStorage, so a reconnect or a page reload (a server restart) applies it exactly once.
+// Every protocol decision is made by the client in collab_client.js (served as a dependency of
+// this component); this file is its shell: the editor, the bridge, timers, sessionStorage and
+// what the page is told ("frame", "lost", "notice", "paused", "members"). The client's state is
+// kept in sessionStorage, so a reconnect or a page reload (a server restart) resends unconfirmed
+// work, which the server applies exactly once.
 //
 // `gen` numbers the hellos of this page: a reconnect says hello again with a new gen, and
 // anything still arriving for an older one is ignored.
 import * as CM from "nicegui-codemirror";
+import { CollabClient, replacement } from "collab_client";
 
 const STORE = "collab-pad:";
 const HELLO_RETRY_MS = [2000, 4000, 8000];
@@ -21,11 +23,16 @@ const NOTICE_EVERY_MS = 5000;
 // user is offered their text, as when work cannot be merged.
 const FAILURE_RETRY_MS = [500, 1000, 2000, 4000, 8000, 15000, 30000];
 const FAILURES_BEFORE_OFFER = 3;
+const REMOTE = [CM.Transaction.remote.of(true), CM.Transaction.addToHistory.of(false)];
 
 function randomId(bytes) {
   const data = new Uint8Array(bytes);
   crypto.getRandomValues(data);
   return Array.from(data, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+function newIdentity() {
+  return { clientId: "b-" + randomId(12), resumeToken: randomId(16) };
 }
 
 // Black or white, whichever reads better on a #rrggbb background.
@@ -67,9 +74,7 @@ class CaretWidget extends CM.WidgetType {
 }
 
 const cursorField = CM.StateField.define({
-  create() {
-    return CM.Decoration.none;
-  },
+  create: () => CM.Decoration.none,
   update(set, tr) {
     set = set.map(tr.changes);
     for (const effect of tr.effects) if (effect.is(setCursors)) set = effect.value;
@@ -79,74 +84,37 @@ const cursorField = CM.StateField.define({
 });
 
 const cursorTheme = CM.EditorView.baseTheme({
-  ".collab-caret": {
-    position: "relative",
-    borderLeft: "2px solid",
-    marginLeft: "-1px",
-    marginRight: "-1px",
-  },
+  ".collab-caret": { position: "relative", borderLeft: "2px solid", marginLeft: "-1px", marginRight: "-1px" },
   ".collab-caret-label": {
-    position: "absolute",
-    top: "-1.35em",
-    left: "-2px",
-    padding: "0 4px",
-    borderRadius: "3px 3px 3px 0",
-    fontSize: "11px",
-    lineHeight: "1.35em",
-    fontFamily: "system-ui, sans-serif",
-    whiteSpace: "nowrap",
-    pointerEvents: "none",
-    zIndex: 10,
-    opacity: 0.95,
+    ...{ position: "absolute", top: "-1.35em", left: "-2px", padding: "0 4px", borderRadius: "3px 3px 3px 0" },
+    ...{ fontSize: "11px", lineHeight: "1.35em", fontFamily: "system-ui, sans-serif", whiteSpace: "nowrap" },
+    ...{ pointerEvents: "none", zIndex: 10, opacity: 0.95 },
   },
-  ".collab-caret-label-below": {
-    top: "1.35em",
-    borderRadius: "0 3px 3px 3px",
-  },
+  ".collab-caret-label-below": { top: "1.35em", borderRadius: "0 3px 3px 3px" },
 });
 
 export default {
   template: `<div class="collab-editor"></div>`,
-  props: {
-    roomId: String,
-    language: String,
-    theme: String,
-    maxChars: Number,
-  },
-  data() {
-    return {};
-  },
-  watch: {
-    language(value) {
-      this.setLanguage(value);
-    },
-    theme(value) {
-      this.setTheme(value);
-    },
-  },
+  props: { roomId: String, language: String, theme: String, maxChars: Number },
+  watch: { language: "setLanguage", theme: "setTheme" },
   async mounted() {
-    this.gen = 0;
-    this.live = false; // welcomed on the current gen
-    this.members = new Map(); // user_id -> {username, color}
-    this.cursors = new Map(); // user_id -> {anchor, head} in local positions
-    this.unsentEdits = 0;
-    this.userId = null;
-    this.helloTimer = null;
-    this.helloAttempt = 0;
-    this.cursorTimer = null;
-    this.saveTimer = null;
+    this.gen = this.helloAttempt = this.failures = 0;
+    this.helloTimer = this.resendTimer = this.cursorTimer = this.saveTimer = null;
     this.stopped = null; // a reason not to reconnect by ourselves (another tab took over)
-    this.resendTimer = null;
     this.sentAt = 0; // when the in-flight batch was last sent
     this.lastNotice = new Map(); // notice key -> time shown, so that retries do not repeat it
-    this.languageConfig = new CM.Compartment();
-    this.themeConfig = new CM.Compartment();
-    this.editableConfig = new CM.Compartment();
+    for (const name of ["languageConfig", "themeConfig", "editableConfig"]) this[name] = new CM.Compartment();
 
     await this.restoreOrFork();
+    // The page's own buttons and the tests read the client's state as fields of the editor.
+    const field = (name, get, set) => Object.defineProperty(this, name, { get, set, configurable: true });
+    field("live", () => this.client.live, (value) => (this.client.live = value));
+    field("inflight", () => this.client.inflight);
+    field("pending", () => this.client.pending);
+    field("state", () => this.client);
     const self = this;
     this.view = new CM.EditorView({
-      doc: this.localText(),
+      doc: this.client.text,
       parent: this.$el,
       extensions: [
         // The server splits lines at "\n" only: a "\r" is an ordinary character, never a line break
@@ -177,8 +145,8 @@ export default {
     document.addEventListener("visibilitychange", this.onVisibility);
     this.channel = new BroadcastChannel(STORE + "tabs");
     this.channel.onmessage = (event) => {
-      if (event.data?.type === "who" && event.data.client_id === this.state.client_id) {
-        this.channel.postMessage({ type: "mine", client_id: this.state.client_id });
+      if (event.data?.type === "who" && event.data.client_id === this.client.clientId) {
+        this.channel.postMessage({ type: "mine", client_id: this.client.clientId });
       }
     };
     this.waitForSocket();
@@ -187,7 +155,7 @@ export default {
     window.collabEditor = this; // for the page's own buttons and for tests
   },
   beforeUnmount() {
-    this.save();
+    if (this.client) this.save();
     this.unmounted = true;
     for (const timer of [this.helloTimer, this.resendTimer, this.cursorTimer, this.saveTimer]) clearTimeout(timer);
     clearInterval(this.statusTimer);
@@ -207,25 +175,12 @@ export default {
     storageKey() {
       return STORE + "room:" + this.roomId;
     },
-    freshState() {
-      return {
-        client_id: "b-" + randomId(12),
-        resume_token: randomId(16),
-        epoch: null,
-        version: null, // null: nothing from the server yet
-        base: "",
-        inflight: null, // {seq, changes: JSON}
-        pending: null, // JSON
-        next_seq: 1,
-        unsent: 0,
-      };
-    },
     async restoreOrFork() {
-      let state = null;
+      let saved = null;
       try {
-        state = JSON.parse(sessionStorage.getItem(this.storageKey()) || "null");
+        saved = JSON.parse(sessionStorage.getItem(this.storageKey()) || "null");
       } catch (e) {
-        state = null;
+        saved = null;
       }
       // A duplicated tab copies sessionStorage, including a flag that says the tab is open (a
       // reload clears it first, on pagehide); the original tab owns those edits and that
@@ -233,16 +188,13 @@ export default {
       // asked directly, for a copy made while the flag was down.
       const copied = sessionStorage.getItem(STORE + "open") === "1";
       sessionStorage.setItem(STORE + "open", "1");
-      if (state && (copied || (await this.clientIdTaken(state.client_id)))) {
-        state = null;
+      if (saved && (copied || (await this.clientIdTaken(saved.client_id)))) saved = null;
+      try {
+        this.client = new CollabClient(CM, saved, newIdentity);
+      } catch (e) {
+        console.warn("collab pad: the kept state is unreadable; starting afresh", e);
+        this.client = new CollabClient(CM, null, newIdentity);
       }
-      this.state = state || this.freshState();
-      this.base = CM.Text.of(this.state.base.split("\n"));
-      this.inflight = this.state.inflight
-        ? { seq: this.state.inflight.seq, changes: CM.ChangeSet.fromJSON(this.state.inflight.changes) }
-        : null;
-      this.pending = this.state.pending ? CM.ChangeSet.fromJSON(this.state.pending) : null;
-      this.unsentEdits = this.state.unsent || 0;
     },
     clientIdTaken(clientId) {
       return new Promise((resolve) => {
@@ -261,25 +213,11 @@ export default {
         channel.postMessage({ type: "who", client_id: clientId });
       });
     },
-    localText() {
-      let doc = this.base;
-      if (this.inflight) doc = this.inflight.changes.apply(doc);
-      if (this.pending) doc = this.pending.apply(doc);
-      return doc;
-    },
     save() {
       clearTimeout(this.saveTimer);
       this.saveTimer = null;
-      const state = this.state;
-      state.inflight = this.inflight ? { seq: this.inflight.seq, changes: this.inflight.changes.toJSON() } : null;
-      state.pending = this.pending ? this.pending.toJSON() : null;
-      state.unsent = this.unsentEdits;
-      if (this.baseDirty) {
-        state.base = this.base.toString();
-        this.baseDirty = false;
-      }
       try {
-        sessionStorage.setItem(this.storageKey(), JSON.stringify(state));
+        sessionStorage.setItem(this.storageKey(), JSON.stringify(this.client.toJSON()));
       } catch (e) {
         console.warn("collab pad: could not keep unsent edits in sessionStorage", e);
       }
@@ -315,18 +253,7 @@ export default {
       clearTimeout(this.helloTimer);
       if (this.stopped) return;
       this.gen += 1;
-      this.live = false;
-      this.sendAfterFrame = false;
-      const state = this.state;
-      const message = {
-        type: "hello",
-        client_id: state.client_id,
-        version: state.version,
-        resume_token: state.resume_token,
-        batch: true,
-      };
-      if (state.version !== null && state.epoch) message.epoch = state.epoch;
-      this.emit(message);
+      this.emit(this.client.hello());
       // A hello sent while the socket was reconnecting can be lost: try again until welcomed.
       const delay = HELLO_RETRY_MS[Math.min(this.helloAttempt, HELLO_RETRY_MS.length - 1)];
       this.helloAttempt += 1;
@@ -359,6 +286,10 @@ export default {
     offer(text, reason) {
       this.$emit("lost", { text, reason });
     },
+    emitMembers() {
+      this.$emit("members", { gen: this.gen, self: this.client.userId, members: this.client.memberList() });
+      this.publishStatus();
+    },
     emit(message) {
       this.$emit("frame", { gen: this.gen, data: JSON.stringify(message) });
     },
@@ -373,32 +304,44 @@ export default {
         messages = Array.isArray(parsed) ? parsed : [parsed];
       } catch (e) {
         console.error("collab pad: unreadable frame", e);
-        this.resync();
-        return;
+        this.client.forgetVersion();
+        return this.hello();
       }
-      let changed = false; // only these change what is kept in sessionStorage
       for (const message of messages) {
-        try {
-          this.handle(message);
-        } catch (e) {
-          console.error("collab pad: message failed", message.type, e);
-          this.resync();
-          return;
-        }
-        if (gen !== this.gen) return; // the handler started a new hello
-        changed ||= message.type === "welcome" || message.type === "update" || message.type === "error";
+        if (message?.type === "error") console.warn("collab pad:", message.code, message.message);
       }
-      if (this.sendAfterFrame) {
-        this.sendAfterFrame = false;
-        if (this.inflight) this.sendInflight();
-        else this.flush();
-        this.sendCursor();
+      const out = this.client.receive(messages);
+      if (out.failure) console.error("collab pad: message failed", out.failure.type, out.failure.error);
+      for (const changes of out.changes) this.view.dispatch({ changes, annotations: REMOTE });
+      if (out.welcomed) {
+        clearTimeout(this.helloTimer);
+        this.helloAttempt = 0;
       }
-      if (changed) this.scheduleSave();
+      if (out.language !== null) this.setLanguage(out.language);
+      if (out.members) this.emitMembers();
+      if (out.cursors) this.drawCursors();
+      if (out.offer) this.offer(out.offer.text, out.offer.reason);
+      if (out.notice) this.notice(out.notice.key, out.notice.level, out.notice.message);
+      if (out.confirmed) {
+        this.failures = 0;
+        // A cursor sent while edits were unconfirmed was placed before them: send the real one.
+        if (!this.client.pending) this.scheduleCursor();
+      }
+      if (!this.client.inflight) clearTimeout(this.resendTimer);
+      for (const message of out.send) {
+        if (message.type === "push") this.sendPush(message);
+        else this.send(message);
+      }
+      if (out.welcomed && !out.hello) this.sendCursor();
+      if (out.error) this.onError(out.error);
+      if (out.hello) this.hello();
+      if (out.changes.length || out.welcomed || out.confirmed || out.hello || out.due) this.scheduleSave();
+      this.publishStatus();
     },
     closed(gen, code, reason) {
       if (gen !== this.gen) return;
-      this.live = false;
+      this.client.closed();
+      this.emitMembers();
       if (code === 4001) {
         this.stopped = "This room was opened again in another tab or window; edits here are paused.";
         this.setEditable(false);
@@ -414,163 +357,8 @@ export default {
       }
       this.publishStatus();
     },
-    resync() {
-      // Our copy no longer fits the server's: ask for a snapshot (unconfirmed work is offered to
-      // the user by welcome if it cannot be kept).
-      this.state.version = null;
-      this.hello();
-    },
-
-    // --- protocol -----------------------------------------------------------------------------
-    handle(message) {
-      switch (message.type) {
-        case "welcome":
-          return this.onWelcome(message);
-        case "update":
-          return this.onUpdate(message);
-        case "ack":
-          return this.onAck(message);
-        case "cursor":
-          return this.onCursor(message);
-        case "member_joined":
-          this.members.set(message.user_id, { username: message.username, color: message.color });
-          return this.publishStatus();
-        case "member_left":
-          this.members.delete(message.user_id);
-          if (this.cursors.delete(message.user_id)) this.drawCursors();
-          return this.publishStatus();
-        case "language":
-          return this.setLanguage(message.language);
-        case "ping":
-          return this.send({ type: "pong" });
-        case "pong":
-          return;
-        case "error":
-          return this.onError(message);
-      }
-    },
-    onWelcome(message) {
-      clearTimeout(this.helloTimer);
-      this.helloAttempt = 0;
-      const state = this.state;
-      this.userId = message.user_id;
-      if (Number.isSafeInteger(message.max_change_parts)) this.maxChangeParts = message.max_change_parts;
-      const lastSeq = message.last_seq ?? null;
-      if (lastSeq !== null && state.version !== null && lastSeq >= state.next_seq) {
-        // The room applied a push of ours that this state never made: it is an older copy of
-        // this tab's state (restored, or copied). Its unconfirmed work may already be in the
-        // room: start from the room's text and offer ours instead of sending it twice.
-        const mine = this.view.state.doc.toString();
-        const hadWork = this.inflight !== null || this.pending !== null;
-        this.inflight = null;
-        this.pending = null;
-        this.unsentEdits = 0;
-        state.next_seq = lastSeq + 1;
-        this.resync();
-        if (hadWork) this.offer(mine, "stale");
-        return;
-      }
-      const newEpoch = state.epoch !== null && state.epoch !== message.epoch;
-      state.epoch = message.epoch;
-      if (lastSeq !== null) state.next_seq = Math.max(state.next_seq, lastSeq + 1);
-      this.members = new Map(message.members.map((m) => [m.user_id, { username: m.username, color: m.color }]));
-      this.cursors.clear();
-      if (message.doc !== undefined && message.doc !== null) {
-        const applied =
-          this.inflight && message.last_seq !== undefined && message.last_seq !== null && this.inflight.seq <= message.last_seq;
-        const lost = this.pending !== null || (this.inflight !== null && !applied);
-        const mine = this.view.state.doc.toString();
-        clearTimeout(this.resendTimer);
-        this.base = CM.Text.of(message.doc.split("\n"));
-        this.baseDirty = true;
-        state.version = message.version;
-        this.inflight = null;
-        this.pending = null;
-        this.unsentEdits = 0;
-        this.replaceAll(message.doc);
-        if (newEpoch && mine !== message.doc) {
-          // The room's document was started again (a restart of a server that keeps rooms in
-          // memory, or a room unloaded and reset): our text is not in it.
-          this.offer(mine, "reset");
-        } else if (lost && mine !== message.doc) {
-          this.offer(mine, "history");
-        }
-      } else if (message.version !== state.version) {
-        return this.resync();
-      }
-      this.live = true;
-      this.drawCursors();
-      this.setLanguage(message.language);
-      // The catch-up follows the welcome in the same frame: unconfirmed work is sent once it is
-      // rebased over it (at the current version), not at the version we said hello at, which
-      // may be too far behind for the server to rebase (`resync`).
-      this.sendAfterFrame = true;
-      this.publishStatus();
-    },
-    onUpdate(message) {
-      const state = this.state;
-      if (message.version <= state.version) return; // already applied (a repeated message)
-      // A gap (messages lost on the way): resume from our version, the catch-up fills it.
-      if (message.version !== state.version + 1) return this.hello();
-      const inflight = this.inflight;
-      if (inflight && message.client_id === state.client_id && message.seq === inflight.seq) {
-        this.base = inflight.changes.apply(this.base);
-        this.baseDirty = true;
-        state.version = message.version;
-        return this.confirmed();
-      }
-      let remote = CM.ChangeSet.fromJSON(message.changes);
-      this.base = remote.apply(this.base);
-      this.baseDirty = true;
-      state.version = message.version;
-      if (inflight) {
-        const rebased = inflight.changes.map(remote);
-        remote = remote.map(inflight.changes, true);
-        this.inflight = { seq: inflight.seq, changes: rebased, coarse: inflight.coarse };
-      }
-      if (this.pending) {
-        const pending = this.pending.map(remote);
-        remote = remote.map(this.pending, true);
-        this.pending = pending;
-      }
-      this.view.dispatch({
-        changes: remote,
-        annotations: [CM.Transaction.remote.of(true), CM.Transaction.addToHistory.of(false)],
-      });
-      this.publishStatus();
-    },
-    onAck(message) {
-      // Our in-flight batch changed nothing on the server (what it deleted was deleted already,
-      // say): no version was made, `base` stays as it is.
-      const inflight = this.inflight;
-      if (!inflight || message.seq !== inflight.seq || message.version !== this.state.version) return;
-      this.confirmed();
-    },
-    confirmed() {
-      this.inflight = null;
-      this.failures = 0;
-      clearTimeout(this.resendTimer);
-      if (!this.pending) {
-        this.unsentEdits = 0;
-        // A cursor sent while edits were unconfirmed was placed before them: send the real one.
-        if (this.cursorTimer === null) this.cursorTimer = setTimeout(() => this.sendCursor(), CURSOR_THROTTLE_MS);
-      }
-      this.flush();
-      this.publishStatus();
-      this.scheduleSave();
-    },
-    onCursor(message) {
-      if (message.user_id === this.userId || message.version !== this.state.version) return;
-      const local = this.unconfirmed();
-      const toLocal = (pos) => (local ? local.mapPos(pos, -1) : pos);
-      const length = this.view.state.doc.length;
-      const anchor = Math.min(toLocal(message.anchor), length);
-      const head = Math.min(toLocal(message.head), length);
-      this.cursors.set(message.user_id, { anchor, head });
-      this.drawCursors();
-    },
     onError(message) {
-      console.warn("collab pad:", message.code, message.message);
+      // The errors whose answer takes a wait; the client has decided everything else.
       if (message.code === "rate_limited") {
         const wait = Math.max(0.2, message.retry_after || 1) * 1000;
         if (!this.live) {
@@ -578,129 +366,56 @@ export default {
           return;
         }
         clearTimeout(this.resendTimer);
-        this.resendTimer = setTimeout(() => (this.inflight ? this.sendInflight() : this.flush()), wait);
-        return;
-      }
-      if (message.code === "internal_error") return this.retryAfterFailure();
-      if (message.code === "resync") {
-        // Our batch was too far behind to be rebased by the server: catch up from our version
-        // (welcome rebases the batch over the catch-up and sends it again, same seq, at the
-        // current version). Kept as it is: one replacement made now would be merged over the
-        // whole catch-up and could bring back text others deleted meanwhile.
-        if (message.seq !== undefined && message.seq !== this.inflight?.seq) return; // a late answer
-        this.live = false;
-        return this.hello();
-      }
-      if (message.code === "too_complex" && this.inflight) {
-        // Our batch grew past the server's limit while we rebased it over others' edits; it was
-        // not applied, so send it as one replacement. Once only: a second answer is to an
-        // earlier send of the same batch, and answers about another seq are late ones.
-        if (message.seq !== undefined && message.seq !== this.inflight.seq) return;
-        if (this.inflight.coarse) return;
-        this.inflight = {
-          seq: this.inflight.seq,
-          changes: this.coarsened(this.inflight.changes, this.base),
-          coarse: true,
-        };
-        return this.sendInflight();
-      }
-      if (message.code === "invalid_message" && this.inflight) return this.resync();
-      if (message.code === "client_id_in_use" || message.code === "seq_reused") {
-        // Another copy of this tab holds our client_id: carry on as a new client, keeping
-        // our unconfirmed text for the user.
-        const mine = this.view.state.doc.toString();
-        const hadWork = this.inflight || this.pending;
-        Object.assign(this.state, this.freshState());
-        this.base = CM.Text.of([""]);
-        this.inflight = null;
-        this.pending = null;
-        this.unsentEdits = 0;
-        this.hello();
-        if (hadWork) this.offer(mine, "duplicate");
-        return;
-      }
-      if (message.code === "room_full" || message.code === "server_restarting") {
-        this.live = false;
+        this.resendTimer = setTimeout(() => this.resend(), wait);
+      } else if (message.code === "internal_error") {
+        this.retryAfterFailure();
+      } else {
+        // room_full, server_restarting
         this.helloTimer = setTimeout(() => this.hello(), 3000);
         this.notice(message.code, "warning", message.message);
-        return;
       }
-      if (["version_too_old", "invalid_changes", "too_large", "invalid_version", "too_complex"].includes(message.code)) {
-        // The server refused our batch: start again from its text and offer ours to the user.
-        this.notice(message.code, "negative", message.message);
-        this.resync();
-        return;
-      }
-      this.notice(message.code, "warning", message.message);
     },
     retryAfterFailure() {
       // The server failed to handle a message. Say hello again, later each time; when it keeps
       // failing, offer the user their text (it stays here and is sent again once it works).
-      this.failures = (this.failures || 0) + 1;
+      this.failures += 1;
       this.live = false;
       clearTimeout(this.helloTimer);
       clearTimeout(this.resendTimer);
       const step = FAILURE_RETRY_MS[Math.min(this.failures - 1, FAILURE_RETRY_MS.length - 1)];
       this.helloTimer = setTimeout(() => this.hello(), step * (0.75 + Math.random() / 2));
-      if (this.failures === FAILURES_BEFORE_OFFER && (this.inflight || this.pending)) {
-        this.offer(this.view.state.doc.toString(), "failing");
+      if (this.failures === FAILURES_BEFORE_OFFER && (this.client.inflight || this.client.pending)) {
+        this.offer(this.client.text.toString(), "failing");
       }
-      this.publishStatus();
-    },
-    coarsened(changes, doc) {
-      // More parts than the server takes in one push: send one replacement of the span the
-      // changes touch instead (the same result), built against the text they apply to.
-      let from = -1;
-      let toA = 0;
-      let toB = 0;
-      changes.iterChangedRanges((fromA, endA, fromB, endB) => {
-        if (from < 0) from = fromA;
-        toA = endA;
-        toB = endB;
-      });
-      if (from < 0) return changes;
-      const after = changes.apply(doc);
-      return CM.ChangeSet.of({ from, to: toA, insert: after.slice(from, toB) }, changes.length);
-    },
-    unconfirmed() {
-      if (this.inflight && this.pending) return this.inflight.changes.compose(this.pending);
-      return this.inflight ? this.inflight.changes : this.pending;
     },
     flush() {
-      if (!this.live || this.inflight || !this.pending) return;
-      let changes = this.pending;
-      const limit = this.maxChangeParts;
-      if (limit && changes.toJSON().length > limit) changes = this.coarsened(changes, this.base);
-      this.inflight = { seq: this.state.next_seq, changes };
-      this.state.next_seq += 1;
-      this.pending = null;
-      this.sendInflight();
+      const push = this.client.flush();
+      if (push) this.sendPush(push);
     },
-    sendInflight() {
-      this.send({
-        type: "push",
-        version: this.state.version,
-        seq: this.inflight.seq,
-        changes: this.inflight.changes.toJSON(),
-      });
+    resend() {
+      const push = this.client.resend();
+      if (push) this.sendPush(push);
+    },
+    sendPush(push) {
+      this.send(push);
       this.sentAt = Date.now();
       // A push can be refused without a reply (a second rate-limit refusal within a second):
       // send it again until it is confirmed. The server applies a seq once.
       clearTimeout(this.resendTimer);
       this.resendTimer = setTimeout(() => {
-        if (this.live && this.inflight) this.sendInflight();
+        if (this.live && this.client.inflight) this.resend();
       }, RESEND_MS);
       this.scheduleSave();
+    },
+    scheduleCursor() {
+      if (this.cursorTimer === null) this.cursorTimer = setTimeout(() => this.sendCursor(), CURSOR_THROTTLE_MS);
     },
     sendCursor() {
       clearTimeout(this.cursorTimer);
       this.cursorTimer = null;
-      if (!this.live) return;
       const selection = this.view.state.selection.main;
-      const local = this.unconfirmed();
-      // Our selection in the server's text at `version`: back through our unconfirmed changes.
-      const toServer = (pos) => (local ? local.invertedDesc.mapPos(pos, -1) : pos);
-      this.send({ type: "cursor", version: this.state.version, anchor: toServer(selection.anchor), head: toServer(selection.head) });
+      const message = this.client.cursor(selection.anchor, selection.head);
+      if (message) this.send(message);
     },
 
     // --- the editor -----------------------------------------------------------------------------
@@ -713,19 +428,10 @@ export default {
       return tr;
     },
     onViewUpdate(update) {
-      if (update.docChanged) {
-        // Remote cursors are kept in local positions: move them with every change, so that a
-        // redraw (another cursor moving, someone leaving) puts them where they are now.
-        for (const cursor of this.cursors.values()) {
-          cursor.anchor = update.changes.mapPos(cursor.anchor, -1);
-          cursor.head = update.changes.mapPos(cursor.head, -1);
-        }
-      }
       let local = false;
       for (const tr of update.transactions) {
         if (!tr.docChanged || tr.annotation(CM.Transaction.remote)) continue;
-        this.pending = this.pending ? this.pending.compose(tr.changes) : tr.changes;
-        this.unsentEdits += 1;
+        this.client.edit(tr.changes);
         local = true;
       }
       if (local) {
@@ -733,50 +439,26 @@ export default {
         this.scheduleSave();
         this.publishStatus();
       }
-      if ((update.selectionSet || local) && this.cursorTimer === null) {
-        this.cursorTimer = setTimeout(() => this.sendCursor(), CURSOR_THROTTLE_MS);
-      }
+      if (update.selectionSet || local) this.scheduleCursor();
     },
     replaceAll(text) {
-      // Only what differs, so that the caret and the view stay where they are.
-      const current = this.view.state.doc.toString();
-      if (current === text) return;
-      const most = Math.min(current.length, text.length);
-      let start = 0;
-      while (start < most && current.charCodeAt(start) === text.charCodeAt(start)) start++;
-      let end = 0;
-      while (
-        end < most - start &&
-        current.charCodeAt(current.length - 1 - end) === text.charCodeAt(text.length - 1 - end)
-      )
-        end++;
-      this.view.dispatch({
-        changes: {
-          from: start,
-          to: current.length - end,
-          insert: CM.Text.of(text.slice(start, text.length - end).split("\n")),
-        },
-        annotations: [CM.Transaction.remote.of(true), CM.Transaction.addToHistory.of(false)],
-      });
+      // What a snapshot does to the editor: only what differs changes.
+      const changes = replacement(CM, this.view.state.doc.toString(), text);
+      this.view.dispatch({ changes, annotations: REMOTE });
     },
     drawCursors() {
       const ranges = [];
       const length = this.view.state.doc.length;
-      for (const [userId, cursor] of this.cursors) {
-        const member = this.members.get(userId);
+      for (const [userId, cursor] of this.client.cursors) {
+        const member = this.client.members.get(userId);
         if (!member) continue;
         const from = Math.min(cursor.anchor, cursor.head, length);
         const to = Math.min(Math.max(cursor.anchor, cursor.head), length);
-        if (from < to) {
-          ranges.push(
-            CM.Decoration.mark({ attributes: { style: `background-color: ${member.color}33` } }).range(from, to),
-          );
-        }
+        const style = `background-color: ${member.color}33`;
+        if (from < to) ranges.push(CM.Decoration.mark({ attributes: { style } }).range(from, to));
         const head = Math.min(cursor.head, length);
-        const below = this.view.state.doc.lineAt(head).number === 1;
-        ranges.push(
-          CM.Decoration.widget({ widget: new CaretWidget(member.username, member.color, below), side: 1 }).range(head),
-        );
+        const widget = new CaretWidget(member.username, member.color, this.view.state.doc.lineAt(head).number === 1);
+        ranges.push(CM.Decoration.widget({ widget, side: 1 }).range(head));
       }
       this.view.dispatch({ effects: setCursors.of(CM.Decoration.set(ranges, true)) });
     },
@@ -790,12 +472,8 @@ export default {
     setLanguage(name) {
       if (!this.view) return;
       const description = this.findLanguage(name);
-      if (!description) {
-        this.wantedLanguage = name;
-        this.view.dispatch({ effects: this.languageConfig.reconfigure([]) });
-        return;
-      }
       this.wantedLanguage = name;
+      if (!description) return this.view.dispatch({ effects: this.languageConfig.reconfigure([]) });
       description.load().then((support) => {
         if (this.wantedLanguage === name) this.view.dispatch({ effects: this.languageConfig.reconfigure([support]) });
       });
@@ -809,20 +487,16 @@ export default {
     // --- for the page ---------------------------------------------------------------------------
     status() {
       const connected = !!window.socket?.connected;
-      const unconfirmed = this.inflight !== null || this.pending !== null;
+      const client = this.client;
+      const unconfirmed = client.inflight !== null || client.pending !== null;
       let state = "connected";
       if (this.stopped) state = "paused";
       else if (!connected) state = "offline";
       else if (!this.live) state = "reconnecting";
       // Unconfirmed for a while although connected: worth showing too.
-      const stalled = this.inflight !== null && Date.now() - this.sentAt > RESEND_MS;
-      return {
-        state,
-        stalled,
-        unsent: unconfirmed ? Math.max(this.unsentEdits, 1) : 0,
-        version: this.state.version,
-        message: this.stopped,
-      };
+      const stalled = client.inflight !== null && Date.now() - this.sentAt > RESEND_MS;
+      const unsent = unconfirmed ? Math.max(client.unsent, 1) : 0;
+      return { state, stalled, unsent, version: client.version, message: this.stopped };
     },
     publishStatus() {
       window.dispatchEvent(new CustomEvent("collab-status", { detail: this.status() }));

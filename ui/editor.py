@@ -8,11 +8,16 @@ browser in one event-loop turn leaves as one frame, one NiceGUI message.
 
 Every hello starts a new *generation*; frames of an older generation are ignored on both sides,
 so a browser that reconnects (a new hello on the same page) never mixes two sessions.
+
+The browser half also reports who is in the room, as its connection knows it (``members``
+events): the page's presence list shows exactly what the editor was told, connected or not.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +28,7 @@ from nicegui import Client, background_tasks, ui
 from nicegui.events import GenericEventArguments
 
 from rooms.errors import InternalError, InvalidMessage, RateLimited, RoomError
-from rooms.limits import TokenBucket
+from rooms.limits import MessageLimit, TokenBucket
 from rooms.protocol import ErrorOut, Hello, parse_client_message
 from rooms.registry import RoomRegistry, Session
 from rooms.settings import Settings
@@ -36,6 +41,13 @@ HELLO_RATE_PER_SECOND = 0.5
 HELLO_BURST = 5
 # Frames a page may send between its hello and the room being loaded (a cursor, a resend).
 MAX_EARLY_FRAMES = 50
+# A member list comes from the browser: it only repeats what the room told it, so anything
+# longer or shaped otherwise is not from the browser half. User ids are 12 hex digits today.
+USER_ID_MAX_CHARS = 64
+COLOR = re.compile(r"#[0-9a-fA-F]{6}")
+# Drawing the list costs the server a few elements per member: a page that reports it more
+# often than this is shown only its newest list, once per interval.
+ROSTER_INTERVAL_SECONDS = 0.1
 
 
 def _client_address(client: Client) -> str:
@@ -57,6 +69,65 @@ class Identity:
 
     username: str
     color: str
+
+
+@dataclass(frozen=True, slots=True)
+class RosterEntry:
+    """One member of the room as the page's connection knows them."""
+
+    user_id: str
+    username: str
+    color: str
+
+
+@dataclass(frozen=True, slots=True)
+class Roster:
+    """Who is in the room as the page's connection knows it (its welcome, then each join and
+    leave); no members while it is not connected. ``own_id`` is this page's own member."""
+
+    own_id: str
+    members: tuple[RosterEntry, ...]
+
+
+def _short_string(value: object, what: str, max_chars: int) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{what} must be a string, got {type(value).__name__}")
+    if len(value) > max_chars:
+        raise ValueError(f"{what} must be at most {max_chars} characters, got {len(value)}")
+    return value
+
+
+def parse_members(args: object, *, max_members: int, max_username_chars: int) -> tuple[int, Roster]:
+    """The generation and the member list of a ``members`` event from the browser.
+
+    Raises `ValueError` saying what is wrong with a list of another shape, of more than
+    ``max_members`` members, or with a string longer than its kind ever is.
+    """
+    if not isinstance(args, dict):
+        raise ValueError(f"members event must be an object, got {type(args).__name__}")
+    gen = args.get("gen")
+    if not isinstance(gen, int) or isinstance(gen, bool):
+        raise ValueError(f"gen must be an integer, got {type(gen).__name__}")
+    # null until the connection's first welcome: no own member yet.
+    own = args.get("self")
+    own_id = "" if own is None else _short_string(own, "self", USER_ID_MAX_CHARS)
+    members = args.get("members")
+    if not isinstance(members, list):
+        raise ValueError(f"members must be a list, got {type(members).__name__}")
+    if len(members) > max_members:
+        raise ValueError(f"members must hold at most {max_members} members, got {len(members)}")
+    entries = []
+    for member in members:
+        if not isinstance(member, dict):
+            raise ValueError(f"a member must be an object, got {type(member).__name__}")
+        user_id = _short_string(member.get("user_id"), "user_id", USER_ID_MAX_CHARS)
+        username = _short_string(member.get("username"), "username", max_username_chars)
+        color = _short_string(member.get("color"), "color", 7)
+        # The colour ends up in a style attribute: only #rrggbb, as the room gives them.
+        if not COLOR.fullmatch(color):
+            raise ValueError(f"color must be #rrggbb, got {color!r}")
+        entries.append(RosterEntry(user_id, username, color))
+    return gen, Roster(own_id, tuple(entries))
 
 
 class BrowserTransport:
@@ -89,7 +160,7 @@ class BrowserTransport:
             self.editor.call("closed", self.gen, code, reason)
 
 
-class CollabEditor(ui.element, component="collab_editor.js"):
+class CollabEditor(ui.element, component="collab_editor.js", dependencies=["collab_client.js"]):
     """The shared editor of one room for one browser page."""
 
     def __init__(
@@ -101,7 +172,10 @@ class CollabEditor(ui.element, component="collab_editor.js"):
         *,
         language: str,
         theme: str = "light",
+        on_members: Callable[[Roster], None] | None = None,
     ) -> None:
+        """``on_members`` is called with the room's member list whenever the browser half
+        reports a new one (at most once per `ROSTER_INTERVAL_SECONDS`, the newest)."""
         super().__init__()
         self._registry = registry
         self._settings = settings
@@ -114,9 +188,14 @@ class CollabEditor(ui.element, component="collab_editor.js"):
         self._props["language"] = language
         self._props["theme"] = theme
         self._props["max-chars"] = settings.max_document_chars
-        self._hellos = TokenBucket.full(HELLO_RATE_PER_SECOND, HELLO_BURST, time.monotonic())
+        self._hellos = MessageLimit(own=TokenBucket.full(HELLO_RATE_PER_SECOND, HELLO_BURST, time.monotonic()))
         self._address = _client_address(self.client)
+        self._on_members = on_members
+        self._roster: Roster | None = None  # the newest list reported, shown or about to be
+        self._roster_shown_at = float("-inf")
+        self._roster_waiting = False  # a handler waits out the interval to show the newest list
         self.on("frame", self._on_frame)
+        self.on("members", self._on_members_event)
 
     # Server -> browser
 
@@ -155,11 +234,14 @@ class CollabEditor(ui.element, component="collab_editor.js"):
     def _hello(self, gen: int, data: str) -> None:
         """A new generation: leave the old session (if any) and join again."""
         registry = self._registry()
+        now = time.monotonic()
         try:
-            self._hellos.take(time.monotonic())
+            self._hellos.charge(now)
             registry.charge_address(self._address)
         except RateLimited as limited:
-            self.call("receive", gen, ErrorOut.of(limited).encode())
+            # A flood of hellos gets one reply a second, as on every other transport.
+            if self._hellos.reply_due(limited, now):
+                self.call("receive", gen, ErrorOut.of(limited).encode())
             return
         self._leave()
         transport = BrowserTransport(self, gen, self._settings.outbound_queue_size)
@@ -189,6 +271,34 @@ class CollabEditor(ui.element, component="collab_editor.js"):
         early, self._early = self._early, []
         for data in early:
             registry.receive(session, data)
+
+    async def _on_members_event(self, event: GenericEventArguments) -> None:
+        try:
+            gen, roster = parse_members(
+                event.args,
+                max_members=self._settings.max_members_per_room,
+                max_username_chars=self._settings.max_username_chars,
+            )
+        except ValueError as exc:
+            log.info("bad_members_event", room_id=self.room_id, reason=str(exc))
+            return
+        if self.transport is None or gen != self.transport.gen:
+            return  # another generation's list: only the current connection's is shown
+        self._roster = roster
+        if self._roster_waiting:
+            return  # the handler already waiting shows this newer list
+        wait = self._roster_shown_at + ROSTER_INTERVAL_SECONDS - time.monotonic()
+        if wait > 0:
+            self._roster_waiting = True
+            try:
+                await asyncio.sleep(wait)
+            finally:
+                self._roster_waiting = False
+        latest = self._roster
+        if self.is_deleted or self._on_members is None or latest is None:
+            return
+        self._roster_shown_at = time.monotonic()
+        self._on_members(latest)
 
     def _refuse(self, transport: BrowserTransport, exc: Exception) -> None:
         if not isinstance(exc, RoomError):

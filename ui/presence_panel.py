@@ -1,0 +1,91 @@
+"""The room page's side panel: who is in the room, who is typing, and a notice when someone
+joins or leaves.
+
+The member list is the one the page's editor connection was given (`Roster`), so the panel and
+the editor's cursors never disagree, and a page that lost its connection does not pretend to
+know who is there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Set
+
+from nicegui import ui
+
+from ui.editor import Roster
+
+NOTICE_MILLISECONDS = 2500
+
+
+def comings_and_goings(
+    before: Mapping[str, str], after: Mapping[str, str], own: Set[str]
+) -> tuple[list[str], list[str]]:
+    """The names of who joined and who left between two member lists (user id -> name).
+
+    This page's own members (``own``) are never news, and neither is a reconnect: a leave and
+    a join under one name.
+    """
+    joined = [name for user_id, name in after.items() if user_id not in before and user_id not in own]
+    left = [name for user_id, name in before.items() if user_id not in after and user_id not in own]
+    for name in set(joined) & set(left):
+        joined.remove(name)
+        left.remove(name)
+    return joined, left
+
+
+class PresencePanel:
+    """The right drawer of the room page. `show_roster` and `show_typing` update it."""
+
+    def __init__(self) -> None:
+        self.roster = Roster(own_id="", members=())
+        self.typing: frozenset[str] = frozenset()
+        # The last list of a live connection (user id -> name): what notices compare with, so
+        # that a reconnect's new list announces only who came or went meanwhile.
+        self._known: dict[str, str] = {}
+        self._own_ids: set[str] = set()  # this page's members, past and present
+        drawer = ui.right_drawer(value=True, fixed=True).props("width=220 bordered")
+        with drawer.classes("p-3 gap-2 collab-presence"):
+            self.render()
+
+    @ui.refreshable_method
+    def render(self) -> None:
+        members = self.roster.members
+        if not members:
+            ui.label("Waiting for the room…").classes("font-medium collab-member-count").mark("member-count")
+            return
+        ui.label(f"In this room ({len(members)})").classes("font-medium collab-member-count").mark("member-count")
+        for member in members:
+            mine = member.user_id == self.roster.own_id
+            with ui.row().classes("items-center gap-2 no-wrap collab-member"):
+                dot = ui.element("span").classes("inline-block w-3 h-3 rounded-full shrink-0")
+                dot.style(f"background: {member.color}")
+                ui.label(member.username).classes("truncate collab-member-name").mark("member-name")
+                if mine:
+                    ui.label("(you)").classes("text-xs text-gray-500")
+                elif member.user_id in self.typing:
+                    ui.label("typing…").classes("text-xs italic text-gray-500 collab-typing")
+
+    def show_roster(self, roster: Roster) -> None:
+        """The editor's connection has a new member list (empty while it is not connected)."""
+        if roster == self.roster:
+            return
+        self.roster = roster
+        if roster.members:
+            if roster.own_id:
+                self._own_ids.add(roster.own_id)
+            now = {member.user_id: member.username for member in roster.members}
+            if self._known:  # the first list is who was there already: not news
+                joined, left = comings_and_goings(self._known, now, self._own_ids)
+                for name in joined:
+                    ui.notify(f"{name} joined", position="bottom-left", timeout=NOTICE_MILLISECONDS)
+                for name in left:
+                    ui.notify(f"{name} left", position="bottom-left", timeout=NOTICE_MILLISECONDS)
+            self._known = now
+        self.render.refresh()
+
+    def show_typing(self, typing: frozenset[str]) -> None:
+        """The user ids of whoever typed lately."""
+        if typing == self.typing:
+            return
+        self.typing = typing
+        self.render.refresh()

@@ -1,0 +1,61 @@
+"""What the room page asks when the editor reports trouble: edits the room could not take, and
+the same room open in another tab."""
+
+from __future__ import annotations
+
+from nicegui import ui
+
+from ui.editor import CollabEditor
+
+LOST_REASONS = {
+    "history": "The room moved on too far while this page was away, so your unsent edits could not be merged.",
+    "reset": "The room's text was started again (the server restarted without keeping rooms), so the text "
+    "this page had is not in it.",
+    "stale": "This tab's saved state was older than what the room has from it, so its unsent edits were "
+    "not sent again (they may already be in the room).",
+    "duplicate": "Another copy of this tab holds its edits, so this one continues as a new member.",
+    "failing": "The server keeps failing to take this page's edits. They are kept here and sent again as "
+    "soon as it works; here is your text in case it does not.",
+}
+
+
+def offer_lost_text(editor: CollabEditor, text: str, reason: str) -> ui.dialog:
+    """Edits of this page that the room could not take: show the user their text."""
+    with ui.dialog() as dialog, ui.card().classes("w-[40rem] max-w-full gap-3 collab-lost"):
+        dialog.on_value_change(lambda event: None if event.value else dialog.delete())
+        ui.label("Some of your text is not in the room").classes("text-lg font-medium")
+        ui.label(
+            LOST_REASONS.get(reason, "The room refused this page's unsent edits.")
+            + " Here is your text as it was: copy what you need, or replace the room's text with it."
+        ).classes("text-sm")
+        area = ui.textarea(value=text).props("readonly outlined autogrow").classes("w-full font-mono text-xs")
+        area.style("max-height: 50vh; overflow: auto")
+        with ui.row().classes("w-full justify-end gap-2"):
+            ui.button("Copy", on_click=lambda: ui.clipboard.write(text)).props("flat")
+
+            def replace() -> None:
+                editor.set_text(text)
+                dialog.close()
+
+            ui.button("Replace the room's text with mine", on_click=replace).props("flat color=negative")
+            ui.button("Dismiss", on_click=dialog.close)
+    dialog.open()
+    return dialog
+
+
+def offer_to_take_over(editor: CollabEditor) -> ui.dialog:
+    """The room is edited from another tab of this browser, so this one paused: offer to edit here."""
+    with ui.dialog() as dialog, ui.card().classes("gap-3"):
+        dialog.on_value_change(lambda event: None if event.value else dialog.delete())
+        ui.label("This room is open in another tab or window").classes("text-lg font-medium")
+        ui.label("Editing here is paused so that the two do not send the same edits twice.")
+        with ui.row().classes("w-full justify-end gap-2"):
+            ui.button("Keep it there", on_click=dialog.close).props("flat")
+
+            def take_back() -> None:
+                dialog.close()
+                editor.rejoin()
+
+            ui.button("Use this tab", on_click=take_back)
+    dialog.open()
+    return dialog
