@@ -14,7 +14,7 @@ Starts ``python app.py`` on a free loopback port with every limit at its default
 
    * a ``push`` of ``MAX_CHANGE_PARTS`` parts, as many versions behind as the rebase limits
      allow, in a room whose history is made of pushes of as many parts (``push_changes``);
-   * a seed ``code_change`` that replaces a ``MAX_DOCUMENT_CHARS`` document by another that the
+   * a full-text ``code_change`` that replaces a ``MAX_DOCUMENT_CHARS`` document by another that the
      diff can only find the hard way, in three shapes;
    * a ``hello`` resuming from the oldest version of a room with a full history
      (``HISTORY_LIMIT`` versions of those pushes), until its catch-up has arrived;
@@ -341,7 +341,7 @@ async def fill(url: str, room: Room, versions: int, writers: int, parts: int, do
             changes = [[0, "x" * (needed - length)], *([length] if length else [])]
             reply = await members[0].push(room.version, changes)
             if reply.get("type") == "error":
-                raise RuntimeError(f"cannot seed {room.name}: {reply}")
+                raise RuntimeError(f"cannot fill {room.name}: {reply}")
 
         # One push at a time, each at the latest version: none is rebased, so each costs one
         # token of its writer's rate limit, and the writers' limits add up.
@@ -477,21 +477,21 @@ def hard_texts(chars: int) -> list[tuple[str, str, str]]:
 
 
 async def costly_code_change(url: str, pid: int, chars: int, repeats: int) -> list[FrameCost]:
-    """A seed client replacing the whole document; a versioned observer sees each update."""
-    room, observer = await open_room(url, "abuse-seed", ATTACKER)
-    seed = await connect(url, max_size=None, open_timeout=30, compression=None, local_addr=(ATTACKER, 0))
-    drain = asyncio.ensure_future(_drain(seed))
+    """A full-text client replacing the whole document; a versioned observer sees each update."""
+    room, observer = await open_room(url, "abuse-full-text", ATTACKER)
+    writer = await connect(url, max_size=None, open_timeout=30, compression=None, local_addr=(ATTACKER, 0))
+    drain = asyncio.ensure_future(_drain(writer))
     costs: list[FrameCost] = []
     try:
-        await seed.send(json.dumps({"type": "join", "username": "seed"}))
+        await writer.send(json.dumps({"type": "join", "username": "full-text"}))
 
         async def change(text: str) -> dict[str, Any]:
             target = room.version + 1
-            await seed.send(json.dumps({"type": "code_change", "code": text, "cursor_position": 0}))
+            await writer.send(json.dumps({"type": "code_change", "code": text, "cursor_position": 0}))
             return await observer.expect(lambda m: m.get("type") == "update" and int(m["version"]) >= target)
 
         for shape, old, new in hard_texts(chars):
-            cost = FrameCost("seed code_change", f"{chars:,} characters, {shape}")
+            cost = FrameCost("full-text code_change", f"{chars:,} characters, {shape}")
             for _ in range(repeats):
                 await change(old)  # not measured: the document the measured frame replaces
                 cpu, wall, reply = await timed(pid, lambda: change(new))  # noqa: B023
@@ -503,7 +503,7 @@ async def costly_code_change(url: str, pid: int, chars: int, repeats: int) -> li
     finally:
         drain.cancel()
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(seed.close(), 5)
+            await asyncio.wait_for(writer.close(), 5)
         await observer.close()
     return costs
 
@@ -738,7 +738,7 @@ async def measure(server: servers.Server, plan: AbusePlan, limits: dict[str, int
         frames = [
             *await costly_push(url + room.name, server.pid, room, limits, plan.repeats),
             *await costly_code_change(
-                url + "abuse-seed", server.pid, plan.doc_chars or int(limits["max_document_chars"]), plan.repeats
+                url + "abuse-full-text", server.pid, plan.doc_chars or int(limits["max_document_chars"]), plan.repeats
             ),
             *await costly_hello(url + room.name, server.pid, room, limits, plan.repeats),
             *await costly_reads(server.port, server.pid, room, plan.repeats),
@@ -789,143 +789,19 @@ def run(plan: AbusePlan, quick: bool = False) -> AbuseResult:
     return result
 
 
-# The report
-
-
-def _ms(value: float) -> str:
-    if math.isinf(value) or math.isnan(value):
-        return "–"
-    return f"{value:.0f}" if value >= 10 else f"{value:.1f}"
-
-
-def _yes(value: bool) -> str:
-    return "yes" if value else "**no**"
-
-
-def _median(results: list[Typing], name: str) -> float:
-    values: list[float] = [getattr(result, name) for result in results]
-    return statistics.median(values) if values else math.nan
-
-
-def target_rows(result: AbuseResult | None) -> list[str]:
-    """Rows of the report's *Targets* table."""
-    if result is None:
-        return []
-    rows = []
-    worst = result.worst
-    if worst is not None:
-        rows.append(
-            f"| No client frame costs over {FRAME_TARGET_MS:g} ms of server CPU (default limits) | worst: "
-            f"{worst.frame}, {_ms(worst.median_ms)} ms | {_yes(worst.median_ms <= FRAME_TARGET_MS)} |"
-        )
-    if result.flooded:
-        with_flood, without = _median(result.flooded, "p99_ms"), _median(result.baseline, "p99_ms")
-        rows.append(
-            f"| p99 < {FLOOD_TARGET_MS:g} ms in ordinary rooms while one client floods costly pushes | median "
-            f"{_ms(with_flood)} ms (without the flood {_ms(without)} ms, {with_flood / without:.2f}×) | "
-            f"{_yes(with_flood < FLOOD_TARGET_MS)} |"
-        )
-    return rows
-
-
-def render(result: AbuseResult | None, add: Callable[[str], None]) -> None:
-    """The report's *Abuse* section."""
-    add("## Abuse")
-    add("")
-    if result is None:
-        add("Not run in this invocation (`bench/run.py --only abuse` runs it alone).")
-        add("")
-        return
-    limits = result.limits
-    first = result.baseline[0] if result.baseline else Typing("", 0, 0, 0.0, 0.0)
-    add(
-        "What one client can make the server do at the default limits "
-        f"(`MAX_CHANGE_PARTS={limits['max_change_parts']}`, "
-        f"`MAX_REBASE_VERSIONS={limits['max_rebase_versions']}`, `MAX_REBASE_STEPS={limits['max_rebase_steps']}`, "
-        f"`HISTORY_LIMIT={limits['history_limit']}`, `MAX_DOCUMENT_CHARS={limits['max_document_chars']}`, "
-        f"`RATE_LIMIT_PER_SECOND={limits['rate_limit_per_second']:g}`), on a server of its own"
-        + (f", measured {result.measured} UTC." if result.measured else ".")
-        + (" *Quick run: a small history and document, not the worst case.*" if result.quick else "")
-    )
-    add("")
-    add(
-        "**The costliest frame of each kind.** Server CPU for one frame, every thread, from sending it to its "
-        "reply (and the server going quiet after), median of the runs in brackets; *wall* is the client's wait "
-        f"for the reply. Target: at most {FRAME_TARGET_MS:g} ms each."
-    )
-    add("")
-    add("| Frame | Shape | Server CPU ms | Wall ms | Reply | Reply bytes | ≤ 25 ms |")
-    add("|---|---|---:|---:|---|---:|---|")
-    for cost in result.frames:
-        runs = ", ".join(_ms(value) for value in cost.cpu_ms)
-        add(
-            f"| {cost.frame} | {cost.shape} | {_ms(cost.median_ms)} ({runs}) "
-            f"| {_ms(statistics.median(cost.wall_ms))} | "
-            f"{cost.reply} | {cost.reply_bytes:,} | {_yes(cost.median_ms <= FRAME_TARGET_MS)} |"
-        )
-    add("")
-    add(
-        f"**An ordinary room under a flood.** {first.rooms} rooms of {first.clients} typists, each typing "
-        f"{first.rate:g} characters a second for {first.seconds:g} s (Poisson times, one push in flight as the "
-        "editor does; latency from a push to the update the server makes of it), without and "
-        "then with one connection (from another loopback address, into a room of its own) pushing the costliest "
-        f"push above, {limits['lag']} versions behind, one in flight, as often as its rate limit allows. Latency "
-        f"in ms, p50 / p99; target: p99 under {FLOOD_TARGET_MS:g} ms with the flood. *Other work*: CPU used on "
-        "the machine by neither the server nor these clients, in the busier run of the pair (100% = one core)."
-    )
-    add("")
-    add(
-        "| Run | Without the flood | With the flood | Flood pushes applied / refused (by code) "
-        "| Server CPU without / with | Clients' CPU without / with | Other work |"
-    )
-    add("|---:|---|---|---|---|---|---:|")
-    for index, (without, flooded, record) in enumerate(
-        zip(result.baseline, result.flooded, result.floods, strict=False)
-    ):
-        refused = sum(record.refused.values())
-        codes = ", ".join(f"{code} {count}" for code, count in sorted(record.refused.items()))
-        add(
-            f"| {index + 1} | {_ms(without.p50_ms)} / {_ms(without.p99_ms)} "
-            f"| {_ms(flooded.p50_ms)} / {_ms(flooded.p99_ms)} "
-            f"| {record.applied} / {refused}{f' ({codes})' if codes else ''} in {record.seconds:.0f} s "
-            f"| {without.server_cpu_percent:.0f}% / {flooded.server_cpu_percent:.0f}% "
-            f"| {without.client_cpu_percent:.0f}% / {flooded.client_cpu_percent:.0f}% "
-            f"| {max(without.other_cpu_percent, flooded.other_cpu_percent):.0f}% |"
-        )
-    if result.flooded and result.baseline:
-        with_flood, without_flood = _median(result.flooded, "p99_ms"), _median(result.baseline, "p99_ms")
-        add("")
-        add(
-            f"p99 with the flood against without (medians): {_ms(with_flood)} / {_ms(without_flood)} ms = "
-            f"{with_flood / without_flood:.2f}×."
-        )
-    add("")
-    add(
-        "How: the server's CPU time is the sum over its threads of `/proc/<pid>/task/*/schedstat` (nanoseconds; "
-        "`/proc/<pid>/stat` counts 10 ms ticks), read when the server has been idle for 5 ms before the frame and "
-        "again once the reply has arrived and it has been idle for 5 ms. The history is filled first by writers "
-        f"in regions of their own ({result.history_versions} versions of pushes of "
-        f"{limits['max_change_parts']} parts, in a document of 80% of the size limit); a push of as many parts "
-        "is then as far behind as the server accepts over such updates (tried from what `MAX_REBASE_STEPS` "
-        f"allows downwards: {limits['lag']} versions; the row after it is one version further and must be "
-        "refused). The *largest catch-up* hello resumes from the oldest version whose catch-up the server still "
-        "sends as updates rather than a snapshot (found by bisection). The seed `code_change` alternates between "
-        "two texts of the size limit, and only the change to the second is measured. "
-        "`.venv/bin/python bench/abuse.py` runs this section alone."
-    )
-    add("")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run of seconds")
     args = parser.parse_args()
     result = run(QUICK if args.quick else FULL, quick=args.quick)
+    # The report's module imports this one: imported here, where this one is the script.
+    import abuse_report
+
     lines: list[str] = []
-    for row in target_rows(result):
+    for row in abuse_report.target_rows(result):
         lines.append(row)
     lines.append("")
-    render(result, lines.append)
+    abuse_report.render(result, lines.append)
     print("\n".join(lines))
     print(json.dumps(result.to_json()))
 

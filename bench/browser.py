@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -57,9 +58,10 @@ from playwright.async_api import Error as PlaywrightError
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 # bench/ is a folder of scripts, not a package: its modules import each other as siblings.
 import servers
-from load import percentile
+from load_result import percentile
 from servers import Kind
 
+HERE = Path(__file__).resolve().parent
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 VIEWPORT: ViewportSize = {"width": 1100, "height": 620}  # a laptop's browser window
@@ -69,71 +71,17 @@ OPEN_CONCURRENCY = 2
 PAGE_TIMEOUT_S = 60.0  # each step of opening a page (load, name, live) within this
 RSS_SAMPLES = 5  # RSS is read this many times, 0.2 s apart, and the median kept
 
-# Installed in every page once it is live; returns the page's clock against the wall clock.
-# The view's `update` is where every transaction lands, local or remote, and the DOM is in step
-# with the new text when it returns. `receive` is where the room's frames enter the editor.
-READER = """([me]) => {
-    const editor = window.collabEditor;
-    const view = editor.view;
-    const bench = (window.bench = { samples: [], arrivals: [], sent: 0, typing: false });
-    const word = /t(\\d+)\\.(\\d+)@(\\d+(?:\\.\\d+)?)/g;
-    const now = () => performance.timeOrigin + performance.now();
-    const others = (text, seen, into) => {
-        const at = now();
-        for (const match of text.matchAll(word)) {
-            const key = match[1] + "." + match[2];
-            if (Number(match[1]) === me || seen.has(key)) continue;
-            seen.add(key);
-            into.push(at - Number(match[3]));
-        }
-    };
-    const arrived = new Set();
-    const receive = editor.receive;
-    editor.receive = function (gen, data) {
-        others(data, arrived, bench.arrivals);
-        return receive.call(this, gen, data);
-    };
-    const applied = new Set();
-    const update = view.update;
-    view.update = function (transactions) {
-        update.call(this, transactions);
-        for (const tr of transactions) {
-            tr.changes.iterChanges((fromA, toA, fromB, toB, inserted) => {
-                others(inserted.toString(), applied, bench.samples);
-            });
-        }
-    };
-    // Date.now() counts whole milliseconds: averaged over 20 ms, the difference is this page's
-    // offset (plus half a millisecond); pages on different clocks would show different ones.
-    let sum = 0, count = 0;
-    const end = performance.now() + 20;
-    while (performance.now() < end) {
-        sum += now() - Date.now();
-        count += 1;
-    }
-    return sum / count;
-}"""
 
-# Started in a typist's page; returns at once and types for `seconds` on the page's own timers.
-WRITER = """([me, rate, seconds]) => {
-    const view = window.collabEditor.view;
-    const bench = window.bench;
-    view.dispatch({ selection: { anchor: view.state.doc.length } });
-    const end = performance.now() + seconds * 1000;
-    bench.typing = true;
-    const next = () => {
-        if (performance.now() >= end) {
-            bench.typing = false;
-            return;
-        }
-        bench.sent += 1;
-        const word = `t${me}.${bench.sent}@${(performance.timeOrigin + performance.now()).toFixed(1)}`;
-        const text = bench.sent % 4 === 1 ? `# ${word}` : bench.sent % 4 === 0 ? ` ${word}\\n` : ` ${word}`;
-        view.dispatch({ ...view.state.replaceSelection(text), userEvent: "input.type" });
-        setTimeout(next, (-Math.log(1 - Math.random()) * 1000) / rate);
-    };
-    setTimeout(next, (Math.random() * 1000) / rate);
-}"""
+def _script(name: str) -> str:
+    """The function in a file of bench/, its leading comment left out."""
+    lines = (HERE / name).read_text().splitlines()
+    return "\n".join(itertools.dropwhile(lambda line: line.startswith("//"), lines))
+
+
+# Run in the pages (each file's first lines say how): the reader in every page once it is live,
+# the writer in each typist's page.
+READER = _script("browser_reader.js")
+WRITER = _script("browser_writer.js")
 
 
 @dataclass(frozen=True)

@@ -85,7 +85,7 @@ async def run(
         if text:
             seqs[room[0].client_id] = 1
             registry.receive(room[0], json.dumps({"type": "push", "version": 0, "seq": 1, "changes": [[0, text]]}))
-    await registry.flush()
+    await registry.wait_committed()
     seen: dict[str, int] = {}  # the version each author last based a push on
     started = time.process_time()
     for i in range(pushes):
@@ -100,7 +100,7 @@ async def run(
         if i % 10 == 9:  # let the committer and the flush run, as the event loop would
             await asyncio.sleep(0)
             await asyncio.sleep(0)
-    await registry.flush()
+    await registry.wait_committed()
     await asyncio.sleep(0)
     elapsed = time.process_time() - started
     await registry.stop()

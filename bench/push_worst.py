@@ -12,7 +12,7 @@ large as `MAX_CHANGE_PARTS` allows and as far behind as `MAX_REBASE_VERSIONS` an
 each shape is timed with `time.process_time` over several fresh rooms (after a full garbage
 collection, so that what is timed is the push's own work) and the median and maximum printed.
 A push beyond the limits is refused before any of this work; its cost is printed too. Last, a
-seed ``code_change`` of a whole document that differs everywhere, which `DIFF_MAX_STEPS` bounds.
+full-text ``code_change`` of a whole document that differs everywhere, which `DIFF_MAX_STEPS` bounds.
 """
 
 from __future__ import annotations
@@ -81,9 +81,9 @@ async def one(settings: Settings, behind: int, update_parts: int, push_parts: in
     writer = await registry.join_versioned("r", writer_transport, Hello(type="hello", client_id="w"))
     pusher = await registry.join_versioned("r", pusher_transport, Hello(type="hello", client_id="p"))
     for session in (writer, pusher):
-        session.bucket.burst = session.bucket.tokens = 10**9
-        if session.limits is not None:
-            session.limits.bucket.burst = session.limits.bucket.tokens = 10**9
+        session.limit.own.burst = session.limit.own.tokens = 10**9
+        if session.limit.shared is not None:
+            session.limit.shared.burst = session.limit.shared.tokens = 10**9
     document = writer.room.document
     # A base text long enough for parts that far apart, then the history the push is behind.
     registry.receive(writer, json.dumps(_push(0, 1, [[0, "." * 20_000]])))
@@ -93,33 +93,33 @@ async def one(settings: Settings, behind: int, update_parts: int, push_parts: in
         changes = many_parts(document.length, update_parts, "u")
         registry.receive(writer, json.dumps(_push(document.version, seq, changes)))
     assert document.version == base + behind, "the history was not built"
-    await registry.flush()
+    await registry.wait_committed()
     frame = json.dumps(_push(base, 1, many_parts(base_length, push_parts, "p")))
     gc.collect()  # the garbage of building the room is not the push's to collect
     started = time.process_time()
     registry.receive(pusher, frame)
     spent = time.process_time() - started
-    await registry.flush()
+    await registry.wait_committed()
     errors = [json.loads(m)["code"] for m in pusher_transport.sent if m.startswith('{"type":"error"')]
     outcome = "applied" if document.version == base + behind + 1 else ", ".join(errors) or "refused"
     await registry.stop()
     return spent, outcome
 
 
-async def seed_change(settings: Settings) -> float:
-    """A seed ``code_change`` that differs from the text everywhere: the diff at its budget."""
+async def full_text_change(settings: Settings) -> float:
+    """A full-text ``code_change`` that differs from the text everywhere: the diff at its budget."""
     rng = random.Random(1)
     size = settings.max_document_chars
     registry = RoomRegistry(settings)
-    session = await registry.join_seed("s", InstantTransport(), "seed")
-    session.bucket.burst = session.bucket.tokens = 10**9
+    session = await registry.join_full_text("s", InstantTransport(), "writer")
+    session.limit.own.burst = session.limit.own.tokens = 10**9
     registry.receive(session, json.dumps({"type": "code_change", "code": "".join(rng.choices("ab", k=size))}))
     frame = json.dumps({"type": "code_change", "code": "".join(rng.choices("ab", k=size))})
     gc.collect()
     started = time.process_time()
     registry.receive(session, frame)
     spent = time.process_time() - started
-    await registry.flush()
+    await registry.wait_committed()
     await registry.stop()
     return spent
 
@@ -158,10 +158,10 @@ async def main() -> None:
     refused = await one(settings, steps // (2 * parts) + 1, parts, parts)
     print(f"one version more (refused): {refused[0] * 1000:.1f} ms CPU: {refused[1]}")
     print(f"worst allowed push: {worst * 1000:.1f} ms CPU (median of {REPEATS})")
-    seed = statistics.median([await seed_change(settings) for _ in range(REPEATS)])
+    full_text = statistics.median([await full_text_change(settings) for _ in range(REPEATS)])
     print(
-        f"a seed code_change of {settings.max_document_chars} characters, all different "
-        f"(DIFF_MAX_STEPS={settings.diff_max_steps}): {seed * 1000:.1f} ms CPU"
+        f"a full-text code_change of {settings.max_document_chars} characters, all different "
+        f"(DIFF_MAX_STEPS={settings.diff_max_steps}): {full_text * 1000:.1f} ms CPU"
     )
 
 

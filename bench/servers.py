@@ -6,6 +6,10 @@ Three kinds share one load generator (``bench/load.py``):
 * ``naive``: ``bench/baselines/naive.py``, the common FastAPI ConnectionManager design;
 * ``bare``: ``bench/baselines/bare.py``, a ``websockets`` ``broadcast()`` relay.
 
+A `Contender` is one server of a comparison: a kind, the source tree it runs from and its
+environment. Ours is there three times: as it is, with ``FAST_PATH=false``, and the previous
+version of its code (``bench/previous.py`` extracts it from git), run by the same interpreter.
+
 Every server is a child process on a free 127.0.0.1 port, started fresh for each measurement
 so that one run's memory and rooms never leak into the next.
 """
@@ -20,7 +24,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
@@ -46,6 +50,24 @@ OURS_ENV: Mapping[str, str] = {
     "LOG_FORMAT": "json",
     "MAX_DOCUMENT_CHARS": "200000",
 }
+
+
+@dataclass(frozen=True)
+class Contender:
+    """One server of a comparison: what it speaks, where its code is, how it is configured."""
+
+    name: str  # how results and reports name it
+    kind: Kind
+    root: Path = ROOT  # the source tree ``app.py`` runs from (ours only)
+    env: Mapping[str, str] = field(default_factory=dict)
+
+
+OURS = Contender("ours", Kind.OURS)
+# The uvicorn fast path of `/ws` off: the server uses only public ASGI. A server without the
+# FAST_PATH setting ignores the variable (both then run the same code).
+FAST_PATH_OFF = Contender("ours-fast-path-off", Kind.OURS, env={"FAST_PATH": "false"})
+BARE = Contender("bare", Kind.BARE)
+NAIVE = Contender("naive", Kind.NAIVE)
 
 
 @dataclass(frozen=True)
@@ -112,9 +134,11 @@ class Server:
                 self.process.wait()
 
 
-def command(kind: Kind, port: int) -> list[str]:
+def command(kind: Kind, port: int, root: Path = ROOT) -> list[str]:
     if kind is Kind.OURS:
-        return [sys.executable, str(ROOT / "app.py")]
+        # The script's own directory comes first on sys.path: another tree's app.py imports that
+        # tree's packages, not the ones installed into the virtualenv from this one.
+        return [sys.executable, str(root / "app.py")]
     return [sys.executable, str(BASELINES / f"{kind.value}.py"), "--port", str(port)]
 
 
@@ -127,15 +151,20 @@ def _ready(kind: Kind, port: int) -> bool:
     return False
 
 
-def start(kind: Kind, workdir: Path, env: Mapping[str, str] | None = None) -> Server:
-    """Start a server of this kind on a free loopback port and wait until it accepts clients."""
+def start(kind: Kind, workdir: Path, env: Mapping[str, str] | None = None, root: Path = ROOT) -> Server:
+    """Start a server of this kind on a free loopback port and wait until it accepts clients.
+
+    ``root``: the source tree ours runs from (another version of it, say).
+    """
     port = free_port()
     environment = {**os.environ, "HOST": "127.0.0.1", "PORT": str(port), **(env or {})}
     if kind is Kind.OURS:
         environment = {**environment, "DATA_DIR": str(workdir / "data"), **OURS_ENV, **(env or {})}
     log_path = workdir / f"{kind.value}-{port}.log"
     with log_path.open("wb") as log_file:
-        process = subprocess.Popen(command(kind, port), cwd=ROOT, env=environment, stdout=log_file, stderr=log_file)
+        process = subprocess.Popen(
+            command(kind, port, root), cwd=root, env=environment, stdout=log_file, stderr=log_file
+        )
     server = Server(kind, port, process, log_path)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -148,10 +177,17 @@ def start(kind: Kind, workdir: Path, env: Mapping[str, str] | None = None) -> Se
     raise RuntimeError(f"{kind} server did not start within 60 s:\n{server.log_tail()}")
 
 
+def running_contender(
+    contender: Contender, env: Mapping[str, str] | None = None
+) -> contextlib.AbstractContextManager[Server]:
+    """`running` for one server of a comparison, ``env`` on top of its own."""
+    return running(contender.kind, {**contender.env, **(env or {})}, contender.root)
+
+
 @contextlib.contextmanager
-def running(kind: Kind, env: Mapping[str, str] | None = None) -> Iterator[Server]:
+def running(kind: Kind, env: Mapping[str, str] | None = None, root: Path = ROOT) -> Iterator[Server]:
     with tempfile.TemporaryDirectory(prefix=f"bench-{kind.value}-") as tmp:
-        server = start(kind, Path(tmp), env)
+        server = start(kind, Path(tmp), env, root)
         try:
             yield server
         finally:

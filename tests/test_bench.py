@@ -1,9 +1,10 @@
 """Smoke tests of the benchmark tools: the load generator drives every kind of server, the
-browser benchmark drives real pages, and the report renders. Tiny bounded loads of a second or
-two, and no assertion about speed."""
+browser benchmark drives real pages, a previous version runs from git, and the report renders
+from saved results. Tiny bounded loads of a second or two, and no assertion about speed."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import math
@@ -17,13 +18,21 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
 import abuse
+import abuse_report
 import browser
+import previous
+import prometheus
 import push_cost
-import run
+import report
+import sections
 import servers
 from browser import BrowserLoad, BrowserResult
 from load import Load, Result, format_result, idle_memory, run_load
+from plan import QUICK, Series
+from results import Results
 from servers import Kind
+
+STARTED = datetime.datetime(2026, 1, 2, 3, 4, tzinfo=datetime.UTC)
 
 
 @pytest.mark.slow
@@ -111,7 +120,7 @@ def _browser(pages: int, mib_per_page: float) -> BrowserResult:
     return result
 
 
-def _result(kind: Kind, clients: int, p99: float, **fields: float) -> Result:
+def _result(kind: Kind, clients: int, p99: float, server: str = "", **fields: float) -> Result:
     result = Result(
         kind=kind.value,
         rooms=clients // 5,
@@ -129,39 +138,45 @@ def _result(kind: Kind, clients: int, p99: float, **fields: float) -> Result:
         p95_ms=p99 / 2,
         p99_ms=p99,
         max_ms=p99 * 2,
+        server=server,
     )
     for name, value in fields.items():
         setattr(result, name, value)
     return result
 
 
-def test_report_renders_every_section_and_checks_the_targets() -> None:
-    plan = run.QUICK
-    report = run.Report(plan, datetime.datetime(2026, 1, 2, 3, 4, tzinfo=datetime.UTC))
-    small, large = plan.series
-    report.capacity[small.name] = [
+def _measured() -> Results:
+    """Results of every section, as a run would have saved them."""
+    results = Results(QUICK, STARTED, sections=["capacity", "durability"], previous=previous.Previous("b2ae081"))
+    results.previous.commit, results.previous.subject = "b2ae081" + "0" * 33, "An earlier change"
+    small, large = QUICK.series
+    results.capacity[small.name] = [
         _result(Kind.OURS, 10, 5.0),
         _result(Kind.OURS, 20, 30.0),
         _result(Kind.BARE, 10, 2.0),
         _result(Kind.BARE, 20, 3.0),
         _result(Kind.NAIVE, 10, 8.0),
         _result(Kind.NAIVE, 20, 150.0),
+        _result(Kind.OURS, 10, 6.0, "ours-fast-path-off"),
+        _result(Kind.OURS, 20, 45.0, "ours-fast-path-off"),
+        _result(Kind.OURS, 10, 10.0, "previous"),
+        _result(Kind.OURS, 20, 120.0, "previous"),
     ]
-    report.capacity[large.name] = [_result(Kind.OURS, 20, 9.0), _result(Kind.BARE, 20, 12.0)]
-    report.target_runs = [_result(Kind.OURS, 10, p99) for p99 in (20.0, 40.0, 60.0)]
-    report.doc_size = [
+    results.capacity[large.name] = [_result(Kind.OURS, 20, 9.0), _result(Kind.BARE, 20, 12.0)]
+    results.target_runs = [_result(Kind.OURS, 10, p99) for p99 in (20.0, 40.0, 60.0)]
+    results.doc_size = [
         _result(Kind.OURS, 10, 10.0, doc_chars=1_000, received_bytes_per_edit=600.0),
         _result(Kind.OURS, 10, 11.0, doc_chars=20_000, received_bytes_per_edit=620.0),
         _result(Kind.NAIVE, 10, 10.0, doc_chars=1_000, received_bytes_per_edit=4_000.0),
         _result(Kind.NAIVE, 10, 90.0, doc_chars=20_000, received_bytes_per_edit=80_000.0),
     ]
-    report.slow = [
+    results.slow = [
         _result(Kind.OURS, 10, 10.0, silent=1),
         _result(Kind.OURS, 10, 11.0, stalled=1),
         _result(Kind.NAIVE, 10, 10.0, silent=1),
         _result(Kind.NAIVE, 10, float("inf"), stalled=1, undelivered=40),
     ]
-    report.idle = [
+    results.idle = [
         {
             "kind": "ours",
             "idle_connections": 20,
@@ -170,17 +185,23 @@ def test_report_renders_every_section_and_checks_the_targets() -> None:
             "kib_per_connection": 51.2,
         }
     ]
-    report.browser = [_browser(10, 0.75), _browser(30, 0.5)]
-    report.capacity[small.name][0].extra["store"] = {
+    results.browser = [_browser(10, 0.75), _browser(30, 0.5)]
+    results.capacity[small.name][0].extra["store"] = {
         "commits": 100.0,
         "commit_p50_ms": 1.5,
         "commit_p99_ms": 4.0,
         "slow_commits": 3.0,
         "updates_per_commit": 2.5,
     }
-    report.memory_store = [_result(Kind.OURS, 10, 4.0), _result(Kind.OURS, 20, 120.0)]
+    results.memory_store = [_result(Kind.OURS, 10, 4.0), _result(Kind.OURS, 20, 120.0)]
 
-    text = run.render(report)
+    return results
+
+
+def test_report_renders_every_section_and_checks_the_targets() -> None:
+    small, large = QUICK.series
+
+    text = report.render(_measured())
 
     for heading in (
         "## Targets",
@@ -205,6 +226,96 @@ def test_report_renders_every_section_and_checks_the_targets() -> None:
     assert "20 clients with SQLite, 10 with memory: 2.00×." in text
 
 
+def test_report_puts_this_code_beside_its_previous_version_and_the_fast_path_off() -> None:
+    text = report.render(_measured())
+
+    assert "## This code against its previous version, and the fast path off" in text
+    assert "*previous* is `b2ae081` (b2ae08100000: An earlier change)" in text
+    # p50 and p99 of ours against previous, and of the fast path off against ours.
+    assert "| 10 | 1.7 / 5.0 | 2.0 / 6.0 | 3.3 / 10 | 0.50× | 0.50× | 1.20× |" in text
+    assert "| 20 | 10 / 30 | 15 / 45 | 40 / 120 ✗ | 0.25× | 0.25× | 1.50× |" in text
+    assert "Capacity: ours ≥ 20, fast path off ≥ 20, previous 10 clients; ours ÷ previous 2.00×." in text
+    assert "This code has no `FAST_PATH` setting yet" in text
+
+
+def test_a_previous_version_that_could_not_be_run_is_reported() -> None:
+    results = _measured()
+    assert results.previous is not None
+    results.previous.error = "`nope` is not a commit of this repository"
+
+    text = report.render(results)
+
+    assert "The previous version, `b2ae081`, could not be run: `nope` is not a commit" in text
+    assert "previous not run clients." in text
+
+
+def test_a_report_renders_again_from_the_saved_results(tmp_path: Path) -> None:
+    results = _measured()
+    results.abuse = _abuse_result()
+    path = tmp_path / "results.json"
+
+    results.save(path)
+
+    assert report.render(results) == report.render(Results.load(path))
+
+
+def test_the_report_keeps_its_hand_written_notes(tmp_path: Path) -> None:
+    output = tmp_path / "benchmarks.md"
+    notes = f"{report.NOTES_BEGIN}\n\nProfiled by hand.\n\n{report.NOTES_END}"
+    output.write_text(f"# An older report\n\n{notes}\n\nold numbers\n")
+
+    report.write(Results(QUICK, STARTED), output)
+
+    text = output.read_text()
+    assert 1 == text.count("Profiled by hand.")
+    assert "old numbers" not in text
+    assert text.index("## Abuse") < text.index("Profiled by hand.") < text.index("## How it is measured")
+
+
+def test_a_new_report_takes_the_notes_of_the_benchmarks_page(tmp_path: Path) -> None:
+    text = report.render(Results(QUICK, STARTED), report.kept_notes(tmp_path / "new.md"))
+
+    assert report.notes(report.DOC.read_text()) in text
+
+
+def test_a_ref_that_is_no_commit_is_an_error_not_an_exception() -> None:
+    with previous.extracted("no-such-ref-anywhere") as version:
+        assert version.root is None
+        assert "`no-such-ref-anywhere` is not a commit of this repository" == version.error
+
+
+def test_the_previous_version_is_extracted_from_git_and_removed_after() -> None:
+    with previous.extracted("HEAD") as version:
+        assert "" == version.error
+        assert version.root is not None
+        root = version.root
+        assert (root / "app.py").is_file()
+        assert 40 == len(version.commit)
+
+    assert not root.exists()
+
+
+@pytest.mark.slow
+def test_capacity_runs_the_same_load_on_every_contender_the_previous_version_included() -> None:
+    plan = dataclasses.replace(QUICK, seconds=1.0, series=(Series("rooms of 2", 2, 5.0, (4,)),))
+    results = Results(plan, STARTED)
+    with previous.extracted("HEAD") as version:
+        assert version.root is not None
+        results.previous = version
+        contenders = {
+            servers.OURS.name: servers.OURS,
+            servers.FAST_PATH_OFF.name: servers.FAST_PATH_OFF,
+            sections.PREVIOUS: servers.Contender(sections.PREVIOUS, Kind.OURS, root=version.root),
+            servers.BARE.name: servers.BARE,
+        }
+        sections.capacity(sections.Bench(results, contenders))
+
+    measured = results.capacity["rooms of 2"]
+    assert ["ours", "ours-fast-path-off", "previous", "bare"] == [r.name for r in measured]
+    assert all(4 == r.connected and r.deliveries > 0 for r in measured)
+    assert "" == version.error
+
+
 def test_histogram_quantiles_are_interpolated_as_prometheus_does() -> None:
     text = "\n".join(
         [
@@ -216,22 +327,22 @@ def test_histogram_quantiles_are_interpolated_as_prometheus_does() -> None:
             "collab_store_commit_seconds_sum 0.12",
         ]
     )
-    buckets, total, count = run._histogram(text, "collab_store_commit_seconds")
+    buckets, total, count = prometheus.histogram(text, "collab_store_commit_seconds")
     assert (0.12, 100.0) == (total, count)
-    assert math.isclose(0.001, run.quantile(0.5, buckets))
-    assert math.isclose(0.002 + 0.003 * 0.9, run.quantile(0.99, buckets))
-    assert math.isnan(run.quantile(0.5, []))
-    assert 10.0 == 100.0 - run._cumulative(buckets, 0.002)  # commits slower than 2 ms
-    assert math.isnan(run._cumulative(buckets, 0.05))  # not a bound of these buckets
+    assert math.isclose(0.001, prometheus.quantile(0.5, buckets))
+    assert math.isclose(0.002 + 0.003 * 0.9, prometheus.quantile(0.99, buckets))
+    assert math.isnan(prometheus.quantile(0.5, []))
+    assert 10.0 == 100.0 - prometheus.count_up_to(buckets, 0.002)  # commits slower than 2 ms
+    assert math.isnan(prometheus.count_up_to(buckets, 0.05))  # not a bound of these buckets
 
 
 def test_a_browser_set_that_failed_is_reported_and_fails_the_memory_target() -> None:
-    report = run.Report(run.QUICK, datetime.datetime(2026, 1, 2, 3, 4, tzinfo=datetime.UTC))
+    results = Results(QUICK, STARTED)
     failed = BrowserResult(pages=30, rooms=6, room_size=5, writers=1, rate=5.0, seconds=15.0)
     failed.error = "TimeoutError: Page.wait_for_function: Timeout 60000ms exceeded."
-    report.browser = [_browser(10, 0.75), failed]
+    results.browser = [_browser(10, 0.75), failed]
 
-    text = run.render(report)
+    text = report.render(results)
 
     assert "not measured with 30 pages (TimeoutError: Page.wait_for_function" in text
     assert "| 30 | failed: TimeoutError" in text
@@ -240,9 +351,7 @@ def test_a_browser_set_that_failed_is_reported_and_fails_the_memory_target() -> 
 
 
 def test_a_run_without_the_browser_section_says_so() -> None:
-    report = run.Report(run.QUICK, datetime.datetime(2026, 1, 2, 3, 4, tzinfo=datetime.UTC))
-
-    text = run.render(report)
+    text = report.render(Results(QUICK, STARTED))
 
     assert "| < 1 MiB per open browser room page | not measured in this run | – |" in text
     assert "## Browser clients\n\nNot measured in this run." in text
@@ -295,9 +404,9 @@ def test_abuse_measures_every_costly_frame_and_the_flood() -> None:
     assert [
         "push",
         "push, one version too far behind",
-        "seed code_change",
-        "seed code_change",
-        "seed code_change",
+        "full-text code_change",
+        "full-text code_change",
+        "full-text code_change",
         "hello",
         "GET /api/rooms/{id}",
         "GET /api/rooms/{id}/history?limit=1000",
@@ -309,12 +418,12 @@ def test_abuse_measures_every_costly_frame_and_the_flood() -> None:
     assert result.floods[0].sent > 0
 
     lines: list[str] = []
-    abuse.render(result, lines.append)
+    abuse_report.render(result, lines.append)
     text = "\n".join(lines)
     assert text.startswith("## Abuse")
     assert "| Frame | Shape | Server CPU ms | Wall ms | Reply | Reply bytes | ≤ 25 ms |" in text
     assert "p99 with the flood against without (medians)" in text
-    assert 2 == len(abuse.target_rows(result))
+    assert 2 == len(abuse_report.target_rows(result))
     json.dumps(result.to_json())
 
 
@@ -331,10 +440,10 @@ def _abuse_result() -> abuse.AbuseResult:
 
 
 def test_report_renders_the_abuse_section_and_its_targets() -> None:
-    report = run.Report(run.QUICK, datetime.datetime(2026, 1, 2, 3, 4, tzinfo=datetime.UTC))
-    report.abuse = _abuse_result()
+    results = Results(QUICK, STARTED)
+    results.abuse = _abuse_result()
 
-    text = run.render(report)
+    text = report.render(results)
 
     assert "## Abuse" in text
     assert "| No client frame costs over 25 ms of server CPU (default limits) | worst: push, 24 ms | yes |" in text
@@ -345,7 +454,7 @@ def test_report_renders_the_abuse_section_and_its_targets() -> None:
 
 
 def test_a_run_without_the_abuse_section_says_so() -> None:
-    text = run.render(run.Report(run.QUICK, datetime.datetime(2026, 1, 2, 3, 4, tzinfo=datetime.UTC)))
+    text = report.render(Results(QUICK, STARTED))
     assert "## Abuse\n\nNot run in this invocation" in text
     assert "server CPU (default limits)" not in text
 
