@@ -12,6 +12,7 @@
 // anything still arriving for an older one is ignored.
 import * as CM from "nicegui-codemirror";
 import { CollabClient, replacement } from "collab_client";
+import { remoteCarets, caretDecorations } from "collab_carets";
 
 const STORE = "collab-pad:";
 const HELLO_RETRY_MS = [2000, 4000, 8000];
@@ -34,64 +35,6 @@ function randomId(bytes) {
 function newIdentity() {
   return { clientId: "b-" + randomId(12), resumeToken: randomId(16) };
 }
-
-// Black or white, whichever reads better on a #rrggbb background.
-function readableOn(color) {
-  const value = parseInt(color.slice(1), 16);
-  const [r, g, b] = [(value >> 16) & 255, (value >> 8) & 255, value & 255];
-  return 0.299 * r + 0.587 * g + 0.114 * b > 150 ? "#111" : "#fff";
-}
-
-// Remote cursors and selections: a field of decorations that every transaction maps, so they
-// move with text inserted before them; a `setCursors` effect replaces the set.
-const setCursors = CM.StateEffect.define();
-
-class CaretWidget extends CM.WidgetType {
-  constructor(name, color, below) {
-    super();
-    this.name = name;
-    this.color = color;
-    this.below = below; // on the first line the label goes under the caret, not out of view
-  }
-  eq(other) {
-    return other.name === this.name && other.color === this.color && other.below === this.below;
-  }
-  toDOM() {
-    const caret = document.createElement("span");
-    caret.className = "collab-caret";
-    caret.style.borderLeftColor = this.color;
-    const label = document.createElement("span");
-    label.className = this.below ? "collab-caret-label collab-caret-label-below" : "collab-caret-label";
-    label.style.backgroundColor = this.color;
-    label.style.color = readableOn(this.color);
-    label.textContent = this.name; // text, never markup
-    caret.appendChild(label);
-    return caret;
-  }
-  ignoreEvent() {
-    return true;
-  }
-}
-
-const cursorField = CM.StateField.define({
-  create: () => CM.Decoration.none,
-  update(set, tr) {
-    set = set.map(tr.changes);
-    for (const effect of tr.effects) if (effect.is(setCursors)) set = effect.value;
-    return set;
-  },
-  provide: (field) => CM.EditorView.decorations.from(field),
-});
-
-const cursorTheme = CM.EditorView.baseTheme({
-  ".collab-caret": { position: "relative", borderLeft: "2px solid", marginLeft: "-1px", marginRight: "-1px" },
-  ".collab-caret-label": {
-    ...{ position: "absolute", top: "-1.35em", left: "-2px", padding: "0 4px", borderRadius: "3px 3px 3px 0" },
-    ...{ fontSize: "11px", lineHeight: "1.35em", fontFamily: "system-ui, sans-serif", whiteSpace: "nowrap" },
-    ...{ pointerEvents: "none", zIndex: 10, opacity: 0.95 },
-  },
-  ".collab-caret-label-below": { top: "1.35em", borderRadius: "0 3px 3px 3px" },
-});
 
 export default {
   template: `<div class="collab-editor"></div>`,
@@ -122,8 +65,7 @@ export default {
         CM.EditorState.lineSeparator.of("\n"),
         CM.basicSetup,
         CM.keymap.of([CM.indentWithTab]),
-        cursorField,
-        cursorTheme,
+        remoteCarets,
         this.languageConfig.of([]),
         this.themeConfig.of([]),
         this.editableConfig.of([]),
@@ -447,20 +389,12 @@ export default {
       this.view.dispatch({ changes, annotations: REMOTE });
     },
     drawCursors() {
-      const ranges = [];
-      const length = this.view.state.doc.length;
+      const carets = [];
       for (const [userId, cursor] of this.client.cursors) {
         const member = this.client.members.get(userId);
-        if (!member) continue;
-        const from = Math.min(cursor.anchor, cursor.head, length);
-        const to = Math.min(Math.max(cursor.anchor, cursor.head), length);
-        const style = `background-color: ${member.color}33`;
-        if (from < to) ranges.push(CM.Decoration.mark({ attributes: { style } }).range(from, to));
-        const head = Math.min(cursor.head, length);
-        const widget = new CaretWidget(member.username, member.color, this.view.state.doc.lineAt(head).number === 1);
-        ranges.push(CM.Decoration.widget({ widget, side: 1 }).range(head));
+        if (member) carets.push({ ...cursor, name: member.username, color: member.color });
       }
-      this.view.dispatch({ effects: setCursors.of(CM.Decoration.set(ranges, true)) });
+      this.view.dispatch({ effects: caretDecorations(this.view.state, carets) });
     },
     findLanguage(name) {
       if (!name) return null;

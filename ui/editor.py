@@ -160,7 +160,7 @@ class BrowserTransport:
             self.editor.call("closed", self.gen, code, reason)
 
 
-class CollabEditor(ui.element, component="collab_editor.js", dependencies=["collab_client.js"]):
+class CollabEditor(ui.element, component="collab_editor.js", dependencies=["collab_client.js", "collab_carets.js"]):
     """The shared editor of one room for one browser page."""
 
     def __init__(
