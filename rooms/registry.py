@@ -267,12 +267,6 @@ class RoomRegistry:
         room.leave(session, reason)
         self._carry_out(room)
 
-    def end(self, session: Session, code: int, reason: str) -> None:
-        """Leave the room and close the connection with this code."""
-        room = session.room
-        room.leave(session, code=code, reason=reason)
-        self._carry_out(room)
-
     def _left(self, session: Session, drop: DropReason | None) -> None:
         outbox = self.outboxes.by_session.pop(session, None)
         if outbox is None:

@@ -278,7 +278,6 @@ class Room(MessageHandling):
         deadline = self.clock() - self.settings.heartbeat_timeout_seconds
         for session in list(self.sessions.values()):
             if session.protocol is WireProtocol.VERSIONED and session.last_seen < deadline:
-                log.warning("client_dropped", room_id=self.room_id, user_id=session.user_id, reason="heartbeat")
                 self.leave(session, DropReason.HEARTBEAT_TIMEOUT)
             else:
                 self._send(Send(session, PING, "ping"))
