@@ -23,9 +23,6 @@ from rooms.store import Store
 
 log = structlog.get_logger("collab.rooms")
 
-# How often `wait_committed` looks again while a commit is in progress.
-_POLL_SECONDS = 0.005
-
 
 class Committer:
     """Commits rooms' changes in groups (see the module docstring)."""
@@ -49,6 +46,7 @@ class Committer:
         # The rooms of the commit in progress, and a future resolved when it ends.
         self.committing: set[RoomId] = set()
         self._done: asyncio.Future[None] | None = None
+        self._idle_waiters: list[asyncio.Future[bool]] = []  # `wait_committed` calls
 
     def want(self, room: Room) -> None:
         """The room has changes to commit (started on first use)."""
@@ -85,14 +83,23 @@ class Committer:
     async def wait_committed(self, within: float | None = None) -> bool:
         """Wait until every change so far is committed; False if ``within`` seconds ran out or
         the committer is not running."""
-        deadline = None if within is None else time.monotonic() + within
-        while self._dirty or self.committing:
-            if self._task is None or self._task.done():
-                return False
-            if deadline is not None and time.monotonic() > deadline:
-                return False
-            await asyncio.sleep(_POLL_SECONDS)
-        return True
+        if self.idle:
+            return True
+        if self._task is None or self._task.done():
+            return False
+        waiter = asyncio.get_running_loop().create_future()
+        self._idle_waiters.append(waiter)
+        try:
+            async with asyncio.timeout(within):
+                return bool(await waiter)
+        except TimeoutError:
+            return False
+
+    def _wake_idle_waiters(self, committed: bool) -> None:
+        waiters, self._idle_waiters = self._idle_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(committed)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -100,11 +107,13 @@ class Committer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        self._wake_idle_waiters(self.idle)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             if not self._dirty:
+                self._wake_idle_waiters(True)
                 self._wanted = loop.create_future()
                 await self._wanted
             rooms = [room for room in self._dirty.values() if self.is_loaded(room)]

@@ -12,10 +12,10 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -30,6 +30,8 @@ os.environ.setdefault("DATA_DIR", tempfile.mkdtemp(prefix="collab-pad-test-data-
 
 # The `registry` and `users` fixtures of the NiceGUI user-simulation tests.
 pytest_plugins = ["tests.ui_simulation"]
+
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -69,8 +71,11 @@ class LiveServer:
                 self.process.wait()
 
 
-def start_server(tmp: Path, **env: str) -> LiveServer:
-    """Start the app; ``PORT`` in ``env`` pins the port (a restart on the address clients know)."""
+def start_server(tmp: Path, *, argv: Sequence[str] = (), **env: str) -> LiveServer:
+    """Start the app; ``PORT`` in ``env`` pins the port (a restart on the address clients know).
+
+    ``argv`` replaces ``python app.py`` (another way to start it). The test process's environment
+    passes through: ``FAST_PATH=false pytest -m live_server`` runs these servers without it."""
     port = int(env["PORT"]) if "PORT" in env else free_port()
     log_path = tmp / f"server-{port}.log"
     environment = {
@@ -91,7 +96,11 @@ def start_server(tmp: Path, **env: str) -> LiveServer:
     }
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
-            [sys.executable, str(ROOT / "app.py")], cwd=ROOT, env=environment, stdout=log_file, stderr=subprocess.STDOUT
+            list(argv) or [sys.executable, str(ROOT / "app.py")],
+            cwd=ROOT,
+            env=environment,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
         )
     server = LiveServer(port, process, log_path)
     deadline = time.monotonic() + 60
@@ -104,6 +113,21 @@ def start_server(tmp: Path, **env: str) -> LiveServer:
         time.sleep(0.1)
     server.stop()
     raise RuntimeError(f"server did not become ready:\n{server.log()}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "live_server: starts the app in a process of its own (set by conftest)")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that may start the app: it uses a fixture that does (`server`,
+    `make_server`, test_durability's `servers`), or its module calls `start_server`.
+    ``make pytest`` runs these a second time with ``FAST_PATH=false``."""
+    for item in items:
+        module = getattr(item, "module", None)
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if {"server", "make_server", "servers"} & fixtures or getattr(module, "start_server", None) is start_server:
+            item.add_marker(pytest.mark.live_server)
 
 
 @pytest.fixture(scope="session")
@@ -132,6 +156,53 @@ def make_server(tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
 @pytest.fixture
 def room() -> str:
     return f"test-{uuid.uuid4().hex[:12]}"
+
+
+async def begun(coroutine: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+    """Start ``coroutine`` as a task; return once it has run up to the first point where it
+    waits (a gate, a lock, a load), so the test knows it is blocked there."""
+    started = asyncio.Event()
+
+    async def run() -> T:
+        started.set()  # the task goes on at once, up to its first wait, before the test resumes
+        return await coroutine
+
+    task = asyncio.create_task(run())
+    await started.wait()
+    return task
+
+
+class LoopTime:
+    """The running event loop's clock, moved forward by hand: its timers (``call_later``,
+    ``asyncio.sleep``) fire as if that much time had passed, without the wait. For what the
+    code times on the loop rather than on an injected clock (grace periods, periodic tasks).
+
+    Keep each step short: every timer of the loop moves too, ``asyncio.timeout`` included."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.offset = 0.0
+        self._real = loop.time
+
+    def __call__(self) -> float:
+        return self._real() + self.offset
+
+    async def advance(self, seconds: float) -> None:
+        """Move the clock ``seconds`` on; return once every timer due by then has run."""
+        self.offset += seconds
+        reached = asyncio.Event()
+        # The loop runs due timers in the order of their deadlines: this one, due now, runs
+        # after every timer due earlier.
+        self.loop.call_at(self(), reached.set)
+        await reached.wait()
+
+
+@pytest.fixture
+async def loop_time(monkeypatch: pytest.MonkeyPatch) -> LoopTime:
+    """The clock of the test's event loop, advanced by hand (see `LoopTime`)."""
+    clock = LoopTime(asyncio.get_running_loop())
+    monkeypatch.setattr(clock.loop, "time", clock)
+    return clock
 
 
 def stalled_socket(port: int, room: str, hello: dict[str, Any]) -> socket.socket:
@@ -179,6 +250,19 @@ class Client:
             if message.get("type") == kind:
                 return message
             self.inbox.append(message)
+
+    async def send_until(self, message: dict[str, Any], kind: str, timeout: float = 10.0) -> dict[str, Any]:
+        """Send ``message`` again and again until the server answers it with a message of type
+        ``kind``, and return that answer: for a client waiting for its rate limit to let it
+        through, which the server shows only by answering. ``message`` must be safe to repeat."""
+        deadline = time.monotonic() + timeout
+        while True:
+            await self.send(message)
+            try:
+                return await self.recv_type(kind, timeout=min(0.25, max(0.01, deadline - time.monotonic())))
+            except TimeoutError:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"no {kind!r} answer to {message} within {timeout} s") from None
 
     async def expect_silence(self, duration: float = 0.3) -> None:
         with contextlib.suppress(TimeoutError):

@@ -241,7 +241,7 @@ class Load:
                 if reader.done():
                     reader.result()  # its error, or the server's close
                     return
-                await asyncio.sleep(0.2)
+                await asyncio.sleep(0.2)  # the load's typing pace, five edits a second: not a wait
         finally:
             reader.cancel()
             await connection.close()

@@ -117,7 +117,9 @@ class Typist:
             try:
                 connection = await self._open()
             except (OSError, InvalidHandshake, ConnectionClosed, TimeoutError, Refused):
-                await asyncio.sleep(0.1)  # the server is not (yet, or no longer) there
+                # The server is not (yet, or no longer) there: a client's pause before it tries
+                # again, as the browser client's back-off; the test waits on `connected()`.
+                await asyncio.sleep(0.1)
                 continue
             try:
                 await self._read(connection)
@@ -185,6 +187,7 @@ class Typist:
             connection = self.connection
             if out is not None and connection is not None:
                 await self._send(connection, out)
+            # Not a wait for anything: a typing pace, uneven so that pushes cross each other.
             await asyncio.sleep(self.rng.uniform(0.02, 0.08))
 
 
@@ -317,7 +320,8 @@ async def test_kill_9_while_clients_type_loses_no_seen_update_and_resends_land_e
     try:
         await crowd.start()
         for _ in range(KILLS):
-            await asyncio.sleep(rng.uniform(0.2, 2.0))  # a random moment in the typing...
+            # A random moment in the typing (what is tested: a kill at any moment loses nothing)...
+            await asyncio.sleep(rng.uniform(0.2, 2.0))
             # ...when a push is on its way: the server may have it, committed, confirmed or not.
             await crowd.wait_until(lambda: any(t.replica.inflight for t in crowd.typists), 10, "a push in flight")
             live.process.send_signal(signal.SIGKILL)

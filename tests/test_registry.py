@@ -14,6 +14,7 @@ import pytest
 from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
+from rooms import room_messages
 from rooms.changes import ChangeSet
 from rooms.errors import (
     ClientIdInUse,
@@ -30,12 +31,13 @@ from rooms.errors import (
 )
 from rooms.presence import Selection
 from rooms.protocol import CodeChange, Cursor, Hello, Language, Ping, Push, SyncRequest
-from rooms.retention import PURGE_BATCH
 from rooms.registry import DropReason, RoomRegistry, Session, token_hash
-from rooms import room_messages
+from rooms.retention import PURGE_BATCH
 from rooms.room import Room
 from rooms.settings import Settings
+from rooms.store import StoredRoom
 from rooms.store.memory import MemoryStore
+from tests.conftest import LoopTime, begun
 
 
 class FakeTransport:
@@ -46,13 +48,14 @@ class FakeTransport:
         self.closed: tuple[int, str] | None = None
         self.stuck = stuck
         self.failing = failing
+        self.changed = asyncio.Event()  # set by every frame written and by the close
 
     async def send(self, message: str) -> None:
         if self.failing:
             raise ConnectionError("peer went away")
         if self.stuck:
             await asyncio.Event().wait()
-        self.sent.append(json.loads(message))
+        self.receive(message)
 
     def direct_writer(self) -> Callable[[str], None] | None:
         """`Transport.writer`: a stuck connection's buffer is full, so it cannot take a frame now."""
@@ -63,10 +66,24 @@ class FakeTransport:
     def write(self, message: str) -> None:
         if self.failing:
             raise ConnectionError("peer went away")
+        self.receive(message)
+
+    def receive(self, message: str) -> None:
+        """A frame reaches the client."""
         self.sent.append(json.loads(message))
+        self.changed.set()
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         self.closed = (code, reason)
+        self.changed.set()
+
+    async def wait_until(self, condition: Callable[[], object], timeout: float = 5.0) -> None:
+        """Wait until ``condition()`` holds, looking again each time a frame arrives or the
+        connection closes."""
+        async with asyncio.timeout(timeout):
+            while not condition():
+                self.changed.clear()
+                await self.changed.wait()
 
     def of_type(self, kind: str) -> list[dict[str, Any]]:
         return [m for m in self.sent if m["type"] == kind]
@@ -93,9 +110,13 @@ def make_registry(**overrides: Any) -> tuple[RoomRegistry, Clock]:
     return RoomRegistry(Settings(**overrides), clock=clock), clock
 
 
-async def settle() -> None:
-    for _ in range(5):
-        await asyncio.sleep(0)
+async def until(condition: Callable[[], object], timeout: float = 5.0) -> None:
+    """Wait until ``condition()`` holds, letting the event loop run meanwhile."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {condition}")
+        await asyncio.sleep(0.001)
 
 
 def hello(client_id: str, username: str = "ann", version: int | None = None) -> Hello:
@@ -131,7 +152,7 @@ async def test_versioned_join_gets_welcome_with_members_and_document() -> None:
     first, second = FakeTransport(), FakeTransport()
     await registry.join_versioned("r", first, hello("c1", "ann"))
     await registry.join_versioned("r", second, hello("c2", "bob"))
-    await settle()
+    await registry.settled()
     welcome = second.sent[0]
     assert ("welcome", 0, "", "python") == (welcome["type"], welcome["version"], welcome["doc"], welcome["language"])
     assert ["ann", "bob"] == [m["username"] for m in welcome["members"]]
@@ -143,7 +164,7 @@ async def test_full_text_joiner_gets_nothing_and_others_get_user_joined() -> Non
     first, second = FakeTransport(), FakeTransport()
     await registry.join_full_text("r", first, "ann")
     await registry.join_full_text("r", second, "bob")
-    await settle()
+    await registry.settled()
     assert [] == second.sent
     assert [{"type": "user_joined", "user_id": first.sent[0]["user_id"], "username": "bob"}] == first.sent
 
@@ -154,7 +175,7 @@ async def test_update_reaches_everyone_including_author_in_version_order() -> No
     sessions = [await registry.join_versioned("r", t, hello(f"c{i}")) for i, t in enumerate(transports)]
     registry.handle(sessions[0], push(0, 1, [[0, "a"]]))
     registry.handle(sessions[1], push(0, 1, [[0, "b"]]))
-    await settle()
+    await registry.settled()
     for index, transport in enumerate(transports):
         # Only its author gets an update's client_id.
         mine = {0: "c0", 1: "c1"}.get(index)
@@ -169,7 +190,7 @@ async def test_full_text_code_change_reaches_versioned_clients_as_minimal_update
     seed_session = await registry.join_full_text("r", seed, "sam")
     registry.handle(seed_session, CodeChange(type="code_change", code="print(1)", cursor_position=8))
     registry.handle(seed_session, CodeChange(type="code_change", code="print(12)", cursor_position=8))
-    await settle()
+    await registry.settled()
     assert [[[0, "print(1)"]], [7, [0, "2"], 1]] == [u["changes"] for u in versioned.of_type("update")]
     assert [] == seed.of_type("code_change")
 
@@ -180,7 +201,7 @@ async def test_versioned_push_reaches_full_text_clients_as_full_text() -> None:
     session = await registry.join_versioned("r", versioned, hello("c1"))
     await registry.join_full_text("r", seed, "sam")
     registry.handle(session, push(0, 1, [[0, "abc"]]))
-    await settle()
+    await registry.settled()
     assert [{"type": "code_change", "code": "abc", "cursor_position": 3, "user_id": session.user_id}] == (
         seed.of_type("code_change")
     )
@@ -193,7 +214,7 @@ async def test_hello_with_known_version_gets_missing_updates_without_doc() -> No
     registry.handle(writer, push(1, 2, [2, [0, "c"]]))
     late = FakeTransport()
     await registry.join_versioned("r", late, hello("c2", version=1))
-    await settle()
+    await registry.settled()
     assert "doc" not in late.sent[0]
     assert 1 == late.sent[0]["version"]
     assert [2] == [u["version"] for u in late.of_type("update")]
@@ -205,7 +226,7 @@ async def test_hello_with_version_beyond_history_gets_snapshot() -> None:
     type_chars(registry, writer, 3)
     late = FakeTransport()
     await registry.join_versioned("r", late, hello("c2", version=0))
-    await settle()
+    await registry.settled()
     assert ("xxx", 3) == (late.sent[0]["doc"], late.sent[0]["version"])
     assert [] == late.of_type("update")
 
@@ -234,7 +255,7 @@ async def test_report_uses_the_sessions_protocol() -> None:
     seed_session = await registry.join_full_text("r", seed, "sam")
     registry.report(versioned_session, InvalidMessage("nope"))
     registry.report(seed_session, InvalidMessage("nope"))
-    await settle()
+    await registry.settled()
     assert {"type": "error", "code": "invalid_message", "message": "nope"} == versioned.of_type("error")[0]
     assert {"type": "error", "message": "nope"} == seed.of_type("error")[0]
 
@@ -250,7 +271,7 @@ async def test_rate_limit_refuses_a_flood_and_answers_once_a_second() -> None:
         except RateLimited as error:
             refused += 1
             registry.report(session, error)
-    await settle()
+    await registry.settled()
     assert (45, 5) == (refused, session.room.document.version)
     assert 1 == len(transport.of_type("error"))
     clock.now += 1.0  # the bucket refills at 10 a second
@@ -266,7 +287,7 @@ async def test_cursor_is_mapped_to_current_version_and_sent_to_others() -> None:
     registry.handle(author, push(0, 1, [[0, "world"]]))
     registry.handle(author, push(1, 2, [[0, "hello "], 5]))
     registry.handle(author, Cursor(type="cursor", version=1, anchor=5, head=5))
-    await settle()
+    await registry.settled()
     assert [{"type": "cursor", "user_id": author.user_id, "anchor": 11, "head": 11, "version": 2}] == (
         watcher.of_type("cursor")
     )
@@ -287,7 +308,7 @@ async def test_late_joiner_sees_existing_cursors() -> None:
     registry.handle(author, Cursor(type="cursor", version=1, anchor=1, head=2))
     late = FakeTransport()
     await registry.join_versioned("r", late, hello("c2"))
-    await settle()
+    await registry.settled()
     assert [(1, 2)] == [(c["anchor"], c["head"]) for c in late.of_type("cursor")]
 
 
@@ -297,7 +318,7 @@ async def test_language_change_is_broadcast_to_everyone() -> None:
     session = await registry.join_versioned("r", first, hello("c1"))
     await registry.join_versioned("r", second, hello("c2"))
     registry.handle(session, Language(type="language", language="javascript"))
-    await settle()
+    await registry.settled()
     assert ["javascript"] == [m["language"] for m in first.of_type("language")]
     assert ["javascript"] == [m["language"] for m in second.of_type("language")]
     assert "javascript" == session.room.language
@@ -317,7 +338,7 @@ async def test_sync_request_answers_sender_with_current_text() -> None:
     session = await registry.join_full_text("r", transport, "sam")
     registry.handle(session, CodeChange(type="code_change", code="x = 1", cursor_position=None))
     registry.handle(session, SyncRequest(type="sync_request"))
-    await settle()
+    await registry.settled()
     assert ["x = 1"] == [m["code"] for m in transport.of_type("code_change")]
 
 
@@ -329,7 +350,7 @@ async def test_leave_announces_member_left_once() -> None:
     await registry.join_full_text("r", seed, "sam")
     registry.leave(leaving)
     registry.leave(leaving)
-    await settle()
+    await registry.settled()
     assert [leaving.user_id] == [m["user_id"] for m in staying.of_type("member_left")]
     assert [leaving.user_id] == [m["user_id"] for m in seed.of_type("user_left")]
 
@@ -344,11 +365,11 @@ async def test_a_session_that_left_is_freed_without_the_cycle_collector() -> Non
     try:
         leaving = await registry.join_versioned("r", FakeTransport(), hello("c1"))
         registry.receive(leaving, push(0, 1, append(0, "x")))
-        await settle()
+        await registry.settled()
         gone = weakref.ref(leaving)
         registry.leave(leaving)
         del leaving
-        await settle()
+        await registry.settled()
         assert gone() is None
     finally:
         gc.enable()
@@ -362,7 +383,7 @@ async def test_queue_overflow_drops_only_the_slow_client() -> None:
     before = metric("collab_dropped_sockets_total", reason="queue_overflow")
     for seq in range(1, 11):
         registry.handle(writer, push(seq - 1, seq, append(seq - 1, "x")))
-        await settle()
+        await registry.settled()
     assert slow_session.closed
     assert slow_session.user_id not in writer.room.sessions
     assert 10 == len(fast.of_type("update"))
@@ -373,7 +394,7 @@ async def test_queue_overflow_drops_only_the_slow_client() -> None:
 async def test_failing_send_drops_the_client() -> None:
     registry, _ = make_registry()
     session = await registry.join_versioned("r", FakeTransport(failing=True), hello("c1"))
-    await settle()
+    await registry.settled()
     assert session.closed
 
 
@@ -382,25 +403,31 @@ async def test_send_timeout_drops_the_client_and_only_it() -> None:
     stuck = await registry.join_versioned("r", FakeTransport(stuck=True), hello("c1"))
     healthy = await registry.join_versioned("r", FakeTransport(), hello("c2"))
     sender = registry.outboxes.by_session[stuck].task
-    await settle()
+    await registry.settled()
     registry.check_sends()
     assert not stuck.closed
     clock.now += 6
     registry.check_sends()
-    await settle()
+    await registry.settled()
     assert stuck.closed
     assert not healthy.closed
     assert sender is not None and sender.done()
 
 
-async def test_watchdog_runs_on_its_own() -> None:
-    registry, _ = make_registry(send_timeout_seconds=0.05)
-    registry.clock = time.monotonic
+async def test_watchdog_runs_on_its_own(loop_time: LoopTime) -> None:
+    registry, clock = make_registry(send_timeout_seconds=5)  # the watchdog looks every second
     await registry.start()
+    await loop_time.advance(0)  # the callbacks ready before this timer ran first: the watchdog has started
     session = await registry.join_versioned("r", FakeTransport(stuck=True), hello("c1"))
-    await asyncio.sleep(0.3)
+    await registry.settled()  # the welcome's write is stuck
+    await loop_time.advance(1.0)
+    stuck_within_timeout = session.closed
+    clock.now += 6
+    await loop_time.advance(1.0)
+    await registry.settled()
+    closed = session.closed
     await registry.stop()
-    assert session.closed
+    assert (False, True) == (stuck_within_timeout, closed)
 
 
 async def test_heartbeat_pings_and_drops_silent_versioned_clients() -> None:
@@ -414,7 +441,7 @@ async def test_heartbeat_pings_and_drops_silent_versioned_clients() -> None:
     registry.heartbeat()
     clock.now += 30
     registry.heartbeat()
-    await settle()
+    await registry.settled()
     assert silent_session.closed
     assert not talking_session.closed
     assert not seed_session.closed  # full-text clients rely on WebSocket-level pings instead
@@ -422,16 +449,20 @@ async def test_heartbeat_pings_and_drops_silent_versioned_clients() -> None:
     assert DropReason.HEARTBEAT_TIMEOUT.value in (silent.closed or (0, ""))[1]
 
 
-async def test_empty_room_is_evicted_after_grace_and_kept_if_rejoined() -> None:
-    registry, _ = make_registry(room_grace_seconds=0.05)
+async def test_empty_room_is_evicted_after_grace_and_kept_if_rejoined(loop_time: LoopTime) -> None:
+    registry, _ = make_registry(room_grace_seconds=5)
     session = await registry.join_versioned("r", FakeTransport(), hello("c1"))
     registry.handle(session, push(0, 1, [[0, "kept"]]))
     registry.leave(session)
     again = await registry.join_versioned("r", FakeTransport(), hello("c2"))
-    await asyncio.sleep(0.1)
+    await registry.settled()
+    await loop_time.advance(10)
     assert "kept" == registry.rooms["r"].document.text
     registry.leave(again)
-    await asyncio.sleep(0.1)
+    await registry.settled()
+    await loop_time.advance(4)
+    assert "r" in registry.rooms  # within the grace
+    await loop_time.advance(2)
     assert "r" not in registry.rooms
 
 
@@ -458,11 +489,11 @@ async def test_batching_client_gets_one_frame_for_queued_messages() -> None:
     transport = FakeTransport()
     batched = Hello(type="hello", client_id="c1", username="ann", version=None, batch=True)
     session = await registry.join_versioned("r", transport, batched)
-    await settle()
+    await registry.settled()
     transport.sent.clear()
     registry.handle(session, push(0, 1, [[0, "a"]]))
     registry.handle(session, push(1, 2, [1, [0, "b"]]))
-    await settle()
+    await registry.settled()
     assert 1 == len(transport.sent)
     assert [1, 2] == [m["version"] for m in transport.sent[0]]
 
@@ -473,7 +504,7 @@ async def test_resent_push_is_not_broadcast_again() -> None:
     session = await registry.join_versioned("r", transport, hello("c1"))
     registry.handle(session, push(0, 1, [[0, "a"]]))
     registry.handle(session, push(1, 1, [1, [0, "a"]]))
-    await settle()
+    await registry.settled()
     assert [1] == [u["version"] for u in transport.of_type("update")]
 
 
@@ -482,7 +513,7 @@ async def test_ping_is_answered_with_pong() -> None:
     transport = FakeTransport()
     session = await registry.join_full_text("r", transport, "sam")
     registry.handle(session, Ping(type="ping"))
-    await settle()
+    await registry.settled()
     assert [{"type": "pong"}] == transport.sent
 
 
@@ -494,7 +525,7 @@ async def test_same_text_code_change_relays_cursor_to_full_text_and_versioned_cl
     await registry.join_full_text("r", seed, "sid")
     await registry.join_versioned("r", versioned, hello("c1"))
     registry.handle(session, CodeChange(type="code_change", code="abc", cursor_position=2))
-    await settle()
+    await registry.settled()
     assert [("abc", 2)] == [(m["code"], m["cursor_position"]) for m in seed.of_type("code_change")]
     # The joiner got the cursor as it was (0), then its move.
     assert [(0, 0), (2, 2)] == [(m["anchor"], m["head"]) for m in versioned.of_type("cursor")]
@@ -516,21 +547,27 @@ async def test_messages_after_leave_are_ignored() -> None:
     assert "" == registry.rooms["r"].document.text
 
 
-async def test_heartbeat_loop_runs_on_its_interval() -> None:
-    registry, _ = make_registry(heartbeat_interval_seconds=0.01)
+async def test_heartbeat_loop_runs_on_its_interval(loop_time: LoopTime) -> None:
+    registry, _ = make_registry(heartbeat_interval_seconds=10)
     transport = FakeTransport()
     await registry.join_full_text("r", transport, "sam")
     await registry.start()
-    await asyncio.sleep(0.1)
+    await loop_time.advance(0)  # the callbacks ready before this timer ran first: the loop has started
+    pings = []
+    for _ in range(3):
+        await loop_time.advance(10)
+        await registry.settled()
+        pings.append(len(transport.of_type("ping")))
     await registry.stop()
-    assert len(transport.of_type("ping")) >= 2
+    assert [1, 2, 3] == pings
 
 
-async def test_zero_grace_evicts_as_soon_as_the_step_ends() -> None:
+async def test_zero_grace_evicts_as_soon_as_the_step_ends(loop_time: LoopTime) -> None:
     registry, _ = make_registry(room_grace_seconds=0)
     session = await registry.join_versioned("r", FakeTransport(), hello("c1"))
+    await registry.settled()  # the room's creation is committed
     registry.leave(session)
-    await settle()
+    await loop_time.advance(0)  # the timers due now have run; the loop's clock has not moved
     assert {} == registry.rooms
 
 
@@ -540,7 +577,7 @@ async def test_takeover_with_zero_grace_keeps_the_document() -> None:
     registry.handle(old, push(0, 1, [[0, "important"]]))
     transport = FakeTransport()
     await registry.join_versioned("r", transport, hello_with_token("tab", "t" * 16, version=1))
-    await settle()
+    await registry.settled()
     assert ("important", 1) == (registry.rooms["r"].document.text, transport.sent[0]["version"])
 
 
@@ -558,10 +595,10 @@ async def test_a_long_catch_up_is_not_taken_for_a_slow_client() -> None:
     writer.limit.own.burst = writer.limit.own.tokens = 1000
     for seq in range(1, 101):
         registry.handle(writer, push(seq - 1, seq, append(seq - 1, "x")))
-        await settle()
+        await registry.settled()
     transport = FakeTransport()
     late = await registry.join_versioned("r", transport, hello("late", version=0))
-    await settle()
+    await registry.settled()
     assert not late.closed
     assert list(range(1, 101)) == [u["version"] for u in transport.of_type("update")]
 
@@ -571,10 +608,10 @@ async def test_a_catch_up_over_half_the_character_budget_becomes_a_snapshot() ->
     writer = await registry.join_versioned("r", FakeTransport(), hello("w"))
     for seq in range(1, 21):
         registry.handle(writer, push(seq - 1, seq, append((seq - 1) * 100, "y" * 100)))
-        await settle()
+        await registry.settled()
     transport = FakeTransport()
     await registry.join_versioned("r", transport, hello("late", version=0))
-    await settle()
+    await registry.settled()
     assert ("y" * 2000, 20) == (transport.sent[0]["doc"], transport.sent[0]["version"])
     assert [] == transport.of_type("update")
 
@@ -605,7 +642,7 @@ async def test_hello_with_the_resume_token_takes_the_connection_over() -> None:
     await registry.join_versioned("r", watcher, hello("watcher"))
     again = hello_with_token("tab", old.resume_token, version=0)
     new = await registry.join_versioned("r", FakeTransport(), again)
-    await settle()
+    await registry.settled()
     assert old.closed and not new.closed
     assert (4001, "replaced by a newer connection") == old_transport.closed
     assert [old.user_id] == [m["user_id"] for m in watcher.of_type("member_left")]
@@ -646,7 +683,7 @@ async def test_version_of_another_epoch_gets_a_snapshot() -> None:
         other := FakeTransport(),
         Hello(type="hello", client_id="cur", username="c", version=1, epoch=writer.room.document.epoch),
     )
-    await settle()
+    await registry.settled()
     assert ("new text", 1) == (late.sent[0]["doc"], late.sent[0]["version"])
     assert "doc" not in other.sent[0]
     assert writer.room.document.epoch == late.sent[0]["epoch"]
@@ -669,7 +706,7 @@ async def test_malformed_frames_are_charged_to_the_rate_limit() -> None:
     session = await registry.join_versioned("r", transport, hello("c1"))
     for _ in range(10):
         registry.receive(session, "{not json")
-    await settle()
+    await registry.settled()
     assert ["invalid_json"] * 3 + ["rate_limited"] == [m["code"] for m in transport.of_type("error")]
 
 
@@ -692,7 +729,7 @@ async def test_a_cursor_far_behind_is_dropped_silently() -> None:
     watcher = FakeTransport()
     await registry.join_versioned("r", watcher, hello("watch"))
     registry.handle(writer, Cursor(type="cursor", version=10, anchor=1, head=1))
-    await settle()
+    await registry.settled()
     assert [] == watcher.of_type("cursor")
 
 
@@ -707,7 +744,7 @@ async def test_an_unexpected_failure_is_answered_and_the_room_goes_on(monkeypatc
     monkeypatch.setattr(session.room, "_language", broken)
     registry.receive(session, '{"type": "language", "language": "go"}')
     registry.receive(session, '{"type": "push", "version": 0, "seq": 1, "changes": [[0, "ok"]]}')
-    await settle()
+    await registry.settled()
     assert ["internal_error"] == [m["code"] for m in transport.of_type("error")]
     assert "ok" == session.room.document.text
 
@@ -729,10 +766,10 @@ async def test_queue_over_its_character_budget_drops_the_client() -> None:
     registry, _ = make_registry(outbound_queue_chars=10_000)
     slow = await registry.join_full_text("r", FakeTransport(stuck=True), "slow")
     writer = await registry.join_full_text("r", FakeTransport(), "writer")
-    await settle()
+    await registry.settled()
     for index in range(5):
         registry.handle(writer, CodeChange(type="code_change", code=str(index) * 4000, cursor_position=0))
-    await settle()
+    await registry.settled()
     assert slow.closed
     assert not writer.closed
 
@@ -742,9 +779,9 @@ async def test_one_message_larger_than_the_budget_still_goes_to_an_idle_client()
     reader = FakeTransport()
     await registry.join_full_text("r", reader, "reader")
     writer = await registry.join_full_text("r", FakeTransport(), "writer")
-    await settle()  # the reader has sent `user_joined`: its queue is empty
+    await registry.settled()  # the reader has sent `user_joined`: its queue is empty
     registry.handle(writer, CodeChange(type="code_change", code="x" * 500, cursor_position=0))
-    await settle()
+    await registry.settled()
     assert ["x" * 500] == [m["code"] for m in reader.of_type("code_change")]
 
 
@@ -756,7 +793,7 @@ async def test_welcome_tells_a_known_client_its_last_applied_seq() -> None:
     again, fresh = FakeTransport(), FakeTransport()
     await registry.join_versioned("r", again, hello_with_token("tab", first.resume_token))
     await registry.join_versioned("r", fresh, hello("new"))
-    await settle()
+    await registry.settled()
     assert 7 == again.sent[0]["last_seq"]
     assert "last_seq" not in fresh.sent[0]
 
@@ -778,7 +815,7 @@ async def test_leave_ends_the_session_with_a_normal_close() -> None:
     session = await registry.join_full_text("r", transport, "sam")
     registry.receive(session, '{"type": "pong"}')
     registry.receive(session, '{"type": "leave"}')
-    await settle()
+    await registry.settled()
     assert session.closed
     assert (1000, "left") == transport.closed
     assert [] == transport.of_type("error")
@@ -809,6 +846,7 @@ class GatedTransport(FakeTransport):
         super().__init__()
         self.drained = asyncio.Event()
         self.drained.set()
+        self.sending = asyncio.Event()  # set once the sender awaits `send`
         self.paths: list[str] = []
 
     def writer(self) -> Callable[[str], None] | None:
@@ -816,30 +854,32 @@ class GatedTransport(FakeTransport):
 
     def direct(self, message: str) -> None:
         self.paths.append("writer")
-        self.sent.append(json.loads(message))
+        self.receive(message)
 
     async def send(self, message: str) -> None:
+        self.sending.set()
         await self.drained.wait()
         self.paths.append("send")
-        self.sent.append(json.loads(message))
+        self.receive(message)
 
 
 async def test_a_full_connection_is_left_to_the_sender_and_order_is_kept() -> None:
     registry, _ = make_registry()
     transport = GatedTransport()
     session = await registry.join_versioned("r", transport, hello("c1"))
-    await settle()
+    await registry.settled()
     registry.handle(session, push(0, 1, append(0, "a")))
-    await settle()
+    await registry.settled()
     transport.drained.clear()
     registry.handle(session, push(1, 2, append(1, "b")))
-    await settle()
+    await transport.sending.wait()  # the sender awaits `send`: the buffer is full
     registry.handle(session, push(2, 3, append(2, "c")))  # queued behind the waiting send
-    await settle()
+    await registry.settled()
     transport.drained.set()
-    await settle()
+    await transport.wait_until(lambda: len(transport.sent) == 4)
     registry.handle(session, push(3, 4, append(3, "d")))
-    await settle()
+    await transport.wait_until(lambda: len(transport.sent) == 5)
+    await registry.settled()
     assert [0, 1, 2, 3, 4] == [m["version"] for m in transport.sent]
     # Every write goes through the writer while the connection takes frames (the welcome,
     # queued before the sender ran, included); while its buffer is full, the sender awaits
@@ -880,7 +920,7 @@ async def test_a_push_of_too_many_parts_is_refused_before_any_work(monkeypatch: 
     started = time.process_time()
     registry.receive(session, attack)
     spent = time.process_time() - started
-    await settle()
+    await registry.settled()
     assert ["too_complex"] == [m["code"] for m in transport.of_type("error")]
     assert ([], []) == (parsed, rebased)
     assert 0 == session.room.document.version
@@ -907,12 +947,12 @@ async def test_a_push_too_far_behind_gets_resync_and_lands_after_catching_up(
     session = await registry.join_versioned("r", late, hello("late"))
     rebased = count_calls(monkeypatch, Document, "rebase")
     registry.receive(session, push(0, 1, [[0, "mine"]]))  # 300 versions behind
-    await settle()
+    await registry.settled()
     assert ["resync"] == [m["code"] for m in late.of_type("error")]
     assert ([], 300) == (rebased, session.room.document.version)
     # The client catches up (here: from the current version) and pushes the same edit again.
     registry.handle(session, push(300, 1, [[0, "mine"], 300]))
-    await settle()
+    await registry.settled()
     assert session.room.document.text.startswith("mine")
     assert [1] == [m["seq"] for m in late.of_type("update") if m.get("client_id") == "late"]
 
@@ -924,7 +964,7 @@ async def test_a_push_whose_rebase_passes_the_step_bound_gets_resync() -> None:
     late = FakeTransport()
     session = await registry.join_versioned("r", late, hello("late"))
     registry.receive(session, push(0, 1, [[0, "y"]] * 20))  # 10 * 20 + 19 steps
-    await settle()
+    await registry.settled()
     assert ["resync"] == [m["code"] for m in late.of_type("error")]
     assert 10 == session.room.document.version
 
@@ -936,12 +976,12 @@ async def test_a_push_that_changes_nothing_is_acked_and_stores_nothing() -> None
     await registry.join_versioned("r", other, hello("b"))
     registry.handle(session, push(0, 1, append(0, "x" * 100)))
     await registry.wait_committed()
-    await settle()
+    await registry.settled()
     room = session.room
     stored = room.changes_made
     registry.handle(session, push(1, 2, [1] * 100))  # 100 one-unit keeps
     await registry.wait_committed()
-    await settle()
+    await registry.settled()
     assert [{"type": "ack", "seq": 2, "version": 1}] == author.of_type("ack")
     assert [] == other.of_type("ack")
     assert [1] == [m["version"] for m in other.of_type("update")]
@@ -958,7 +998,7 @@ async def test_a_push_whose_deletion_was_made_already_is_acked() -> None:
     registry.handle(a, push(1, 2, [1, [1], 1]))  # deletes "b"
     registry.handle(b, push(1, 1, [1, [1], 1]))  # the same deletion, made concurrently
     await registry.wait_committed()
-    await settle()
+    await registry.settled()
     assert ("ac", 2) == (a.room.document.text, a.room.document.version)
     assert [{"type": "ack", "seq": 1, "version": 2}] == second.of_type("ack")
 
@@ -974,7 +1014,7 @@ async def test_a_resume_over_a_huge_history_takes_a_snapshot_without_encoding(
     encoded = count_calls(monkeypatch, room_messages, "encode_update_for")
     transport = FakeTransport()
     await registry.join_versioned("r", transport, hello("late", version=0))
-    await settle()
+    await registry.settled()
     welcome = transport.of_type("welcome")[0]
     assert (200, "y" * 20_000) == (welcome["version"], welcome["doc"])
     assert [] == encoded
@@ -987,7 +1027,7 @@ async def test_a_small_resume_still_gets_updates() -> None:
     type_chars(registry, writer, 3, "z")
     transport = FakeTransport()
     await registry.join_versioned("r", transport, hello("late", version=1))
-    await settle()
+    await registry.settled()
     welcome = transport.of_type("welcome")[0]
     assert (1, None, 1000) == (welcome["version"], welcome.get("doc"), welcome["max_change_parts"])
     assert [2, 3] == [m["version"] for m in transport.of_type("update")]
@@ -1017,7 +1057,7 @@ async def test_a_safe_integer_bound_keeps_the_room_working() -> None:
     registry.receive(session, json.dumps({"type": "push", "version": 0, "seq": 2**53, "changes": [[0, "x"]]}))
     registry.receive(session, json.dumps({"type": "push", "version": 0, "seq": 1, "changes": [[0, "ok"]]}))
     await registry.wait_committed()
-    await settle()
+    await registry.settled()
     assert ["invalid_message", "invalid_message"] == [m["code"] for m in transport.of_type("error")]
     assert ("ok", 1) == (session.room.document.text, session.room.document.version)
 
@@ -1114,7 +1154,7 @@ async def test_an_update_is_encoded_twice_per_broadcast_not_once_per_member() ->
     transports = [FakeTransport() for _ in range(4)]
     sessions = [await registry.join_versioned("r", t, hello(f"c{i}")) for i, t in enumerate(transports)]
     registry.handle(sessions[0], push(0, 1, [[0, "a"]]))
-    await settle()
+    await registry.settled()
     sent = [t.of_type("update")[0] for t in transports]
     assert ["c0", None, None, None] == [u.get("client_id") for u in sent]
     assert 1 == len({json.dumps(u) for u in sent[1:]})
@@ -1196,12 +1236,13 @@ async def test_an_address_may_make_so_many_rooms_a_minute() -> None:
     await registry.join_full_text("d", FakeTransport(), "ann", address="10.0.0.1")
 
 
-async def test_a_stored_room_is_not_a_new_room() -> None:
+async def test_a_stored_room_is_not_a_new_room(loop_time: LoopTime) -> None:
     registry, _ = make_registry(rooms_per_address_per_minute=1, room_grace_seconds=0)
     session = await registry.join_full_text("a", FakeTransport(), "ann", address="10.0.0.1")
     await registry.wait_committed()
     registry.leave(session)
-    await settle()
+    await registry.settled()
+    await loop_time.advance(0)  # a zero grace: the eviction is due now
     assert "a" not in registry.rooms
     await registry.join_full_text("a", FakeTransport(), "ann", address="10.0.0.1")
 
@@ -1236,11 +1277,20 @@ class PurgingStore(MemoryStore):
         self.purges: list[tuple[float, set[str]]] = []
         self.gate = asyncio.Event()
         self.gate.set()
+        self.purging = asyncio.Event()  # set when a purge begins
+        self.calls: list[str] = []  # "purge", "purged" and "load", in the order they happened
 
     async def purge(self, before: float, keep: Any, limit: int | None = None) -> list[str]:
         self.purges.append((before, set(keep)))
+        self.calls.append("purge")
+        self.purging.set()
         await self.gate.wait()
+        self.calls.append("purged")
         return ["old-1", "old-2"]
+
+    async def load(self, room_id: str, history: int) -> StoredRoom | None:
+        self.calls.append("load")
+        return await super().load(room_id, history)
 
 
 class BatchedPurgingStore(MemoryStore):
@@ -1250,6 +1300,7 @@ class BatchedPurgingStore(MemoryStore):
         super().__init__()
         self.gates = [asyncio.Event() for _ in range(batches)]
         self.calls = 0
+        self.loads: list[int] = []  # how many purge calls had begun when each load began
 
     async def purge(self, before: float, keep: Any, limit: int | None = None) -> list[str]:
         self.calls += 1
@@ -1257,6 +1308,10 @@ class BatchedPurgingStore(MemoryStore):
             return []
         await self.gates[self.calls - 1].wait()
         return [f"old-{self.calls}-{index}" for index in range(limit or 1)]
+
+    async def load(self, room_id: str, history: int) -> StoredRoom | None:
+        self.loads.append(self.calls)
+        return await super().load(room_id, history)
 
 
 async def test_retention_keeps_the_loaded_rooms_and_logs_the_count() -> None:
@@ -1283,28 +1338,24 @@ async def test_a_load_waits_for_the_purge_in_progress() -> None:
     store = PurgingStore()
     store.gate.clear()
     registry = RoomRegistry(Settings(), clock=Clock(), store=store)
-    purge = asyncio.create_task(registry.purge())
-    await settle()
-    join = asyncio.create_task(registry.join_full_text("r", FakeTransport(), "ann"))
-    await settle()
+    purge = await begun(registry.purge())
+    join = await begun(registry.join_full_text("r", FakeTransport(), "ann"))
     assert "r" not in registry.rooms
     store.gate.set()
     await purge
     await join
-    assert "r" in registry.rooms
+    assert ("r" in registry.rooms, ["purge", "purged", "load"]) == (True, store.calls)
 
 
 async def test_a_load_waits_for_one_purge_batch_not_the_whole_purge() -> None:
     store = BatchedPurgingStore(batches=2)
     registry = RoomRegistry(Settings(), clock=Clock(), store=store)
-    purge = asyncio.create_task(registry.purge())
-    await settle()
-    join = asyncio.create_task(registry.join_full_text("r", FakeTransport(), "ann"))
-    await settle()
+    purge = await begun(registry.purge())
+    join = await begun(registry.join_full_text("r", FakeTransport(), "ann"))
     assert "r" not in registry.rooms
     store.gates[0].set()  # the first batch ends; the second is still running
     await join
-    assert ("r" in registry.rooms, False, 2) == ("r" in registry.rooms, purge.done(), store.calls)
+    assert (True, False, 2, [2]) == ("r" in registry.rooms, purge.done(), store.calls, store.loads)
     store.gates[1].set()
     assert 2 * PURGE_BATCH == await purge
 
@@ -1313,18 +1364,20 @@ async def test_retention_runs_at_start() -> None:
     store = PurgingStore()
     registry = RoomRegistry(Settings(), clock=Clock(), store=store)
     await registry.start()
-    await settle()
+    await asyncio.wait_for(store.purging.wait(), 5)
     await registry.stop()
     assert 1 == len(store.purges)
 
 
-async def test_opening_a_stored_room_writes_its_row_once() -> None:
+async def test_opening_a_stored_room_writes_its_row_once(loop_time: LoopTime) -> None:
     store = MemoryStore()
     registry = RoomRegistry(Settings(room_grace_seconds=0), clock=Clock(), store=store)
     session = await registry.join_full_text("r", FakeTransport(), "ann")
     await registry.wait_committed()
     registry.leave(session)
-    await settle()
+    await registry.settled()
+    await loop_time.advance(0)  # a zero grace: the eviction is due now
+    assert "r" not in registry.rooms
     commits = store.commits
     await registry.join_full_text("r", FakeTransport(), "ann")
     await registry.join_full_text("r", FakeTransport(), "bob")
@@ -1342,7 +1395,7 @@ async def test_a_push_is_charged_for_its_own_parts_which_every_later_rebase_pays
     assert 0 == author.room.document.version
 
 
-async def test_a_refused_hello_leaves_the_room_to_be_unloaded() -> None:
+async def test_a_refused_hello_leaves_the_room_to_be_unloaded(loop_time: LoopTime) -> None:
     registry, _ = make_registry(room_grace_seconds=0)
     owner = await registry.join_versioned("r", FakeTransport(), hello_with_token("mine", "t" * 16))
     registry.handle(owner, push(0, 1, [[0, "x"]]))
@@ -1350,10 +1403,8 @@ async def test_a_refused_hello_leaves_the_room_to_be_unloaded() -> None:
     registry.leave(owner)
     with pytest.raises(ClientIdInUse):
         await registry.join_versioned("r", FakeTransport(), hello_with_token("mine", "u" * 16))
-    for _ in range(20):
-        await asyncio.sleep(0)
-        if "r" not in registry.rooms:
-            break
+    await registry.settled()
+    await loop_time.advance(0)  # a zero grace: the eviction is due now
     assert "r" not in registry.rooms
 
 
@@ -1393,7 +1444,7 @@ async def test_a_resume_over_updates_of_many_parts_gets_a_snapshot_though_their_
     assert 40 == writer.room.document.version
     reader = FakeTransport()
     await registry.join_versioned("r", reader, hello("late", version=0))
-    await settle()
+    await registry.settled()
     welcome = reader.of_type("welcome")[0]
     assert (40, []) == (welcome["version"], reader.of_type("update"))
     assert "x" * 39_960 == welcome["doc"]
@@ -1417,7 +1468,7 @@ async def test_a_cursor_far_behind_big_updates_is_dropped_without_mapping(monkey
     original = Selection.mapped
     monkeypatch.setattr(Selection, "mapped", lambda self, changes: mapped.append(1) or original(self, changes))
     registry.handle(mover, Cursor(type="cursor", version=0, anchor=0, head=0))
-    await settle()
+    await registry.settled()
     assert ([], []) == (mapped, watcher.of_type("cursor"))
 
 
@@ -1437,7 +1488,7 @@ async def test_a_large_frame_costs_a_token_per_64_kib() -> None:
     session.limit.own.tokens = 3
     frame = json.dumps({"type": "push", "version": 0, "seq": 1, "changes": [[0, "x" * 200_000]]})
     registry.receive(session, frame)  # about 200 kB: 1 + 3 tokens of 3
-    await settle()
+    await registry.settled()
     assert ["rate_limited"] == [error["code"] for error in transport.of_type("error")]
     assert 0 == session.room.document.version
 
@@ -1462,7 +1513,7 @@ async def test_a_resend_of_an_applied_push_that_grew_past_the_part_limit_is_igno
     session = await registry.join_versioned("r", transport, hello("c"))
     registry.handle(session, push(0, 1, [[0, "ab"]]))
     registry.handle(session, push(0, 1, [[0, "a"], [0, "b"], [0, ""], [0, ""]]))  # same seq, 4 parts
-    await settle()
+    await registry.settled()
     assert ([], 1) == (transport.of_type("error"), session.room.document.version)
 
 
@@ -1492,7 +1543,7 @@ async def test_the_refusals_of_a_push_name_its_seq() -> None:
     transport = FakeTransport()
     session = await registry.join_versioned("r", transport, hello("c"))
     registry.receive(session, json.dumps({"type": "push", "version": 0, "seq": 7, "changes": [[0, "x"]] * 4}))
-    await settle()
+    await registry.settled()
     assert [("too_complex", 7)] == [(e["code"], e.get("seq")) for e in transport.of_type("error")]
 
 
@@ -1503,7 +1554,7 @@ async def test_a_cursor_older_than_the_kept_history_is_dropped_without_an_error(
     transport = FakeTransport()
     mover = await registry.join_versioned("r", transport, hello("m"))
     registry.receive(mover, json.dumps({"type": "cursor", "version": 0, "anchor": 0, "head": 0}))
-    await settle()
+    await registry.settled()
     assert [] == transport.of_type("error")
 
 
@@ -1513,9 +1564,9 @@ async def test_a_resume_its_address_cannot_pay_for_is_refused_before_anyone_hear
     _fill_with_big_updates(registry, writer, 10)  # a catch-up of 10,000 parts: 19 tokens
     watcher = FakeTransport()
     await registry.join_versioned("r", watcher, hello("watch"))
-    await settle()
+    await registry.settled()
     joined = len(watcher.of_type("member_joined"))
     with pytest.raises(RateLimited):
         await registry.join_versioned("r", FakeTransport(), hello("late", version=0), address="10.2.2.2")
-    await settle()
+    await registry.settled()
     assert joined == len(watcher.of_type("member_joined"))

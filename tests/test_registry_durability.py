@@ -4,14 +4,14 @@ rooms come back after a restart, and a failing store resets rooms instead of los
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from rooms.errors import StorageUnavailable
+from rooms.lifecycle import EVICTION_RETRY_SECONDS
 from rooms.protocol import Hello, Language
 from rooms.registry import CLOSE_TRY_AGAIN_LATER, RoomRegistry, Session
 from rooms.room_messages import RESTORE_CLIENT
@@ -19,7 +19,8 @@ from rooms.settings import Settings
 from rooms.store import RoomWrite, StoredRoom, StoreError
 from rooms.store.memory import MemoryStore
 from rooms.store.sqlite import SqliteStore
-from tests.test_registry import Clock, FakeTransport, append, hello, push, settle
+from tests.conftest import LoopTime, begun
+from tests.test_registry import Clock, FakeTransport, append, hello, push, until
 
 
 class GatedStore(MemoryStore):
@@ -32,9 +33,12 @@ class GatedStore(MemoryStore):
         self.gate.set()
         self.failing = False
         self.batches: list[list[RoomWrite]] = []
+        self.held = asyncio.Event()  # set once a commit waits at the closed gate
 
     async def commit(self, writes: Sequence[RoomWrite]) -> None:
         self.batches.append(list(writes))
+        if not self.gate.is_set():
+            self.held.set()
         await self.gate.wait()
         if self.failing:
             raise StoreError("disk full")
@@ -64,13 +68,22 @@ def make_registry(store: MemoryStore | SqliteStore, **overrides: Any) -> RoomReg
     return RoomRegistry(Settings(**overrides), clock=Clock(), store=store)
 
 
-async def until(condition: Callable[[], object], timeout: float = 5.0) -> None:
-    """Wait until ``condition()`` holds, letting the event loop run meanwhile."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {condition}")
-        await asyncio.sleep(0.001)
+class Witness(FakeTransport):
+    """A connection that notes, with each frame it gets, how many commits the store had
+    finished by then: what was shown before its commit returned shows up in ``commits``."""
+
+    def __init__(self, store: MemoryStore) -> None:
+        super().__init__()
+        self.store = store
+        self.commits: list[int] = []
+
+    def receive(self, message: str) -> None:
+        self.commits.append(self.store.commits)
+        super().receive(message)
+
+    def commits_at(self, kind: str) -> list[int]:
+        """The store's finished commits when each frame of this type arrived."""
+        return [count for count, message in zip(self.commits, self.sent, strict=True) if message["type"] == kind]
 
 
 def versions(transport: FakeTransport) -> list[int]:
@@ -96,10 +109,11 @@ async def registry(store: GatedStore, overrides: dict[str, Any]) -> AsyncIterato
     await registry.stop()
 
 
-async def join(registry: RoomRegistry, client_id: str, username: str = "ann") -> tuple[Session, FakeTransport]:
-    transport = FakeTransport()
+async def join(registry: RoomRegistry, client_id: str, username: str = "ann") -> tuple[Session, Witness]:
+    assert isinstance(registry.store, MemoryStore)
+    transport = Witness(registry.store)
     session = await registry.join_versioned("r", transport, hello(client_id, username))
-    await until(lambda: transport.of_type("welcome"))
+    await transport.wait_until(lambda: transport.of_type("welcome"))
     return session, transport
 
 
@@ -111,9 +125,13 @@ async def test_an_update_reaches_no_one_before_it_is_committed(store: GatedStore
     _, other_transport = await join(registry, "c2", "bob")
     store.gate.clear()
     registry.handle(author, push(0, 1, [[0, "hello"]]))
-    await until(lambda: store.batches)
-    await settle()
+    await store.held.wait()
+    held = store.commits
     assert ([], []) == (author_transport.of_type("update"), other_transport.of_type("update"))
+    store.gate.set()
+    await registry.settled()
+    # Each saw it once, and only after the commit carrying it returned.
+    assert ([held + 1], [held + 1]) == (author_transport.commits_at("update"), other_transport.commits_at("update"))
 
 
 async def test_a_client_joining_during_a_commit_is_shown_nothing_uncommitted(
@@ -122,12 +140,15 @@ async def test_a_client_joining_during_a_commit_is_shown_nothing_uncommitted(
     author, _ = await join(registry, "c1")
     store.gate.clear()
     registry.handle(author, push(0, 1, [[0, "hello"]]))
-    await until(lambda: store.batches)
-    late = FakeTransport()
+    await store.held.wait()
+    held = store.commits
+    late = Witness(store)
     await registry.join_versioned("r", late, hello("c3", "cy"))
-    await settle()
     # Its welcome is made from the room as it is in memory, so it waits for the commit too.
     assert [] == late.sent
+    store.gate.set()
+    await registry.settled()
+    assert (True, []) == (bool(late.sent), [count for count in late.commits if count <= held])
 
 
 async def test_a_client_joining_during_a_commit_is_welcomed_once_it_returns(
@@ -164,9 +185,16 @@ async def test_a_language_change_reaches_no_one_before_it_is_committed(
     _, other_transport = await join(registry, "c2", "bob")
     store.gate.clear()
     registry.handle(author, Language(type="language", language="rust"))
-    await until(lambda: store.batches)
-    await settle()
+    await store.held.wait()
+    held = store.commits
     assert ([], []) == (author_transport.of_type("language"), other_transport.of_type("language"))
+    store.gate.set()
+    await registry.settled()
+    # Each saw it once, and only after the commit carrying it returned.
+    assert ([held + 1], [held + 1]) == (
+        author_transport.commits_at("language"),
+        other_transport.commits_at("language"),
+    )
 
 
 # Group commit
@@ -266,7 +294,7 @@ async def test_after_a_restart_a_resent_push_is_not_applied_twice(
     session = await registry.join_versioned("r", transport, resume(welcome))
     registry.handle(session, push(1, 2, append(2, "c")))  # the last push, as if unconfirmed
     assert await registry.wait_committed(5.0)
-    await settle()
+    await registry.settled()
     stored = await registry.store.info("r")
     assert (RESUMED, 2, 2, [1, 2], []) == (
         session.room.document.text,
@@ -351,29 +379,34 @@ async def test_a_store_that_cannot_load_makes_join_raise_storage_unavailable() -
 
 @pytest.mark.parametrize("overrides", [{"room_grace_seconds": 0}])
 async def test_an_empty_room_is_not_evicted_before_its_updates_are_committed(
-    store: GatedStore, registry: RoomRegistry
+    store: GatedStore, registry: RoomRegistry, loop_time: LoopTime
 ) -> None:
     session, _ = await join(registry, "c1")
     store.gate.clear()
     registry.handle(session, push(0, 1, [[0, "unsaved"]]))
-    await until(lambda: store.batches)
+    await store.held.wait()
     registry.leave(session)
-    await settle()  # a zero grace evicts as soon as the step ends
+    # A zero grace evicts as soon as the step ends; an uncommitted room tries again and again.
+    await loop_time.advance(0)
+    await loop_time.advance(EVICTION_RETRY_SECONDS * 3)
     assert "unsaved" == registry.rooms["r"].document.text
 
 
 @pytest.mark.parametrize("overrides", [{"room_grace_seconds": 0}])
 async def test_an_empty_room_is_evicted_once_its_updates_are_committed(
-    store: GatedStore, registry: RoomRegistry
+    store: GatedStore, registry: RoomRegistry, loop_time: LoopTime
 ) -> None:
     session, _ = await join(registry, "c1")
     store.gate.clear()
     registry.handle(session, push(0, 1, [[0, "saved"]]))
-    await until(lambda: store.batches)
+    await store.held.wait()
     registry.leave(session)
-    await settle()
+    await loop_time.advance(0)  # the zero-grace eviction is put off: nothing is committed yet
+    assert "r" in registry.rooms
     store.gate.set()
-    await until(lambda: "r" not in registry.rooms)
+    await registry.settled()
+    await loop_time.advance(EVICTION_RETRY_SECONDS)
+    assert "r" not in registry.rooms
     assert "saved" == await store.text_at("r", 1)
 
 
@@ -417,14 +450,13 @@ async def test_clients_join_a_room_being_loaded_in_the_order_their_joins_came() 
     store = SlowLoadingStore()
     registry = make_registry(store)
     transports = {name: FakeTransport() for name in ("ann", "bob", "cid")}
-    ann = asyncio.create_task(registry.join_full_text("r", transports["ann"], "ann"))
-    bob = asyncio.create_task(registry.join_full_text("r", transports["bob"], "bob"))
-    await settle()
+    ann = await begun(registry.join_full_text("r", transports["ann"], "ann"))  # waits for the load
+    bob = await begun(registry.join_full_text("r", transports["bob"], "bob"))  # waits for ann's load
     store.gate.set()
     await store.loaded.wait()  # the moment the load is done, before the waiting joins resume
     cid = await registry.join_full_text("r", transports["cid"], "cid")  # comes after them all the same
     sessions = [await ann, await bob, cid]
-    await settle()
+    await registry.settled()
     assert [session.user_id for session in sessions] == list(registry.rooms["r"].sessions)
     assert ["bob", "cid"] == [m["username"] for m in transports["ann"].of_type("user_joined")]
     assert ["cid"] == [m["username"] for m in transports["bob"].of_type("user_joined")]
@@ -436,7 +468,7 @@ async def test_a_store_that_stalls_resets_the_room_instead_of_holding_without_en
 ) -> None:
     first, first_transport = await join(registry, "c1", "ann")
     _, second_transport = await join(registry, "c2", "bob")
-    await settle()
+    await registry.settled()
     store.gate.clear()  # the disk stops answering
     for seq in range(1, 12):  # two held messages an update; the bound is 5 per member
         registry.handle(first, push(seq - 1, seq, append(seq - 1, "x")))
@@ -484,17 +516,17 @@ async def test_a_new_rooms_welcome_waits_for_the_commit_that_stores_the_room(
     store: GatedStore, registry: RoomRegistry
 ) -> None:
     store.gate.clear()
-    transport = FakeTransport()
+    transport = Witness(store)
     session = await registry.join_versioned("r", transport, hello("c1"))
-    await until(lambda: store.batches)
-    await settle()
+    await store.held.wait()
     assert [] == transport.sent
     write = store.batches[0][0]
     assert ("r", session.room.document.epoch, [], 0) == (write.room_id, write.epoch, list(write.records), write.head)
     store.gate.set()
-    await until(lambda: transport.sent)
+    await transport.wait_until(lambda: transport.sent)
     stored = await store.info("r")
     assert stored is not None and transport.sent[0]["epoch"] == stored.epoch
+    assert [1] == transport.commits_at("welcome")  # shown once the room's first commit returned
 
 
 async def test_a_new_room_whose_first_commit_fails_was_shown_to_no_one(

@@ -61,13 +61,6 @@ class RoomModel(RuleBasedStateMachine):
 
         return self.loop.run_until_complete(inside())
 
-    def settle(self) -> None:
-        async def spin() -> None:
-            for _ in range(4):
-                await asyncio.sleep(0)
-
-        self.run(spin())
-
     def teardown(self) -> None:
         async def stop() -> None:
             await self.registry.stop()
@@ -94,7 +87,7 @@ class RoomModel(RuleBasedStateMachine):
 
         self.run(join())
         self.wires[index] = wire
-        self.settle()
+        self.run(self.registry.settled())
         welcome = json.loads(wire.frames.pop(0))
         assert "welcome" == welcome["type"]
         self._send(index, replica.welcome(welcome))
@@ -111,7 +104,7 @@ class RoomModel(RuleBasedStateMachine):
 
     @rule(index=st.integers(0, CLIENTS - 1), count=st.integers(1, 5))
     def deliver(self, index: int, count: int) -> None:
-        self.settle()
+        self.run(self.registry.settled())
         wire = self.wires[index]
         if wire is None:
             return
@@ -158,7 +151,7 @@ class RoomModel(RuleBasedStateMachine):
             if session is None or session.closed or self.wires[index] is None:
                 self.connect(index, takeover=False)
         for _ in range(200):
-            self.settle()
+            self.run(self.registry.settled())
             if not any(wire is not None and wire.frames for wire in self.wires):
                 break
             for index in range(CLIENTS):

@@ -39,6 +39,7 @@ class VersionedClient:
         self.errors: list[dict[str, Any]] = []
         self.user_id = ""
         self.rebased = 0  # remote updates that arrived while a push of ours was in flight
+        self.changed = asyncio.Event()  # set after each message is handled, and when reading ends
 
     async def open(self, *, resume: bool = False) -> None:
         self.connection = await connect(self.url, max_size=None)
@@ -52,6 +53,12 @@ class VersionedClient:
         self.reader = asyncio.create_task(self._read(self.connection))
 
     async def _read(self, connection: ClientConnection) -> None:
+        try:
+            await self._handle_messages(connection)
+        finally:
+            self.changed.set()
+
+    async def _handle_messages(self, connection: ClientConnection) -> None:
         with contextlib.suppress(ConnectionClosed):
             async for raw in connection:
                 message = json.loads(raw)
@@ -68,6 +75,7 @@ class VersionedClient:
                         await connection.send(json.dumps(out))
                 elif message["type"] == "error":
                     self.errors.append(message)
+                self.changed.set()
 
     async def edit(self, changes: ChangeSet) -> None:
         out = self.replica.edit(changes)
@@ -94,14 +102,31 @@ class VersionedClient:
             await self.connection.close()
 
     async def settled(self, version: int, timeout: float = 15.0) -> None:
-        deadline = time.monotonic() + timeout
-        while self.replica.version < version or self.replica.has_unconfirmed:
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"{self.replica.client_id} stuck at {self.replica.version} (want {version}), "
-                    f"unconfirmed={self.replica.has_unconfirmed}, errors={self.errors[-3:]}"
-                )
-            await asyncio.sleep(0.02)
+        """Until the replica is at ``version`` or later with nothing unconfirmed; only a message
+        from the server changes either, so it looks again after each one."""
+        try:
+            async with asyncio.timeout(timeout):
+                while self.replica.version < version or self.replica.has_unconfirmed:
+                    self.changed.clear()
+                    await self.changed.wait()
+        except TimeoutError:
+            raise AssertionError(
+                f"{self.replica.client_id} stuck at {self.replica.version} (want {version}), "
+                f"unconfirmed={self.replica.has_unconfirmed}, errors={self.errors[-3:]}"
+            ) from None
+
+
+async def log_lines_until(
+    live: LiveServer, condition: Callable[[dict[str, Any]], bool], timeout: float = 10.0
+) -> list[dict[str, Any]]:
+    """The server's JSON log lines, once one of them meets ``condition``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = [json.loads(line) for line in live.log().splitlines() if line.startswith("{")]
+        if any(condition(line) for line in lines):
+            return lines
+        assert time.monotonic() < deadline, f"no such log line within {timeout} s:\n{live.log()}"
+        await asyncio.sleep(0.02)
 
 
 async def server_text(server: LiveServer, room: str) -> tuple[str, int]:
@@ -141,6 +166,7 @@ async def test_six_clients_on_stale_versions_converge_without_losing_inserts(ser
                 tokens.append(token)
                 boundaries = [0] + [i + 1 for i, char in enumerate(text) if char in "]~"]
                 await client.insert(local.choice(boundaries), token + "~" * local.randint(0, 2))
+            # Not a wait for anything: uneven typing paces, so that pushes cross on stale versions.
             await asyncio.sleep(local.uniform(0, 0.02))
 
     await asyncio.gather(*(type_into(client, index) for index, client in enumerate(clients)))
@@ -224,7 +250,9 @@ async def test_members_join_and_leave_are_announced(server: LiveServer, room: st
     assert {"type": "member_left", "user_id": bob_welcome["user_id"]} == await ann.recv_type("member_left")
 
 
-async def test_full_text_and_versioned_clients_share_a_room(server: LiveServer, room: str, connect_client: Connect) -> None:
+async def test_full_text_and_versioned_clients_share_a_room(
+    server: LiveServer, room: str, connect_client: Connect
+) -> None:
     seed: Client = await connect_client(server.ws(room))
     await seed.send({"type": "join", "username": "sam"})
     versioned: Client = await connect_client(server.ws(room))
@@ -325,9 +353,9 @@ async def test_flood_gets_rate_limited_with_retry_after(server: LiveServer, room
     error = await client.recv_type("error", timeout=10)
     assert "rate_limited" == error["code"]
     assert error["retry_after"] > 0
-    await asyncio.sleep(1.5)
-    await client.send({"type": "push", "version": 0, "seq": 1, "changes": [[0, "ok"]]})
-    assert 1 == (await client.recv_type("update", timeout=10))["version"]
+    # Once the bucket has refilled enough, the push is applied (a repeat of an applied seq is not).
+    update = await client.send_until({"type": "push", "version": 0, "seq": 1, "changes": [[0, "ok"]]}, "update")
+    assert 1 == update["version"]
 
 
 async def test_client_that_stops_reading_is_dropped_and_others_keep_receiving(
@@ -418,8 +446,7 @@ async def test_logs_carry_room_and_user_and_never_contents(
     await client.send("{broken " + secret)
     await client.recv_type("error")
     await client.close()
-    await asyncio.sleep(0.3)
-    lines = [json.loads(line) for line in live.log().splitlines() if line.startswith("{")]
+    lines = await log_lines_until(live, lambda line: line.get("event") == "member_left")  # the last line of it
     joined = [line for line in lines if line.get("event") == "member_joined"]
     assert joined and welcome["user_id"] == joined[0]["user_id"]
     rejected = [line for line in lines if line.get("event") == "message_rejected"]
@@ -487,7 +514,7 @@ async def test_an_unloaded_room_comes_back_with_its_text_version_and_epoch(
     await ann.insert(0, "abc")
     await ann.settled(1)
     await ann.close()
-    await asyncio.sleep(0.3)  # the empty room is unloaded at once
+    await log_lines_until(live, lambda line: line.get("event") == "room_evicted")  # the empty room goes at once
     bob = VersionedClient(live.ws(room), "bob-client", "bob")
     await bob.open()  # loads the room from the store
     assert ("abc", 1, ann.replica.epoch) == (bob.replica.text, bob.replica.version, bob.replica.epoch)

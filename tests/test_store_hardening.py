@@ -23,6 +23,7 @@ from rooms.store import Record, RoomWrite, StoreError
 from rooms.store import replay as store_replay
 from rooms.store import sqlite as sqlite_store
 from rooms.store.sqlite import SqliteStore
+from tests.conftest import begun
 from tests.test_store import Clock, Timeline, commit_room, pragma
 
 WAIT = 10.0  # seconds a test waits for something that should take milliseconds, before failing
@@ -277,8 +278,7 @@ async def test_a_commit_waits_for_one_purge_batch_not_for_the_whole_purge(tmp_pa
         for index in range(40):
             await commit_room(store, f"old-{index:02}")
         clock.now = 2_000.0
-        purge = asyncio.create_task(store.purge(1_500.0, keep=()))
-        await asyncio.sleep(0)  # the purge hands its first batch to the writer
+        purge = await begun(store.purge(1_500.0, keep=()))  # it hands its first batch to the writer
         await commit_room(store, "new")
         assert (False, 40) == (purge.done(), len(await purge))
     finally:

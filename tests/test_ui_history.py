@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
@@ -36,11 +37,11 @@ TEXTS = [
 
 
 async def until(condition: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
-    for _ in range(int(timeout / 0.02)):
-        if condition():
-            return
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still not {what} after {timeout} s")
         await asyncio.sleep(0.02)
-    raise AssertionError(f"still not {what} after {timeout} s")
 
 
 async def wait_for_notice(user: User, text: str, timeout: float = 5.0) -> None:
