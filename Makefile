@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NODE_STAMP := tests/node/node_modules/.installed
 
-.PHONY: install node system run test lint typecheck pytest bench clean
+.PHONY: install node system run test lint typecheck pytest bench screenshot clean
 
 install: $(STAMP)
 
@@ -38,14 +38,25 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
+# Then every test that starts the app (marker `live_server`, tests/conftest.py) once more with
+# FAST_PATH=false: `/ws` on public ASGI alone must pass all that the fast path does. The browser
+# tests are left out of that run: pages talk over NiceGUI's socket.io, which the fast path does
+# not touch, and they take most of the time.
 pytest: install node system
 	$(BIN)/pytest
+	FAST_PATH=false $(BIN)/pytest -m live_server --ignore-glob='tests/test_browser*.py' -p no:cacheprovider
 
 test: lint typecheck pytest
 
-# Loopback benchmarks of this server against two baselines; rewrites docs/benchmarks.md.
+# Loopback benchmarks of this server against two baselines, with its fast path off, and against
+# its previous version (the git ref BENCH_BASELINE_REF, default b2ae081); rewrites docs/benchmarks.md.
 bench: install
 	$(BIN)/python bench/run.py
+
+# Rewrites docs/images/room.png (the README's picture of a room) from a two-user room in Chromium.
+screenshot: install system
+	SCREENSHOT_TO=$(CURDIR)/docs/images/room.png $(BIN)/pytest -q \
+		tests/test_browser.py::test_presence_cursor_labels_and_a_screenshot_of_a_two_user_room
 
 clean:
 	rm -rf $(VENV) tests/node/node_modules .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -7,6 +7,7 @@ registry starts and stops with the app's lifespan, not on import.
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import os
 import secrets
@@ -23,10 +24,11 @@ from fastapi import FastAPI
 from nicegui import app as nicegui_app
 from nicegui import core, ui
 from nicegui.storage import Storage
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api import edge, health, rooms, ws
-from api.http_timeouts import http_protocol
 from api.origins import is_loopback, origin_allowed
+from api.uvicorn_fast_path import DirectWrites, fast_path, server_options
 from observability.logs import configure_logging, set_room_log_key
 from rooms.registry import RoomRegistry
 from rooms.settings import Settings, load_settings
@@ -82,12 +84,42 @@ def restrict_socketio_origins(settings: Settings) -> None:
     core.sio.eio.cors_allowed_origins = allowed
 
 
-def create_app(settings: Settings, store: Store) -> FastAPI:
+# The cyclic garbage collector, tuned for a server that keeps thousands of long-lived objects
+# (sessions, queues, documents): a full collection that walks them all stalled every room for
+# tens of milliseconds at a time (p99 edit latency at 500 clients: about 120 ms, against about
+# 35 ms with this; bench/load.py, medians of four runs each).
+GC_THRESHOLDS = (10_000, 50, 100)
+
+
+@functools.cache
+def tune_collector() -> None:
+    """Once a process: everything built at start-up (modules, the app, NiceGUI's pages, the
+    registry) is never garbage, so keep it out of every collection, and collect young objects
+    less often."""
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
+class CollabPad(FastAPI):
+    """FastAPI with a layer in ``front`` of all of its own: `DirectWrites` must see the server's
+    ``send`` and ``receive`` as they are, and FastAPI wraps the lifespan's ``receive``."""
+
+    front: ASGIApp | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await (self.behind if self.front is None else self.front)(scope, receive, send)
+
+    async def behind(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await super().__call__(scope, receive, send)
+
+
+def create_app(settings: Settings, store: Store) -> CollabPad:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         registry = RoomRegistry(settings, store=store)
         await registry.start()  # opens the store, if `main` has not already
         app.state.registry = registry
+        tune_collector()  # here, not in `main`: `uvicorn app:app` gets it too
         log.info("started", host=settings.host, port=settings.port)
         try:
             yield
@@ -95,7 +127,7 @@ def create_app(settings: Settings, store: Store) -> FastAPI:
             await registry.stop()
             log.info("stopped")
 
-    application = FastAPI(title="collab pad", lifespan=lifespan, docs_url=None, redoc_url=None)
+    application = CollabPad(title="collab pad", lifespan=lifespan, docs_url=None, redoc_url=None)
     application.state.settings = settings
     edge.install(application, settings)  # around everything below, whichever server runs it
     # API routes first: NiceGUI is mounted at "/" and would otherwise shadow them.
@@ -113,6 +145,9 @@ def create_app(settings: Settings, store: Store) -> FastAPI:
         storage_secret=storage_secret(settings),
         show_welcome_message=False,
     )
+    application.front = DirectWrites(
+        application.behind, decision=fast_path(settings.fast_path), expected=server_options(settings)
+    )
     return application
 
 
@@ -120,13 +155,6 @@ def create_app(settings: Settings, store: Store) -> FastAPI:
 set_room_log_key(storage_secret(settings))
 store = make_store(settings)
 app = create_app(settings, store)
-
-
-# The cyclic garbage collector, tuned for a server that keeps thousands of long-lived objects
-# (sessions, queues, documents): a full collection that walks them all stalled every room for
-# tens of milliseconds at a time (p99 edit latency at 500 clients: about 120 ms, against about
-# 35 ms with this; bench/load.py, medians of four runs each).
-GC_THRESHOLDS = (10_000, 50, 100)
 
 
 class Server(uvicorn.Server):
@@ -149,8 +177,10 @@ class Server(uvicorn.Server):
             registry.accepting = False  # only a flag: this runs inside a signal handler
         if self.drain_until is None and settings.shutdown_drain_seconds > 0:
             self.drain_until = time.monotonic() + settings.shutdown_drain_seconds
-            # Recorded as uvicorn does, so that the signal is raised again once stopped.
-            self._captured_signals.append(sig)
+            # uvicorn's handler records the signal, to raise it again once stopped, and stops:
+            # keep the record, postpone the stop to the end of the drain (`on_tick`).
+            super().handle_exit(sig, frame)
+            self.should_exit = False
             return
         super().handle_exit(sig, frame)
 
@@ -165,38 +195,20 @@ class Server(uvicorn.Server):
 
 
 def main() -> None:
-    # Everything built at start-up (modules, the app, NiceGUI's pages) is never garbage: keep it
-    # out of every collection, and collect young objects less often.
+    """Serve with the uvicorn options that cannot travel with the app (`server_options`) and the
+    graceful stop of `Server`: the command to deploy with. ``uvicorn app:app`` serves too, and
+    logs a warning at start for each option it lacks."""
     try:
         # Before serving anything: a damaged room database stops the start with one clear line.
         asyncio.run(store.open())
     except StoreError as exc:
         raise SystemExit(f"cannot start: {exc}") from None
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
     config = uvicorn.Config(
-        ws.DirectWrites(app),
+        app,
         host=settings.host,
         port=settings.port,
         log_config=None,
-        # The request head must arrive within REQUEST_HEADER_TIMEOUT_SECONDS (api/http_timeouts.py).
-        http=http_protocol(settings.request_header_timeout_seconds, settings.request_body_timeout_seconds),
-        # A client address from X-Forwarded-For only from the proxies listed: uvicorn's default
-        # trusts 127.0.0.1, and any local process could then pick its address at will.
-        proxy_headers=bool(settings.forwarded_allow_ips),
-        forwarded_allow_ips=settings.forwarded_allow_ips or None,
-        # The sans-I/O websockets implementation applies back-pressure on send (wsproto buffers
-        # without limit), which is what lets the registry spot and drop a slow client; it also
-        # costs less CPU per frame than the legacy one (p99 35 ms against 70 ms at 500 clients).
-        ws="websockets-sansio",
-        ws_max_size=settings.frame_limit_bytes,
-        ws_per_message_deflate=settings.ws_per_message_deflate,
-        # Protocol-level pings find dead sockets of every client, full-text clients included.
-        ws_ping_interval=settings.ws_ping_interval_seconds,
-        ws_ping_timeout=settings.ws_ping_timeout_seconds,
-        # Half of the stop's deadline for connections to close; the lifespan's flush of the
-        # store has the other half (`RoomRegistry.stop`).
-        timeout_graceful_shutdown=max(1, round(settings.shutdown_timeout_seconds / 2)),
+        **server_options(settings),
     )
     Server(config).run()
 

@@ -12,19 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import struct
 import time
 from collections.abc import Callable
-from typing import Any
 
 import structlog
 from fastapi import APIRouter, WebSocket
-from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocketDisconnect, WebSocketState
-from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
-from websockets.protocol import State
 
 from api.origins import is_loopback, origin_allowed
+from api.uvicorn_fast_path import direct_connection
 from observability import metrics
 from rooms.errors import (
     InternalError,
@@ -36,18 +32,18 @@ from rooms.errors import (
     ServerStopping,
     StorageUnavailable,
 )
-from rooms.limits import ROOM_ID, TokenBucket
+from rooms.limits import ROOM_ID, MessageLimit, TokenBucket
 from rooms.protocol import (
     FULL_TEXT_ONLY,
     VERSIONED_ONLY,
     CodeChange,
     ErrorOut,
+    FullTextError,
     Hello,
     Join,
     Leave,
     Ping,
     Pong,
-    FullTextError,
     SyncRequest,
     parse_client_message,
 )
@@ -65,47 +61,10 @@ router = APIRouter()
 log = structlog.get_logger("collab.ws")
 
 
-# The scope key under which `DirectWrites` leaves the server's connection for `/ws`.
-CONNECTION_KEY = "collab.connection"
-
-
-class DirectWrites:
-    """The outermost ASGI layer: gives `/ws` handlers uvicorn's connection object.
-
-    The fan-out then writes frames to it synchronously (`WebSocketTransport.writer`) instead of
-    awaiting ``send`` through every middleware once per frame, which was about a quarter of the
-    server's CPU at load; and a joined client's messages reach the room as they are parsed
-    (`WebSocketTransport.read_directly`). Anything else, or another server, passes through
-    untouched, and the transport falls back to ``send`` and ``receive``.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "websocket":
-            connection = getattr(send, "__self__", None)
-            if isinstance(connection, WebSocketsSansIOProtocol):
-                scope[CONNECTION_KEY] = connection
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            # The connection holds the scope: a scope left holding the connection would keep a
-            # closed connection, and all it refers to, until a full collection of the heap.
-            scope.pop(CONNECTION_KEY, None)
-
-
-def _text_frame_header(length: int) -> bytes:
-    """RFC 6455 section 5.2: FIN and the text opcode, then the unmasked payload length."""
-    if length < 126:
-        return bytes((0x81, length))
-    if length < 1 << 16:
-        return struct.pack("!BBH", 0x81, 126, length)
-    return struct.pack("!BBQ", 0x81, 127, length)
-
-
 class WebSocketTransport:
-    """A Starlette WebSocket as a room `Transport`."""
+    """A Starlette WebSocket as a room `Transport`: frames written and messages read straight
+    through uvicorn's connection where the fast path gives one (`api.uvicorn_fast_path`), through
+    ASGI ``send`` and ``receive`` otherwise."""
 
     name = "websocket"
 
@@ -113,86 +72,30 @@ class WebSocketTransport:
         self.websocket = websocket
         self.closing = False
         self.peer_gone = False
-        self.connection: Any = websocket.scope.get(CONNECTION_KEY)
-        self.reading_directly = False
+        self.direct = direct_connection(websocket.scope)
 
     async def send(self, message: str) -> None:
         await self.websocket.send_text(message)
 
     def writer(self) -> Callable[[str], None] | None:
-        """Write frames at once while uvicorn's connection is open and its buffer has room
-        (see `DirectWrites`); None otherwise, and `send` waits as uvicorn's own send does."""
-        connection = self.connection
-        if (
-            connection is None
-            or self.closing
-            or connection.close_sent
-            or connection.disconnected
-            or connection.conn.state is not State.OPEN
-            or connection.transport.is_closing()
-            or not connection.writable.is_set()
-        ):
+        """A function writing frames at once, while that is possible; None otherwise, and `send`
+        waits as the server's own send does."""
+        if self.direct is None or self.closing:
             return None
-        return self._write
-
-    def _write(self, message: str) -> None:
-        # What uvicorn's `send` does for a `websocket.send` of text, less the awaits. A server's
-        # frames are not masked: without compression a text frame is a header and the UTF-8.
-        connection = self.connection
-        payload = message.encode()
-        if connection.conn.extensions:
-            connection.conn.send_text(payload)
-            connection.transport.write(b"".join(connection.conn.data_to_send()))
-        else:
-            connection.transport.write(_text_frame_header(len(payload)) + payload)
+        return self.direct.writer()
 
     def read_directly(self, on_message: Callable[[str | bytes], None]) -> bool:
-        """From now on, have uvicorn's connection hand each message to ``on_message`` as soon as
-        it is parsed; True once it does.
+        """From now on, hand each message to ``on_message`` as soon as it is parsed; True once so.
 
-        uvicorn queues each message for ``receive``, pauses reading the socket until the handler
-        has taken it, and resumes: a queue, a task switch and two changes to the event loop's
-        poller for every message. Direct reads skip all of it, in the same order. False while
-        messages wait in that queue (``receive`` them first, then ask again) and when there is no
-        connection to read from (another server: ``receive`` as usual). ``receive`` still returns
-        the disconnect. Undo with `stop_reading_directly`.
+        False while messages wait to be received (``receive`` them first, then ask again) and
+        without the fast path (``receive`` as usual). ``receive`` still returns the disconnect.
+        Undo with `stop_reading_directly`.
         """
-        connection = self.connection
-        if self.reading_directly or connection is None or connection.close_sent or not connection.queue.empty():
-            return self.reading_directly
-
-        def deliver() -> None:
-            # uvicorn's `send_receive_event_to_app` for this connection, less the queue and pause.
-            frames = connection.frames
-            data = frames[0] if len(frames) == 1 else b"".join(frames)
-            connection.frames = []
-            if connection.close_sent:
-                return  # closing: the peer's close reply is all that is read now
-            if connection.curr_msg_data_type != "text":
-                on_message(bytes(data))
-                return
-            try:
-                text = data.decode()
-            except UnicodeDecodeError:
-                connection.logger.info("Invalid UTF-8 sequence received from client.")
-                connection.conn.send_close(1007)
-                connection.handle_parser_exception()
-                return
-            on_message(text)
-
-        connection.send_receive_event_to_app = deliver
-        if connection.read_paused:
-            connection.read_paused = False
-            connection.transport.resume_reading()
-        self.reading_directly = True
-        return True
+        return self.direct is not None and self.direct.read_directly(on_message)
 
     def stop_reading_directly(self) -> None:
-        """Messages go to uvicorn's queue again (and the connection no longer holds ours)."""
-        if self.reading_directly:
-            self.reading_directly = False
-            with contextlib.suppress(AttributeError):
-                del self.connection.send_receive_event_to_app
+        if self.direct is not None:
+            self.direct.stop_reading_directly()
 
     async def close(self, code: int = CLOSE_NORMAL, reason: str = "") -> None:
         # Idempotent: the registry (a drop, a shutdown) and the handler's `finally` may both
@@ -293,8 +196,7 @@ async def _join(
 ) -> Session | None:
     """Wait for the first valid message and admit the client in the protocol it speaks."""
     deadline = asyncio.get_running_loop().time() + settings.join_timeout_seconds
-    bucket = TokenBucket.full(settings.rate_limit_per_second, settings.rate_limit_burst, time.monotonic())
-    last_rate_error = float("-inf")
+    limit = MessageLimit(TokenBucket.full(settings.rate_limit_per_second, settings.rate_limit_burst, time.monotonic()))
     address = _address(websocket)
     while True:
         try:
@@ -306,7 +208,7 @@ async def _join(
         message_type: str | None = None
         try:
             try:
-                bucket.take(time.monotonic())
+                limit.charge(time.monotonic())
             except RateLimited:
                 metrics.RATE_LIMITED.inc()
                 raise
@@ -349,10 +251,8 @@ async def _join(
             if not isinstance(exc, RoomError):
                 log.exception("join_failed")
             metrics.REJECTED.labels(error.code).inc()
-            if isinstance(error, RateLimited) and time.monotonic() - last_rate_error < 1.0:
+            if not limit.reply_due(error, time.monotonic()):
                 continue  # a flood before joining gets one reply a second
-            if isinstance(error, RateLimited):
-                last_rate_error = time.monotonic()
             await websocket.send_text(_pre_join_error(error, message_type or error.message_type))
             if isinstance(error, RoomFull):
                 await transport.close(CLOSE_TRY_AGAIN_LATER, "room is full")

@@ -64,6 +64,7 @@ class Settings(BaseSettings):
     ws_per_message_deflate: bool = False
     ws_ping_interval_seconds: float = Field(default=20.0, gt=0)
     ws_ping_timeout_seconds: float = Field(default=20.0, gt=0)
+    fast_path: bool = True
 
     # The cost of one message (docs/configuration.md, "Limits on what one message may cost")
     max_change_parts: int = Field(default=1_000, ge=3)

@@ -1,5 +1,5 @@
-"""`DirectWrites`, `WebSocketTransport.writer` and `read_directly` against a real uvicorn server,
-as ``app.py`` runs it."""
+"""The fast path of `/ws` (`DirectWrites`, `WebSocketTransport.writer` and `read_directly`)
+against a real uvicorn server, as ``app.py`` runs it, and its fallback to ASGI beside it."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import asyncio
 import gc
 import socket
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 import uvicorn
@@ -16,16 +17,18 @@ from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket
 
-from api.ws import CONNECTION_KEY, DirectWrites, WebSocketTransport
+from api.uvicorn_fast_path import CONNECTION_KEY, DirectWrites, FastPath, ServerOptions, fast_path, server_options
+from api.ws import WebSocketTransport
+from rooms.settings import Settings
 
-seen: dict[str, object] = {}
+seen: dict[str, Any] = {}
 LONG = (125, 126, 65_535, 65_536, 300_000)
 
 
 async def endpoint(websocket: WebSocket) -> None:
     await websocket.accept()
     if CONNECTION_KEY in websocket.scope:
-        seen["connection"] = weakref.ref(websocket.scope[CONNECTION_KEY])
+        seen["connection"] = weakref.ref(websocket.scope[CONNECTION_KEY].connection)
     transport = WebSocketTransport(websocket)
     write = transport.writer()
     seen["writer"] = write is not None
@@ -39,28 +42,42 @@ async def endpoint(websocket: WebSocket) -> None:
     seen["after_close"] = transport.writer() is not None
 
 
+async def until(condition: Callable[[], object], timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
 async def reader(websocket: WebSocket) -> None:
-    """Reads two messages through ``receive``, then the rest directly, and echoes the order."""
+    """Reads two messages through ``receive``, then the rest directly where it can, and records
+    the order. With ``seen["pile_up"]``, lets the client's next messages wait in uvicorn's queue
+    first, so that switching must receive those before it reads directly."""
     await websocket.accept()
     transport = WebSocketTransport(websocket)
     got: list[str | bytes] = []
-    read = [await websocket.receive_text(), await websocket.receive_text()]
-    await asyncio.sleep(0.2)  # the client's next messages wait in uvicorn's queue meanwhile
-    while not transport.read_directly(got.append):
-        message = await websocket.receive()
-        read.append(message.get("text") or message.get("bytes") or b"")
+    seen["got"] = got
+    read: list[str | bytes] = [await websocket.receive_text(), await websocket.receive_text()]
+    direct = transport.direct
+    if direct is not None:
+        if seen.get("pile_up"):
+            await until(lambda: not direct.connection.queue.empty())
+        while not transport.read_directly(got.append):
+            message = await websocket.receive()
+            read.append(message.get("text") or message.get("bytes") or b"")
     seen["queued"] = len(read)
     try:
         while True:
             message = await websocket.receive()
             if message["type"] == "websocket.disconnect":
                 break
-            read.append(message.get("text") or b"")  # never: everything now comes to `got`
+            # Without the fast path, every message; with it, none: all of them come to `got`.
+            read.append(message.get("text") or message.get("bytes") or b"")
     finally:
         transport.stop_reading_directly()
     seen["read"] = [*read, *got]
     seen["direct"] = len(got)
-    seen["restored"] = "send_receive_event_to_app" not in vars(websocket.scope.get(CONNECTION_KEY, transport))
+    seen["restored"] = direct is None or "send_receive_event_to_app" not in vars(direct.connection)
 
 
 def free_port() -> int:
@@ -69,14 +86,18 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def serve(wrap: bool, deflate: bool = False) -> AsyncIterator[int]:
+EXPECTED: ServerOptions = server_options(Settings())
+
+
+async def serve(decision: FastPath | None, deflate: bool = False, ws: str = "websockets-sansio") -> AsyncIterator[int]:
+    """A uvicorn server of two test endpoints, wrapped in `DirectWrites` unless ``decision`` is None."""
     app = Starlette(routes=[WebSocketRoute("/ws", endpoint), WebSocketRoute("/read", reader)])
     port = free_port()
     config = uvicorn.Config(
-        DirectWrites(app) if wrap else app,
+        app if decision is None else DirectWrites(app, decision, EXPECTED),
         host="127.0.0.1",
         port=port,
-        ws="websockets-sansio",
+        ws=ws,
         ws_per_message_deflate=deflate,
         log_config=None,
     )
@@ -93,13 +114,28 @@ async def serve(wrap: bool, deflate: bool = False) -> AsyncIterator[int]:
 
 @pytest.fixture(params=[False, True], ids=["plain-frames", "compressed"])
 async def direct_port(request: pytest.FixtureRequest) -> AsyncIterator[int]:
-    async for port in serve(wrap=True, deflate=request.param):
+    async for port in serve(fast_path(True), deflate=request.param):
+        yield port
+
+
+@pytest.fixture(
+    params=[
+        None,
+        fast_path(False),
+        fast_path(True, uvicorn_version="0.0.1"),
+        fast_path(True, websockets_version="1.0"),
+    ],
+    ids=["no-wrapper", "setting-off", "untested-uvicorn", "untested-websockets"],
+)
+async def plain_port(request: pytest.FixtureRequest) -> AsyncIterator[int]:
+    async for port in serve(request.param):
         yield port
 
 
 @pytest.fixture
-async def plain_port() -> AsyncIterator[int]:
-    async for port in serve(wrap=False):
+async def legacy_ws_port() -> AsyncIterator[int]:
+    """The fast path on, but uvicorn running another WebSocket implementation than sans-I/O."""
+    async for port in serve(fast_path(True), ws="wsproto"):
         yield port
 
 
@@ -108,7 +144,7 @@ async def test_frames_written_directly_arrive_in_order_with_those_sent(direct_po
     async with websockets.connect(f"ws://127.0.0.1:{direct_port}/ws", max_size=None) as client:
         expected = ["one", "two é", *("x" * size for size in LONG), "three"]
         assert expected == [await client.recv() for _ in expected]
-    await asyncio.sleep(0.1)
+    await until(lambda: "after_close" in seen)
     assert {k: v for k, v in seen.items() if k != "connection"} == {"writer": True, "after_close": False}
 
 
@@ -122,36 +158,52 @@ async def test_a_closed_connection_is_freed_without_the_cycle_collector(direct_p
         async with websockets.connect(f"ws://127.0.0.1:{direct_port}/ws", max_size=None) as client:
             for _ in range(len(LONG) + 3):
                 await client.recv()
-        for _ in range(50):
-            await asyncio.sleep(0.02)
-            if seen["connection"]() is None:  # type: ignore[operator]
-                break
-        assert seen["connection"]() is None  # type: ignore[operator]
+        await until(lambda: seen["connection"]() is None)
     finally:
         gc.enable()
 
 
-async def test_without_the_wrapper_the_transport_falls_back_to_send(plain_port: int) -> None:
+async def test_without_the_fast_path_the_transport_falls_back_to_send(plain_port: int) -> None:
     seen.clear()
     async with websockets.connect(f"ws://127.0.0.1:{plain_port}/ws") as client:
         assert "three" == await client.recv()
-    await asyncio.sleep(0.1)
-    assert seen == {"writer": False, "after_close": False}
+    await until(lambda: "after_close" in seen)
+    assert {"writer": False, "after_close": False} == seen
+
+
+async def test_without_the_fast_path_messages_are_received_through_asgi(plain_port: int) -> None:
+    seen.clear()
+    sent = [f"m{i}" for i in range(12)]
+    async with websockets.connect(f"ws://127.0.0.1:{plain_port}/read") as client:
+        for message in sent:
+            await client.send(message)
+    await until(lambda: "read" in seen)
+    assert sent == seen["read"]
+    assert 0 == seen["direct"]
+
+
+async def test_another_websocket_implementation_falls_back_to_send(legacy_ws_port: int) -> None:
+    seen.clear()
+    async with websockets.connect(f"ws://127.0.0.1:{legacy_ws_port}/ws") as client:
+        assert "three" == await client.recv()
+    await until(lambda: "after_close" in seen)
+    assert {"writer": False, "after_close": False} == seen
 
 
 async def test_direct_reads_come_in_order_after_what_was_queued(direct_port: int) -> None:
     seen.clear()
+    seen["pile_up"] = True
     sent: list[str | bytes] = [f"m{i} é" for i in range(40)]
     sent[30] = b"binary \x00"
     async with websockets.connect(f"ws://127.0.0.1:{direct_port}/read") as client:
         for message in sent[:10]:
             await client.send(message)
-        await asyncio.sleep(0.5)  # the handler has switched: the rest is read directly
+        await until(lambda: "queued" in seen)  # the handler has switched: the rest is read directly
         for message in sent[10:]:
             await client.send(message)
-        await asyncio.sleep(0.2)
-    await asyncio.sleep(0.2)
-    assert seen["read"] == sent
+        await until(lambda: len(seen["got"]) == 30)
+    await until(lambda: "read" in seen)
+    assert sent == seen["read"]
     assert seen["queued"] >= 2 and seen["direct"] == 30
     assert seen["restored"] is True
 
@@ -161,10 +213,10 @@ async def test_invalid_utf8_read_directly_closes_with_1007(direct_port: int) -> 
     async with websockets.connect(f"ws://127.0.0.1:{direct_port}/read") as client:
         await client.send("one")
         await client.send("two")
-        await asyncio.sleep(0.5)
+        await until(lambda: "queued" in seen)
         # A text frame that is not UTF-8, written raw: the client library would refuse it.
         client.protocol.send_frame(websockets.frames.Frame(websockets.frames.Opcode.TEXT, b"\xff\xfe"))
-        client.transport.write(b"".join(client.protocol.data_to_send()))  # type: ignore[attr-defined]
+        client.transport.write(b"".join(client.protocol.data_to_send()))
         with pytest.raises(websockets.ConnectionClosed) as closed:
             await asyncio.wait_for(client.recv(), 5)
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1007
