@@ -47,14 +47,8 @@ from rooms.protocol import (
     SyncRequest,
     parse_client_message,
 )
-from rooms.registry import (
-    CLOSE_NORMAL,
-    CLOSE_POLICY,
-    CLOSE_SERVICE_RESTART,
-    CLOSE_TRY_AGAIN_LATER,
-    RoomRegistry,
-    Session,
-)
+from rooms.registry import RoomRegistry
+from rooms.session import CLOSE_NORMAL, CLOSE_POLICY, CLOSE_SERVICE_RESTART, CLOSE_TRY_AGAIN_LATER, Session
 from rooms.settings import Settings
 
 router = APIRouter()

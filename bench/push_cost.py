@@ -27,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from observability.logs import configure_logging
 from rooms.protocol import Hello
-from rooms.registry import RoomRegistry, Session
+from rooms.registry import RoomRegistry
+from rooms.session import Session
 from rooms.settings import Settings
 from rooms.store import Store
 from rooms.store.memory import MemoryStore

@@ -39,11 +39,7 @@ from rooms.protocol import ClientMessage, Hello
 from rooms.retention import RETENTION_INTERVAL_SECONDS, Retention
 from rooms.room import Room, RoomId
 from rooms.session import (
-    CLOSE_NORMAL,
-    CLOSE_POLICY,
-    CLOSE_REPLACED,
     CLOSE_SERVICE_RESTART,
-    CLOSE_TRY_AGAIN_LATER,
     Action,
     DropReason,
     Left,
@@ -52,25 +48,10 @@ from rooms.session import (
     Send,
     Session,
     Store,
-    token_hash,
 )
 from rooms.settings import Settings
 from rooms.store import Store as RoomStore
 from rooms.store.memory import MemoryStore
-
-__all__ = [
-    "CLOSE_NORMAL",
-    "CLOSE_POLICY",
-    "CLOSE_REPLACED",
-    "CLOSE_SERVICE_RESTART",
-    "CLOSE_TRY_AGAIN_LATER",
-    "DropReason",
-    "Room",
-    "RoomRegistry",
-    "Session",
-    "Transport",
-    "token_hash",
-]
 
 log = structlog.get_logger("collab.rooms")
 

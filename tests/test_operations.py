@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from websockets.exceptions import ConnectionClosed
 
 from app import app
-from rooms.registry import DropReason
+from rooms.session import DropReason
 from tests.conftest import Client, LiveServer
 
 # The default Host rule answers loopback names only (TestClient says "testserver").

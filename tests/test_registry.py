@@ -31,9 +31,10 @@ from rooms.errors import (
 )
 from rooms.presence import Selection
 from rooms.protocol import CodeChange, Cursor, Hello, Language, Ping, Push, SyncRequest
-from rooms.registry import DropReason, RoomRegistry, Session, token_hash
+from rooms.registry import RoomRegistry
 from rooms.retention import PURGE_BATCH
 from rooms.room import Room
+from rooms.session import DropReason, Session, token_hash
 from rooms.settings import Settings
 from rooms.store import StoredRoom
 from rooms.store.memory import MemoryStore

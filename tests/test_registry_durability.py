@@ -13,8 +13,9 @@ import pytest
 from rooms.errors import StorageUnavailable
 from rooms.lifecycle import EVICTION_RETRY_SECONDS
 from rooms.protocol import Hello, Language
-from rooms.registry import CLOSE_TRY_AGAIN_LATER, RoomRegistry, Session
+from rooms.registry import RoomRegistry
 from rooms.room_messages import RESTORE_CLIENT
+from rooms.session import CLOSE_TRY_AGAIN_LATER, Session
 from rooms.settings import Settings
 from rooms.store import RoomWrite, StoredRoom, StoreError
 from rooms.store.memory import MemoryStore

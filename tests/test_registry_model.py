@@ -16,8 +16,9 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from rooms.changes import ChangeSet, utf16_len
 from rooms.protocol import Hello
-from rooms.registry import DropReason, RoomRegistry, Session
+from rooms.registry import RoomRegistry
 from rooms.replica import Replica
+from rooms.session import DropReason, Session
 from rooms.settings import Settings
 
 CLIENTS = 3

@@ -19,8 +19,9 @@ from nicegui.testing import User
 
 from rooms.changes import ChangeSet
 from rooms.protocol import Hello, Push
-from rooms.registry import RoomRegistry, Session
+from rooms.registry import RoomRegistry
 from rooms.room_messages import RESTORE_CLIENT
+from rooms.session import Session
 from rooms.store import HistoryUnavailable, Record, RoomWrite, Store
 from rooms.store.memory import MemoryStore
 from rooms.store.sqlite import SqliteStore

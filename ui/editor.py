@@ -30,7 +30,8 @@ from nicegui.events import GenericEventArguments
 from rooms.errors import InternalError, InvalidMessage, RateLimited, RoomError
 from rooms.limits import MessageLimit, TokenBucket
 from rooms.protocol import ErrorOut, Hello, parse_client_message
-from rooms.registry import RoomRegistry, Session
+from rooms.registry import RoomRegistry
+from rooms.session import Session
 from rooms.settings import Settings
 
 log = structlog.get_logger("collab.ui.editor")

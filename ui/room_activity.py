@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from rooms.errors import RoomError
-from rooms.registry import Room
+from rooms.room import Room
 
 TYPING_SECONDS = 2.0
 
