@@ -87,7 +87,7 @@ REJECTED = Counter(
 )
 UPDATE_APPLY = Histogram(
     "collab_update_apply_seconds",
-    "Time to rebase and apply one change to a room's document.",
+    "Time to handle one message that changed a room's document: parse, rebase, apply, queue for every member.",
     buckets=_FAST_BUCKETS,
 )
 FANOUT = Histogram(

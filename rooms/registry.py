@@ -351,8 +351,8 @@ class RoomRegistry:
         for action in actions:
             if type(action) is Send:
                 outbox = by_session.get(action.session)
-                if outbox is None:
-                    continue
+                if outbox is None or action.session.closed:
+                    continue  # dropped earlier in this batch: its connection is closing
                 if not self.outboxes.put(outbox, action.message):
                     room.leave(action.session, DropReason.QUEUE_OVERFLOW)
                     continue
