@@ -19,9 +19,8 @@ import pytest
 
 from rooms import retention
 from rooms.settings import Settings
-from rooms.store import Record, RoomWrite, StoreError
+from rooms.store import Record, RoomWrite, StoreError, sqlite_schema
 from rooms.store import replay as store_replay
-from rooms.store import sqlite as sqlite_store
 from rooms.store.sqlite import SqliteStore
 from tests.conftest import begun
 from tests.test_store import Clock, Timeline, commit_room, pragma
@@ -210,8 +209,8 @@ async def test_a_migration_that_fails_leaves_the_file_at_its_version(
     path = tmp_path / "rooms.sqlite3"
     make_version_1(path)
     # A version 3 whose step fails after the step to version 2 went through: neither is kept.
-    monkeypatch.setattr(sqlite_store, "SCHEMA_VERSION", 3)
-    monkeypatch.setattr(sqlite_store, "MIGRATIONS", {**sqlite_store.MIGRATIONS, 2: "ALTER TABLE nowhere ADD x"})
+    monkeypatch.setattr(sqlite_schema, "SCHEMA_VERSION", 3)
+    monkeypatch.setattr(sqlite_schema, "MIGRATIONS", {**sqlite_schema.MIGRATIONS, 2: "ALTER TABLE nowhere ADD x"})
     store = SqliteStore(path)
     with pytest.raises(StoreError, match="nowhere"):
         await store.open()

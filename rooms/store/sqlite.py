@@ -26,9 +26,7 @@ import asyncio
 import contextlib
 import functools
 import json
-import os
 import sqlite3
-import stat
 import threading
 import time
 from collections.abc import Callable, Collection, Sequence
@@ -52,12 +50,13 @@ from rooms.store.sqlite_schema import (
     COMMIT_TRIGGER,
     CONFLICT,
     HEADER,
-    MIGRATIONS,
     NOT_INTEGER,
     SCHEMA,
     SCHEMA_VERSION,
-    TABLES,
+    check_file,
     escaped,
+    make_private,
+    migrate,
 )
 
 T = TypeVar("T")
@@ -68,13 +67,6 @@ PURGE_BATCH = 500
 # Rooms last written before a time (?1), but for a JSON list of ids (?2).
 _EXPIRED = "FROM rooms WHERE updated < ?1 AND room_id NOT IN (SELECT value FROM json_each(?2))"
 CHECK_TIMEOUT_SECONDS = 5.0
-
-
-def _narrow(path: Path, mode: int) -> None:
-    """Take away every permission of ``path`` beyond ``mode``."""
-    current = stat.S_IMODE(path.stat().st_mode)
-    if current & ~mode:
-        path.chmod(current & mode)
 
 
 class SqliteStore(Store):
@@ -162,31 +154,23 @@ class SqliteStore(Store):
             "restore it from a backup, or move it away to start with no rooms"
         )
 
-    def _make_private(self) -> None:
-        """The directory 0700 and the database files 0600, created so or narrowed if more open."""
-        directory = self.path.parent
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        with contextlib.suppress(OSError):  # not ours to change (a shared parent): the files still are
-            _narrow(directory, 0o700)
-        # Created before SQLite opens it, so that it never exists with a wider mode; SQLite gives
-        # the -wal and -shm files it creates the database file's mode.
-        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
-        for path in (self.path, Path(f"{self.path}-wal"), Path(f"{self.path}-shm")):
-            with contextlib.suppress(FileNotFoundError):
-                _narrow(path, 0o600)
-
     def _open_writer(self) -> None:
         existed = self.path.exists() and self.path.stat().st_size > 0
         if existed:
             with self.path.open("rb") as file:
                 if file.read(len(HEADER)) != HEADER:
                     raise self._corrupt("the file does not start with an SQLite header")
-        self._make_private()
+        make_private(self.path)
         connection = self._connect()
         try:
             if existed:
-                self._check(connection)
-                self._migrate(connection)
+                try:
+                    problem = check_file(connection)
+                except sqlite3.DatabaseError as exc:
+                    raise self._corrupt(str(exc)) from exc
+                if problem is not None:
+                    raise self._corrupt(problem)
+                migrate(connection)
             else:
                 # Incremental vacuum gives the pages of pruned history back to the file system.
                 # It must be chosen before anything is written: switching to WAL writes the
@@ -204,35 +188,6 @@ class SqliteStore(Store):
             connection.close()
             raise
         self._write = connection
-
-    def _check(self, connection: sqlite3.Connection) -> None:
-        try:
-            problems = [row[0] for row in connection.execute("PRAGMA quick_check")]
-            version = connection.execute("PRAGMA user_version").fetchone()[0]
-            tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        except sqlite3.DatabaseError as exc:
-            raise self._corrupt(str(exc)) from exc
-        if problems != ["ok"]:
-            raise self._corrupt("integrity check: " + "; ".join(problems[:3]))
-        if not (version == SCHEMA_VERSION or version in MIGRATIONS) or not TABLES <= tables:
-            raise self._corrupt(f"schema version {version} with tables {sorted(tables)}, expected {SCHEMA_VERSION}")
-
-    def _migrate(self, connection: sqlite3.Connection) -> None:
-        """Bring a file of an older schema version to `SCHEMA_VERSION`, in one transaction."""
-        if connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
-            return
-        connection.execute("BEGIN IMMEDIATE")  # read the version under the write lock: migrate once
-        try:
-            version = connection.execute("PRAGMA user_version").fetchone()[0]
-            while version < SCHEMA_VERSION:
-                connection.execute(MIGRATIONS[version])
-                version += 1
-            connection.execute(f"PRAGMA user_version = {version}")
-            connection.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                connection.execute("ROLLBACK")
-            raise
 
     async def _on(self, executor: ThreadPoolExecutor, call: Callable[[], T]) -> T:
         try:

@@ -1,10 +1,16 @@
-"""The SQLite store's file format: its schema, the migrations from older versions, and the
-temporary trigger through which every commit is written (one statement per commit).
+"""The SQLite store's file format: its schema, the checks of a file before it is used, the
+migrations from older versions, the files' modes, and the temporary trigger through which every
+commit is written (one statement per commit).
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sqlite3
+import stat
 from collections.abc import Callable
+from pathlib import Path
 
 SCHEMA_VERSION = 2
 HEADER = b"SQLite format 3\x00"
@@ -125,3 +131,56 @@ def escaped(value: object) -> object:
     if isinstance(value, list):
         return [escaped(item) for item in value]
     return value
+
+
+def check_file(connection: sqlite3.Connection) -> str | None:
+    """What makes an existing file unusable (damage, another schema), or None when it is fine.
+    Raises `sqlite3.DatabaseError` when it cannot even be read."""
+    problems = [row[0] for row in connection.execute("PRAGMA quick_check")]
+    version = connection.execute("PRAGMA user_version").fetchone()[0]
+    tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if problems != ["ok"]:
+        return "integrity check: " + "; ".join(problems[:3])
+    if not (version == SCHEMA_VERSION or version in MIGRATIONS) or not TABLES <= tables:
+        return f"schema version {version} with tables {sorted(tables)}, expected {SCHEMA_VERSION}"
+    return None
+
+
+def migrate(connection: sqlite3.Connection) -> None:
+    """Bring a file of an older schema version to `SCHEMA_VERSION`, in one transaction."""
+    if connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
+        return
+    connection.execute("BEGIN IMMEDIATE")  # read the version under the write lock: migrate once
+    try:
+        version = connection.execute("PRAGMA user_version").fetchone()[0]
+        while version < SCHEMA_VERSION:
+            connection.execute(MIGRATIONS[version])
+            version += 1
+        connection.execute(f"PRAGMA user_version = {version}")
+        connection.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            connection.execute("ROLLBACK")
+        raise
+
+
+def _narrow(path: Path, mode: int) -> None:
+    """Take away every permission of ``path`` beyond ``mode``."""
+    current = stat.S_IMODE(path.stat().st_mode)
+    if current & ~mode:
+        path.chmod(current & mode)
+
+
+def make_private(path: Path) -> None:
+    """The database's directory 0700 and its files 0600, created so or narrowed if more open:
+    they hold every room's text."""
+    directory = path.parent
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with contextlib.suppress(OSError):  # not ours to change (a shared parent): the files still are
+        _narrow(directory, 0o700)
+    # Created before SQLite opens it, so that it never exists with a wider mode; SQLite gives
+    # the -wal and -shm files it creates the database file's mode.
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for file in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        with contextlib.suppress(FileNotFoundError):
+            _narrow(file, 0o600)
