@@ -17,8 +17,9 @@ Each touches attributes uvicorn does not document, typed here against `SansIOCon
 uvicorn's own annotations) so that ``mypy --strict`` reports a change, and each is used only
 with the versions it was tested with (`TESTED_UVICORN_VERSIONS`, `TESTED_WEBSOCKETS_VERSIONS`).
 Anything else (another version, another server, another WebSocket implementation,
-``FAST_PATH=false``) serves ``/ws`` through the public ASGI ``send`` and ``receive`` and
-requests without a head deadline, and says so once at start.
+``FAST_PATH=false``) serves ``/ws`` through the public ASGI ``send`` and ``receive``, and says
+so once at start. The request deadlines are a defence, not a speed-up: ``FAST_PATH`` leaves
+them on, and only an untested uvicorn version turns them off (also said at start).
 """
 
 from __future__ import annotations

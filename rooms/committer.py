@@ -19,7 +19,7 @@ import structlog
 
 from observability import metrics
 from rooms.room import Room, RoomId
-from rooms.store import Store
+from rooms.store import RoomWrite, Store
 
 log = structlog.get_logger("collab.rooms")
 
@@ -116,9 +116,17 @@ class Committer:
                 self._wake_idle_waiters(True)
                 self._wanted = loop.create_future()
                 await self._wanted
-            rooms = [room for room in self._dirty.values() if self.is_loaded(room)]
+            candidates = [room for room in self._dirty.values() if self.is_loaded(room)]
             self._dirty.clear()
-            taken = [room.take_write() for room in rooms]
+            rooms: list[Room] = []
+            taken: list[tuple[RoomWrite, int]] = []
+            for room in candidates:
+                try:
+                    taken.append(room.take_write())
+                    rooms.append(room)
+                except Exception:  # a bug: this room is reset, the others are committed
+                    log.exception("room_write_failed", room_id=room.room_id)
+                    self._fail(room)
             writes = [write for write, _ in taken]
             if not writes:
                 continue
@@ -134,7 +142,7 @@ class Committer:
                 metrics.STORE_ERRORS.inc()
                 self.store_ok = False
                 for room in rooms:
-                    self.on_failed(room)
+                    self._fail(room)
                 continue
             finally:
                 self.committing = set()
@@ -144,4 +152,13 @@ class Committer:
             metrics.STORE_COMMIT_UPDATES.observe(sum(len(write.records) for write in writes))
             self.store_ok = True
             for room, (_, count) in zip(rooms, taken, strict=True):
-                self.on_committed(room, count)
+                try:
+                    self.on_committed(room, count)
+                except Exception:  # a bug: the committer goes on for every other room
+                    log.exception("room_release_failed", room_id=room.room_id)
+
+    def _fail(self, room: Room) -> None:
+        try:
+            self.on_failed(room)
+        except Exception:
+            log.exception("room_reset_failed", room_id=room.room_id)

@@ -156,22 +156,28 @@ class LoadedRooms:
         # Even with no grace the eviction waits for the current step to finish: a takeover ends
         # a room's last session and admits its successor in one step.
         grace = max(0.0, self.settings.room_grace_seconds)
-        self._evictions[room_id] = asyncio.get_running_loop().call_later(grace, self.evict, room_id)
+        self._evictions[room_id] = asyncio.get_running_loop().call_later(grace, self._eviction_due, room_id)
+
+    def _eviction_due(self, room_id: RoomId) -> None:
+        self._evictions.pop(room_id, None)  # the timer firing now: nothing to cancel
+        self.evict(room_id)
 
     def evict(self, room_id: RoomId, force: bool = False) -> None:
-        self._evictions.pop(room_id, None)
+        """Unload the room if it is empty and everything of it is committed (or ``force``);
+        otherwise try again shortly. Any eviction timer of the room is cancelled: a room
+        unloaded by another path and loaded again must get a grace period of its own."""
+        eviction = self._evictions.pop(room_id, None)
+        if eviction is not None:
+            eviction.cancel()
         room = self.rooms.get(room_id)
         if room is None or room.sessions:
             return
         if not room.all_durable and not force:
             # Not committed yet: unloading now would lose it. Try again after the commit.
             self._evictions[room_id] = asyncio.get_running_loop().call_later(
-                EVICTION_RETRY_SECONDS, self.evict, room_id
+                EVICTION_RETRY_SECONDS, self._eviction_due, room_id
             )
             return
-        eviction = self._evictions.pop(room_id, None)
-        if eviction is not None:
-            eviction.cancel()
         del self.rooms[room_id]
         metrics.ROOMS.set(len(self.rooms))
         metrics.ROOM_EVICTIONS.inc()

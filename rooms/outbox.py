@@ -126,6 +126,8 @@ class Outbox:
         """Write everything queued at once, through the transport's writer; False when it
         cannot take a frame without waiting (then the sender awaits ``send``). A failed write
         drops the client."""
+        if self.session.closed:
+            return True  # dropped: nothing more is written
         write = self.writer() if self.writer is not None else None
         if write is None:
             return False
@@ -136,10 +138,7 @@ class Outbox:
                 for frame in frames:
                     write(frame)
         except Exception as exc:
-            log.info("send_failed", user_id=self.session.user_id, error=type(exc).__name__)
-            self.queue.clear()
-            self.queued_chars = 0
-            self.on_drop(self.session, DropReason.SEND_FAILED)
+            self._failed(exc)
             return True
         metrics.FANOUT.observe(self.clock() - queued_at)
         return True
@@ -167,8 +166,12 @@ class Outbox:
             # the frame the outbox, and the outbox the task, a cycle only a full collection frees.
             return
         except Exception as exc:
-            log.info("send_failed", user_id=self.session.user_id, error=type(exc).__name__)
-            self.on_drop(self.session, DropReason.SEND_FAILED)
+            self._failed(exc)
+
+    def _failed(self, exc: Exception) -> None:
+        session = self.session
+        log.info("send_failed", room_id=session.room.room_id, user_id=session.user_id, error=type(exc).__name__)
+        self.on_drop(session, DropReason.SEND_FAILED)
 
 
 class Outboxes:

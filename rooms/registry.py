@@ -25,7 +25,7 @@ import structlog
 from observability import metrics
 from rooms.addresses import Address, AddressTable
 from rooms.committer import Committer
-from rooms.document import Update
+from rooms.document import ClientId, Update
 from rooms.errors import (
     RateLimited,
     RoomError,
@@ -37,7 +37,7 @@ from rooms.limits import TokenBucket
 from rooms.outbox import Outbox, Outboxes, Transport
 from rooms.protocol import ClientMessage, Hello
 from rooms.retention import RETENTION_INTERVAL_SECONDS, Retention
-from rooms.room import Room, RoomId
+from rooms.room import Room, RoomId, check_client_id
 from rooms.session import (
     CLOSE_SERVICE_RESTART,
     Action,
@@ -58,8 +58,6 @@ log = structlog.get_logger("collab.rooms")
 # A close waits at most this long: cutting a WebSocket close shorter would cancel the library's
 # own close timeout, which is what aborts the TCP connection of a client that stopped reading.
 CLOSE_TIMEOUT_SECONDS = 30.0
-# An empty room with changes still uncommitted tries to unload again after this long.
-EVICTION_RETRY_SECONDS = 0.1
 
 # Every drop reason has a series from the start, at 0: a rate() panel then shows 0 rather than
 # "no data", and an alert on the rate sees a value before the first drop.
@@ -195,17 +193,28 @@ class RoomRegistry:
     ) -> Session:
         """Admit a versioned client (see `Room.join_versioned`); ``address`` as for
         `join_full_text`."""
+        check_client_id(hello.client_id)  # before `open`: a refused hello makes no room
         room = await self.open(room_id, address)
-        return self._admit(room, transport, address, lambda shared: room.join_versioned(hello, shared))
+        # A reconnect that takes its own connection over does not count that connection twice.
+        replaces = room.clients.get(ClientId(hello.client_id))
+        join = lambda shared: room.join_versioned(hello, shared)  # noqa: E731 (one call, named)
+        return self._admit(room, transport, address, join, replaces)
 
     def _admit(
-        self, room: Room, transport: Transport, address: str, join: Callable[[TokenBucket | None], Session]
+        self,
+        room: Room,
+        transport: Transport,
+        address: str,
+        join: Callable[[TokenBucket | None], Session],
+        replaces: Session | None = None,
     ) -> Session:
         try:
             if not self.accepting:
                 raise ServerStopping()
             limits = self._address(address)
-            if limits is not None and limits.sessions >= self.settings.max_connections_per_address:
+            replaced = self.outboxes.by_session.get(replaces) if replaces is not None else None
+            taken = limits.sessions - (replaced is not None and replaced.address is limits) if limits else 0
+            if limits is not None and taken >= self.settings.max_connections_per_address:
                 # The edge counts WebSockets; this also counts pages on socket.io's long polling.
                 raise TooManyConnections(self.settings.max_connections_per_address)
             try:
@@ -260,7 +269,13 @@ class RoomRegistry:
             metrics.DROPPED.labels(drop.value).inc()
             # A failed write is usually a client that just went away; the others mean it fell behind.
             level = "info" if drop is DropReason.SEND_FAILED else "warning"
-            getattr(log, level)("client_dropped", user_id=session.user_id, reason=drop.value, queued=len(outbox.queue))
+            getattr(log, level)(
+                "client_dropped",
+                room_id=session.room.room_id,
+                user_id=session.user_id,
+                reason=drop.value,
+                queued=len(outbox.queue),
+            )
         if outbox.task is not None and outbox.task is not asyncio.current_task():
             outbox.task.cancel()
         task = asyncio.create_task(self._close(outbox.transport, session))
@@ -311,10 +326,20 @@ class RoomRegistry:
         room = session.room
         try:
             update = room.revert(session, version, text)
+        except RateLimited:
+            metrics.RATE_LIMITED.inc()
+            raise
         finally:
             self._carry_out(room)
         if update is not None:
-            log.info("version_restored", user_id=session.user_id, version=version, new_version=update.version)
+            metrics.DOCUMENT_CHARS.observe(len(room.document.text))
+            log.info(
+                "version_restored",
+                room_id=room.room_id,
+                user_id=session.user_id,
+                version=version,
+                new_version=update.version,
+            )
         return update
 
     def _address(self, address: str) -> Address | None:

@@ -82,6 +82,12 @@ FULL_TEXT_CLIENT_PREFIX = "seed-"
 SNAPSHOT_BYTES_PER_DOCUMENT = 1
 
 
+def check_client_id(client_id: str) -> None:
+    """`InvalidMessage` for a client_id the room keeps for itself."""
+    if client_id.startswith(FULL_TEXT_CLIENT_PREFIX) or client_id == RESTORE_CLIENT:
+        raise InvalidMessage(f"client_id must not start with {FULL_TEXT_CLIENT_PREFIX!r} nor be {RESTORE_CLIENT!r}")
+
+
 class UpdatesMissing(Exception):
     """Updates committed elsewhere arrived with a gap: those after ``after`` must be read first."""
 
@@ -173,8 +179,7 @@ class Room(MessageHandling):
         hello asks for is charged to ``shared`` before the client is admitted. Raises
         `InvalidMessage`, `ClientIdInUse`, `RateLimited` or `RoomFull`.
         """
-        if hello.client_id.startswith(FULL_TEXT_CLIENT_PREFIX) or hello.client_id == RESTORE_CLIENT:
-            raise InvalidMessage(f"client_id must not start with {FULL_TEXT_CLIENT_PREFIX!r} nor be {RESTORE_CLIENT!r}")
+        check_client_id(hello.client_id)
         client_id = ClientId(hello.client_id)
         bound = self.tokens.get(client_id)
         existing = self.clients.get(client_id)

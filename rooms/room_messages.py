@@ -11,6 +11,8 @@ from abc import abstractmethod
 from collections import deque
 from collections.abc import Callable
 
+import structlog
+
 from rooms.changes import ChangeSet
 from rooms.document import ClientId, Document, Unchanged, Update
 from rooms.errors import (
@@ -52,6 +54,8 @@ from rooms.protocol import (
 from rooms.session import CLOSE_NORMAL, STORE, Action, DropReason, Send, Session
 from rooms.settings import Settings
 from rooms.store import Record
+
+log = structlog.get_logger("collab.rooms")
 
 # The user_id of messages the server itself makes (a `sync_request`'s answer).
 SERVER_USER_ID = "server"
@@ -302,6 +306,7 @@ class MessageHandling:
         for other in list(self.sessions.values()):
             if other.protocol is WireProtocol.VERSIONED:
                 self._send(Send(other, out, "language"))
+        log.info("language_changed", room_id=self.room_id, user_id=session.user_id, language=self.language)
 
     def revert(self, session: Session, version: int, text: str) -> Update | None:
         """Make ``text`` (the room's text at ``version``) the current text, as a new update by

@@ -26,6 +26,7 @@ from rooms.errors import (
     SeqReused,
     ServerBusy,
     ServerStopping,
+    TooManyConnections,
     TooManyNewRooms,
     VersionTooOld,
 )
@@ -34,7 +35,7 @@ from rooms.protocol import CodeChange, Cursor, Hello, Language, Ping, Push, Sync
 from rooms.registry import RoomRegistry
 from rooms.retention import PURGE_BATCH
 from rooms.room import Room
-from rooms.session import DropReason, Session, token_hash
+from rooms.session import CLOSE_REPLACED, DropReason, Session, token_hash
 from rooms.settings import Settings
 from rooms.store import StoredRoom
 from rooms.store.memory import MemoryStore
@@ -1571,3 +1572,40 @@ async def test_a_resume_its_address_cannot_pay_for_is_refused_before_anyone_hear
         await registry.join_versioned("r", FakeTransport(), hello("late", version=0), address="10.2.2.2")
     await registry.settled()
     assert joined == len(watcher.of_type("member_joined"))
+
+
+async def test_a_reconnect_taking_its_own_connection_over_is_not_refused_at_the_address_limit() -> None:
+    registry, _ = make_registry(max_connections_per_address=2)
+    address = "10.0.0.9"
+    first = await registry.join_versioned("r", FakeTransport(), hello_with_token("c1", "t" * 16), address=address)
+    await registry.join_versioned("r", FakeTransport(), hello("c2"), address=address)
+    # c1's socket died unnoticed; it comes back with its token while the old session still counts.
+    again = await registry.join_versioned("r", FakeTransport(), hello_with_token("c1", "t" * 16), address=address)
+    assert (True, CLOSE_REPLACED, False) == (first.closed, first.close_code, again.closed)
+    with pytest.raises(TooManyConnections):  # a third client of the address is still refused
+        await registry.join_versioned("r", FakeTransport(), hello("c3"), address=address)
+
+
+async def test_a_hello_with_a_reserved_client_id_makes_no_room_and_spends_no_quota() -> None:
+    registry, _ = make_registry(rooms_per_address_per_minute=1)
+    with pytest.raises(InvalidMessage, match="must not start with"):
+        await registry.join_versioned("first", FakeTransport(), hello("seed-x"), address="10.0.0.7")
+    assert "first" not in registry.rooms
+    await registry.join_versioned("second", FakeTransport(), hello("ok"), address="10.0.0.7")
+    assert None is await registry.store.load("first", 10)
+
+
+async def test_a_room_unloaded_early_and_loaded_again_gets_a_grace_period_of_its_own(loop_time: LoopTime) -> None:
+    registry, _ = make_registry(room_grace_seconds=1.0, max_loaded_rooms=1)
+    registry.leave(await registry.join_versioned("a", FakeTransport(), hello("c1")))  # a's grace ends at 1.0
+    await registry.settled()
+    await loop_time.advance(0.5)
+    registry.leave(await registry.join_versioned("b", FakeTransport(), hello("c2")))  # unloads a to fit
+    await registry.settled()
+    assert ["b"] == list(registry.rooms)
+    registry.leave(await registry.join_versioned("a", FakeTransport(), hello("c3")))  # a's grace ends at 1.5
+    await registry.settled()
+    await loop_time.advance(0.6)  # past where a's first grace would have ended
+    assert ["a"] == list(registry.rooms)
+    await loop_time.advance(0.5)
+    assert [] == list(registry.rooms)
