@@ -70,6 +70,7 @@ class Received:
     notice: str | None = None  # the code of an error to tell the user about
     error: dict[str, Any] | None = None  # an error to retry after a delay (`CALLER_ERRORS`)
     language: str | None = None
+    authors: list[str] = field(default_factory=list)  # the user_id of each update applied, in order
     due: bool = False  # unconfirmed work goes out once the frame is handled
 
 
@@ -324,8 +325,10 @@ class Replica:
                 return  # a repeated message
             if self.needs_snapshot or version != self.version + 1:
                 out.hello = True  # a gap: the catch-up fills it
-            elif self._update(message):
-                out.due = True
+            else:
+                out.due = self._update(message) or out.due
+                if isinstance(author := message.get("user_id"), str) and author:
+                    out.authors.append(author)
         elif kind == "ack":
             inflight = self.inflight
             if inflight is not None and message.get("seq") == inflight.seq and message.get("version") == self.version:
@@ -481,10 +484,7 @@ class Replica:
 
     def _snapshot(self, doc: str, version: int) -> None:
         self._reset(doc)
-        self.version = version
-        self.inflight = None
-        self.pending = None
-        self.needs_snapshot = False
+        self.version, self.inflight, self.pending, self.needs_snapshot = version, None, None, False
         self._settle_base()
 
     @property

@@ -7,9 +7,10 @@ welcomes with a catch-up or a snapshot (of another epoch too), a refused ``clien
 cursors and members, pings, disconnects and page loads from an older saved state. The same steps
 then go, in one batch, to ``tests/node/client_driver.mjs``, which runs the JavaScript module over
 the real @codemirror/state; at every step both must say the same hello, send the same pushes
-and cursors, ask for the same hellos and offers, and hold the same text, version, batch in
-flight, pending changes and remote cursors. The driver also checks that the editor changes the
-module hands out keep the editor showing the module's text.
+and cursors, ask for the same hellos and offers, report the same authors of the updates they
+applied, and hold the same text, version, batch in flight, pending changes and remote cursors.
+The driver also checks that the editor changes the module hands out keep the editor showing the
+module's text.
 """
 
 from __future__ import annotations
@@ -129,6 +130,7 @@ class PythonClient:
                 "notice": out.notice,
                 "error": None if out.error is None else out.error["code"],
                 "language": out.language,
+                "authors": out.authors,
             }
         elif op == "resend":
             push = replica.resend()

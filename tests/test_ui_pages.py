@@ -1,7 +1,8 @@
 """Page logic with NiceGUI's simulated `user` (no browser): create and join, the name dialog,
 the presence list, the shared language. The browser half of the editor is covered by
 ``test_browser.py``; here the editor's hello is sent the way the browser sends it, and its
-member list is reported the way the browser reports it (`BrowserHalf`)."""
+member list and the room's activity are reported the way the browser reports them
+(`BrowserHalf`)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,16 @@ from rooms.limits import ROOM_ID
 from rooms.protocol import Hello, Language
 from rooms.registry import RoomRegistry
 from tests.ui_simulation import Recorder
-from ui.editor import BrowserNotReading, BrowserTransport, CollabEditor, Roster, RosterEntry, parse_members
+from ui.editor import (
+    BrowserNotReading,
+    BrowserTransport,
+    CollabEditor,
+    RoomActivity,
+    Roster,
+    RosterEntry,
+    parse_activity,
+    parse_members,
+)
 from ui.presence_panel import comings_and_goings
 from ui.start_page import room_id_from
 
@@ -54,16 +64,21 @@ def browser_hello(user: User, client_id: str, gen: int = 1) -> None:
 
 
 class BrowserHalf:
-    """Keeps the member list from what the room sends the page (its welcome, then each
-    member_joined and member_left) and reports it with a ``members`` event, as the editor's
-    browser half does."""
+    """Keeps what the room sends the page and reports it as the editor's browser half does: the
+    member list (its welcome, then each member_joined and member_left) with a ``members`` event
+    (unless ``members`` is false), and the room's language and the other authors of updates
+    with an ``activity`` event. The browser's 2 s expiry of an author is not simulated."""
 
-    def __init__(self, user: User) -> None:
+    def __init__(self, user: User, *, members: bool = True) -> None:
         self.user = user
         self.editor = user.find(CollabEditor).elements.pop()
         self.own_id = ""
         self.members: dict[str, dict[str, str]] = {}
         self.reported: list[dict[str, Any]] = []
+        self.report_members = members
+        self.language: str | None = None
+        self.typing: list[str] = []
+        self.activity: dict[str, Any] | None = None  # the last activity event
         send = self.editor.call
 
         def call(method: str, *args: Any) -> None:
@@ -76,19 +91,39 @@ class BrowserHalf:
     def receive(self, gen: int, data: str) -> None:
         parsed = json.loads(data)
         before = (self.own_id, dict(self.members))
-        for message in parsed if isinstance(parsed, list) else [parsed]:
+        messages = parsed if isinstance(parsed, list) else [parsed]
+        welcomed = any(message["type"] == "welcome" for message in messages)
+        for message in messages:
             if message["type"] == "welcome":
                 self.own_id = message["user_id"]
                 self.members = {member["user_id"]: member for member in message["members"]}
+                self.language = message["language"]
             elif message["type"] == "member_joined":
                 self.members[message["user_id"]] = message
             elif message["type"] == "member_left":
                 self.members.pop(message["user_id"], None)
-        if (self.own_id, self.members) != before and not self.editor.is_deleted:
+            elif message["type"] == "language":
+                self.language = message["language"]
+            elif message["type"] == "update" and not welcomed:  # a catch-up is not typing
+                author = message.get("user_id")
+                if author and author != self.own_id and author not in self.typing:
+                    self.typing.append(author)
+        if self.editor.is_deleted:
+            return
+        if self.report_members and (self.own_id, self.members) != before:
             members = [{key: m[key] for key in ("user_id", "username", "color")} for m in self.members.values()]
             args = {"gen": gen, "self": self.own_id, "members": members}
             self.reported.append(args)
             self.user.find(CollabEditor).trigger("members", args)
+        activity = {"gen": gen, "language": self.language, "typing": sorted(self.typing)}
+        if activity != self.activity:
+            self.activity = activity
+            self.user.find(CollabEditor).trigger("activity", activity)
+
+
+def language_of(user: User) -> Any:
+    """The value of the page's language select."""
+    return user.find(marker="language").elements.pop().value
 
 
 def members_event(gen: int, own: str, *names: str) -> dict[str, Any]:
@@ -269,6 +304,7 @@ async def test_the_presence_list_is_the_editors_member_list_not_the_rooms(
 ) -> None:
     ann = users()
     await connected_page(ann, "one-source", "Ann")
+    BrowserHalf(ann, members=False)  # the room's activity only: the lists are reported here
     ann.find(CollabEditor).trigger("members", members_event(1, "Ann", "Ann", "<b>Ghost</b>"))
     await ann.should_see("In this room (2)", retries=30)
     await ann.should_see("<b>Ghost</b>")  # as text
@@ -279,7 +315,7 @@ async def test_the_presence_list_is_the_editors_member_list_not_the_rooms(
         "one-source", Recorder(), Hello(type="hello", client_id="raw", username="Mallory", version=None)
     )
     registry.receive(mallory, Language(type="language", language="rust"))
-    await until(lambda: "rust" == ann.find(marker="language").elements.pop().value, "the room's language")
+    await until(lambda: "rust" == language_of(ann), "the room's language")
     await ann.should_see("In this room (2)")
     await ann.should_not_see("Mallory")
     ann.find(CollabEditor).trigger("members", members_event(1, "Ann", "Ann", "Mallory"))
@@ -397,3 +433,99 @@ async def test_a_burst_of_member_lists_is_shown_as_its_newest(users: Callable[[]
     await ann.should_see(marker="member-name", content="m19", retries=30)
     # Drawn at most twice (at once, then the newest after the interval), not once per list.
     assert 2 >= len([message for message in ann.notify.messages if "joined" in message])
+
+
+# The room's language and who typed lately: what the editor's connection reports, and nothing else.
+
+
+def mallory_joins(registry: RoomRegistry, room: str) -> Any:
+    return registry.join_versioned(
+        room, Recorder(), Hello(type="hello", client_id="raw", username="Mallory", version=None)
+    )
+
+
+async def test_a_member_whose_update_just_arrived_is_shown_typing(
+    users: Callable[[], User], registry: RoomRegistry
+) -> None:
+    ann = users()
+    await connected_page(ann, "typing", "Ann")
+    half = BrowserHalf(ann)
+    mallory = await mallory_joins(registry, "typing")
+    await ann.should_see(marker="member-name", content="Mallory", retries=30)
+    await ann.should_not_see("typing…")
+    registry.receive(mallory, json.dumps({"type": "push", "version": 0, "seq": 1, "changes": [[0, "x"]]}))
+    await ann.should_see("typing…", retries=30)
+    # Two seconds later the browser half reports that nobody is typing.
+    assert half.activity is not None
+    ann.find(CollabEditor).trigger("activity", {**half.activity, "typing": []})
+    await ann.should_not_see("typing…", retries=30)
+
+
+async def test_the_page_shows_the_language_its_connection_reports_not_the_rooms(
+    users: Callable[[], User], registry: RoomRegistry
+) -> None:
+    ann = users()
+    editor = await connected_page(ann, "heard", "Ann")
+    assert "python" == language_of(ann)
+    mallory = await mallory_joins(registry, "heard")
+    registry.receive(mallory, Language(type="language", language="rust"))
+    # Not reported by the editor (no browser half here): the page goes by what it is told.
+    ann.find(CollabEditor).trigger("activity", {"gen": 1, "language": "go", "typing": []})
+    await until(lambda: "go" == language_of(ann), "the reported language")
+    assert "go" == editor.props["language"]
+    assert "rust" == registry.rooms["heard"].language
+    for args in (
+        {"gen": 0, "language": "c", "typing": []},
+        {"gen": 2, "language": "c", "typing": []},
+        {"gen": 1, "language": "<script>", "typing": []},
+        {"gen": 1, "language": "c", "typing": [f"u{i}" for i in range(editor._settings.max_members_per_room + 1)]},
+    ):
+        # Awaited here, so each has been handled once this returns.
+        await editor._on_activity_event(GenericEventArguments(sender=editor, client=editor.client, args=args))
+    assert "go" == language_of(ann)
+    # Not known yet (a connection closed before its welcome): the page keeps what it shows.
+    await editor._on_activity_event(
+        GenericEventArguments(sender=editor, client=editor.client, args={"gen": 1, "language": None, "typing": []})
+    )
+    assert "go" == language_of(ann)
+
+
+async def test_a_new_page_shows_the_rooms_language_at_once(users: Callable[[], User], registry: RoomRegistry) -> None:
+    ann, bob = users(), users()
+    editor = await connected_page(ann, "first-render", "Ann")
+    assert editor.session is not None
+    registry.receive(editor.session, Language(type="language", language="rust"))
+    assert "rust" == registry.rooms["first-render"].language
+    await bob.open("/room/first-render")
+    await choose_name(bob, "Bob")
+    await bob.should_see(marker="language")
+    assert "rust" == language_of(bob)
+    assert "rust" == bob.find(CollabEditor).elements.pop().props["language"]
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (None, "activity event must be an object"),
+        ({"gen": "1", "language": None, "typing": []}, "gen must be an integer"),
+        ({"gen": 1, "language": 3, "typing": []}, "language must be a string"),
+        ({"gen": 1, "language": "x" * 41, "typing": []}, "language must be 1 to 40 characters, got 41"),
+        ({"gen": 1, "language": "<b>", "typing": []}, "language '<b>' may only hold"),
+        ({"gen": 1, "language": "go", "typing": "u1"}, "typing must be a list"),
+        ({"gen": 1, "language": "go", "typing": ["a", "b", "c", "d"]}, "typing must hold at most 3 user ids, got 4"),
+        ({"gen": 1, "language": "go", "typing": [7]}, "a typing user_id must be a string"),
+        ({"gen": 1, "language": "go", "typing": ["u" * 65]}, "a typing user_id must be at most 64 characters"),
+    ],
+)
+def test_an_activity_report_of_another_shape_is_refused_saying_why(args: object, error: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(error)):
+        parse_activity(args, max_members=3)
+
+
+def test_an_activity_report_is_read_as_the_browser_reports_it() -> None:
+    args = {"gen": 2, "language": "C++", "typing": ["b2", "a1"], "x": 1}
+    assert (2, RoomActivity("C++", frozenset({"a1", "b2"}))) == parse_activity(args, max_members=3)
+    # Before the connection's first welcome the language is not known.
+    assert (3, RoomActivity(None, frozenset())) == parse_activity(
+        {"gen": 3, "language": None, "typing": []}, max_members=3
+    )

@@ -24,6 +24,7 @@ function newOutcome() {
     notice: null, // {key, level, message}
     error: null, // an error whose answer needs timers: the view's
     language: null,
+    authors: [], // the user_id of each update applied, in order (our own confirmed ones too)
     welcomed: false,
     confirmed: false, // the batch in flight was confirmed
     members: false, // the member list changed
@@ -329,6 +330,7 @@ export class CollabClient {
     if (inflight && message.client_id === this.clientId && message.seq === inflight.seq) {
       this.base = inflight.changes.apply(this.base);
       this.version = message.version;
+      this.noteAuthor(message, out);
       return this.confirmed(out);
     }
     // Rebased past local work with the server's tie-break (the earlier-committed insert first):
@@ -352,6 +354,11 @@ export class CollabClient {
     this.pending = pending;
     out.changes.push(remote);
     out.cursors = this.mapCursors(remote) || out.cursors;
+    this.noteAuthor(message, out);
+  }
+
+  noteAuthor(message, out) {
+    if (typeof message.user_id === "string" && message.user_id) out.authors.push(message.user_id);
   }
 
   confirmed(out) {

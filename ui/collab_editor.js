@@ -4,9 +4,9 @@
 //
 // Every protocol decision is made by the client in collab_client.js (served as a dependency of
 // this component); this file is its shell: the editor, the bridge, timers, sessionStorage and
-// what the page is told ("frame", "lost", "notice", "paused", "members"). The client's state is
-// kept in sessionStorage, so a reconnect or a page reload (a server restart) resends unconfirmed
-// work, which the server applies exactly once.
+// what the page is told ("frame", "lost", "notice", "paused", "members", "activity"). The client's
+// state is kept in sessionStorage, so a reconnect or a page reload (a server restart) resends
+// unconfirmed work, which the server applies exactly once.
 //
 // `gen` numbers the hellos of this page: a reconnect says hello again with a new gen, and
 // anything still arriving for an older one is ignored.
@@ -24,6 +24,8 @@ const NOTICE_EVERY_MS = 5000;
 // user is offered their text, as when work cannot be merged.
 const FAILURE_RETRY_MS = [500, 1000, 2000, 4000, 8000, 15000, 30000];
 const FAILURES_BEFORE_OFFER = 3;
+// A member is shown typing for this long after an update of theirs arrived.
+const TYPING_MS = 2000;
 const REMOTE = [CM.Transaction.remote.of(true), CM.Transaction.addToHistory.of(false)];
 
 function randomId(bytes) {
@@ -42,10 +44,14 @@ export default {
   watch: { language: "setLanguage", theme: "setTheme" },
   async mounted() {
     this.gen = this.helloAttempt = this.failures = 0;
-    this.helloTimer = this.resendTimer = this.cursorTimer = this.saveTimer = null;
+    this.helloTimer = this.resendTimer = this.cursorTimer = this.saveTimer = this.typingTimer = null;
     this.stopped = null; // a reason not to reconnect by ourselves (another tab took over)
     this.sentAt = 0; // when the in-flight batch was last sent
     this.lastNotice = new Map(); // notice key -> time shown, so that retries do not repeat it
+    // What the page shows of the room besides its members, as this connection heard it.
+    this.roomLanguage = null; // from the last welcome or language message
+    this.typedAt = new Map(); // user_id -> when an update of theirs arrived (performance.now())
+    this.activityShown = null; // the last activity event, so that only changes are emitted
     for (const name of ["languageConfig", "themeConfig", "editableConfig"]) this[name] = new CM.Compartment();
 
     await this.restoreOrFork();
@@ -99,7 +105,8 @@ export default {
   beforeUnmount() {
     if (this.client) this.save();
     this.unmounted = true;
-    for (const timer of [this.helloTimer, this.resendTimer, this.cursorTimer, this.saveTimer]) clearTimeout(timer);
+    for (const timer of [this.helloTimer, this.resendTimer, this.cursorTimer, this.saveTimer, this.typingTimer])
+      clearTimeout(timer);
     clearInterval(this.statusTimer);
     window.removeEventListener("pagehide", this.onPageHide);
     window.removeEventListener("pageshow", this.onPageShow);
@@ -232,6 +239,38 @@ export default {
       this.$emit("members", { gen: this.gen, self: this.client.userId, members: this.client.memberList() });
       this.publishStatus();
     },
+    noteActivity(out) {
+      if (out.language !== null) this.roomLanguage = out.language;
+      // The catch-up that follows a welcome is what others did while we were away, not typing now;
+      // our own updates are never shown as typing.
+      if (!out.welcomed) {
+        const now = performance.now();
+        for (const userId of out.authors) if (userId !== this.client.userId) this.typedAt.set(userId, now);
+      }
+      this.expireTyping();
+    },
+    expireTyping() {
+      // One timer, set for the first entry to expire.
+      clearTimeout(this.typingTimer);
+      this.typingTimer = null;
+      const now = performance.now();
+      let next = Infinity;
+      for (const [userId, at] of this.typedAt) {
+        if (now - at >= TYPING_MS) this.typedAt.delete(userId);
+        else next = Math.min(next, at + TYPING_MS);
+      }
+      if (next !== Infinity) this.typingTimer = setTimeout(() => this.expireTyping(), next - now);
+      this.emitActivity();
+    },
+    emitActivity() {
+      // Every generation reports at least once (its welcome brings the language): the server
+      // reads only the current generation's events.
+      const typing = [...this.typedAt.keys()].sort();
+      const shown = JSON.stringify([this.gen, this.roomLanguage, typing]);
+      if (shown === this.activityShown) return;
+      this.activityShown = shown;
+      this.$emit("activity", { gen: this.gen, language: this.roomLanguage, typing });
+    },
     emit(message) {
       this.$emit("frame", { gen: this.gen, data: JSON.stringify(message) });
     },
@@ -261,6 +300,7 @@ export default {
       }
       if (out.language !== null) this.setLanguage(out.language);
       if (out.members) this.emitMembers();
+      this.noteActivity(out);
       if (out.cursors) this.drawCursors();
       if (out.offer) this.offer(out.offer.text, out.offer.reason);
       if (out.notice) this.notice(out.notice.key, out.notice.level, out.notice.message);

@@ -10,7 +10,8 @@ Every hello starts a new *generation*; frames of an older generation are ignored
 so a browser that reconnects (a new hello on the same page) never mixes two sessions.
 
 The browser half also reports who is in the room, as its connection knows it (``members``
-events): the page's presence list shows exactly what the editor was told, connected or not.
+events), and the room's language and who typed in it lately (``activity`` events): the page
+shows exactly what the editor was told, connected or not, and never reads the room itself.
 """
 
 from __future__ import annotations
@@ -21,14 +22,14 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import structlog
 from nicegui import Client, background_tasks, ui
 from nicegui.events import GenericEventArguments
 
 from rooms.errors import InternalError, InvalidMessage, RateLimited, RoomError
-from rooms.limits import MessageLimit, TokenBucket
+from rooms.limits import MessageLimit, TokenBucket, clean_language
 from rooms.protocol import ErrorOut, Hello, parse_client_message
 from rooms.registry import RoomRegistry
 from rooms.session import Session
@@ -46,9 +47,11 @@ MAX_EARLY_FRAMES = 50
 # longer or shaped otherwise is not from the browser half. User ids are 12 hex digits today.
 USER_ID_MAX_CHARS = 64
 COLOR = re.compile(r"#[0-9a-fA-F]{6}")
-# Drawing the list costs the server a few elements per member: a page that reports it more
-# often than this is shown only its newest list, once per interval.
-ROSTER_INTERVAL_SECONDS = 0.1
+# Drawing the list costs the server a few elements per member: a page that reports it (or the
+# room's activity) more often than this is shown only its newest report, once per interval.
+REPORT_INTERVAL_SECONDS = 0.1
+
+T = TypeVar("T")
 
 
 def _client_address(client: Client) -> str:
@@ -90,6 +93,15 @@ class Roster:
     members: tuple[RosterEntry, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class RoomActivity:
+    """The room as the page's connection last heard of it, besides its members: its language
+    (None until the first welcome) and the members whose updates arrived in the last 2 s."""
+
+    language: str | None
+    typing: frozenset[str]  # user ids
+
+
 def _short_string(value: object, what: str, max_chars: int) -> str:
     if not isinstance(value, str):
         raise ValueError(f"{what} must be a string, got {type(value).__name__}")
@@ -98,17 +110,22 @@ def _short_string(value: object, what: str, max_chars: int) -> str:
     return value
 
 
+def _event_gen(args: object, event: str) -> tuple[dict[str, Any], int]:
+    if not isinstance(args, dict):
+        raise ValueError(f"{event} event must be an object, got {type(args).__name__}")
+    gen = args.get("gen")
+    if not isinstance(gen, int) or isinstance(gen, bool):
+        raise ValueError(f"gen must be an integer, got {type(gen).__name__}")
+    return args, gen
+
+
 def parse_members(args: object, *, max_members: int, max_username_chars: int) -> tuple[int, Roster]:
     """The generation and the member list of a ``members`` event from the browser.
 
     Raises `ValueError` saying what is wrong with a list of another shape, of more than
     ``max_members`` members, or with a string longer than its kind ever is.
     """
-    if not isinstance(args, dict):
-        raise ValueError(f"members event must be an object, got {type(args).__name__}")
-    gen = args.get("gen")
-    if not isinstance(gen, int) or isinstance(gen, bool):
-        raise ValueError(f"gen must be an integer, got {type(gen).__name__}")
+    args, gen = _event_gen(args, "members")
     # null until the connection's first welcome: no own member yet.
     own = args.get("self")
     own_id = "" if own is None else _short_string(own, "self", USER_ID_MAX_CHARS)
@@ -129,6 +146,57 @@ def parse_members(args: object, *, max_members: int, max_username_chars: int) ->
             raise ValueError(f"color must be #rrggbb, got {color!r}")
         entries.append(RosterEntry(user_id, username, color))
     return gen, Roster(own_id, tuple(entries))
+
+
+def parse_activity(args: object, *, max_members: int) -> tuple[int, RoomActivity]:
+    """The generation and the room's activity of an ``activity`` event from the browser.
+
+    The browser only repeats what the room told it: a language the room would not take (see
+    `clean_language`), or more members typing than a room holds, is not from the browser half.
+    Raises `ValueError` saying what is wrong.
+    """
+    args, gen = _event_gen(args, "activity")
+    language = args.get("language")
+    if language is not None:
+        try:
+            language = clean_language(language)
+        except InvalidMessage as exc:
+            raise ValueError(str(exc)) from None
+    typing = args.get("typing")
+    if not isinstance(typing, list):
+        raise ValueError(f"typing must be a list, got {type(typing).__name__}")
+    if len(typing) > max_members:
+        raise ValueError(f"typing must hold at most {max_members} user ids, got {len(typing)}")
+    user_ids = frozenset(_short_string(user_id, "a typing user_id", USER_ID_MAX_CHARS) for user_id in typing)
+    return gen, RoomActivity(language, user_ids)
+
+
+class Newest(Generic[T]):
+    """Hands reports from the browser to the page at most once per `REPORT_INTERVAL_SECONDS`:
+    the first at once, then the newest of those that came during the interval."""
+
+    def __init__(self, show: Callable[[T], None] | None) -> None:
+        self.show = show
+        self.latest: T | None = None  # the newest report, shown or about to be
+        self._shown_at = float("-inf")
+        self._waiting = False  # a handler waits out the interval to show the newest report
+
+    async def report(self, value: T, alive: Callable[[], bool]) -> None:
+        self.latest = value
+        if self._waiting:
+            return  # the handler already waiting shows this newer report
+        wait = self._shown_at + REPORT_INTERVAL_SECONDS - time.monotonic()
+        if wait > 0:
+            self._waiting = True
+            try:
+                await asyncio.sleep(wait)
+            finally:
+                self._waiting = False
+        latest = self.latest
+        if self.show is None or latest is None or not alive():
+            return
+        self._shown_at = time.monotonic()
+        self.show(latest)
 
 
 class BrowserTransport:
@@ -174,9 +242,11 @@ class CollabEditor(ui.element, component="collab_editor.js", dependencies=["coll
         language: str,
         theme: str = "light",
         on_members: Callable[[Roster], None] | None = None,
+        on_activity: Callable[[RoomActivity], None] | None = None,
     ) -> None:
-        """``on_members`` is called with the room's member list whenever the browser half
-        reports a new one (at most once per `ROSTER_INTERVAL_SECONDS`, the newest)."""
+        """``on_members`` is called with the room's member list, and ``on_activity`` with its
+        language and who typed lately, whenever the browser half reports them (each at most
+        once per `REPORT_INTERVAL_SECONDS`, the newest)."""
         super().__init__()
         self._registry = registry
         self._settings = settings
@@ -191,12 +261,11 @@ class CollabEditor(ui.element, component="collab_editor.js", dependencies=["coll
         self._props["max-chars"] = settings.max_document_chars
         self._hellos = MessageLimit(own=TokenBucket.full(HELLO_RATE_PER_SECOND, HELLO_BURST, time.monotonic()))
         self._address = _client_address(self.client)
-        self._on_members = on_members
-        self._roster: Roster | None = None  # the newest list reported, shown or about to be
-        self._roster_shown_at = float("-inf")
-        self._roster_waiting = False  # a handler waits out the interval to show the newest list
+        self._rosters = Newest(on_members)
+        self._activities = Newest(on_activity)
         self.on("frame", self._on_frame)
         self.on("members", self._on_members_event)
+        self.on("activity", self._on_activity_event)
 
     # Server -> browser
 
@@ -283,23 +352,23 @@ class CollabEditor(ui.element, component="collab_editor.js", dependencies=["coll
         except ValueError as exc:
             log.info("bad_members_event", room_id=self.room_id, reason=str(exc))
             return
-        if self.transport is None or gen != self.transport.gen:
-            return  # another generation's list: only the current connection's is shown
-        self._roster = roster
-        if self._roster_waiting:
-            return  # the handler already waiting shows this newer list
-        wait = self._roster_shown_at + ROSTER_INTERVAL_SECONDS - time.monotonic()
-        if wait > 0:
-            self._roster_waiting = True
-            try:
-                await asyncio.sleep(wait)
-            finally:
-                self._roster_waiting = False
-        latest = self._roster
-        if self.is_deleted or self._on_members is None or latest is None:
+        if self._is_current(gen):  # only the current connection's list is shown
+            await self._rosters.report(roster, self._is_alive)
+
+    async def _on_activity_event(self, event: GenericEventArguments) -> None:
+        try:
+            gen, activity = parse_activity(event.args, max_members=self._settings.max_members_per_room)
+        except ValueError as exc:
+            log.info("bad_activity_event", room_id=self.room_id, reason=str(exc))
             return
-        self._roster_shown_at = time.monotonic()
-        self._on_members(latest)
+        if self._is_current(gen):
+            await self._activities.report(activity, self._is_alive)
+
+    def _is_current(self, gen: int) -> bool:
+        return self.transport is not None and gen == self.transport.gen
+
+    def _is_alive(self) -> bool:
+        return not self.is_deleted
 
     def _refuse(self, transport: BrowserTransport, exc: Exception) -> None:
         if not isinstance(exc, RoomError):

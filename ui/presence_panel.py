@@ -34,7 +34,8 @@ def comings_and_goings(
 
 
 class PresencePanel:
-    """The right drawer of the room page. `show_roster` and `show_typing` update it."""
+    """The right drawer of the room page. `show_roster` and `show_typing` update it, with what the
+    editor's connection reports."""
 
     def __init__(self) -> None:
         self.roster = Roster(own_id="", members=())
@@ -84,7 +85,7 @@ class PresencePanel:
         self.render.refresh()
 
     def show_typing(self, typing: frozenset[str]) -> None:
-        """The user ids of whoever typed lately."""
+        """The user ids of the members whose updates the editor's connection received lately."""
         if typing == self.typing:
             return
         self.typing = typing

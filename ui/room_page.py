@@ -2,25 +2,20 @@
 
 from __future__ import annotations
 
-import time
-
 from nicegui import app, ui
 from nicegui.events import GenericEventArguments
 
 from rooms.limits import ROOM_ID
 from rooms.presence import pick_color
 from rooms.protocol import Language
-from ui.editor import CollabEditor, ConnectionBadge, Identity, Roster
+from ui.editor import CollabEditor, ConnectionBadge, Identity, RoomActivity, Roster
 from ui.history import open_history
 from ui.identity import IdentityDialog, stored_identity
 from ui.languages import LANGUAGES, extension_for, label_for
 from ui.presence_panel import PresencePanel
-from ui.room_activity import RoomActivity
 from ui.room_dialogs import offer_lost_text, offer_to_take_over
 from ui.services import Services
 
-# How often the page reads the room's language and who typed lately.
-ACTIVITY_INTERVAL_SECONDS = 0.4
 PAGE_CSS = """
 .collab-editor { height: calc(100vh - 64px); width: 100%; }
 .collab-editor .cm-editor { height: 100%; font-size: 14px; }
@@ -68,24 +63,25 @@ class RoomPage:
         self.room_id = room_id
         self.identity = who
         self.lost_dialog: ui.dialog | None = None
-        self.activity = RoomActivity()
+        # The room's language as last heard: read from the room once, so that the first render
+        # shows it; from then on, as the editor's connection reports it.
         room = services.registry().rooms.get(room_id)
-        language = room.language if room is not None else self.settings.default_language
-        self._header(language)
+        self.language: str | None = room.language if room is not None else None
+        self._header(self.language or self.settings.default_language)
         self.editor = CollabEditor(
             services.registry,
             self.settings,
             room_id,
             self._current_identity,
-            language=language,
+            language=self.language or self.settings.default_language,
             theme="dark" if is_dark() else "light",
             on_members=self._show_members,
+            on_activity=self._show_activity,
         ).classes("w-full")
         self.editor.on("lost", self._on_lost)
         self.editor.on("notice", self._on_notice)
         self.editor.on("paused", lambda: offer_to_take_over(self.editor))
         self.presence = PresencePanel()
-        ui.timer(ACTIVITY_INTERVAL_SECONDS, self._follow_room)
 
     # The header
 
@@ -129,7 +125,7 @@ class RoomPage:
 
     def choose_language(self, value: str | None) -> None:
         """The user picked a language for the room."""
-        if value is None or value == self.activity.language:
+        if value is None or value == self.language:
             return
         session = self.editor.session
         if session is None:
@@ -144,8 +140,8 @@ class RoomPage:
             self._show_room_language()
 
     def _show_room_language(self) -> None:
-        """Show the room's language as last read (if any) in the select and the editor's props."""
-        language = self.activity.language
+        """Show the room's language as last heard (if any) in the select and the editor's props."""
+        language = self.language
         if language is None:
             return
         if language not in self.select.options:
@@ -183,16 +179,15 @@ class RoomPage:
     def _current_identity(self) -> Identity:
         return stored_identity() or self.identity  # a rename in another tab applies too
 
-    # What the editor and the room report
+    # What the editor's connection reports
 
     def _show_members(self, roster: Roster) -> None:
         self.presence.show_roster(roster)
 
-    def _follow_room(self) -> None:
-        before = self.activity.language
-        self.activity.read(self.services.registry().rooms.get(self.room_id), time.monotonic())
-        self.presence.show_typing(self.activity.typing)
-        if self.activity.language != before:  # chosen here or on another page
+    def _show_activity(self, activity: RoomActivity) -> None:
+        self.presence.show_typing(activity.typing)
+        if activity.language is not None and activity.language != self.language:  # chosen here or elsewhere
+            self.language = activity.language
             self._show_room_language()
 
     def _on_lost(self, event: GenericEventArguments) -> None:

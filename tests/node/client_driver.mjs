@@ -75,6 +75,7 @@ class Page {
           notice: out.notice && out.notice.key,
           error: out.error && out.error.code,
           language: out.language,
+          authors: out.authors,
           failure: out.failure && String(out.failure.error),
         };
         break;
