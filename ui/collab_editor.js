@@ -250,16 +250,14 @@ export default {
       this.expireTyping();
     },
     expireTyping() {
-      // One timer, set for the first entry to expire.
-      clearTimeout(this.typingTimer);
-      this.typingTimer = null;
+      clearTimeout(this.typingTimer); // one timer, set for the first entry to expire
       const now = performance.now();
       let next = Infinity;
       for (const [userId, at] of this.typedAt) {
         if (now - at >= TYPING_MS) this.typedAt.delete(userId);
         else next = Math.min(next, at + TYPING_MS);
       }
-      if (next !== Infinity) this.typingTimer = setTimeout(() => this.expireTyping(), next - now);
+      this.typingTimer = next === Infinity ? null : setTimeout(() => this.expireTyping(), next - now);
       this.emitActivity();
     },
     emitActivity() {
