@@ -89,7 +89,7 @@ class Outbox:
         fits an empty queue, however large: the limits catch a client that falls behind, not
         one big message."""
         queue = self.queue
-        size = _size(entry)
+        size = len(entry) if type(entry) is str else sum(map(len, entry))
         if queue and (len(queue) >= self.max_messages or self.queued_chars + size > self.max_chars):
             return False
         queue.append((entry, self.clock()))

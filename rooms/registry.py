@@ -86,7 +86,6 @@ class RoomRegistry:
         self.retention = self.loaded.retention = Retention(self)
         self._tasks: list[asyncio.Task[None]] = []
         self._closing: set[asyncio.Task[None]] = set()
-        self._carrying: set[Room] = set()  # rooms whose actions are being carried out
         self._addresses = AddressTable(
             settings.rate_limit_per_address_per_second, settings.rate_limit_per_address_burst
         )
@@ -360,30 +359,32 @@ class RoomRegistry:
     # Carrying out what rooms decide
 
     def _carry_out(self, room: Room) -> None:
-        """Do what the room asked for since last time, in order (see `rooms.session`)."""
-        if room in self._carrying:
-            return  # a drop while carrying out: the loop below takes its actions too
-        self._carrying.add(room)
-        try:
-            while actions := room.take_actions():
-                self._do(room, actions)
-        finally:
-            self._carrying.discard(room)
+        """Do what the room asked for since last time, in order (see `rooms.session`). What
+        carrying out an action makes the room ask (a client dropped for a full queue) is done
+        in the next turn of the loop. Nothing done here feeds the room another event through
+        `_carry_out` (drops come from senders, the flush and the watchdog, outside it), so
+        actions are never carried out out of order."""
+        while actions := room.take_actions():
+            self._do(room, actions)
 
     def _do(self, room: Room, actions: list[Action]) -> None:
         by_session = self.outboxes.by_session
+        put = self.outboxes.put
         counts: dict[str, int] = {}
         for action in actions:
-            if type(action) is Send:
-                outbox = by_session.get(action.session)
-                if outbox is None or action.session.closed:
+            if type(action) is Send:  # by far the most common: first, and with the least work
+                session = action.session
+                outbox = by_session.get(session)
+                if outbox is None or session.closed:
                     continue  # dropped earlier in this batch: its connection is closing
-                if not self.outboxes.put(outbox, action.message):
-                    room.leave(action.session, DropReason.QUEUE_OVERFLOW)
+                if not put(outbox, action.message):
+                    room.leave(session, DropReason.QUEUE_OVERFLOW)
                     continue
-                counts[action.kind] = counts.get(action.kind, 0) + 1
-                for kind, count in action.extra:
-                    counts[kind] = counts.get(kind, 0) + count
+                kind = action.kind
+                counts[kind] = counts.get(kind, 0) + 1
+                if action.extra:
+                    for kind, count in action.extra:
+                        counts[kind] = counts.get(kind, 0) + count
             elif type(action) is Left:
                 self._left(action.session, action.drop)
             elif type(action) is Refused:

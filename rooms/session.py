@@ -70,8 +70,8 @@ class Session:
     resume_token: str = field(default_factory=lambda: secrets.token_urlsafe(16))
 
 
-@dataclass(frozen=True, slots=True)
-class Send:
+@dataclass(slots=True)  # not frozen: one is made per recipient of every update, and frozen
+class Send:  # dataclasses are slower to build
     session: Session
     message: str | tuple[str, ...]
     kind: str  # the type of the message (of the first, for a burst), for the driver's counts
