@@ -84,18 +84,6 @@ class Outbox:
         self.waiter: asyncio.Future[None] | None = None
         self.task: asyncio.Task[None] | None = None
 
-    def put(self, entry: Entry) -> bool:
-        """Queue an entry; False (and nothing queued) when the queue is full. An entry always
-        fits an empty queue, however large: the limits catch a client that falls behind, not
-        one big message."""
-        queue = self.queue
-        size = len(entry) if type(entry) is str else sum(map(len, entry))
-        if queue and (len(queue) >= self.max_messages or self.queued_chars + size > self.max_chars):
-            return False
-        queue.append((entry, self.clock()))
-        self.queued_chars += size
-        return True
-
     def wake(self) -> None:
         waiter = self.waiter
         if waiter is not None:
@@ -122,10 +110,10 @@ class Outbox:
         self.queued_chars -= _size(entry)
         return (entry,) if isinstance(entry, str) else entry, queued_at
 
-    def write_queued(self) -> bool:
+    def write_queued(self, now: float | None = None) -> bool:
         """Write everything queued at once, through the transport's writer; False when it
         cannot take a frame without waiting (then the sender awaits ``send``). A failed write
-        drops the client."""
+        drops the client. ``now``: the clock, when the caller has read it already."""
         if self.session.closed:
             return True  # dropped: nothing more is written
         write = self.writer() if self.writer is not None else None
@@ -140,7 +128,7 @@ class Outbox:
         except Exception as exc:
             self._failed(exc)
             return True
-        metrics.FANOUT.observe(self.clock() - queued_at)
+        metrics.FANOUT.observe((self.clock() if now is None else now) - queued_at)
         return True
 
     async def run(self) -> None:
@@ -183,9 +171,15 @@ class Outboxes:
         self._flush_scheduled = False
 
     def put(self, outbox: Outbox, entry: Entry) -> bool:
-        """Queue an entry for writing at the end of this turn; False when the queue is full."""
-        if not outbox.put(entry):
+        """Queue an entry for writing at the end of this turn; False (and nothing queued) when
+        the queue is full. An entry always fits an empty queue, however large: the limits catch
+        a client that falls behind, not one big message."""
+        queue = outbox.queue
+        size = len(entry) if type(entry) is str else sum(map(len, entry))
+        if queue and (len(queue) >= outbox.max_messages or outbox.queued_chars + size > outbox.max_chars):
             return False
+        queue.append((entry, outbox.clock()))
+        outbox.queued_chars += size
         if outbox.waiter is not None:  # the sender is idle
             if outbox.writer is not None:
                 self._unsent[outbox] = None
@@ -206,8 +200,11 @@ class Outboxes:
         of any that cannot."""
         self._flush_scheduled = False
         outboxes, self._unsent = self._unsent, {}
+        now: float | None = None
         for outbox in outboxes:
             if outbox.session.closed or outbox.waiter is None or not outbox.queue:
                 continue  # gone, or its sender is busy: the sender takes the queue itself
-            if not outbox.write_queued():
+            if now is None:
+                now = outbox.clock()  # one clock for the whole flush: they are written together
+            if not outbox.write_queued(now):
                 outbox.wake()
