@@ -24,6 +24,16 @@ from rooms.settings import Settings
 CLIENTS = 3
 
 
+def insert_token(replica: Replica, number: int, at: int, char: str) -> tuple[str, ChangeSet]:
+    """The token ``<number char>`` and the change that inserts it between two tokens already in
+    the replica's text (``at`` picks where): tokens land whole, so counting them in the final
+    text finds any edit lost or applied twice."""
+    token = f"<{number}{char}>"
+    boundaries = [0] + [i + 1 for i, c in enumerate(replica.text) if c == ">"]
+    position = utf16_len(replica.text[: boundaries[at % len(boundaries)]])
+    return token, ChangeSet.of_replace(replica.length, position, position, token)
+
+
 class Wire:
     """A transport whose frames wait until the model delivers them."""
 
@@ -96,12 +106,10 @@ class RoomModel(RuleBasedStateMachine):
     @rule(index=st.integers(0, CLIENTS - 1), at=st.integers(0, 10**6), char=st.sampled_from("a😀\n"))
     def type_token(self, index: int, at: int, char: str) -> None:
         replica = self.replicas[index]
-        token = f"<{self.typed}{char}>"
+        token, changes = insert_token(replica, self.typed, at, char)
         self.typed += 1
         self.tokens[index].append(token)
-        boundaries = [0] + [i + 1 for i, c in enumerate(replica.text) if c == ">"]
-        position = utf16_len(replica.text[: boundaries[at % len(boundaries)]])
-        self._send(index, replica.edit(ChangeSet.of_replace(replica.length, position, position, token)))
+        self._send(index, replica.edit(changes))
 
     @rule(index=st.integers(0, CLIENTS - 1), count=st.integers(1, 5))
     def deliver(self, index: int, count: int) -> None:

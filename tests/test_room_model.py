@@ -14,7 +14,6 @@ from hypothesis import event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from rooms.changes import ChangeSet, utf16_len
 from rooms.lifecycle import room_from_stored
 from rooms.protocol import Hello
 from rooms.replica import Replica
@@ -22,6 +21,7 @@ from rooms.room import Room, UncommittedUpdates
 from rooms.session import Left, Reset, Send, Session, Store
 from rooms.settings import Settings
 from rooms.store import Record, RoomInfo, RoomWrite, StoredRoom
+from tests.test_registry_model import insert_token
 
 ROOM = "shared"
 EPOCH = "0123456789abcdef"
@@ -146,12 +146,10 @@ class SharedRoomModel(RuleBasedStateMachine):
     @rule(index=st.integers(0, CLIENTS - 1), at=st.integers(0, 10**6), char=st.sampled_from("a😀\n"))
     def type_token(self, index: int, at: int, char: str) -> None:
         replica = self.replicas[index]
-        token = f"<{self.typed}{char}>"
+        token, changes = insert_token(replica, self.typed, at, char)
         self.typed += 1
         self.tokens[index].append(token)
-        boundaries = [0] + [i + 1 for i, c in enumerate(replica.text) if c == ">"]
-        position = utf16_len(replica.text[: boundaries[at % len(boundaries)]])
-        self._send(index, replica.edit(ChangeSet.of_replace(replica.length, position, position, token)))
+        self._send(index, replica.edit(changes))
 
     @rule(index=st.integers(0, CLIENTS - 1), count=st.integers(1, 5))
     def deliver(self, index: int, count: int) -> None:
