@@ -161,6 +161,9 @@ class Client(asyncio.Protocol):
         self.pushed: dict[int, tuple[int, int]] = {}
         self.unpushed = 0
         self.received = 0  # peer edits received while measuring
+        # Edits whose push changed nothing (typed and deleted again before it left): the server
+        # confirms them with an `ack` and shows them to no one, so no peer waits for them.
+        self.cancelled = 0
         self.closed = False
         self.rng = random.Random(f"{worker.load.seed}-{client_id}")
         self.fragments: list[bytes] = []
@@ -299,6 +302,8 @@ class Client(asyncio.Protocol):
                     self._peer_edit(self.room.by_user.get(message.get("user_id", "")), message["seq"], now)
             elif kind == "ack":
                 # A push that changed nothing: confirmed without a version; send what is pending.
+                first, end = self.pushed.pop(message.get("seq", -1), (0, 0))
+                self.cancelled += end - first
                 self._push(replica.ack(message))
             else:
                 replica.welcome(message)

@@ -169,7 +169,8 @@ class Worker:
         return part
 
     def _missing(self, client: Client) -> int:
-        expected = sum(len(other.sent) for other in client.room.clients.values() if other is not client)
+        peers = [other for other in client.room.clients.values() if other is not client]
+        expected = sum(len(other.sent) - other.cancelled for other in peers)
         return max(0, expected - client.received)
 
 
