@@ -22,7 +22,7 @@ import prometheus
 import servers
 from browser import BrowserLoad
 from load import Load, Result, format_result, idle_memory, run_load
-from plan import CAPACITY_P99_MS
+from plan import CAPACITY_P99_MS, Plan, Series
 from results import Results
 from servers import NAIVE, OURS, Contender, Kind
 
@@ -101,6 +101,20 @@ def _retried(load: Load, label: str, results: Results, contender: Contender) -> 
     return result
 
 
+def _series_load(kind: Kind, plan: Plan, series: Series, clients: int, prefix: str) -> Load:
+    """``clients`` clients in rooms of the series' size, typing at its rate, for the plan's time."""
+    return Load(
+        kind,
+        0,
+        rooms=clients // series.room_size,
+        clients=series.room_size,
+        rate=series.rate,
+        seconds=plan.seconds,
+        procs=2 if clients >= plan.procs_from else 1,
+        room_prefix=prefix,
+    )
+
+
 def capacity(bench: Bench) -> None:
     """Each step for every server back to back, so that they share the machine's mood."""
     results = bench.results
@@ -113,16 +127,7 @@ def capacity(bench: Bench) -> None:
                 contender = bench.contenders.get(name)
                 if contender is None or name in over:
                     continue  # not built, or over capacity already: larger loads would only fail slower
-                load = Load(
-                    contender.kind,
-                    0,
-                    rooms=clients // series.room_size,
-                    clients=series.room_size,
-                    rate=series.rate,
-                    seconds=plan.seconds,
-                    procs=2 if clients >= plan.procs_from else 1,
-                    room_prefix=f"cap{series.room_size}",
-                )
+                load = _series_load(contender.kind, plan, series, clients, f"cap{series.room_size}")
                 label = f"{series.name}, {name}, {clients} clients"
                 try:
                     result = _retried(load, label, results, contender)
@@ -145,18 +150,8 @@ def capacity(bench: Bench) -> None:
 def target(bench: Bench) -> None:
     """The p99 target's load, repeated, for a median that one noisy run cannot sway."""
     plan = bench.results.plan
-    size = plan.series[0].room_size
     for index in range(plan.repeats):
-        load = Load(
-            Kind.OURS,
-            0,
-            rooms=plan.target_clients // size,
-            clients=size,
-            rate=plan.series[0].rate,
-            seconds=plan.seconds,
-            procs=2 if plan.target_clients >= plan.procs_from else 1,
-            room_prefix="target",
-        )
+        load = _series_load(Kind.OURS, plan, plan.series[0], plan.target_clients, "target")
         bench.results.target_runs.append(measure(load, f"target load, ours, run {index + 1}", bench.results, OURS))
 
 
@@ -167,16 +162,7 @@ def durability(bench: Bench) -> None:
     plan = results.plan
     series = plan.series[0]
     for clients in series.steps:
-        load = Load(
-            Kind.OURS,
-            0,
-            rooms=clients // series.room_size,
-            clients=series.room_size,
-            rate=series.rate,
-            seconds=plan.seconds,
-            procs=2 if clients >= plan.procs_from else 1,
-            room_prefix="mem",
-        )
+        load = _series_load(Kind.OURS, plan, series, clients, "mem")
         label = f"{series.name}, ours with STORE=memory, {clients} clients"
         result = measure(load, label, results, OURS, MEMORY)
         if not result.ok:  # as in the capacity series: a second chance on a shared machine
