@@ -79,6 +79,12 @@ DROPPED = Counter(
     "Connections the server closed because the client could not keep up or went silent.",
     ["reason"],
 )
+LINK_REDEMPTIONS = Counter(
+    "collab_link_redemptions_total",
+    "Links of private rooms presented (a link opened, a hello with a token), by result: ok, unknown, "
+    "revoked, ended or rate_limited.",
+    ["result"],
+)
 RATE_LIMITED = Counter("collab_rate_limited_total", "Client messages refused by the per-connection rate limit.")
 REJECTED = Counter(
     "collab_rejected_messages_total",

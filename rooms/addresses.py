@@ -12,7 +12,7 @@ from collections import OrderedDict, deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from rooms.errors import TooManyNewRooms
+from rooms.errors import TooManyFailedLinks, TooManyNewRooms
 from rooms.limits import TokenBucket, address_key
 
 # The most client addresses remembered at once (their rate buckets and recent new rooms). Idle
@@ -29,6 +29,7 @@ class Address:
     bucket: TokenBucket  # messages, across all its connections
     sessions: int = 0  # live sessions from it
     new_rooms: deque[float] = field(default_factory=deque)  # when it made rooms, within the window
+    failed_links: deque[float] = field(default_factory=deque)  # when it presented a bad link, likewise
 
     def made_room_since(self, since: float) -> bool:
         return bool(self.new_rooms) and self.new_rooms[-1] > since
@@ -37,7 +38,9 @@ class Address:
         """True when forgetting this entry changes nothing: a fresh one would be the same."""
         bucket = self.bucket
         full = bucket.tokens + (now - bucket.updated) * bucket.rate >= bucket.burst
-        return not self.sessions and full and not self.made_room_since(now - NEW_ROOM_WINDOW_SECONDS)
+        window = now - NEW_ROOM_WINDOW_SECONDS
+        failed = bool(self.failed_links) and self.failed_links[-1] > window
+        return not self.sessions and full and not self.made_room_since(window) and not failed
 
     def check_new_room(self, now: float, quota: int) -> None:
         """Raise `TooManyNewRooms` when this address made ``quota`` rooms within the window."""
@@ -46,6 +49,15 @@ class Address:
             made.popleft()
         if len(made) >= quota:
             raise TooManyNewRooms(quota, made[0] + NEW_ROOM_WINDOW_SECONDS - now)
+
+    def check_links(self, now: float, quota: int) -> None:
+        """Raise `TooManyFailedLinks` when this address presented ``quota`` bad links within
+        the window: then no link of it is even looked at until the oldest failure ages out."""
+        failed = self.failed_links
+        while failed and failed[0] <= now - NEW_ROOM_WINDOW_SECONDS:
+            failed.popleft()
+        if len(failed) >= quota:
+            raise TooManyFailedLinks(quota, failed[0] + NEW_ROOM_WINDOW_SECONDS - now)
 
 
 class AddressTable:

@@ -138,6 +138,20 @@ class ClientIdInUse(RoomError):
         )
 
 
+class Forbidden(RoomError):
+    """The member's role may not do what the message asks (see `rooms.access.allowed`), or a
+    credential is missing, unknown or revoked. Nothing changed; the connection stays open."""
+
+    code = "forbidden"
+
+
+class ReadOnly(Forbidden):
+    """An edit from a member for whom the editor is read-only (an observer, a locked or ended
+    room); nothing changed."""
+
+    code = "read_only"
+
+
 class InternalError(RoomError):
     """The server failed to handle a message (a bug); the room and the connection go on."""
 
@@ -214,6 +228,19 @@ class TooManyNewRooms(RateLimited):
             self, f"too many new rooms from this address (at most {limit} a minute); retry in {retry_after:.2f} s"
         )
         self.retry_after = retry_after
+
+
+class TooManyFailedLinks(RateLimited):
+    """A client address presented too many unknown or revoked links within a minute."""
+
+    def __init__(self, quota: int, retry_after: float) -> None:
+        self.quota = quota
+        self.retry_after = retry_after
+        RoomError.__init__(
+            self,
+            f"more than {quota} unknown or revoked links from this address within a minute; "
+            f"retry in {retry_after:.0f} s",
+        )
 
 
 class TooManyConnections(ServerBusy):

@@ -16,10 +16,11 @@ from collections.abc import Callable
 import structlog
 
 from observability import metrics
+from rooms.access import Access
 from rooms.addresses import Address
 from rooms.committer import Committer
 from rooms.document import ClientId, Document, Update
-from rooms.errors import ServerBusy, StorageUnavailable, TooManyNewRooms
+from rooms.errors import Forbidden, ServerBusy, StorageUnavailable, TooManyNewRooms
 from rooms.retention import Retention
 from rooms.room import Room, RoomId
 from rooms.settings import Settings
@@ -43,8 +44,10 @@ class LoadedRooms:
         clock: Callable[[], float],
         address: Callable[[str], Address | None],
         carry_out: Callable[[Room], None],
+        link_key: bytes = b"",
     ) -> None:
         self.settings = settings
+        self.link_key = link_key  # the key of private rooms' link secrets (`rooms.access`)
         self.store = store
         self.committer = committer
         self.retention: Retention | None = None
@@ -57,7 +60,7 @@ class LoadedRooms:
         self._open_locks: dict[RoomId, asyncio.Lock] = {}
         self._evictions: dict[RoomId, asyncio.TimerHandle] = {}
 
-    async def open(self, room_id: RoomId, address: str = "") -> Room:
+    async def open(self, room_id: RoomId, address: str = "", *, create: bool = True, private: bool = False) -> Room:
         """The room with this id, loaded from the store (or made empty) if it is not in memory.
 
         Opens of a room being loaded wait for that one load, and return in the order they were
@@ -66,7 +69,10 @@ class LoadedRooms:
         `StorageUnavailable` when the store cannot be
         read, `TooManyNewRooms` when the room is new and ``address`` made
         ``rooms_per_address_per_minute`` rooms within the last minute, and `ServerBusy` when
-        ``max_loaded_rooms`` rooms are in memory and none of them can be unloaded.
+        ``max_loaded_rooms`` rooms are in memory and none of them can be unloaded. A room the
+        store does not have is made only when ``create`` (and, unless ``private``, when the
+        server has open rooms); otherwise `Forbidden`. With ``private``, a room the store has
+        is `Forbidden` too: private rooms are only ever made new.
         """
         room = self.rooms.get(room_id)
         if room is None or room_id in self._openers:
@@ -76,7 +82,9 @@ class LoadedRooms:
                 async with lock:
                     room = self.rooms.get(room_id)
                     if room is None:
-                        room = await self._load(room_id, address)
+                        room = await self._load(room_id, address, create, private)
+                    elif private:
+                        raise Forbidden("a room with this id exists already")
             finally:
                 self._openers[room_id] -= 1
                 if not self._openers[room_id]:
@@ -91,17 +99,25 @@ class LoadedRooms:
         """The rooms being opened now (retention keeps them)."""
         return set(self._openers)
 
-    async def _load(self, room_id: RoomId, address: str) -> Room:
+    async def _load(self, room_id: RoomId, address: str, create: bool, private: bool) -> Room:
         await self.committer.wait_for(room_id)
         if self.retention is not None:
             await self.retention.wait_for_batch()  # a purge must not delete the room under its load
         try:
             stored = await self.store.load(room_id, self.settings.history_limit)
-            room = room_from_stored(room_id, stored, self.settings, self.clock) if stored is not None else None
+            room = None
+            if stored is not None:
+                room = room_from_stored(room_id, stored, self.settings, self.clock, self.link_key)
         except Exception as exc:
             # The store failed, or what it holds is damaged (a change that does not apply).
             log.exception("room_load_failed", room_id=room_id)
             raise StorageUnavailable() from exc
+        if room is None and not create:
+            raise Forbidden("there is no room with this id")
+        if room is None and not private and not self.settings.open_rooms:
+            raise Forbidden("this server has no open rooms: create a room from the start page")
+        if room is not None and private:
+            raise Forbidden("a room with this id exists already")
         limits = self._address(address) if room is None else None
         if limits is not None:
             try:
@@ -111,7 +127,7 @@ class LoadedRooms:
                 raise
         self._make_space()
         if room is None:
-            room = new_room(room_id, self.settings, self.clock)
+            room = new_room(room_id, self.settings, self.clock, self.link_key)
             if limits is not None:
                 limits.new_rooms.append(self.clock())
         self.rooms[room_id] = room
@@ -197,18 +213,25 @@ def _document(settings: Settings, text: str = "", version: int = 0, epoch: str |
     )
 
 
-def new_room(room_id: RoomId, settings: Settings, clock: Callable[[], float] = time.monotonic) -> Room:
+def new_room(
+    room_id: RoomId, settings: Settings, clock: Callable[[], float] = time.monotonic, link_key: bytes = b""
+) -> Room:
     """An empty room, with a new epoch."""
     log.info("room_created", room_id=room_id)
     document = _document(settings)
-    return Room(room_id, document, settings.default_language, settings, clock=clock)
+    return Room(room_id, document, settings.default_language, settings, clock=clock, link_key=link_key)
 
 
 def room_from_stored(
-    room_id: RoomId, stored: StoredRoom, settings: Settings, clock: Callable[[], float] = time.monotonic
+    room_id: RoomId,
+    stored: StoredRoom,
+    settings: Settings,
+    clock: Callable[[], float] = time.monotonic,
+    link_key: bytes = b"",
 ) -> Room:
-    """A room as the store kept it: its text, recent history, clients' seqs and tokens.
-    Raises `InvalidChanges` when a stored change does not apply (damaged data)."""
+    """A room as the store kept it: its text, recent history, clients' seqs and tokens, access
+    and notes. Raises `InvalidChanges` when a stored change does not apply, `ValueError` when
+    its access state cannot be read (damaged data: the room is not opened, never opened up)."""
     updates = [Update(r.version, ClientId(r.client_id), r.seq, r.change_set(), r.user_id) for r in stored.records]
     clients = {ClientId(client): last for client, last in stored.clients.items()}
     document = Document.restored(
@@ -224,8 +247,16 @@ def room_from_stored(
         diff_max_steps=settings.diff_max_steps,
     )
     room = Room(
-        room_id, document, stored.info.language, settings, clock=clock, snapshot_version=stored.snapshot_version
+        room_id,
+        document,
+        stored.info.language,
+        settings,
+        clock=clock,
+        snapshot_version=stored.snapshot_version,
+        link_key=link_key,
     )
+    room.access = Access.from_json(stored.access)
+    room.notes = stored.notes
     for client, digest in stored.tokens.items():
         if digest:
             room.bind(ClientId(client), digest)

@@ -51,9 +51,13 @@ class Member:
     username: str
     color: str
     selection: Selection | None = None
+    role: str | None = None  # in a private room: interviewer, candidate or observer
 
     def describe(self) -> dict[str, str]:
-        return {"user_id": self.user_id, "username": self.username, "color": self.color}
+        described = {"user_id": self.user_id, "username": self.username, "color": self.color}
+        if self.role is not None:
+            described["role"] = self.role
+        return described
 
 
 def pick_color(taken: Iterable[str]) -> str:
@@ -80,8 +84,8 @@ class Presence:
     def __contains__(self, user_id: object) -> bool:
         return user_id in self.members
 
-    def add(self, user_id: UserId, username: str, color: str | None = None) -> Member:
-        member = Member(user_id, username, color or pick_color(m.color for m in self))
+    def add(self, user_id: UserId, username: str, color: str | None = None, role: str | None = None) -> Member:
+        member = Member(user_id, username, color or pick_color(m.color for m in self), role=role)
         self.members[user_id] = member
         return member
 

@@ -98,6 +98,8 @@ class Hello(ClientMessage):
     batch: bool = False
     # The colour the user chose (#rrggbb); without one the room picks a free one.
     color: Annotated[str, Field(pattern=r"^#[0-9a-fA-F]{6}$")] | None = None
+    # The secret of a private room's link: it decides the member's role.
+    token: Annotated[str, Field(min_length=1, max_length=128)] | None = None
 
 
 class Push(ClientMessage):
@@ -120,15 +122,74 @@ class Language(ClientMessage):
     language: str
 
 
+# Control of a private room: interviewers only (`rooms.access`).
+
+
+class Lock(ClientMessage):
+    type: Literal["lock"]
+    locked: bool
+
+
+class Remove(ClientMessage):
+    type: Literal["remove"]
+    user_id: Annotated[str, Field(min_length=1, max_length=64)]
+
+
+class Revoke(ClientMessage):
+    type: Literal["revoke"]
+    role: Literal["candidate", "observer"]
+    # True: a new link replaces the revoked one (its secret goes to interviewers in `link`).
+    renew: bool = False
+
+
+class End(ClientMessage):
+    type: Literal["end"]
+
+
+class Notes(ClientMessage):
+    type: Literal["notes"]
+    text: str
+
+
 AnyClientMessage = Annotated[
-    Join | CodeChange | SyncRequest | Leave | Ping | Pong | Hello | Push | Cursor | Language,
+    Join
+    | CodeChange
+    | SyncRequest
+    | Leave
+    | Ping
+    | Pong
+    | Hello
+    | Push
+    | Cursor
+    | Language
+    | Lock
+    | Remove
+    | Revoke
+    | End
+    | Notes,
     Field(discriminator="type"),
 ]
 _client_adapter: TypeAdapter[AnyClientMessage] = TypeAdapter(AnyClientMessage)
 # Messages only the versioned protocol has: an error about one is answered in its format.
-VERSIONED_ONLY = frozenset({"hello", "push", "cursor", "language"})
+VERSIONED_ONLY = frozenset({"hello", "push", "cursor", "language", "lock", "remove", "revoke", "end", "notes"})
 FULL_TEXT_ONLY = frozenset({"join", "code_change", "sync_request"})
-CLIENT_TYPES = ("join", "code_change", "sync_request", "leave", "ping", "pong", "hello", "push", "cursor", "language")
+CLIENT_TYPES = (
+    "join",
+    "code_change",
+    "sync_request",
+    "leave",
+    "ping",
+    "pong",
+    "hello",
+    "push",
+    "cursor",
+    "language",
+    "lock",
+    "remove",
+    "revoke",
+    "end",
+    "notes",
+)
 
 
 def _describe(error: ValidationError) -> str:
@@ -216,6 +277,7 @@ class MemberInfo(BaseModel):
     user_id: str
     username: str
     color: str
+    role: str | None = None  # in a private room: interviewer, candidate or observer
 
 
 class UserJoined(ServerMessage):
@@ -259,6 +321,12 @@ class Welcome(ServerMessage):
     last_seq: int | None = None
     # The most parts a push may hold: a client coarsens a larger ChangeSet before sending it.
     max_change_parts: int | None = None
+    # A private room: the member's role, and whether the room is locked or ended (see `Access`).
+    role: str | None = None
+    locked: bool | None = None
+    ended: bool | None = None
+    # For interviewers: the secret of each shared role's live link (None: revoked, none now).
+    links: dict[str, str | None] | None = None
 
 
 class UpdateOut(ServerMessage):
@@ -322,6 +390,38 @@ class MemberJoined(ServerMessage):
     user_id: str
     username: str
     color: str
+    role: str | None = None
+
+
+class LockedOut(ServerMessage):
+    """The room was locked or unlocked (by ``user_id``)."""
+
+    type: Literal["locked"] = "locked"
+    locked: bool
+    user_id: str
+
+
+class EndedOut(ServerMessage):
+    """The interview was ended (by ``user_id``): a read-only record for all but interviewers."""
+
+    type: Literal["ended"] = "ended"
+    user_id: str
+
+
+class NotesOut(ServerMessage):
+    """The interviewers' notes, to interviewers only."""
+
+    type: Literal["notes"] = "notes"
+    text: str
+    user_id: str | None = None
+
+
+class LinkOut(ServerMessage):
+    """A shared role's link changed, to interviewers only: its secret, or None once revoked."""
+
+    type: Literal["link"] = "link"
+    role: str
+    token: str | None = None
 
 
 class MemberLeft(ServerMessage):

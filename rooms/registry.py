@@ -17,16 +17,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import time
 from collections.abc import Callable
 
 import structlog
 
 from observability import metrics
+from rooms.access import Role
 from rooms.addresses import Address, AddressTable
 from rooms.committer import Committer
 from rooms.document import ClientId, Update
 from rooms.errors import (
+    Forbidden,
     RateLimited,
     RoomError,
     ServerStopping,
@@ -69,8 +72,15 @@ class RoomRegistry:
     """All rooms of this process and the connections in them. See the module docstring."""
 
     def __init__(
-        self, settings: Settings, clock: Callable[[], float] = time.monotonic, store: RoomStore | None = None
+        self,
+        settings: Settings,
+        clock: Callable[[], float] = time.monotonic,
+        store: RoomStore | None = None,
+        link_key: bytes | None = None,
     ) -> None:
+        """``link_key`` derives private rooms' link secrets: keep it across restarts (the app
+        derives it from its storage secret), or the links shown to interviewers change (those
+        handed out still work: the store keeps their hashes)."""
         self.settings = settings
         self.clock = clock
         self.store = store if store is not None else MemoryStore()
@@ -80,7 +90,13 @@ class RoomRegistry:
             self.store, is_loaded=self._is_loaded, on_committed=self._committed, on_failed=self._fail_room
         )
         self.loaded = LoadedRooms(
-            settings, self.store, self.committer, clock=clock, address=self._address, carry_out=self._carry_out
+            settings,
+            self.store,
+            self.committer,
+            clock=clock,
+            address=self._address,
+            carry_out=self._carry_out,
+            link_key=link_key if link_key is not None else secrets.token_bytes(32),
         )
         self.rooms = self.loaded.rooms
         self.retention = self.loaded.retention = Retention(self)
@@ -162,12 +178,73 @@ class RoomRegistry:
                 return
             await asyncio.sleep(0)  # let the senders and the flush run
 
-    async def open(self, room_id: RoomId, address: str = "") -> Room:
+    async def open(self, room_id: RoomId, address: str = "", *, create: bool = True, private: bool = False) -> Room:
         """The room with this id, loaded if need be (see `LoadedRooms.open`); `ServerStopping`
         while shutting down."""
         if not self.accepting:
             raise ServerStopping()
-        return await self.loaded.open(room_id, address)
+        return await self.loaded.open(room_id, address, create=create, private=private)
+
+    # Private rooms
+
+    async def create_private(self, room_id: RoomId, address: str = "") -> str:
+        """Make a new private room; the secret of its interviewer link. `Forbidden` when a room
+        with this id exists already."""
+        if room_id in self.rooms:
+            raise Forbidden("a room with this id exists already")
+        room = await self.open(room_id, address, private=True)
+        try:
+            secret = room.make_private()
+        finally:
+            self._carry_out(room)
+            self.loaded.schedule_eviction(room)
+        log.info("private_room_created", room_id=room_id)
+        return secret
+
+    async def role_for(self, room_id: RoomId, token: str | None, address: str = "") -> Role | None:
+        """The role a link's secret (``token``) gives in a room: None in an open room.
+
+        Raises `Forbidden` for a room that does not exist or a secret it does not take, and
+        `TooManyFailedLinks` for an address that presented too many bad ones lately. Every
+        check is counted (``collab_link_redemptions_total``)."""
+        self._check_links(address)
+        try:
+            room = await self.open(room_id, address, create=token is None)
+        except Forbidden:
+            self._link_failed(address, "unknown")
+            raise
+        try:
+            return self._admission(room, token, address)[0]
+        finally:
+            self.loaded.schedule_eviction(room)
+
+    def _check_links(self, address: str) -> None:
+        entry = self._address(address)
+        if entry is not None:
+            try:
+                entry.check_links(self.clock(), self.settings.link_failures_per_address_per_minute)
+            except RateLimited:
+                metrics.LINK_REDEMPTIONS.labels("rate_limited").inc()
+                metrics.RATE_LIMITED.inc()
+                raise
+
+    def _admission(self, room: Room, token: str | None, address: str) -> tuple[Role | None, str | None]:
+        try:
+            admitted = room.admission(token)
+        except Forbidden as refused:
+            if token is not None:
+                link = room.access.link_for(token)
+                self._link_failed(address, "unknown" if link is None else "revoked" if link.revoked else "ended")
+            raise refused
+        if token is not None and room.access.private:
+            metrics.LINK_REDEMPTIONS.labels("ok").inc()
+        return admitted
+
+    def _link_failed(self, address: str, result: str) -> None:
+        metrics.LINK_REDEMPTIONS.labels(result).inc()
+        entry = self._address(address)
+        if entry is not None:
+            entry.failed_links.append(self.clock())
 
     def opening(self) -> set[RoomId]:
         """The rooms being opened now (retention keeps them)."""
@@ -193,10 +270,16 @@ class RoomRegistry:
         """Admit a versioned client (see `Room.join_versioned`); ``address`` as for
         `join_full_text`."""
         check_client_id(hello.client_id)  # before `open`: a refused hello makes no room
+        if hello.token is not None:
+            self._check_links(address)
         room = await self.open(room_id, address)
         # A reconnect that takes its own connection over does not count that connection twice.
         replaces = room.clients.get(ClientId(hello.client_id))
-        join = lambda shared: room.join_versioned(hello, shared)  # noqa: E731 (one call, named)
+
+        def join(shared: TokenBucket | None) -> Session:
+            self._admission(room, hello.token, address)  # counted here; the room decides again
+            return room.join_versioned(hello, shared)
+
         return self._admit(room, transport, address, join, replaces)
 
     def _admit(

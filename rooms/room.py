@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 
 import structlog
 
+from rooms.access import Access, Role
 from rooms.document import ClientId, Document, Update, caret_after
 from rooms.errors import (
     ClientIdInUse,
@@ -120,6 +121,7 @@ class Room(MessageHandling):
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         snapshot_version: int = 0,
+        link_key: bytes = b"",
     ) -> None:
         self.room_id = room_id
         self.document = document
@@ -145,6 +147,11 @@ class Room(MessageHandling):
         self.snapshot_version = snapshot_version
         self.snapshot_bytes = 0  # characters of changes stored since the last snapshot
         self.failing = False  # being reset: nothing more is stored or shown
+        # Who may do what (`rooms.room_access`): stored with the room when it changes.
+        self.access = Access()
+        self.notes = ""
+        self.link_key = link_key
+        self.access_changed = False
         self._actions: list[Action] = []
 
     def take_actions(self) -> list[Action]:
@@ -162,7 +169,9 @@ class Room(MessageHandling):
         """Admit a full-text client; it gets no reply, the others get ``user_joined``.
 
         ``shared`` is the bucket of the client's address (every connection from it spends
-        from it too); None when the address is unknown. Raises `RoomFull`."""
+        from it too); None when the address is unknown. Raises `RoomFull`, and `Forbidden` in
+        a private room (the full-text protocol has no credentials)."""
+        self.admission(None)
         return self._admit(WireProtocol.FULL_TEXT, username, None, shared)
 
     def join_versioned(self, hello: Hello, shared: TokenBucket | None = None) -> Session:
@@ -177,9 +186,11 @@ class Room(MessageHandling):
         the old socket die), and is refused otherwise (a second copy of the client, such as a
         duplicated tab, whose pushes would collide with the first one's). The catch-up the
         hello asks for is charged to ``shared`` before the client is admitted. Raises
-        `InvalidMessage`, `ClientIdInUse`, `RateLimited` or `RoomFull`.
+        `InvalidMessage`, `ClientIdInUse`, `RateLimited` or `RoomFull`, and `Forbidden` when
+        the room is private and ``hello.token`` is no live link of it (the link gives the role).
         """
         check_client_id(hello.client_id)
+        role, link_id = self.admission(hello.token)
         client_id = ClientId(hello.client_id)
         bound = self.tokens.get(client_id)
         existing = self.clients.get(client_id)
@@ -192,7 +203,8 @@ class Room(MessageHandling):
             self._charge_catch_up(hello, shared)
         if existing is not None:
             self.leave(existing, code=CLOSE_REPLACED, reason="replaced by a newer connection")
-        session = self._admit(WireProtocol.VERSIONED, hello.username, client_id, shared, hello)
+        session = self._admit(WireProtocol.VERSIONED, hello.username, client_id, shared, hello, role)
+        session.link_id = link_id
         try:
             self._welcome(session, hello)
         except BaseException:
@@ -209,6 +221,7 @@ class Room(MessageHandling):
         client_id: ClientId | None,
         shared: TokenBucket | None,
         hello: Hello | None = None,
+        role: Role | None = None,
     ) -> Session:
         settings = self.settings
         if len(self.sessions) >= settings.max_members_per_room:
@@ -224,16 +237,24 @@ class Room(MessageHandling):
             limit=MessageLimit(own, shared),
             last_seen=now,
             batch=hello is not None and hello.batch,
+            role=role,
         )
         if hello is not None and hello.resume_token is not None:
             session.resume_token = hello.resume_token
         color = hello.color.lower() if hello is not None and hello.color else None
-        member = self.presence.add(user_id, clean_username(username, settings.max_username_chars), color)
+        name = clean_username(username, settings.max_username_chars)
+        member = self.presence.add(user_id, name, color, None if role is None else role.value)
         self._announce_joined(member)  # before registering: the joiner is not told about itself
         self.sessions[user_id] = session
         if protocol is WireProtocol.VERSIONED:
             self.clients[session.client_id] = session
-        log.info("member_joined", room_id=self.room_id, user_id=user_id, protocol=protocol.value)
+        log.info(
+            "member_joined",
+            room_id=self.room_id,
+            user_id=user_id,
+            protocol=protocol.value,
+            role=None if role is None else role.value,
+        )
         return session
 
     def bind(self, client_id: ClientId, digest: str) -> None:
@@ -361,7 +382,12 @@ class Room(MessageHandling):
             self.snapshot_bytes = 0
         tokens = self.tokens
         bound = {r.client_id: tokens[ClientId(r.client_id)] for r in records if r.client_id in tokens}
-        write = RoomWrite(self.room_id, document.epoch, self.language, records, snapshot, head, tokens=bound)
+        access = None
+        if self.access_changed:
+            access, self.access_changed = self.access.to_json(), False
+        write = RoomWrite(
+            self.room_id, document.epoch, self.language, records, snapshot, head, bound, access, self.notes
+        )
         return write, self.changes_made
 
     def committed(self, count: int) -> None:
@@ -450,7 +476,9 @@ class Room(MessageHandling):
 
     def _announce_joined(self, member: Member) -> None:
         full_text = UserJoined(user_id=member.user_id, username=member.username).encode()
-        versioned = MemberJoined(user_id=member.user_id, username=member.username, color=member.color).encode()
+        versioned = MemberJoined(
+            user_id=member.user_id, username=member.username, color=member.color, role=member.role
+        ).encode()
         for session in list(self.sessions.values()):
             if session.protocol is WireProtocol.FULL_TEXT:
                 self._send(Send(session, full_text, "user_joined"))

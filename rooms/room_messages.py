@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import structlog
 
+from rooms.access import Act, refusal
 from rooms.changes import ChangeSet
 from rooms.document import ClientId, Document, Unchanged, Update
 from rooms.errors import (
@@ -35,15 +36,20 @@ from rooms.protocol import (
     CodeChangeOut,
     Cursor,
     CursorOut,
+    End,
     Hello,
     Join,
     Language,
     LanguageOut,
     Leave,
+    Lock,
     MemberInfo,
+    Notes,
     Ping,
     Pong,
     Push,
+    Remove,
+    Revoke,
     SyncRequest,
     Welcome,
     WireProtocol,
@@ -51,6 +57,7 @@ from rooms.protocol import (
     encode_changes,
     encode_update,
 )
+from rooms.room_access import ACTS, AccessControl
 from rooms.session import CLOSE_NORMAL, STORE, Action, DropReason, Send, Session
 from rooms.settings import Settings
 from rooms.store import Record
@@ -73,8 +80,9 @@ CURSOR_MAX_LAG = 100
 _PROTOCOL_NAMES = {WireProtocol.FULL_TEXT: "full-text", WireProtocol.VERSIONED: "versioned"}
 
 
-class MessageHandling:
-    """The decisions a `Room` makes about its clients' messages (see the module docstring)."""
+class MessageHandling(AccessControl):
+    """The decisions a `Room` makes about its clients' messages (see the module docstring);
+    who may send which is `AccessControl`'s."""
 
     room_id: str
     document: Document
@@ -148,6 +156,7 @@ class MessageHandling:
             resume_token=session.resume_token,
             last_seq=document.last_seq(session.client_id),
             max_change_parts=self.settings.max_change_parts,
+            **self.welcome_access(session),
         )
         cursors = [
             CursorOut(
@@ -161,8 +170,10 @@ class MessageHandling:
         ]
         # One burst, so that a long catch-up (up to HISTORY_LIMIT updates) is not taken for a
         # client falling behind.
-        burst = (welcome.encode(), *(catch_up or ()), *cursors)
-        self._send(Send(session, burst, "welcome", extra=(("update", len(catch_up or ())), ("cursor", len(cursors)))))
+        notes = self.welcome_notes(session)
+        burst = (welcome.encode(), *(catch_up or ()), *cursors, *(() if notes is None else (notes,)))
+        extra = (("update", len(catch_up or ())), ("cursor", len(cursors)), *(() if notes is None else (("notes", 1),)))
+        self._send(Send(session, burst, "welcome", extra=extra))
 
     def dispatch(self, session: Session, message: AnyClientMessage) -> None:
         """Apply one parsed, charged message. Raises `RoomError` for the caller to report."""
@@ -171,6 +182,12 @@ class MessageHandling:
                 f"{message.type} is not a message of the {_PROTOCOL_NAMES[session.protocol]} protocol "
                 "this connection speaks"
             )
+        act = ACTS.get(message.type)
+        if act is not None and not self.may(session, act):
+            error = refusal(session.role, act)
+            if isinstance(message, Push):
+                error.seq = message.seq  # the client learns which batch was refused
+            raise error
         match message:
             case Push():
                 self._push(session, message)
@@ -189,6 +206,8 @@ class MessageHandling:
                 pass
             case Leave():
                 self.leave(session, code=CLOSE_NORMAL, reason="left")
+            case Lock() | Remove() | Revoke() | End() | Notes():
+                self.control(session, message)
             case Join() | Hello():
                 raise InvalidMessage(f"already joined; {message.type} is only valid as the first message")
 
@@ -315,6 +334,7 @@ class MessageHandling:
         if session.closed:
             return None
         self.charge(session, 1)
+        self.check(session, Act.RESTORE)
         document = self.document
         update = document.replace(text, ClientId(RESTORE_CLIENT), document.version + 1, session.user_id)
         if update is None:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
+from rooms.access import Role
 from rooms.document import ClientId
 from rooms.errors import RoomError
 from rooms.limits import MessageLimit
@@ -35,6 +36,7 @@ CLOSE_POLICY = 1008
 CLOSE_SERVICE_RESTART = 1012
 CLOSE_TRY_AGAIN_LATER = 1013
 CLOSE_REPLACED = 4001  # private-use code: a newer connection took over this client_id
+CLOSE_REVOKED = 4003  # private-use code: removed, its link revoked, or the interview ended
 
 
 class DropReason(StrEnum):
@@ -68,6 +70,9 @@ class Session:
     close_code: int = CLOSE_NORMAL
     close_reason: str = ""
     resume_token: str = field(default_factory=lambda: secrets.token_urlsafe(16))
+    # In a private room: its role, and the link it came through (revoking that link ends it).
+    role: Role | None = None
+    link_id: str | None = None
 
 
 @dataclass(slots=True)  # not frozen: one is made per recipient of every update, and frozen

@@ -84,6 +84,11 @@ class Settings(BaseSettings):
     forwarded_allow_ips: Annotated[list[str], NoDecode] = Field(default_factory=list)
     room_retention_days: float = Field(default=30.0, ge=0)
 
+    # Private rooms (docs/configuration.md, "Interview rooms")
+    open_rooms: bool = True
+    max_notes_chars: int = Field(default=20_000, ge=1)
+    link_failures_per_address_per_minute: int = Field(default=20, ge=1)
+
     # HTTP edge and the rooms API
     allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
     request_header_timeout_seconds: float = Field(default=10.0, gt=0)

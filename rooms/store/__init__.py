@@ -90,6 +90,10 @@ class RoomWrite:
     # row, so only for clients with records in this write; a client missing here, or with "",
     # keeps the token it had.
     tokens: Mapping[str, str] = field(default_factory=dict)
+    # The room's access state (`rooms.access.Access.to_json`) and interviewers' notes: both
+    # given when either changed, None (with ``notes``) when neither did.
+    access: str | None = None
+    notes: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +119,8 @@ class StoredRoom:
     clients: dict[str, tuple[int, int]] = field(default_factory=dict)
     # client_id -> token hash, for the clients bound to a token
     tokens: dict[str, str] = field(default_factory=dict)
+    access: str = ""  # "" for an open room (see `rooms.access.Access.from_json`)
+    notes: str = ""
 
     def text(self) -> str:
         """The text at the head: the snapshot with the records after it applied."""

@@ -35,6 +35,8 @@ class _Room:
     snapshots: dict[int, str] = field(default_factory=lambda: {0: ""})
     clients: dict[str, tuple[int, int]] = field(default_factory=dict)
     tokens: dict[str, str] = field(default_factory=dict)
+    access: str = ""
+    notes: str = ""
 
     def records_after(self, version: int, limit: int | None = None) -> list[Record]:
         """The kept records after ``version``, found by bisection: a read costs what it returns."""
@@ -91,6 +93,8 @@ class MemoryStore(Store):
             if write.snapshot is not None:
                 room.snapshots[head] = write.snapshot
                 self._prune(room)
+            if write.access is not None:
+                room.access, room.notes = write.access, write.notes
         self.commits += 1
 
     def _prune(self, room: _Room) -> None:
@@ -115,6 +119,8 @@ class MemoryStore(Store):
             records=room.records_after(start),
             clients=dict(room.clients),
             tokens=dict(room.tokens),
+            access=room.access,
+            notes=room.notes,
         )
 
     async def info(self, room_id: str) -> RoomInfo | None:

@@ -253,6 +253,7 @@ class SqliteStore(Store):
             ],
             [[write.room_id, write.snapshot] for write in writes if write.snapshot is not None],
             self.clock(),
+            [[write.room_id, write.access, write.notes] for write in writes if write.access is not None],
         ]
         encoded = _JSON.encode(batch)
         # How the encoder writes U+0000 and U+0001 (or a text holding such an escape: rare, and
@@ -346,7 +347,9 @@ class SqliteStore(Store):
                 clients[client] = (seq, version)
                 if token:
                     tokens[client] = token
-            return StoredRoom(info, snapshot_version, snapshot_text, records, clients, tokens)
+            row = db.execute("SELECT access, notes FROM access WHERE room_id = ?", (room_id,)).fetchone()
+            access, notes = row if row is not None else ("", "")
+            return StoredRoom(info, snapshot_version, snapshot_text, records, clients, tokens, access, notes)
         finally:
             db.execute("COMMIT")
 
@@ -442,7 +445,7 @@ class SqliteStore(Store):
             query = f"SELECT room_id {_EXPIRED} AND room_id > ?3 ORDER BY room_id LIMIT ?4"
             rooms = [row[0] for row in db.execute(query, (before, kept, after, size))]
             chosen = _JSON.encode(rooms)
-            for table in ("updates", "snapshots", "clients", "rooms"):
+            for table in ("updates", "snapshots", "clients", "access", "rooms"):
                 db.execute(f"DELETE FROM {table} WHERE room_id IN (SELECT value FROM json_each(?))", (chosen,))
             db.execute("COMMIT")
         except BaseException:

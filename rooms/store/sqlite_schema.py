@@ -12,7 +12,7 @@ import stat
 from collections.abc import Callable
 from pathlib import Path
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 HEADER = b"SQLite format 3\x00"
 
 SCHEMA = """
@@ -51,17 +51,25 @@ CREATE TABLE clients (
     token TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (room_id, client_id)
 ) WITHOUT ROWID;
+CREATE TABLE access (
+    room_id TEXT PRIMARY KEY,
+    access TEXT NOT NULL,
+    notes TEXT NOT NULL
+) WITHOUT ROWID;
 """
+# The tables every schema version has (a migration adds the others).
 TABLES = {"rooms", "updates", "snapshots", "clients"}
 # The statements that bring a file of schema version N to N + 1.
 MIGRATIONS = {
     1: "ALTER TABLE clients ADD COLUMN token TEXT NOT NULL DEFAULT '';",
+    2: "CREATE TABLE access (room_id TEXT PRIMARY KEY, access TEXT NOT NULL, notes TEXT NOT NULL) WITHOUT ROWID;",
 }
 
 # Commits: one JSON batch, spread over the tables by a trigger of the writer's connection
 # (temporary: nothing of it is in the file). The batch is [rooms, updates, clients, snapshots,
-# time]: rooms as [room_id, epoch, language, head or null, first version or null], updates and
-# clients as their tables' columns, snapshots as [room_id, text] (at the room's new head).
+# time, access]: rooms as [room_id, epoch, language, head or null, first version or null],
+# updates and clients as their tables' columns, snapshots as [room_id, text] (at the room's new
+# head), access as [room_id, access, notes] for the rooms whose access or notes changed.
 # Every room of the batch gets `updated`, with records or without (a room opened, a language
 # changed), so that retention counts from the last use.
 CONFLICT = "collab: the first version of a commit does not follow the head of its room"
@@ -113,6 +121,8 @@ CREATE TEMP TRIGGER {name} INSTEAD OF INSERT ON incoming WHEN {when} BEGIN
     INSERT OR REPLACE INTO snapshots
         SELECT {t("value", 0)}, (SELECT version FROM rooms WHERE room_id = {t("value", 0)}), {t("value", 1)}
         FROM json_each(NEW.batch, '$[3]');
+    INSERT OR REPLACE INTO access
+        SELECT {t("value", 0)}, {t("value", 1)}, {t("value", 2)} FROM json_each(NEW.batch, '$[5]');
 END;
 """
 

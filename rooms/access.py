@@ -1,0 +1,178 @@
+"""Who may do what in a room: roles, the permission table, and the links that grant roles.
+
+A room is *open* (anyone who knows its id joins, and may do everything but control it: the
+full-text protocol and raw clients that name a room) or *private* (created from the start page:
+only a link's secret admits, and the link says the role). The permission table is `allowed`;
+`Room` asks it for every message, so a role that changes while connected (a lock, the end of
+the interview) takes effect for the next message.
+
+A link's secret is never stored: it is an HMAC of the room id and the link's id under the
+server's link key, so the server can show it again to interviewers, and the store keeps only its
+SHA-256 (`Link.digest`), which is what a presented secret is checked against. Revoking a link
+keeps its row (with the time), so a revoked secret is refused rather than unknown, and a new
+link gets a new id, hence a new secret.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import secrets
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from rooms.errors import Forbidden, ReadOnly
+
+# 32 bytes of HMAC-SHA256, URL-safe base64 without padding: 43 characters, 256 bits.
+LINK_SECRET_CHARS = 43
+LINK_ID_BYTES = 12
+# A room keeps at most this many revoked links (the oldest go first): revoking in a loop must
+# not grow the room's stored state without end.
+MAX_REVOKED_LINKS = 50
+
+
+class Role(StrEnum):
+    INTERVIEWER = "interviewer"  # owns the room: everything
+    CANDIDATE = "candidate"  # edits, unless the room is locked or ended
+    OBSERVER = "observer"  # watches: text, cursors, presence; never changes anything
+
+
+class Act(StrEnum):
+    """What a message asks to do, as the permission table knows it."""
+
+    EDIT = "edit"  # push, code_change
+    LANGUAGE = "language"
+    RESTORE = "restore"  # make an earlier version the current text
+    CURSOR = "cursor"
+    HISTORY = "history"  # read the history (API, playback view)
+    NOTES = "notes"  # read and write the interviewers' notes
+    CONTROL = "control"  # lock, remove, revoke, end
+
+
+# Roles whose links an interviewer hands out (and may revoke or renew).
+SHARED_ROLES = (Role.CANDIDATE, Role.OBSERVER)
+
+
+def allowed(role: Role | None, act: Act, *, locked: bool = False, ended: bool = False) -> bool:
+    """The permission table. ``role`` is None for a member of an open room.
+
+    ============  ====  ========  =======  ======  =======  =====  =======
+    role          edit  language  restore  cursor  history  notes  control
+    ============  ====  ========  =======  ======  =======  =====  =======
+    open room     yes   yes       yes      yes     yes      no     no
+    interviewer   yes   yes       yes      yes     yes      yes    yes
+    candidate     [1]   [1]       no       [2]     no       no     no
+    observer      no    no        no       no      no       no     no
+    ============  ====  ========  =======  ======  =======  =====  =======
+
+    [1] unless the room is locked or ended. [2] unless the room is ended.
+    """
+    if role is None:
+        return act not in (Act.NOTES, Act.CONTROL)
+    if role is Role.INTERVIEWER:
+        return True
+    if role is Role.CANDIDATE:
+        if act in (Act.EDIT, Act.LANGUAGE):
+            return not (locked or ended)
+        if act is Act.CURSOR:
+            return not ended
+    return False
+
+
+def refusal(role: Role | None, act: Act) -> Forbidden:
+    """The error for a message the table does not allow: `ReadOnly` for an edit."""
+    who = "a member of an open room" if role is None else f"the {role.value} role"
+    if act is Act.EDIT:
+        return ReadOnly(f"the editor is read-only for {who} now; the change was not applied")
+    return Forbidden(f"{act.value} is not allowed for {who}")
+
+
+def link_secret(key: bytes, room_id: str, link_id: str) -> str:
+    """The secret of a link: derived, never stored (see the module docstring)."""
+    mac = hmac.new(key, f"{room_id}\0{link_id}".encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+
+
+def secret_digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+@dataclass(slots=True)
+class Link:
+    link_id: str
+    role: Role
+    digest: str  # SHA-256 of the secret, hex
+    created: float  # Unix time
+    revoked: float | None = None
+
+
+@dataclass(slots=True)
+class Access:
+    """A room's access state: private or open, locked, ended, and its links (stored with it)."""
+
+    private: bool = False
+    locked: bool = False
+    ended: bool = False
+    links: list[Link] = field(default_factory=list)
+
+    def link_for(self, secret: str) -> Link | None:
+        """The link a secret belongs to, revoked or not; None when it is none of this room's."""
+        if not secret or len(secret) > 2 * LINK_SECRET_CHARS:
+            return None
+        digest = secret_digest(secret)
+        for link in self.links:
+            if hmac.compare_digest(link.digest, digest):
+                return link
+        return None
+
+    def current(self, role: Role) -> Link | None:
+        """The live link of a role (the newest not revoked), if it has one."""
+        for link in reversed(self.links):
+            if link.role is role and link.revoked is None:
+                return link
+        return None
+
+    def add_link(self, role: Role, key: bytes, room_id: str, now: float) -> Link:
+        link_id = secrets.token_urlsafe(LINK_ID_BYTES)
+        link = Link(link_id, role, secret_digest(link_secret(key, room_id, link_id)), now)
+        self.links.append(link)
+        return link
+
+    def revoke(self, role: Role, now: float) -> list[str]:
+        """Revoke every live link of a role; the ids of those revoked."""
+        revoked = []
+        for link in self.links:
+            if link.role is role and link.revoked is None:
+                link.revoked = now
+                revoked.append(link.link_id)
+        dead = [link for link in self.links if link.revoked is not None]
+        for link in dead[: max(0, len(dead) - MAX_REVOKED_LINKS)]:
+            self.links.remove(link)
+        return revoked
+
+    def is_live(self, link_id: str | None) -> bool:
+        return any(link.link_id == link_id and link.revoked is None for link in self.links)
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "private": self.private,
+                "locked": self.locked,
+                "ended": self.ended,
+                "links": [[x.link_id, x.role.value, x.digest, x.created, x.revoked] for x in self.links],
+            },
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> Access:
+        """What `to_json` wrote; "" is an open room. Raises `ValueError` on anything else."""
+        if not text:
+            return cls()
+        data = json.loads(text)
+        links = [
+            Link(str(i), Role(r), str(d), float(c), None if v is None else float(v)) for i, r, d, c, v in data["links"]
+        ]
+        return cls(bool(data["private"]), bool(data["locked"]), bool(data["ended"]), links)

@@ -1,0 +1,216 @@
+"""Who may do what in a room, decided per message: the access half of `rooms.room.Room`.
+
+A private room admits a versioned client only with a live link's secret (`admission`), and the
+link decides its role. Every message is checked against the permission table
+(`rooms.access.allowed`) when it arrives, so a lock, a revocation or the end of the interview
+takes effect for the next message of everyone concerned. Interviewers control the room with
+``lock``, ``remove``, ``revoke`` and ``end``, and share notes that no other role's connection is
+ever sent. Access changes and notes are stored with the room, like its language: durable
+before anyone is told.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+from rooms.access import SHARED_ROLES, Access, Act, Role, allowed, link_secret, refusal
+from rooms.document import Document
+from rooms.errors import Forbidden, InvalidMessage
+from rooms.presence import UserId
+from rooms.protocol import End, EndedOut, LinkOut, Lock, LockedOut, Notes, NotesOut, Remove, Revoke
+from rooms.session import CLOSE_REVOKED, Send, Session
+from rooms.settings import Settings
+
+log = structlog.get_logger("collab.rooms")
+
+# The act of each message type the permission table decides; the others are always allowed.
+ACTS = {
+    "push": Act.EDIT,
+    "code_change": Act.EDIT,
+    "language": Act.LANGUAGE,
+    "cursor": Act.CURSOR,
+    "notes": Act.NOTES,
+    "lock": Act.CONTROL,
+    "remove": Act.CONTROL,
+    "revoke": Act.CONTROL,
+    "end": Act.CONTROL,
+}
+
+
+class AccessControl:
+    """The access decisions of a `Room` (see the module docstring)."""
+
+    room_id: str
+    document: Document
+    settings: Settings
+    sessions: dict[UserId, Session]
+    wall_clock: Callable[[], float]
+    access: Access
+    notes: str
+    link_key: bytes
+    access_changed: bool
+
+    @abstractmethod
+    def _send(self, send: Send) -> None: ...
+
+    @abstractmethod
+    def mark_changed(self) -> None: ...
+
+    @abstractmethod
+    def leave(self, session: Session, drop: None = None, *, code: int = ..., reason: str = ...) -> None: ...
+
+    def make_private(self) -> str:
+        """Make the room private, with a live link for every role; the interviewer's secret.
+        Only a room nobody has joined yet can be made private."""
+        if self.sessions or self.access.private or self.document.version:
+            raise Forbidden("only a new room can be made private")
+        now = self.wall_clock()
+        self.access.private = True
+        for role in Role:
+            self.access.add_link(role, self.link_key, self.room_id, now)
+        self._access_changed()
+        secret = self.secret_of(Role.INTERVIEWER)
+        assert secret is not None
+        return secret
+
+    def secret_of(self, role: Role) -> str | None:
+        """The secret of the role's live link, if it has one (for interviewers' eyes only)."""
+        link = self.access.current(role)
+        return None if link is None else link_secret(self.link_key, self.room_id, link.link_id)
+
+    def admission(self, token: str | None) -> tuple[Role | None, str | None]:
+        """The role and link a joining client gets; `Forbidden` when it may not join."""
+        access = self.access
+        if not access.private:
+            if not self.settings.open_rooms:
+                raise Forbidden("this server has no open rooms: create a room from the start page")
+            return None, None
+        if token is None:
+            raise Forbidden("this room is private: join with the token of a link to it")
+        link = access.link_for(token)
+        if link is None:
+            raise Forbidden("this link is not one of this room's")
+        if link.revoked is not None:
+            raise Forbidden("this link was revoked: ask the interviewer for a new one")
+        if access.ended and link.role is Role.CANDIDATE:
+            raise Forbidden("the interview has ended")
+        return link.role, link.link_id
+
+    def may(self, session: Session, act: Act) -> bool:
+        access = self.access
+        return allowed(session.role, act, locked=access.locked, ended=access.ended)
+
+    def check(self, session: Session, act: Act) -> None:
+        """`Forbidden` (`ReadOnly` for an edit) unless the session's role may do ``act`` now."""
+        if not self.may(session, act):
+            raise refusal(session.role, act)
+
+    def control(self, session: Session, message: Lock | Remove | Revoke | End | Notes) -> None:
+        """Apply an interviewer's control message (already checked against the table)."""
+        if not self.access.private:
+            raise Forbidden(f"{message.type} needs a private room")
+        match message:
+            case Lock():
+                self._lock(session, message.locked)
+            case Remove():
+                self._remove(session, UserId(message.user_id))
+            case Revoke():
+                self._revoke(session, Role(message.role), message.renew)
+            case End():
+                self._end(session)
+            case Notes():
+                self._set_notes(session, message.text)
+
+    def _lock(self, session: Session, locked: bool) -> None:
+        if self.access.ended:
+            raise Forbidden("the interview has ended: the room stays read-only")
+        if self.access.locked == locked:
+            return
+        self.access.locked = locked
+        self._access_changed()
+        self._to_all(LockedOut(locked=locked, user_id=session.user_id).encode(), "locked")
+        log.info("room_locked" if locked else "room_unlocked", room_id=self.room_id, user_id=session.user_id)
+
+    def _remove(self, session: Session, user_id: UserId) -> None:
+        target = self.sessions.get(user_id)
+        if target is None:
+            raise InvalidMessage(f"no member {user_id[:64]!r} in this room")
+        if target.role is Role.INTERVIEWER or target.role is None:
+            raise Forbidden("interviewers cannot be removed")
+        # Its link is revoked: the member cannot come back through it (nor anyone else).
+        self._revoke(session, target.role, renew=False, reason="removed from the room")
+        log.info("member_removed", room_id=self.room_id, user_id=session.user_id, removed=user_id)
+
+    def _revoke(self, session: Session, role: Role, renew: bool, reason: str = "link revoked") -> None:
+        if role not in SHARED_ROLES:
+            raise Forbidden(f"the {role.value} link cannot be revoked")
+        now = self.wall_clock()
+        revoked = self.access.revoke(role, now)
+        if renew:
+            self.access.add_link(role, self.link_key, self.room_id, now)
+        self._access_changed()
+        self._end_sessions(set(revoked), reason)
+        self._to_interviewers(LinkOut(role=role.value, token=self.secret_of(role)).encode(), "link")
+        log.info("link_revoked", room_id=self.room_id, user_id=session.user_id, role=role.value, renewed=renew)
+
+    def _end(self, session: Session) -> None:
+        if self.access.ended:
+            return
+        self.access.ended = True
+        revoked = self.access.revoke(Role.CANDIDATE, self.wall_clock())
+        self._access_changed()
+        self._to_all(EndedOut(user_id=session.user_id).encode(), "ended")
+        self._end_sessions(set(revoked), "the interview has ended")
+        self._to_interviewers(LinkOut(role=Role.CANDIDATE.value).encode(), "link")
+        log.info("interview_ended", room_id=self.room_id, user_id=session.user_id)
+
+    def _set_notes(self, session: Session, text: str) -> None:
+        limit = self.settings.max_notes_chars
+        if len(text) > limit:
+            raise InvalidMessage(f"notes are {len(text)} characters, the limit is {limit}; they were not saved")
+        if text == self.notes:
+            return
+        self.notes = text
+        self._access_changed()
+        out = NotesOut(text=text, user_id=session.user_id).encode()
+        for other in list(self.sessions.values()):
+            if other is not session and other.role is Role.INTERVIEWER:
+                self._send(Send(other, out, "notes"))
+
+    def welcome_access(self, session: Session) -> dict[str, Any]:
+        """The welcome's fields about access: none in an open room."""
+        access = self.access
+        if not access.private:
+            return {}
+        fields: dict[str, Any] = {"role": session.role, "locked": access.locked, "ended": access.ended}
+        if session.role is Role.INTERVIEWER:
+            fields["links"] = {role.value: self.secret_of(role) for role in SHARED_ROLES}
+        return fields
+
+    def welcome_notes(self, session: Session) -> str | None:
+        """The notes message a joining interviewer gets after its welcome; None for any other."""
+        if session.role is not Role.INTERVIEWER:
+            return None
+        return NotesOut(text=self.notes).encode()
+
+    def _end_sessions(self, link_ids: set[str], reason: str) -> None:
+        for other in list(self.sessions.values()):
+            if other.link_id is not None and other.link_id in link_ids:
+                self.leave(other, code=CLOSE_REVOKED, reason=reason)
+
+    def _access_changed(self) -> None:
+        self.access_changed = True
+        self.mark_changed()
+
+    def _to_all(self, message: str, kind: str) -> None:
+        for other in list(self.sessions.values()):
+            self._send(Send(other, message, kind))
+
+    def _to_interviewers(self, message: str, kind: str) -> None:
+        for other in list(self.sessions.values()):
+            if other.role is Role.INTERVIEWER:
+                self._send(Send(other, message, kind))
