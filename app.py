@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import gc
+import hashlib
+import hmac
 import os
 import secrets
 import time
@@ -26,7 +28,7 @@ from nicegui import core, ui
 from nicegui.storage import Storage
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from api import edge, health, rooms, ws
+from api import edge, health, links, rooms, ws
 from api.origins import is_loopback, origin_allowed
 from api.uvicorn_fast_path import DirectWrites, fast_path, server_options
 from observability.logs import configure_logging, set_room_log_key
@@ -53,6 +55,12 @@ def storage_secret(settings: Settings) -> str:
         return path.read_text(encoding="ascii").strip() or _new_secret(path)
     except FileNotFoundError:
         return _new_secret(path)
+
+
+def link_key(settings: Settings) -> bytes:
+    """The key private rooms' link secrets are derived with (`rooms.access.link_secret`): from
+    the storage secret, so the links shown to interviewers stay the same across restarts."""
+    return hmac.new(storage_secret(settings).encode(), b"collab pad link key", hashlib.sha256).digest()
 
 
 def private_directory(path: Path) -> Path:
@@ -116,7 +124,7 @@ class CollabPad(FastAPI):
 def create_app(settings: Settings, store: Store) -> CollabPad:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        registry = RoomRegistry(settings, store=store)
+        registry = RoomRegistry(settings, store=store, link_key=link_key(settings))
         await registry.start()  # opens the store, if `main` has not already
         app.state.registry = registry
         tune_collector()  # here, not in `main`: `uvicorn app:app` gets it too
@@ -133,6 +141,8 @@ def create_app(settings: Settings, store: Store) -> CollabPad:
     # API routes first: NiceGUI is mounted at "/" and would otherwise shadow them.
     application.include_router(health.router)
     application.include_router(ws.router)
+    application.include_router(links.router)
+    application.include_router(links.create_router)  # before `rooms.router`, which answers the rest
     application.include_router(rooms.router)
     pages.register(pages.Services(registry=lambda: application.state.registry, settings=settings))
     # NiceGUI's per-browser storage (names, colours, theme) lives in DATA_DIR too.

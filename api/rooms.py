@@ -7,9 +7,12 @@ only memory knows is taken from the loaded room: its language (a change is commi
 next batch) and its member count. A room that is loaded but has committed nothing yet exists,
 at version 0 with an empty text.
 
-Reading needs the room id and nothing else: the id is the room's secret (a 96-bit token in its
-link), and whoever has it can read the room through its page anyway. Browsers on other sites
-are refused by the same ``Origin`` rule as ``/ws``. Nothing here creates or loads a room.
+An open room is read with its id and nothing else: the id is the room's secret (a 96-bit token
+in its link), and whoever has it can read the room through its page anyway. A private room
+answers only requests with one of its links' secrets (``Authorization: Bearer`` or the room's
+cookie: `api.credentials`): its text for every role, its versions and history for interviewers
+only (a candidate's deleted text is in them). Checking that loads the room (nothing here makes
+one). Browsers on other sites are refused by the same ``Origin`` rule as ``/ws``.
 
 Every error is ``{"error": code, "message": ...}`` with the HTTP status (see docs/api.md), and
 every response carries ``Cache-Control: no-store``: room texts must not linger in caches.
@@ -37,10 +40,12 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 
+from api.credentials import credential
 from api.health import running_registry
 from api.origins import is_loopback, origin_allowed
+from rooms.access import Act, allowed
 from rooms.addresses import AddressTable
-from rooms.errors import RateLimited
+from rooms.errors import Forbidden, RateLimited, RoomError, UnknownRoom
 from rooms.limits import ROOM_ID
 from rooms.registry import RoomRegistry
 from rooms.settings import Settings
@@ -248,6 +253,29 @@ def _integer(raw: str | None, name: str, default: int) -> int:
     return value
 
 
+async def _authorize(request: Request, registry: RoomRegistry, room_id: str, act: Act | None) -> None:
+    """Let the request on unless the room is private and its credential does not allow ``act``
+    (None: reading the text, which every role may)."""
+    token = credential(request, room_id)
+    try:
+        role = await registry.role_for(room_id, token, request.client.host if request.client else "")
+    except UnknownRoom:
+        raise not_found(room_id) from None
+    except RateLimited as limited:
+        raise Refused(429, limited.code, str(limited), max(1, math.ceil(limited.retry_after))) from None
+    except Forbidden as refused:
+        raise ApiError(403, refused.code, f"{refused} (send it as Authorization: Bearer <token>)") from None
+    except RoomError:
+        raise storage_unavailable() from None
+    room = registry.rooms.get(room_id)
+    if (
+        act is not None
+        and room is not None
+        and not allowed(role, act, locked=room.access.locked, ended=room.access.ended)
+    ):
+        raise ApiError(403, "forbidden", f"only interviewers may read this room's {act.value}")
+
+
 async def _read(call: Awaitable[T], room_id: str) -> T:
     """The store's answer; its failures (other than a missing room or version) become a 503."""
     try:
@@ -347,7 +375,9 @@ async def _current(registry: RoomRegistry, room_id: str) -> tuple[RoomState, str
 @router.get("/{room_id}")
 async def room_info(request: Request, room_id: str) -> JSONResponse:
     """The room's committed text and version, its language and how many members are in it."""
-    state, text = await _current(_registry(request, room_id), room_id)
+    registry = _registry(request, room_id)
+    await _authorize(request, registry, room_id, None)
+    state, text = await _current(registry, room_id)
     return JSONResponse(
         {
             "room_id": room_id,
@@ -366,6 +396,7 @@ async def text_at_version(request: Request, room_id: str, version: str) -> JSONR
     """The room's text at one kept version."""
     registry = _registry(request, room_id)
     number = _integer(version, "version", 0)
+    await _authorize(request, registry, room_id, Act.HISTORY)
     state = await _state(registry, room_id)
     # The store's own error, so that both checks (this one, and the store's after a prune
     # that raced with us) give one message naming the kept range.
@@ -388,6 +419,7 @@ async def history(request: Request, room_id: str, since: str | None = None, limi
     count = _integer(limit, "limit", DEFAULT_HISTORY_PAGE)
     if not 1 <= count <= MAX_HISTORY_PAGE:
         raise invalid_parameter(f"limit must be 1 to {MAX_HISTORY_PAGE}, got {count}")
+    await _authorize(request, registry, room_id, Act.HISTORY)
     state = await _state(registry, room_id)
     if after > state.head:
         raise out_of_range(f"since {after} is past the last version: since must be 0 to {state.head}")
@@ -430,10 +462,14 @@ async def history(request: Request, room_id: str, since: str | None = None, limi
 )
 async def elsewhere(request: Request) -> JSONResponse:
     if request.method != "GET":
+        creating = request.url.path.rstrip("/") == "/api/rooms"
         response = ApiError(
-            405, "method_not_allowed", f"{request.method} is not allowed: the rooms API is read-only, use GET"
+            405,
+            "method_not_allowed",
+            f"{request.method} is not allowed here: "
+            + ("POST makes a private room" if creating else "the rooms API reads rooms with GET"),
         ).response()
-        response.headers["Allow"] = "GET"
+        response.headers["Allow"] = "POST" if creating else "GET"
         return response
     raise ApiError(
         404,

@@ -59,7 +59,9 @@ REDACTED_SUFFIXES = ("_secret", "_token", "_password")
 
 # Where a room id appears in a URL path: the segment after one of these prefixes. Any segment
 # is tagged, a malformed id too (the server refuses it, but its author may still mean it).
-ROOM_PATH = re.compile(r"(/(?:ws|room|api/rooms)/)([^/?#\s\"'~][^/?#\s\"']*)")
+ROOM_PATH = re.compile(r"(/(?:ws|room|join|api/rooms)/)([^/?#\s\"'~][^/?#\s\"']*)")
+# A link's secret, after its room in a ``/join/<room>/<secret>`` path: never logged at all.
+LINK_SECRET = re.compile(r"(/join/[^/?#\s\"']+/)[^/?#\s\"']+")
 # A WebSocket library's debug lines show each frame's first and last bytes (a resume token, a
 # document's text) and each header (a session cookie): the payload goes, the frame's kind and
 # size stay.
@@ -98,6 +100,7 @@ def redact_room_paths(text: str) -> str:
     """``text`` with every room id in a path replaced by ``~`` and its tag."""
     if "/" not in text:
         return text
+    text = LINK_SECRET.sub(r"\1[redacted]", text)
     return ROOM_PATH.sub(lambda match: f"{match[1]}{TAG_MARK}{room_tag(match[2])}", text)
 
 

@@ -89,6 +89,25 @@ def refusal(role: Role | None, act: Act) -> Forbidden:
     return Forbidden(f"{act.value} is not allowed for {who}")
 
 
+def admit(access: Access, token: str | None, *, open_rooms: bool) -> tuple[Role | None, Link | None]:
+    """The role (and link) a client presenting ``token`` joins with; `Forbidden` when it may
+    not join. An open room takes anyone (``open_rooms``), whatever token it brings."""
+    if not access.private:
+        if not open_rooms:
+            raise Forbidden("this server has no open rooms: create a room from the start page")
+        return None, None
+    if token is None:
+        raise Forbidden("this room is private: join with the token of a link to it")
+    link = access.link_for(token)
+    if link is None:
+        raise Forbidden("this link is not one of this room's")
+    if link.revoked is not None:
+        raise Forbidden("this link was revoked: ask the interviewer for a new one")
+    if access.ended and link.role is Role.CANDIDATE:
+        raise Forbidden("the interview has ended")
+    return link.role, link
+
+
 def link_secret(key: bytes, room_id: str, link_id: str) -> str:
     """The secret of a link: derived, never stored (see the module docstring)."""
     mac = hmac.new(key, f"{room_id}\0{link_id}".encode(), hashlib.sha256).digest()

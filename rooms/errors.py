@@ -145,6 +145,13 @@ class Forbidden(RoomError):
     code = "forbidden"
 
 
+class UnknownRoom(Forbidden):
+    """No room has this id, and none is made here (a link, the rooms API, ``OPEN_ROOMS=false``)."""
+
+    def __init__(self) -> None:
+        super().__init__("there is no room with this id")
+
+
 class ReadOnly(Forbidden):
     """An edit from a member for whom the editor is read-only (an observer, a locked or ended
     room); nothing changed."""

@@ -20,7 +20,7 @@ from rooms.access import Access
 from rooms.addresses import Address
 from rooms.committer import Committer
 from rooms.document import ClientId, Document, Update
-from rooms.errors import Forbidden, ServerBusy, StorageUnavailable, TooManyNewRooms
+from rooms.errors import Forbidden, ServerBusy, StorageUnavailable, TooManyNewRooms, UnknownRoom
 from rooms.retention import Retention
 from rooms.room import Room, RoomId
 from rooms.settings import Settings
@@ -113,7 +113,7 @@ class LoadedRooms:
             log.exception("room_load_failed", room_id=room_id)
             raise StorageUnavailable() from exc
         if room is None and not create:
-            raise Forbidden("there is no room with this id")
+            raise UnknownRoom()
         if room is None and not private and not self.settings.open_rooms:
             raise Forbidden("this server has no open rooms: create a room from the start page")
         if room is not None and private:

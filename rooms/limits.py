@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import secrets
 import unicodedata
 from dataclasses import dataclass
 
@@ -17,6 +18,13 @@ from rooms.errors import InvalidMessage, RateLimited, RoomError
 ANONYMOUS = "Anonymous"
 # A room id, in a URL (`/ws/{room_id}`, `/room/{room_id}`): 1 to 64 url-safe characters.
 ROOM_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# A new room's id: 96 random bits, 16 URL-safe characters (a private room's id is no secret,
+# its links are; an open room's id is all there is).
+ROOM_ID_BYTES = 12
+
+
+def new_room_id() -> str:
+    return secrets.token_urlsafe(ROOM_ID_BYTES)
 
 
 @dataclass(slots=True)

@@ -24,12 +24,10 @@ from collections.abc import Callable
 import structlog
 
 from observability import metrics
-from rooms.access import Role
 from rooms.addresses import Address, AddressTable
 from rooms.committer import Committer
 from rooms.document import ClientId, Update
 from rooms.errors import (
-    Forbidden,
     RateLimited,
     RoomError,
     ServerStopping,
@@ -38,6 +36,7 @@ from rooms.errors import (
 from rooms.lifecycle import LoadedRooms
 from rooms.limits import TokenBucket
 from rooms.outbox import Outbox, Outboxes, Transport
+from rooms.private_rooms import PrivateRooms
 from rooms.protocol import ClientMessage, Hello
 from rooms.retention import RETENTION_INTERVAL_SECONDS, Retention
 from rooms.room import Room, RoomId, check_client_id
@@ -68,7 +67,7 @@ for _reason in DropReason:
     metrics.DROPPED.labels(_reason.value)
 
 
-class RoomRegistry:
+class RoomRegistry(PrivateRooms):
     """All rooms of this process and the connections in them. See the module docstring."""
 
     def __init__(
@@ -185,74 +184,6 @@ class RoomRegistry:
             raise ServerStopping()
         return await self.loaded.open(room_id, address, create=create, private=private)
 
-    # Private rooms
-
-    async def create_private(self, room_id: RoomId, address: str = "") -> str:
-        """Make a new private room; the secret of its interviewer link. `Forbidden` when a room
-        with this id exists already."""
-        if room_id in self.rooms:
-            raise Forbidden("a room with this id exists already")
-        room = await self.open(room_id, address, private=True)
-        try:
-            secret = room.make_private()
-        finally:
-            self._carry_out(room)
-            self.loaded.schedule_eviction(room)
-        log.info("private_room_created", room_id=room_id)
-        return secret
-
-    async def role_for(self, room_id: RoomId, token: str | None, address: str = "") -> Role | None:
-        """The role a link's secret (``token``) gives in a room: None in an open room.
-
-        Raises `Forbidden` for a room that does not exist or a secret it does not take, and
-        `TooManyFailedLinks` for an address that presented too many bad ones lately. Every
-        check is counted (``collab_link_redemptions_total``)."""
-        self._check_links(address)
-        try:
-            room = await self.open(room_id, address, create=token is None)
-        except Forbidden:
-            self._link_failed(address, "unknown")
-            raise
-        try:
-            return self._admission(room, token, address)[0]
-        finally:
-            self.loaded.schedule_eviction(room)
-
-    def _check_links(self, address: str) -> None:
-        entry = self._address(address)
-        if entry is not None:
-            try:
-                entry.check_links(self.clock(), self.settings.link_failures_per_address_per_minute)
-            except RateLimited:
-                metrics.LINK_REDEMPTIONS.labels("rate_limited").inc()
-                metrics.RATE_LIMITED.inc()
-                raise
-
-    def _admission(self, room: Room, token: str | None, address: str) -> tuple[Role | None, str | None]:
-        try:
-            admitted = room.admission(token)
-        except Forbidden as refused:
-            if token is not None:
-                link = room.access.link_for(token)
-                self._link_failed(address, "unknown" if link is None else "revoked" if link.revoked else "ended")
-            raise refused
-        if token is not None and room.access.private:
-            metrics.LINK_REDEMPTIONS.labels("ok").inc()
-        return admitted
-
-    def _link_failed(self, address: str, result: str) -> None:
-        metrics.LINK_REDEMPTIONS.labels(result).inc()
-        entry = self._address(address)
-        if entry is not None:
-            entry.failed_links.append(self.clock())
-
-    def opening(self) -> set[RoomId]:
-        """The rooms being opened now (retention keeps them)."""
-        return self.loaded.opening()
-
-    def _is_loaded(self, room: Room) -> bool:
-        return self.rooms.get(room.room_id) is room
-
     # Joining and leaving
 
     async def join_full_text(
@@ -277,7 +208,7 @@ class RoomRegistry:
         replaces = room.clients.get(ClientId(hello.client_id))
 
         def join(shared: TokenBucket | None) -> Session:
-            self._admission(room, hello.token, address)  # counted here; the room decides again
+            self._admission(room.access, hello.token, address)  # counted here; the room decides again
             return room.join_versioned(hello, shared)
 
         return self._admit(room, transport, address, join, replaces)

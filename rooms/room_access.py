@@ -17,7 +17,7 @@ from typing import Any
 
 import structlog
 
-from rooms.access import SHARED_ROLES, Access, Act, Role, allowed, link_secret, refusal
+from rooms.access import SHARED_ROLES, Access, Act, Role, admit, allowed, link_secret, refusal
 from rooms.document import Document
 from rooms.errors import Forbidden, InvalidMessage
 from rooms.presence import UserId
@@ -84,21 +84,8 @@ class AccessControl:
 
     def admission(self, token: str | None) -> tuple[Role | None, str | None]:
         """The role and link a joining client gets; `Forbidden` when it may not join."""
-        access = self.access
-        if not access.private:
-            if not self.settings.open_rooms:
-                raise Forbidden("this server has no open rooms: create a room from the start page")
-            return None, None
-        if token is None:
-            raise Forbidden("this room is private: join with the token of a link to it")
-        link = access.link_for(token)
-        if link is None:
-            raise Forbidden("this link is not one of this room's")
-        if link.revoked is not None:
-            raise Forbidden("this link was revoked: ask the interviewer for a new one")
-        if access.ended and link.role is Role.CANDIDATE:
-            raise Forbidden("the interview has ended")
-        return link.role, link.link_id
+        role, link = admit(self.access, token, open_rooms=self.settings.open_rooms)
+        return role, None if link is None else link.link_id
 
     def may(self, session: Session, act: Act) -> bool:
         access = self.access

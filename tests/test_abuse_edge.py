@@ -287,12 +287,13 @@ class BlockingStore(MemoryStore):
         self.all_waiting = asyncio.Event()
         self.expected = 2
 
-    async def info(self, room_id: str) -> Any:
+    async def access(self, room_id: str) -> Any:
+        # The first read of every rooms-API request (whether the room is private).
         self.waiting += 1
         if self.waiting == self.expected:
             self.all_waiting.set()
         await self.release.wait()
-        return await super().info(room_id)
+        return await super().access(room_id)
 
     async def check(self) -> None:
         await asyncio.Event().wait()

@@ -190,10 +190,10 @@ async def test_a_version_1_file_is_migrated_in_place_and_keeps_its_rooms(tmp_pat
     finally:
         await store.close()
     again = SqliteStore(path)
-    await again.open()  # version 2 now: opened as it is
+    await again.open()  # the current version now: opened as it is
     try:
         reloaded = await again.load("r", history=10)
-        assert (2, "token", "abcd", {"c1": "aa11"}) == (
+        assert (sqlite_schema.SCHEMA_VERSION, "token", "abcd", {"c1": "aa11"}) == (
             pragma(path, "user_version"),
             columns(path, "clients")[-1],
             (reloaded or pytest.fail()).text(),
@@ -208,9 +208,9 @@ async def test_a_migration_that_fails_leaves_the_file_at_its_version(
 ) -> None:
     path = tmp_path / "rooms.sqlite3"
     make_version_1(path)
-    # A version 3 whose step fails after the step to version 2 went through: neither is kept.
-    monkeypatch.setattr(sqlite_schema, "SCHEMA_VERSION", 3)
-    monkeypatch.setattr(sqlite_schema, "MIGRATIONS", {**sqlite_schema.MIGRATIONS, 2: "ALTER TABLE nowhere ADD x"})
+    # A version 4 whose step fails after the steps to versions 2 and 3 went through: none is kept.
+    monkeypatch.setattr(sqlite_schema, "SCHEMA_VERSION", 4)
+    monkeypatch.setattr(sqlite_schema, "MIGRATIONS", {**sqlite_schema.MIGRATIONS, 3: "ALTER TABLE nowhere ADD x"})
     store = SqliteStore(path)
     with pytest.raises(StoreError, match="nowhere"):
         await store.open()

@@ -168,6 +168,11 @@ class Store(ABC):
         """The room's row, or None if it was never stored."""
 
     @abstractmethod
+    async def access(self, room_id: str) -> str | None:
+        """The room's access state as stored (`rooms.access.Access.to_json`; "" for an open
+        room), or None if the room was never stored."""
+
+    @abstractmethod
     async def text_at(self, room_id: str, version: int) -> str:
         """The text at ``version``; `HistoryUnavailable` if it is not kept, `KeyError` if no room."""
 

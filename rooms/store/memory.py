@@ -127,6 +127,10 @@ class MemoryStore(Store):
         room = self._rooms.get(room_id)
         return None if room is None else room.info
 
+    async def access(self, room_id: str) -> str | None:
+        room = self._rooms.get(room_id)
+        return None if room is None else room.access
+
     async def text_at(self, room_id: str, version: int) -> str:
         room = self._rooms[room_id]
         if not room.info.oldest <= version <= room.info.version:

@@ -382,6 +382,21 @@ class SqliteStore(Store):
     async def info(self, room_id: str) -> RoomInfo | None:
         return await self._on(self._api, lambda: self._info(self._api_connection(), room_id))
 
+    async def access(self, room_id: str) -> str | None:
+        def read() -> str | None:
+            row = (
+                self._api_connection()
+                .execute(
+                    "SELECT coalesce(access.access, '') FROM rooms LEFT JOIN access USING (room_id) "
+                    "WHERE rooms.room_id = ?",
+                    (room_id,),
+                )
+                .fetchone()
+            )
+            return None if row is None else str(row[0])
+
+        return await self._on(self._api, read)
+
     async def text_at(self, room_id: str, version: int) -> str:
         return await self._on(self._api, lambda: self._text_at(room_id, version))
 

@@ -1,0 +1,120 @@
+"""Private rooms over HTTP: making one (``POST /api/rooms``), opening a link
+(``GET /join/{room_id}/{secret}``), and the credential a request carries for a room.
+
+A link is a credential: opening it checks it (rate-limited per client address: see
+`RoomRegistry.role_for`), sets a cookie for that room only (HttpOnly, so no script reads it;
+SameSite=Strict, so no other site's request carries it), and sends the browser on to
+``/room/{room_id}``, which leaves the secret out of the address bar, the history and any
+``Referer``. The page reads the cookie to learn the role; raw clients send the secret in
+``hello``'s ``token``, and rooms-API clients as ``Authorization: Bearer <secret>``.
+
+The next page is reached by a ``<meta http-equiv="refresh">`` rather than a redirect: browsers
+do not send SameSite=Strict cookies on a redirect that a link on another site started (a link
+opened from a mail or a chat), and they do on a navigation the page itself makes.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+import structlog
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, JSONResponse
+
+from api.credentials import cookie_name
+from api.health import running_registry
+from api.rooms import ApiError, JsonErrorRoute, server_unavailable
+from rooms.access import SHARED_ROLES, Role
+from rooms.errors import Forbidden, RateLimited, RoomError, UnknownRoom
+from rooms.limits import ROOM_ID, new_room_id
+
+log = structlog.get_logger("collab.api")
+
+# A browser keeps a room's credential this long after it last opened the link.
+COOKIE_MAX_AGE_SECONDS = 30 * 24 * 3600
+
+router = APIRouter()
+create_router = APIRouter(prefix="/api/rooms", route_class=JsonErrorRoute)
+
+
+def _address(request: Request) -> str:
+    return request.client.host if request.client is not None else ""
+
+
+def link_url(request: Request, room_id: str, secret: str) -> str:
+    """The URL of a link, on the server the request came to."""
+    return f"{str(request.base_url).rstrip('/')}/join/{room_id}/{secret}"
+
+
+def _page(status: int, title: str, body: str, *, next_path: str | None = None) -> HTMLResponse:
+    refresh = f'<meta http-equiv="refresh" content="0;url={html.escape(next_path)}">' if next_path else ""
+    link = (
+        f'<p><a href="{html.escape(next_path)}">Continue to the room</a></p>'
+        if next_path
+        else '<p><a href="/">Go to the start page</a></p>'
+    )
+    page = (
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8">{refresh}'
+        f"<title>{html.escape(title)} · collab pad</title></head>"
+        f"<body><h1>{html.escape(title)}</h1><p>{html.escape(body)}</p>{link}</body></html>"
+    )
+    response = HTMLResponse(page, status_code=status)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@router.get("/join/{room_id}/{secret}", include_in_schema=False)
+async def open_link(request: Request, room_id: str, secret: str) -> HTMLResponse:
+    """Check a link, keep it in the room's cookie, and go on to the room."""
+    registry = running_registry(request.app)
+    if registry is None:
+        return _page(503, "Try again in a moment", "The server is starting or stopping.")
+    if not ROOM_ID.fullmatch(room_id):
+        return _page(404, "This is not a room link", "Check that the whole link was copied.")
+    try:
+        role = await registry.role_for(room_id, secret, _address(request))
+    except RateLimited as limited:
+        response = _page(429, "Too many links tried", str(limited))
+        response.headers["Retry-After"] = str(max(1, round(limited.retry_after)))
+        return response
+    except UnknownRoom:
+        return _page(404, "This room does not exist", "It may have been deleted after a long time unused.")
+    except Forbidden as refused:
+        return _page(403, "This link does not open the room", f"{refused}.")
+    except RoomError as error:
+        return _page(503, "Try again in a moment", str(error))
+    if role is None:  # an open room: no credential needed, none kept
+        return _page(200, "Opening the room", "This room is open.", next_path=f"/room/{room_id}")
+    response = _page(200, "Opening the room", f"You join as {role.value}.", next_path=f"/room/{room_id}")
+    response.set_cookie(
+        cookie_name(room_id),
+        secret,
+        max_age=COOKIE_MAX_AGE_SECONDS,
+        path="/",
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+    )
+    return response
+
+
+@create_router.post("", status_code=201)
+async def create_room(request: Request) -> JSONResponse:
+    """Make a private room: its id, and the secret and URL of each role's link."""
+    registry = running_registry(request.app)
+    if registry is None:
+        raise server_unavailable()
+    room_id = new_room_id()
+    try:
+        interviewer = await registry.create_private(room_id, _address(request))
+    except RateLimited as limited:
+        raise ApiError(429, limited.code, str(limited)) from None
+    except RoomError as error:
+        raise ApiError(503, error.code, str(error)) from None
+    room = registry.rooms.get(room_id)
+    tokens: dict[str, Any] = {Role.INTERVIEWER.value: interviewer}
+    for role in SHARED_ROLES:
+        tokens[role.value] = room.secret_of(role) if room is not None else None
+    links = {role: link_url(request, room_id, token) for role, token in tokens.items() if token}
+    return JSONResponse({"room_id": room_id, "tokens": tokens, "links": links}, status_code=201)
