@@ -23,6 +23,7 @@ from api.origins import is_loopback, origin_allowed
 from api.uvicorn_fast_path import direct_connection
 from observability import metrics
 from rooms.errors import (
+    Forbidden,
     InternalError,
     InvalidMessage,
     RateLimited,
@@ -248,6 +249,10 @@ async def _join(
             if not limit.reply_due(error, time.monotonic()):
                 continue  # a flood before joining gets one reply a second
             await websocket.send_text(_pre_join_error(error, message_type or error.message_type))
+            if isinstance(error, Forbidden) and (message_type or error.message_type) not in VERSIONED_ONLY:
+                # A full-text client has no credential to try next: a private room is closed to it.
+                await transport.close(CLOSE_POLICY, "forbidden")
+                return None
             if isinstance(error, RoomFull):
                 await transport.close(CLOSE_TRY_AGAIN_LATER, "room is full")
                 return None
