@@ -190,8 +190,12 @@ class Access:
         """What `to_json` wrote; "" is an open room. Raises `ValueError` on anything else."""
         if not text:
             return cls()
-        data = json.loads(text)
-        links = [
-            Link(str(i), Role(r), str(d), float(c), None if v is None else float(v)) for i, r, d, c, v in data["links"]
-        ]
-        return cls(bool(data["private"]), bool(data["locked"]), bool(data["ended"]), links)
+        try:
+            data = json.loads(text)
+            links = [
+                Link(str(i), Role(r), str(d), float(c), None if v is None else float(v))
+                for i, r, d, c, v in data["links"]
+            ]
+            return cls(bool(data["private"]), bool(data["locked"]), bool(data["ended"]), links)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"unreadable access state: {type(exc).__name__}") from None

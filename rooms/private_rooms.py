@@ -18,7 +18,7 @@ import structlog
 from observability import metrics
 from rooms.access import Access, Role, admit
 from rooms.addresses import Address
-from rooms.errors import Forbidden, RateLimited, UnknownRoom
+from rooms.errors import Forbidden, RateLimited, StorageUnavailable, UnknownRoom
 from rooms.lifecycle import LoadedRooms
 from rooms.room import Room, RoomId
 from rooms.settings import Settings
@@ -84,7 +84,11 @@ class PrivateRooms:
                 if token is not None:
                     self._link_failed(address, "unknown")
                 raise UnknownRoom()
-            access = Access.from_json(stored)
+            try:
+                access = Access.from_json(stored)
+            except ValueError as exc:
+                log.error("room_access_unreadable", room_id=room_id, reason=str(exc))
+                raise StorageUnavailable() from exc
         return self._admission(access, token, address)
 
     def _check_links(self, address: str) -> None:
@@ -115,10 +119,3 @@ class PrivateRooms:
         entry = self._address(address)
         if entry is not None:
             entry.failed_links.append(self.clock())
-
-    def opening(self) -> set[RoomId]:
-        """The rooms being opened now (retention keeps them)."""
-        return self.loaded.opening()
-
-    def _is_loaded(self, room: Room) -> bool:
-        return self.rooms.get(room.room_id) is room

@@ -184,6 +184,13 @@ class RoomRegistry(PrivateRooms):
             raise ServerStopping()
         return await self.loaded.open(room_id, address, create=create, private=private)
 
+    def opening(self) -> set[RoomId]:
+        """The rooms being opened now (retention keeps them)."""
+        return self.loaded.opening()
+
+    def _is_loaded(self, room: Room) -> bool:
+        return self.rooms.get(room.room_id) is room
+
     # Joining and leaving
 
     async def join_full_text(

@@ -135,6 +135,8 @@ class AccessControl:
     def _revoke(self, session: Session, role: Role, renew: bool, reason: str = "link revoked") -> None:
         if role not in SHARED_ROLES:
             raise Forbidden(f"the {role.value} link cannot be revoked")
+        if renew and role is Role.CANDIDATE and self.access.ended:
+            raise Forbidden("the interview has ended: no new candidate link")
         now = self.wall_clock()
         revoked = self.access.revoke(role, now)
         if renew:
