@@ -78,8 +78,8 @@ class RoomRegistry(PrivateRooms):
         link_key: bytes | None = None,
     ) -> None:
         """``link_key`` derives private rooms' link secrets: keep it across restarts (the app
-        derives it from its storage secret), or the links shown to interviewers change (those
-        handed out still work: the store keeps their hashes)."""
+        derives it from its storage secret), or interviewers are shown no link until they renew
+        them (those handed out still work: the store keeps their hashes)."""
         self.settings = settings
         self.clock = clock
         self.store = store if store is not None else MemoryStore()

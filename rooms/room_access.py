@@ -17,7 +17,7 @@ from typing import Any
 
 import structlog
 
-from rooms.access import SHARED_ROLES, Access, Act, Role, admit, allowed, link_secret, refusal
+from rooms.access import SHARED_ROLES, Access, Act, Role, admit, allowed, link_secret, refusal, secret_digest
 from rooms.document import Document
 from rooms.errors import Forbidden, InvalidMessage
 from rooms.presence import UserId
@@ -80,7 +80,11 @@ class AccessControl:
     def secret_of(self, role: Role) -> str | None:
         """The secret of the role's live link, if it has one (for interviewers' eyes only)."""
         link = self.access.current(role)
-        return None if link is None else link_secret(self.link_key, self.room_id, link.link_id)
+        if link is None:
+            return None
+        secret = link_secret(self.link_key, self.room_id, link.link_id)
+        # Made under another key (the storage secret changed): it would not admit; renew it.
+        return secret if secret_digest(secret) == link.digest else None
 
     def admission(self, token: str | None) -> tuple[Role | None, str | None]:
         """The role and link a joining client gets; `Forbidden` when it may not join."""

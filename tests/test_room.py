@@ -41,6 +41,8 @@ PURE_MODULES = [
     "rooms/room.py",
     "rooms/room_messages.py",
     "rooms/session.py",
+    "rooms/access.py",
+    "rooms/room_access.py",
 ]
 # `rooms.store` itself is the store's contract (plain records); its implementations are I/O.
 IMPURE = ("asyncio", "fastapi", "nicegui", "starlette", "uvicorn", "prometheus_client", "observability", "rooms.store.")

@@ -1,0 +1,250 @@
+"""Roles, the permission table and the links of private rooms (`rooms.access`): pure functions."""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import re
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from rooms.access import (
+    LINK_SECRET_CHARS,
+    MAX_REVOKED_LINKS,
+    Access,
+    Act,
+    Link,
+    Role,
+    admit,
+    allowed,
+    link_secret,
+    refusal,
+    secret_digest,
+)
+from rooms.errors import Forbidden, ReadOnly
+
+KEY = b"k" * 32
+
+# The table of `allowed`'s docstring, written out again: "yes", "no", or a footnote ([1]: unless
+# the room is locked or ended, [2]: unless it is ended). None is a member of an open room.
+TABLE: dict[Role | None, dict[Act, str]] = {
+    None: dict(zip(Act, ["yes", "yes", "yes", "yes", "yes", "no", "no"], strict=True)),
+    Role.INTERVIEWER: dict(zip(Act, ["yes"] * 7, strict=True)),
+    Role.CANDIDATE: dict(zip(Act, ["[1]", "[1]", "no", "[2]", "no", "no", "no"], strict=True)),
+    Role.OBSERVER: dict(zip(Act, ["no"] * 7, strict=True)),
+}
+ROW_NAMES = {None: "open room", **{role: role.value for role in Role}}
+
+
+def expected(role: Role | None, act: Act, locked: bool, ended: bool) -> bool:
+    cell = TABLE[role][act]
+    return cell == "yes" or (cell == "[1]" and not (locked or ended)) or (cell == "[2]" and not ended)
+
+
+@pytest.mark.parametrize("ended", [False, True], ids=["running", "ended"])
+@pytest.mark.parametrize("locked", [False, True], ids=["unlocked", "locked"])
+@pytest.mark.parametrize("act", list(Act), ids=str)
+@pytest.mark.parametrize("role", [None, *Role], ids=lambda role: ROW_NAMES[role].replace(" ", "_"))
+def test_allowed_follows_the_permission_table(role: Role | None, act: Act, locked: bool, ended: bool) -> None:
+    assert expected(role, act, locked, ended) == allowed(role, act, locked=locked, ended=ended)
+
+
+def test_the_docstring_table_is_the_table_the_tests_check() -> None:
+    docstring = allowed.__doc__ or ""
+    header = re.search(r"^\s*role\s+(.+)$", docstring, re.MULTILINE)
+    assert header is not None
+    assert [act.value for act in Act] == header.group(1).split()
+    rows = {}
+    for role, name in ROW_NAMES.items():
+        row = re.search(rf"^\s*{name}\s+(.+)$", docstring, re.MULTILINE)
+        assert row is not None, name
+        rows[role] = row.group(1).split()
+    assert {role: list(cells.values()) for role, cells in TABLE.items()} == rows
+
+
+@pytest.mark.parametrize("role", [None, *Role])
+def test_a_refused_edit_is_read_only(role: Role | None) -> None:
+    error = refusal(role, Act.EDIT)
+    assert (ReadOnly, "read_only") == (type(error), error.code)
+    assert isinstance(error, Forbidden)  # a client that knows only `forbidden` still understands it
+
+
+@pytest.mark.parametrize(
+    ("role", "act"), list(itertools.product([None, *Role], [act for act in Act if act is not Act.EDIT]))
+)
+def test_any_other_refused_act_is_forbidden(role: Role | None, act: Act) -> None:
+    error = refusal(role, act)
+    assert (Forbidden, "forbidden") == (type(error), error.code)
+    assert act.value in str(error)
+
+
+links = st.builds(
+    Link,
+    link_id=st.text(max_size=20),
+    role=st.sampled_from(Role),
+    digest=st.text(alphabet="0123456789abcdef", min_size=64, max_size=64),
+    created=st.floats(min_value=0, max_value=4e9),
+    revoked=st.none() | st.floats(min_value=0, max_value=4e9),
+)
+
+
+@given(st.builds(Access, private=st.booleans(), locked=st.booleans(), ended=st.booleans(), links=st.lists(links)))
+def test_access_survives_its_json(access: Access) -> None:
+    assert access == Access.from_json(access.to_json())
+
+
+def test_no_stored_access_is_an_open_room() -> None:
+    assert Access() == Access.from_json("")
+    assert not Access.from_json("").private
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param("{", id="not_json"),
+        pytest.param('{"private":true,"locked":false,"ended":false,"links":[["a","chief","d",1,null]]}', id="role"),
+        pytest.param('{"private":true,"locked":false,"ended":false}', id="no_links"),
+        pytest.param("[]", id="not_an_object"),
+        pytest.param('{"private":true,"locked":false,"ended":false,"links":[["a","observer"]]}', id="short_link"),
+    ],
+)
+def test_damaged_access_text_raises_value_error(text: str) -> None:
+    with pytest.raises(ValueError):
+        Access.from_json(text)
+
+
+def test_a_link_secret_carries_at_least_128_bits() -> None:
+    secret = link_secret(KEY, "room", "link")
+    raw = base64.urlsafe_b64decode(secret + "=" * (-len(secret) % 4))
+    assert (LINK_SECRET_CHARS, True) == (len(secret), len(raw) * 8 >= 128)
+    assert re.fullmatch(r"[A-Za-z0-9_-]+", secret)  # fits a URL as it is
+
+
+def test_a_link_secret_is_derived_again_the_same() -> None:
+    assert link_secret(KEY, "room", "link") == link_secret(KEY, "room", "link")
+
+
+def test_link_secrets_differ_per_link_id_room_and_key() -> None:
+    secrets = {
+        link_secret(KEY, "room", "link"),
+        link_secret(KEY, "room", "link2"),
+        link_secret(KEY, "room2", "link"),
+        link_secret(b"q" * 32, "room", "link"),
+        # The separator keeps (room, link) pairs apart that would concatenate alike.
+        link_secret(KEY, "roo", "mlink"),
+    }
+    assert 5 == len(secrets)
+
+
+def test_a_new_link_of_each_role_gets_a_new_id_hence_a_new_secret() -> None:
+    access = Access(private=True)
+    first = access.add_link(Role.CANDIDATE, KEY, "room", 1.0)
+    second = access.add_link(Role.CANDIDATE, KEY, "room", 2.0)
+    assert first.link_id != second.link_id
+    assert link_secret(KEY, "room", first.link_id) != link_secret(KEY, "room", second.link_id)
+
+
+def test_the_store_keeps_only_the_digest_of_a_secret() -> None:
+    access = Access(private=True)
+    link = access.add_link(Role.OBSERVER, KEY, "room", 1.0)
+    secret = link_secret(KEY, "room", link.link_id)
+    assert secret_digest(secret) == link.digest
+    assert secret not in access.to_json()
+
+
+def test_link_for_finds_a_live_link_by_its_secret() -> None:
+    access = Access(private=True)
+    link = access.add_link(Role.CANDIDATE, KEY, "room", 1.0)
+    assert link is access.link_for(link_secret(KEY, "room", link.link_id))
+
+
+def test_link_for_finds_a_revoked_link_with_its_time() -> None:
+    access = Access(private=True)
+    link = access.add_link(Role.CANDIDATE, KEY, "room", 1.0)
+    assert [link.link_id] == access.revoke(Role.CANDIDATE, 5.0)
+    found = access.link_for(link_secret(KEY, "room", link.link_id))
+    assert (link, 5.0) == (found, None if found is None else found.revoked)
+
+
+@pytest.mark.parametrize(
+    "secret",
+    [
+        pytest.param(link_secret(KEY, "other-room", "x"), id="another_rooms"),
+        pytest.param(link_secret(b"q" * 32, "room", "x"), id="another_key"),
+        pytest.param("", id="empty"),
+    ],
+)
+def test_link_for_refuses_a_secret_that_is_not_one_of_the_rooms(secret: str) -> None:
+    access = Access(private=True)
+    access.add_link(Role.INTERVIEWER, KEY, "room", 1.0)
+    assert None is access.link_for(secret)
+
+
+def test_link_for_refuses_an_overlong_secret_without_looking_it_up() -> None:
+    overlong = "a" * (2 * LINK_SECRET_CHARS + 1)
+    # Even a link whose digest matches: the length alone refuses it.
+    access = Access(private=True, links=[Link("x", Role.INTERVIEWER, secret_digest(overlong), 1.0)])
+    assert None is access.link_for(overlong)
+
+
+def test_current_is_the_newest_live_link_of_the_role() -> None:
+    access = Access(private=True)
+    access.add_link(Role.CANDIDATE, KEY, "room", 1.0)
+    access.revoke(Role.CANDIDATE, 2.0)
+    renewed = access.add_link(Role.CANDIDATE, KEY, "room", 3.0)
+    assert (renewed, None) == (access.current(Role.CANDIDATE), access.current(Role.OBSERVER))
+    assert access.is_live(renewed.link_id)
+
+
+def test_revoke_ends_every_live_link_of_the_role_and_no_other() -> None:
+    access = Access(private=True)
+    candidates = [access.add_link(Role.CANDIDATE, KEY, "room", 1.0) for _ in range(2)]
+    observer = access.add_link(Role.OBSERVER, KEY, "room", 1.0)
+    assert [link.link_id for link in candidates] == access.revoke(Role.CANDIDATE, 2.0)
+    assert ([2.0, 2.0], None) == ([link.revoked for link in candidates], observer.revoked)
+    assert [] == access.revoke(Role.CANDIDATE, 3.0)  # nothing live left to revoke
+
+
+def test_revoking_in_a_loop_keeps_at_most_max_revoked_links() -> None:
+    access = Access(private=True)
+    interviewer = access.add_link(Role.INTERVIEWER, KEY, "room", 0.0)
+    revoked_ids = []
+    for step in range(MAX_REVOKED_LINKS + 15):
+        revoked_ids.append(access.add_link(Role.CANDIDATE, KEY, "room", float(step)).link_id)
+        access.revoke(Role.CANDIDATE, float(step))
+    kept = [link.link_id for link in access.links if link.revoked is not None]
+    # The oldest went first; the live link stays.
+    assert revoked_ids[-MAX_REVOKED_LINKS:] == kept
+    assert access.is_live(interviewer.link_id)
+
+
+def test_admit_gives_a_live_links_role_and_the_link() -> None:
+    access = Access(private=True)
+    links = {role: access.add_link(role, KEY, "room", 1.0) for role in Role}
+    for role, link in links.items():
+        assert (role, link) == admit(access, link_secret(KEY, "room", link.link_id), open_rooms=False)
+
+
+@pytest.mark.parametrize("token", [None, "x", "a-token"])
+def test_admit_takes_anyone_into_an_open_room_whatever_token_it_brings(token: str | None) -> None:
+    assert (None, None) == admit(Access(), token, open_rooms=True)
+
+
+def test_admit_refuses_an_open_room_on_a_server_without_open_rooms() -> None:
+    with pytest.raises(Forbidden, match="no open rooms"):
+        admit(Access(), None, open_rooms=False)
+
+
+def test_admit_refuses_a_revoked_link_and_a_candidate_once_ended() -> None:
+    access = Access(private=True)
+    candidate = access.add_link(Role.CANDIDATE, KEY, "room", 1.0)
+    observer = access.add_link(Role.OBSERVER, KEY, "room", 1.0)
+    access.ended = True
+    with pytest.raises(Forbidden, match="ended"):
+        admit(access, link_secret(KEY, "room", candidate.link_id), open_rooms=True)
+    assert Role.OBSERVER is admit(access, link_secret(KEY, "room", observer.link_id), open_rooms=True)[0]
+    access.revoke(Role.OBSERVER, 2.0)
+    with pytest.raises(Forbidden, match="revoked"):
+        admit(access, link_secret(KEY, "room", observer.link_id), open_rooms=True)
