@@ -39,6 +39,8 @@ ACTS = {
     "revoke": Act.CONTROL,
     "end": Act.CONTROL,
 }
+# The message types no member of an open room may send (the table's NOTES and CONTROL).
+INTERVIEWER_ONLY = frozenset(kind for kind, act in ACTS.items() if act in (Act.NOTES, Act.CONTROL))
 
 
 class AccessControl:
