@@ -17,7 +17,8 @@ the server's text::
 A push that changes nothing on the server is confirmed by an ``ack`` instead of an ``update``.
 A batch with more parts than the server takes (``max_change_parts`` in ``welcome``) is sent as
 one replacement of the span it touches; a ``resync`` error is answered by catching up with
-``hello`` and sending the same batch again (`resync`).
+``hello`` and sending the same batch again (`resync`). In a private room the welcome's ``role``
+and the room's lock and end decide what is sent; a hello refused as ``forbidden`` is final.
 
 Two ways to drive it: message by message (`welcome`, `update`, `ack`: each returns the push that
 became due, and refuses a message that does not fit), or frame by frame as the browser does
@@ -39,7 +40,7 @@ from rooms.errors import InvalidMessage
 # the conversation until a new hello.
 CALLER_ERRORS = frozenset({"rate_limited", "internal_error", "room_full", "server_restarting"})
 # The server refused our batch: start again from a snapshot (and offer our text).
-REFUSED = frozenset({"version_too_old", "invalid_changes", "too_large", "invalid_version", "too_complex"})
+REFUSED = frozenset({"version_too_old", "invalid_changes", "too_large", "invalid_version", "too_complex", "read_only"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +73,8 @@ class Received:
     language: str | None = None
     authors: list[str] = field(default_factory=list)  # the user_id of each update applied, in order
     due: bool = False  # unconfirmed work goes out once the frame is handled
+    notes: str | None = None  # the interviewers' notes (sent to interviewers only)
+    denied: str | None = None  # why our hello was refused for good (`forbidden`): no hello follows
 
 
 def _new_identity() -> tuple[str, str]:
@@ -113,6 +116,9 @@ class Replica:
         self.user_id: str | None = None
         # Other members' selections (anchor, head) in the replica's text, moved by every change.
         self.cursors: dict[str, tuple[int, int]] = {}
+        # A private room's role for this member, and whether the room is locked or ended.
+        self.role: str | None = None
+        self.locked = self.ended = False
         # A new (client_id, resume_token), for when the server says another client holds ours.
         self.new_identity: Callable[[], tuple[str, str]] = _new_identity
         # `base` is needed only to coarsen a batch in flight, and equals `text` while nothing is
@@ -163,12 +169,8 @@ class Replica:
     def hello(self, username: str, *, resume: bool = True) -> dict[str, Any]:
         self.live = False
         resume = resume and not self.needs_snapshot
-        message: dict[str, Any] = {
-            "type": "hello",
-            "client_id": self.client_id,
-            "username": username,
-            "version": self.version if resume else None,
-        }
+        message: dict[str, Any] = {"type": "hello", "client_id": self.client_id, "username": username}
+        message["version"] = self.version if resume else None
         if resume and self.epoch is not None:
             message["epoch"] = self.epoch
         message["resume_token"] = self.resume_token
@@ -190,16 +192,14 @@ class Replica:
         pending = self.pending
         if self.max_change_parts is not None and pending.part_count > self.max_change_parts:
             pending = self._coarsened(pending, self.text)  # nothing in flight: text = base + pending
-        self.inflight = Inflight(self.next_seq, pending)
+        self.inflight, self.pending = Inflight(self.next_seq, pending), None
         self.next_seq += 1
-        self.pending = None
         return self._push(self.inflight)
 
     @staticmethod
     def _coarsened(changes: ChangeSet, after: str) -> ChangeSet:
-        """``changes`` (which made ``after``) as one replacement of the span they touch: the same
-        result in at most three parts, which the server never refuses as too complex.
-        Everything between the first and the last change is sent again as inserted."""
+        """``changes`` (which made ``after``) as one replacement of the span they touch (at most
+        three parts, never too complex): all between the first and last change is inserted again."""
         touched = [(from_a, to_a) for from_a, to_a, _, _, _ in changes.iter_changes()]
         if not touched:
             return changes
@@ -209,20 +209,16 @@ class Replica:
         return ChangeSet.of_replace(changes.length, start, end, inserted)
 
     def resync(self, username: str) -> dict[str, Any]:
-        """After a ``resync`` error: the ``hello`` that catches up. The refused batch stays in
-        flight. `welcome` returns it at the version resumed from, which the server may find
-        too far behind again: send `resend` instead once the catch-up updates that follow the
-        welcome are applied (then the batch is at the current version). Given a snapshot,
-        `welcome` reports the batch as lost."""
+        """After a ``resync`` error: the ``hello`` that catches up; the refused batch stays in
+        flight. Send it with `resend` once the catch-up after the welcome is applied (`welcome`
+        returns it at the version resumed from, maybe too far behind again)."""
         return self.hello(username)
 
     def resend(self) -> dict[str, Any] | None:
         """After a reconnect: the in-flight batch again, same seq (the server applies it once)."""
         if not self.live:
             return None
-        if self.inflight is None:
-            return self.flush()
-        return self._push(self.inflight)
+        return self.flush() if self.inflight is None else self._push(self.inflight)
 
     def _push(self, inflight: Inflight) -> dict[str, Any]:
         # The changes were rebased over every update received since they were made, so they
@@ -232,8 +228,8 @@ class Replica:
     def cursor(self, anchor: int, head: int) -> dict[str, Any] | None:
         """Our selection as a ``cursor`` message: in the server's text at ``version``, back
         through our unconfirmed changes."""
-        if not self.live:
-            return None
+        if not self.live or self.role == "observer" or (self.role == "candidate" and self.ended):
+            return None  # the server refuses these (`rooms.access.allowed`)
         local = self.unconfirmed
         if local is not None:
             anchor, head = map_pos_back(local, anchor), map_pos_back(local, head)
@@ -242,12 +238,9 @@ class Replica:
     # ---- message by message -------------------------------------------------------------------
 
     def welcome(self, message: dict[str, Any]) -> dict[str, Any] | None:
-        """Handle ``welcome``; returns the resend of unconfirmed work, if any.
-
-        With a ``doc`` the server could not resume from our version: local work the snapshot
-        does not already hold cannot be rebased onto it, so it is reported to the caller
-        (`UnconfirmedWorkLost`) and dropped from the replica.
-        """
+        """Handle ``welcome``; returns the resend of unconfirmed work, if any. A ``doc`` (the
+        server could not resume from our version) drops local work it does not already hold,
+        which cannot be rebased onto it: `UnconfirmedWorkLost`."""
         self.epoch = message.get("epoch", self.epoch)
         self.max_change_parts = message.get("max_change_parts", self.max_change_parts)
         last_seq = message.get("last_seq")
@@ -276,9 +269,7 @@ class Replica:
         version = int(message["version"])
         if version != self.version + 1:
             raise InvalidMessage(f"update {version} does not follow version {self.version}")
-        if self._update(message):
-            return self.flush()
-        return None
+        return self.flush() if self._update(message) else None
 
     def ack(self, message: dict[str, Any]) -> dict[str, Any] | None:
         """Handle ``ack``: the in-flight batch changed nothing on the server (no version was
@@ -308,7 +299,7 @@ class Replica:
             except Exception:  # whatever failed, our text may no longer fit the server's
                 self.needs_snapshot = True
                 out.hello = True
-            if out.hello:
+            if out.hello or out.denied is not None:
                 self.live = False
                 return out
         if out.due and (push := self.resend()) is not None:
@@ -341,6 +332,12 @@ class Replica:
             self.cursors.pop(message["user_id"], None)
         elif kind == "language":
             out.language = message["language"]
+        elif kind == "locked":
+            self.locked = message.get("locked") is True
+        elif kind == "ended":
+            self.ended = True
+        elif kind == "notes" and isinstance(message.get("text"), str):
+            out.notes = message["text"]
         elif kind == "ping" and self.live:
             out.send.append({"type": "pong"})
         elif kind == "error":
@@ -366,6 +363,8 @@ class Replica:
         if last_seq is not None:
             self.next_seq = max(self.next_seq, last_seq + 1)
         self.cursors.clear()
+        self.role = message.get("role")
+        self.locked, self.ended = message.get("locked") is True, message.get("ended") is True
         doc = message.get("doc")
         if doc is not None:
             lost = self._lost_to_snapshot(last_seq)
@@ -420,14 +419,15 @@ class Replica:
             # unconfirmed text is offered, since sent under a new id it could be applied twice.
             had_work = self.has_unconfirmed
             self.client_id, self.resume_token = self.new_identity()
-            self.epoch = None
-            self.inflight = self.pending = None
+            self.epoch = self.inflight = self.pending = None
             self._settle_base()
             self.next_seq = 1
             self.cursors.clear()
             self.needs_snapshot = out.hello = True
             if had_work:
                 out.offer = Offer("duplicate", self.text)
+        elif code == "forbidden" and not self.live:
+            out.denied = str(message.get("message") or "")  # a revoked link, the end of the interview
         elif code in REFUSED:
             out.notice = code
             self.needs_snapshot = out.hello = True

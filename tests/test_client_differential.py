@@ -41,6 +41,9 @@ ME = "u-me"
 OTHERS = ("u-ann", "u-bob")
 
 PIECES = ["a", "b", "xy", " ", "\n", "\r", "漢", "😀", "e\u0301"]
+# What the simulated room may answer at any moment (`Scenario.random_error`).
+RANDOM_ERRORS = ("internal_error", "rate_limited", "version_too_old", "invalid_message", "resync", "too_complex")
+RANDOM_ERRORS += ("forbidden", "read_only", "nope")
 
 
 def _identities() -> Any:
@@ -93,6 +96,9 @@ def _state(replica: Replica) -> dict[str, Any]:
         "pending": None if replica.pending is None else replica.pending.to_json(),
         "live": replica.live,
         "cursors": {user_id: list(cursor) for user_id, cursor in replica.cursors.items()},
+        "role": replica.role,
+        "locked": replica.locked,
+        "ended": replica.ended,
     }
 
 
@@ -131,6 +137,8 @@ class PythonClient:
                 "error": None if out.error is None else out.error["code"],
                 "language": out.language,
                 "authors": out.authors,
+                "notes": out.notes,
+                "denied": out.denied,
             }
         elif op == "resend":
             push = replica.resend()
@@ -146,6 +154,7 @@ class PythonClient:
             # What a page load keeps: the saved state only, not the conversation around it.
             replica = self.replica = copy.copy(self.saved)
             replica.live, replica.max_change_parts, replica.user_id, replica.cursors = False, None, None, {}
+            replica.role, replica.locked, replica.ended = None, False, False
         else:
             raise AssertionError(f"unknown step {op}")
         result["state"] = _state(self.replica)
@@ -184,7 +193,10 @@ class Scenario:
         if self.connected:
             self.up.extend(message for message in result.get("send", []) if message["type"] == "push")
         outcome = result.get("outcome")
-        if outcome and (outcome["hello"] or outcome["error"] not in (None, "rate_limited")):
+        # A denied hello ends the page's conversation for good; here a new one may follow.
+        if outcome and (
+            outcome["hello"] or outcome["denied"] is not None or outcome["error"] not in (None, "rate_limited")
+        ):
             self.hang_up()
         if "hello" in result:
             self.answer_hello(result["hello"])
@@ -225,6 +237,8 @@ class Scenario:
             self.members_change()
         elif choice < 0.80 and self.connected:
             self.send({"type": rng.choice(["ping", "pong", "language"]), "language": "rust"})
+        elif choice < 0.81 and self.connected:
+            self.send(self.access_message())
         elif choice < 0.82:
             self.do({"op": "resend"})
         elif choice < 0.85 and self.connected:
@@ -270,15 +284,27 @@ class Scenario:
             self.members.add(user)
             self.send({"type": "member_joined", "user_id": user, "username": user, "color": "#3cb44b"})
 
+    def access_message(self) -> dict[str, Any]:
+        """What a private room tells its members: the lock, the end, the interviewers' notes."""
+        kind = self.rng.choice(["locked", "ended", "notes"])
+        if kind == "locked":
+            return {"type": "locked", "locked": self.rng.random() < 0.5, "user_id": OTHERS[0]}
+        if kind == "ended":
+            return {"type": "ended", "user_id": OTHERS[0]}
+        return {"type": "notes", "text": _random_text(self.rng, 6)}
+
     def random_error(self) -> dict[str, Any]:
-        code = self.rng.choice(
-            ["internal_error", "rate_limited", "version_too_old", "invalid_message", "resync", "too_complex", "nope"]
-        )
+        code = self.rng.choice(RANDOM_ERRORS)
         error: dict[str, Any] = {"type": "error", "code": code, "message": f"simulated {code}"}
         inflight = self.client.replica.inflight
-        if code in ("resync", "too_complex") and self.rng.random() < 0.7:
+        if code == "resync" and self.rng.random() < 0.7:
             # About the batch in flight, or a late answer about an earlier one.
             error["seq"] = inflight.seq if inflight is not None and self.rng.random() < 0.7 else 0
+        if code == "too_complex":
+            # A late answer about an earlier batch only. One about the batch in flight is the room's
+            # own refusal (`serve`), which never applies that batch: a made-up one would let the
+            # room apply the batch the client has just replaced with a coarser one.
+            error["seq"] = 0
         if code == "rate_limited":
             error["retry_after"] = 0.2
         return error
@@ -316,6 +342,11 @@ class Scenario:
             # Another copy of this client holds its client_id.
             self.send({"type": "error", "code": "client_id_in_use", "message": "in use"})
             return
+        if rng.random() < 0.03:
+            # A private room's link was revoked, or the interview ended: no conversation follows.
+            self.send({"type": "error", "code": "forbidden", "message": "this link was revoked"})
+            self.connected = False
+            return
         doc = self.doc
         client_id = ClientId(hello["client_id"])
         version = hello["version"]
@@ -337,6 +368,9 @@ class Scenario:
         last_seq = doc.last_seq(client_id)
         if last_seq is not None:
             welcome["last_seq"] = last_seq
+        role = rng.choice([None, None, "interviewer", "candidate", "observer"])
+        if role is not None:  # a private room
+            welcome.update(role=role, locked=rng.random() < 0.3, ended=rng.random() < 0.15)
         if catch_up is None:
             welcome["doc"] = doc.text
         self.send(welcome)
@@ -429,6 +463,10 @@ def test_random_conversations_reach_every_path_of_the_algorithm() -> None:
             outcome = result.get("outcome") or {}
             if outcome.get("offer"):
                 seen["offer:" + outcome["offer"]["reason"]] += 1
+            if outcome.get("denied") is not None:
+                seen["denied"] += 1
+            if step["op"] == "cursor" and result["cursor"] is None and result["state"]["live"]:
+                seen["cursor withheld"] += 1
             codes = set()
             for message in step.get("messages", []):
                 kind = message["type"]
@@ -449,6 +487,7 @@ def test_random_conversations_reach_every_path_of_the_algorithm() -> None:
         "error:too_complex", "error:resync", "error:client_id_in_use", "error:internal_error",
         "error:rate_limited", "error:version_too_old", "error:invalid_message",
         "offer:history", "offer:stale", "offer:reset", "offer:duplicate", "remote cursors", "push after frame",
-        "coarse resend",
+        "coarse resend", "error:forbidden", "error:read_only", "denied", "locked", "ended", "notes",
+        "cursor withheld",
     ]  # fmt: skip
     assert [] == [name for name in wanted if seen[name] < 5], seen

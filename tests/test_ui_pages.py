@@ -2,7 +2,7 @@
 the presence list, the shared language. The browser half of the editor is covered by
 ``test_browser.py``; here the editor's hello is sent the way the browser sends it, and its
 member list and the room's activity are reported the way the browser reports them
-(`BrowserHalf`)."""
+(`tests.ui_simulation.BrowserHalf`)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from nicegui.testing import User
 from rooms.limits import ROOM_ID
 from rooms.protocol import Hello, Language
 from rooms.registry import RoomRegistry
-from tests.ui_simulation import Recorder
+from tests.ui_simulation import BrowserHalf, Recorder, browser_hello, choose_name, follow_link, until, wait_for_notice
 from ui.editor import (
     BrowserNotReading,
     BrowserTransport,
@@ -32,93 +32,7 @@ from ui.editor import (
     parse_members,
 )
 from ui.presence_panel import comings_and_goings
-from ui.start_page import room_id_from
-
-
-async def choose_name(user: User, name: str) -> None:
-    await user.should_see("Your name in rooms")
-    user.find(marker="name").type(name)
-    user.find(marker="save-name").click()
-
-
-async def wait_for_notice(user: User, text: str, timeout: float = 5.0) -> None:
-    for _ in range(int(timeout / 0.05)):
-        if user.notify.contains(text):
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"no notification {text!r}; got {user.notify.messages}")
-
-
-async def until(condition: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
-    for _ in range(int(timeout / 0.02)):
-        if condition():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def browser_hello(user: User, client_id: str, gen: int = 1) -> None:
-    """What the editor's browser half sends first (the server fills in name and colour)."""
-    hello = {"type": "hello", "client_id": client_id, "version": None, "resume_token": "t" * 16, "batch": True}
-    user.find(CollabEditor).trigger("frame", {"gen": gen, "data": json.dumps(hello)})
-
-
-class BrowserHalf:
-    """Keeps what the room sends the page and reports it as the editor's browser half does: the
-    member list (its welcome, then each member_joined and member_left) with a ``members`` event
-    (unless ``members`` is false), and the room's language and the other authors of updates
-    with an ``activity`` event. The browser's 2 s expiry of an author is not simulated."""
-
-    def __init__(self, user: User, *, members: bool = True) -> None:
-        self.user = user
-        self.editor = user.find(CollabEditor).elements.pop()
-        self.own_id = ""
-        self.members: dict[str, dict[str, str]] = {}
-        self.reported: list[dict[str, Any]] = []
-        self.report_members = members
-        self.language: str | None = None
-        self.typing: list[str] = []
-        self.activity: dict[str, Any] | None = None  # the last activity event
-        send = self.editor.call
-
-        def call(method: str, *args: Any) -> None:
-            send(method, *args)
-            if method == "receive":
-                self.receive(*args)
-
-        self.editor.call = call  # type: ignore[method-assign]
-
-    def receive(self, gen: int, data: str) -> None:
-        parsed = json.loads(data)
-        before = (self.own_id, dict(self.members))
-        messages = parsed if isinstance(parsed, list) else [parsed]
-        welcomed = any(message["type"] == "welcome" for message in messages)
-        for message in messages:
-            if message["type"] == "welcome":
-                self.own_id = message["user_id"]
-                self.members = {member["user_id"]: member for member in message["members"]}
-                self.language = message["language"]
-            elif message["type"] == "member_joined":
-                self.members[message["user_id"]] = message
-            elif message["type"] == "member_left":
-                self.members.pop(message["user_id"], None)
-            elif message["type"] == "language":
-                self.language = message["language"]
-            elif message["type"] == "update" and not welcomed:  # a catch-up is not typing
-                author = message.get("user_id")
-                if author and author != self.own_id and author not in self.typing:
-                    self.typing.append(author)
-        if self.editor.is_deleted:
-            return
-        if self.report_members and (self.own_id, self.members) != before:
-            members = [{key: m[key] for key in ("user_id", "username", "color")} for m in self.members.values()]
-            args = {"gen": gen, "self": self.own_id, "members": members}
-            self.reported.append(args)
-            self.user.find(CollabEditor).trigger("members", args)
-        activity = {"gen": gen, "language": self.language, "typing": sorted(self.typing)}
-        if activity != self.activity:
-            self.activity = activity
-            self.user.find(CollabEditor).trigger("activity", activity)
+from ui.start_page import link_target
 
 
 def language_of(user: User) -> Any:
@@ -143,40 +57,43 @@ async def connected_page(user: User, room: str, name: str) -> CollabEditor:
 
 
 @pytest.mark.parametrize(
-    ("pasted", "room_id"),
+    ("pasted", "target"),
     [
-        ("http://127.0.0.1:8080/room/Ab3_-x", "Ab3_-x"),
-        ("https://pad.example.com/room/abc/", "abc"),
-        ("/room/abc", "abc"),
-        ("  abc  ", "abc"),
+        ("http://127.0.0.1:8080/room/Ab3_-x", "/room/Ab3_-x"),
+        ("https://pad.example.com/room/abc/", "/room/abc"),
+        ("/room/abc", "/room/abc"),
+        ("  abc  ", "/room/abc"),
+        ("https://pad.example.com/join/abc/s3cr_t-X", "/join/abc/s3cr_t-X"),
+        ("/join/abc/s3cr_t-X/", "/join/abc/s3cr_t-X"),
+        ("https://pad.example.com/join/abc/not%20a%20secret", None),
+        ("https://pad.example.com/join/abc/" + "s" * 129, None),
+        ("https://pad.example.com/join/a.b/secret", None),
         ("https://pad.example.com/other/abc", None),
         ("not a room!", None),
         ("", None),
         ("x" * 65, None),
     ],
 )
-def test_a_pasted_link_or_id_gives_the_room_id(pasted: str, room_id: str | None) -> None:
-    assert room_id == room_id_from(pasted)
+def test_a_pasted_link_or_id_gives_the_page_to_open(pasted: str, target: str | None) -> None:
+    assert target == link_target(pasted)
 
 
 async def test_create_asks_for_a_name_once_and_opens_a_new_unguessable_room(users: Callable[[], User]) -> None:
     user = users()
     await user.open("/")
     await user.should_see("You have not chosen a name yet.")
-    user.find(marker="create-room").click()
-    await choose_name(user, "Ann")
+    link = await follow_link(user, lambda: user.find(marker="create-room").click(), lambda: choose_name(user, "Ann"))
     await user.should_see(kind=CollabEditor)
-    path = user.back_history[-1]
-    room_id = path.removeprefix("/room/")
-    assert path.startswith("/room/") and ROOM_ID.fullmatch(room_id) and len(room_id) >= 16
+    room_id = link.split("/")[2]
+    assert ROOM_ID.fullmatch(room_id) and len(room_id) >= 16
     await user.should_see("Ann")
     # Remembered: the start page knows the name, and a second room opens without asking.
     await user.open("/")
     await user.should_see("You appear as")
     await user.should_see("Ann")
-    user.find(marker="create-room").click()
+    second = await follow_link(user, lambda: user.find(marker="create-room").click())
     await user.should_see(kind=CollabEditor)
-    assert user.back_history[-1] != path
+    assert second.split("/")[2] != room_id
     await user.should_not_see("Your name in rooms")
 
 

@@ -11,9 +11,21 @@
 // changes composed, not sent). The editor always shows base + inflight + pending: every change
 // it is asked to make keeps that true, and the view hands every local change to `edit`. While
 // `version` is null, `base` is just the text shown (a snapshot replaces it).
+//
+// In a private room the welcome gives the member's role, and says whether the room is locked or
+// ended, as do `locked` and `ended` later: `mayEdit` and `cursor` follow the server's permission
+// table (rooms/access.py). A join refused with `forbidden` (a revoked link, the end of the
+// interview) is final: `denied` says so, and no hello follows.
 
 const REMOTE_ONLY_ERRORS = new Set(["rate_limited", "internal_error", "room_full", "server_restarting"]);
-const REFUSED = new Set(["version_too_old", "invalid_changes", "too_large", "invalid_version", "too_complex"]);
+const REFUSED = new Set([
+  "version_too_old",
+  "invalid_changes",
+  "too_large",
+  "invalid_version",
+  "too_complex",
+  "read_only",
+]);
 
 function newOutcome() {
   return {
@@ -29,6 +41,9 @@ function newOutcome() {
     confirmed: false, // the batch in flight was confirmed
     members: false, // the member list changed
     cursors: false, // a remote cursor changed
+    access: false, // the role, the lock or the end changed
+    notes: null, // the interviewers' notes (sent to interviewers only)
+    denied: null, // the server refused our hello for good: its reason
     failure: null, // a message that could not be handled (the client resynchronises)
     due: false, // unconfirmed work is sent once the whole frame is handled
   };
@@ -47,6 +62,10 @@ export function replacement({ ChangeSet, Text }, current, text) {
   return ChangeSet.of({ from: start, to: current.length - end, insert }, current.length);
 }
 
+function member(m) {
+  return { username: m.username, color: m.color, role: m.role ?? null };
+}
+
 export class CollabClient {
   // cm: {ChangeSet, Text}; saved: a toJSON() result or null; newIdentity: () => {clientId,
   // resumeToken}, for a new client (and for a copy of another one, which must become new).
@@ -59,6 +78,9 @@ export class CollabClient {
     this.maxChangeParts = null;
     this.members = new Map(); // user_id -> {username, color}
     this.cursors = new Map(); // user_id -> {anchor, head}, in positions of the text shown
+    this.role = null; // in a private room: interviewer, candidate or observer
+    this.locked = false;
+    this.ended = false;
     if (saved) this.restore(saved);
     else this.renew(this.Text.of([""]));
   }
@@ -122,7 +144,19 @@ export class CollabClient {
   }
 
   memberList() {
-    return [...this.members].map(([user_id, m]) => ({ user_id, username: m.username, color: m.color }));
+    return [...this.members].map(([user_id, m]) => ({ user_id, username: m.username, color: m.color, role: m.role }));
+  }
+
+  // What the server lets this member do now (rooms/access.py's table): an open room's member and
+  // an interviewer always; a candidate until the room is locked or ended; an observer never.
+  get mayEdit() {
+    const role = this.role;
+    return role === null || role === "interviewer" || (role === "candidate" && !this.locked && !this.ended);
+  }
+
+  get mayCursor() {
+    const role = this.role;
+    return role === null || role === "interviewer" || (role === "candidate" && !this.ended);
   }
 
   // The conversation ended (the connection closed): until the next welcome nobody is known.
@@ -180,7 +214,7 @@ export class CollabClient {
 
   // Our selection in the server's text at `version`: back through our unconfirmed changes.
   cursor(anchor, head) {
-    if (!this.live) return null;
+    if (!this.live || !this.mayCursor) return null;
     const local = this.unconfirmed;
     const toServer = (pos) => (local ? local.invertedDesc.mapPos(pos, -1) : pos);
     return { type: "cursor", version: this.version, anchor: toServer(anchor), head: toServer(head) };
@@ -204,7 +238,7 @@ export class CollabClient {
 
   // --- from the server ---------------------------------------------------------------------------
   // One frame (a message or a batch of them). Handling stops at the first message that asks for
-  // a new hello: the rest belongs to a conversation that is over.
+  // a new hello, or refuses ours: the rest belongs to a conversation that is over.
   receive(messages) {
     const out = newOutcome();
     for (const message of messages) {
@@ -215,7 +249,7 @@ export class CollabClient {
         this.forgetVersion();
         out.hello = true;
       }
-      if (out.hello) {
+      if (out.hello || out.denied !== null) {
         this.live = false;
         return out;
       }
@@ -244,7 +278,7 @@ export class CollabClient {
       case "cursor":
         return this.onCursor(message, out);
       case "member_joined":
-        this.members.set(message.user_id, { username: message.username, color: message.color });
+        this.members.set(message.user_id, member(message));
         out.members = true;
         return;
       case "member_left":
@@ -254,6 +288,16 @@ export class CollabClient {
         return;
       case "language":
         out.language = message.language;
+        return;
+      case "locked":
+        this.locked = message.locked === true;
+        out.access = true;
+        return;
+      case "ended":
+        this.ended = out.access = true;
+        return;
+      case "notes":
+        if (typeof message.text === "string") out.notes = message.text;
         return;
       case "ping":
         if (this.live) out.send.push({ type: "pong" });
@@ -286,7 +330,11 @@ export class CollabClient {
     const newEpoch = this.epoch !== null && this.epoch !== message.epoch;
     this.epoch = message.epoch ?? null;
     if (lastSeq !== null) this.nextSeq = Math.max(this.nextSeq, lastSeq + 1);
-    this.members = new Map((message.members || []).map((m) => [m.user_id, { username: m.username, color: m.color }]));
+    this.members = new Map((message.members || []).map((m) => [m.user_id, member(m)]));
+    this.role = message.role ?? null;
+    this.locked = message.locked === true;
+    this.ended = message.ended === true;
+    out.access = true;
     this.cursors.clear();
     out.members = out.cursors = true;
     if (message.doc !== undefined && message.doc !== null) {
@@ -428,6 +476,12 @@ export class CollabClient {
       out.members = out.cursors = true;
       out.hello = true;
       if (hadWork) out.offer = { text: mine.toString(), reason: "duplicate" };
+      return;
+    }
+    if (code === "forbidden" && !this.live) {
+      // Our hello was refused: the link was revoked, or the interview ended. Saying hello
+      // again would be refused again.
+      out.denied = String(message.message ?? "");
       return;
     }
     if (REFUSED.has(code)) {

@@ -3,18 +3,20 @@
 // receive(gen, data), where data is one protocol message, or a JSON array of them (batch).
 //
 // Every protocol decision is made by the client in collab_client.js (served as a dependency of
-// this component); this file is its shell: the editor, the bridge, timers, sessionStorage and
-// what the page is told ("frame", "lost", "notice", "paused", "members", "activity"). The client's
-// state is kept in sessionStorage, so a reconnect or a page reload (a server restart) resends
-// unconfirmed work, which the server applies exactly once.
+// this component); this file is its shell: the editor, the bridge, timers, and what the page is
+// told ("frame", "lost", "notice", "paused", "members", "activity"; "access" and "notes" from
+// collab_access.js). The client's state is kept in sessionStorage (collab_tabs.js), so a
+// reconnect or a page reload (a server restart) resends unconfirmed work, which the server
+// applies exactly once.
 //
 // `gen` numbers the hellos of this page: a reconnect says hello again with a new gen, and
 // anything still arriving for an older one is ignored.
 import * as CM from "nicegui-codemirror";
-import { CollabClient, replacement } from "collab_client";
+import { replacement } from "collab_client";
 import { remoteCarets, caretDecorations } from "collab_carets";
+import { tabMethods } from "collab_tabs";
+import { CLOSE_REVOKED, accessMethods } from "collab_access";
 
-const STORE = "collab-pad:";
 const HELLO_RETRY_MS = [2000, 4000, 8000];
 const CURSOR_THROTTLE_MS = 80;
 const RESEND_MS = 3000; // an unconfirmed batch is sent again (same seq: applied once) after this
@@ -28,24 +30,16 @@ const FAILURES_BEFORE_OFFER = 3;
 const TYPING_MS = 2000;
 const REMOTE = [CM.Transaction.remote.of(true), CM.Transaction.addToHistory.of(false)];
 
-function randomId(bytes) {
-  const data = new Uint8Array(bytes);
-  crypto.getRandomValues(data);
-  return Array.from(data, (b) => b.toString(16).padStart(2, "0")).join("");
-}
-
-function newIdentity() {
-  return { clientId: "b-" + randomId(12), resumeToken: randomId(16) };
-}
-
 export default {
   template: `<div class="collab-editor"></div>`,
-  props: { roomId: String, language: String, theme: String, maxChars: Number },
+  props: { roomId: String, language: String, theme: String, maxChars: Number, readOnly: Boolean },
   watch: { language: "setLanguage", theme: "setTheme" },
   async mounted() {
     this.gen = this.helloAttempt = this.failures = 0;
     this.helloTimer = this.resendTimer = this.cursorTimer = this.saveTimer = this.typingTimer = null;
-    this.stopped = null; // a reason not to reconnect by ourselves (another tab took over)
+    this.stopped = null; // a reason not to reconnect by ourselves (another tab took over, no access)
+    this.denied = null; // the room refused this page for good (collab_access.js)
+    this.accessShown = null; // the last access event, so that only changes are emitted
     this.sentAt = 0; // when the in-flight batch was last sent
     this.lastNotice = new Map(); // notice key -> time shown, so that retries do not repeat it
     // What the page shows of the room besides its members, as this connection heard it.
@@ -82,21 +76,8 @@ export default {
     });
     this.setLanguage(this.language);
     this.setTheme(this.theme);
-    this.onPageHide = () => {
-      this.save();
-      sessionStorage.setItem(STORE + "open", "0");
-    };
-    this.onPageShow = () => sessionStorage.setItem(STORE + "open", "1");
-    this.onVisibility = () => this.save();
-    window.addEventListener("pagehide", this.onPageHide);
-    window.addEventListener("pageshow", this.onPageShow);
-    document.addEventListener("visibilitychange", this.onVisibility);
-    this.channel = new BroadcastChannel(STORE + "tabs");
-    this.channel.onmessage = (event) => {
-      if (event.data?.type === "who" && event.data.client_id === this.client.clientId) {
-        this.channel.postMessage({ type: "mine", client_id: this.client.clientId });
-      }
-    };
+    if (this.readOnly) this.setEditable(false); // until the room says what this member may do
+    this.watchTab();
     this.waitForSocket();
     this.publishStatus();
     this.statusTimer = setInterval(() => this.publishStatus(), 1000);
@@ -108,72 +89,17 @@ export default {
     for (const timer of [this.helloTimer, this.resendTimer, this.cursorTimer, this.saveTimer, this.typingTimer])
       clearTimeout(timer);
     clearInterval(this.statusTimer);
-    window.removeEventListener("pagehide", this.onPageHide);
-    window.removeEventListener("pageshow", this.onPageShow);
-    document.removeEventListener("visibilitychange", this.onVisibility);
+    this.unwatchTab();
     if (window.socket && this.onConnect) {
       window.socket.off("connect", this.onConnect);
       window.socket.off("disconnect", this.onDisconnect);
     }
-    this.channel?.close();
     this.view?.destroy();
     if (window.collabEditor === this) window.collabEditor = undefined;
   },
   methods: {
-    // --- state kept in sessionStorage -------------------------------------------------------
-    storageKey() {
-      return STORE + "room:" + this.roomId;
-    },
-    async restoreOrFork() {
-      let saved = null;
-      try {
-        saved = JSON.parse(sessionStorage.getItem(this.storageKey()) || "null");
-      } catch (e) {
-        saved = null;
-      }
-      // A duplicated tab copies sessionStorage, including a flag that says the tab is open (a
-      // reload clears it first, on pagehide); the original tab owns those edits and that
-      // client_id, so a copy starts as a new client from the server's text. The tabs are also
-      // asked directly, for a copy made while the flag was down.
-      const copied = sessionStorage.getItem(STORE + "open") === "1";
-      sessionStorage.setItem(STORE + "open", "1");
-      if (saved && (copied || (await this.clientIdTaken(saved.client_id)))) saved = null;
-      try {
-        this.client = new CollabClient(CM, saved, newIdentity);
-      } catch (e) {
-        console.warn("collab pad: the kept state is unreadable; starting afresh", e);
-        this.client = new CollabClient(CM, null, newIdentity);
-      }
-    },
-    clientIdTaken(clientId) {
-      return new Promise((resolve) => {
-        const channel = new BroadcastChannel(STORE + "tabs");
-        const timer = setTimeout(() => {
-          channel.close();
-          resolve(false);
-        }, 150);
-        channel.onmessage = (event) => {
-          if (event.data?.type === "mine" && event.data.client_id === clientId) {
-            clearTimeout(timer);
-            channel.close();
-            resolve(true);
-          }
-        };
-        channel.postMessage({ type: "who", client_id: clientId });
-      });
-    },
-    save() {
-      clearTimeout(this.saveTimer);
-      this.saveTimer = null;
-      try {
-        sessionStorage.setItem(this.storageKey(), JSON.stringify(this.client.toJSON()));
-      } catch (e) {
-        console.warn("collab pad: could not keep unsent edits in sessionStorage", e);
-      }
-    },
-    scheduleSave() {
-      if (this.saveTimer === null) this.saveTimer = setTimeout(() => this.save(), 0);
-    },
+    ...tabMethods,
+    ...accessMethods,
 
     // --- connection ---------------------------------------------------------------------------
     waitForSocket() {
@@ -214,8 +140,8 @@ export default {
     rejoin() {
       // The user changed their name or colour, or takes the room back from another tab: a new
       // hello resumes where we are.
-      this.stopped = null;
-      this.setEditable(true);
+      this.stopped = this.denied = null;
+      this.setEditable(this.client.mayEdit);
       this.helloAttempt = 0;
       this.hello();
     },
@@ -298,6 +224,8 @@ export default {
       }
       if (out.language !== null) this.setLanguage(out.language);
       if (out.members) this.emitMembers();
+      if (out.access) this.applyAccess();
+      if (out.notes !== null) this.emitNotes(out.notes);
       this.noteActivity(out);
       if (out.cursors) this.drawCursors();
       if (out.offer) this.offer(out.offer.text, out.offer.reason);
@@ -314,6 +242,7 @@ export default {
       }
       if (out.welcomed && !out.hello) this.sendCursor();
       if (out.error) this.onError(out.error);
+      if (out.denied !== null) this.deny(out.denied);
       if (out.hello) this.hello();
       if (out.changes.length || out.welcomed || out.confirmed || out.hello || out.due) this.scheduleSave();
       this.publishStatus();
@@ -327,6 +256,8 @@ export default {
         this.setEditable(false);
         clearTimeout(this.resendTimer);
         this.$emit("paused", { message: this.stopped });
+      } else if (code === CLOSE_REVOKED) {
+        this.deny(reason);
       } else if (code === 1012) {
         // The server is restarting: NiceGUI reloads the page when it is back; until then, keep
         // trying (edits stay in sessionStorage).
@@ -462,7 +393,8 @@ export default {
       const client = this.client;
       const unconfirmed = client.inflight !== null || client.pending !== null;
       let state = "connected";
-      if (this.stopped) state = "paused";
+      if (this.denied) state = "denied";
+      else if (this.stopped) state = "paused";
       else if (!connected) state = "offline";
       else if (!this.live) state = "reconnecting";
       // Unconfirmed for a while although connected: worth showing too.

@@ -5,6 +5,7 @@ const LOOK = {
   reconnecting: { label: "reconnecting…", color: "#b45309", icon: "sync" },
   offline: { label: "offline", color: "#b91c1c", icon: "cloud_off" },
   paused: { label: "paused", color: "#6b7280", icon: "pause_circle" },
+  denied: { label: "no access", color: "#6b7280", icon: "block" },
 };
 
 export default {

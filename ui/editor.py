@@ -4,36 +4,64 @@ The browser half (``collab_editor.js``) runs the client algorithm of the version
 CodeMirror's own ``ChangeSet``. This half only carries frames: ``frame`` events from the browser
 go to the room registry exactly as a WebSocket frame would, and whatever the room sends goes back
 with one ``receive`` call per frame. The hello asks for ``batch``, so everything queued for one
-browser in one event-loop turn leaves as one frame, one NiceGUI message.
+browser in one event-loop turn leaves as one frame, one NiceGUI message. In a private room the
+hello carries the link's secret, added here: the browser's scripts never see it.
 
 Every hello starts a new *generation*; frames of an older generation are ignored on both sides,
 so a browser that reconnects (a new hello on the same page) never mixes two sessions.
 
 The browser half also reports who is in the room, as its connection knows it (``members``
-events), and the room's language and who typed in it lately (``activity`` events): the page
-shows exactly what the editor was told, connected or not, and never reads the room itself.
+events), the room's language and who typed in it lately (``activity``), the member's role and
+the room's lock and end (``access``), and the interviewers' notes (``notes``): the page shows
+exactly what the editor was told, connected or not, and never reads the room itself (see
+`ui.reports`). A join the room refuses for good (`Forbidden`: a revoked link, the end of the
+interview) and a connection it ends for the same reasons (`CLOSE_REVOKED`) are told to the page
+here, where they happen (``on_denied``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 import structlog
 from nicegui import Client, background_tasks, ui
 from nicegui.events import GenericEventArguments
 
-from rooms.errors import InternalError, InvalidMessage, RateLimited, RoomError
-from rooms.limits import MessageLimit, TokenBucket, clean_language
+from rooms.errors import Forbidden, InternalError, InvalidMessage, RateLimited, ReadOnly, RoomError
+from rooms.limits import MessageLimit, TokenBucket
 from rooms.protocol import ErrorOut, Hello, parse_client_message
 from rooms.registry import RoomRegistry
-from rooms.session import Session
+from rooms.session import CLOSE_REVOKED, Session
 from rooms.settings import Settings
+from ui.reports import (
+    AccessState,
+    Newest,
+    RoomActivity,
+    Roster,
+    RosterEntry,
+    parse_access,
+    parse_activity,
+    parse_members,
+    parse_notes,
+)
+
+__all__ = [
+    "AccessState",
+    "BrowserNotReading",
+    "BrowserTransport",
+    "CollabEditor",
+    "ConnectionBadge",
+    "Identity",
+    "RoomActivity",
+    "Roster",
+    "RosterEntry",
+    "parse_activity",
+    "parse_members",
+]
 
 log = structlog.get_logger("collab.ui.editor")
 
@@ -43,13 +71,6 @@ HELLO_RATE_PER_SECOND = 0.5
 HELLO_BURST = 5
 # Frames a page may send between its hello and the room being loaded (a cursor, a resend).
 MAX_EARLY_FRAMES = 50
-# A member list comes from the browser: it only repeats what the room told it, so anything
-# longer or shaped otherwise is not from the browser half. User ids are 12 hex digits today.
-USER_ID_MAX_CHARS = 64
-COLOR = re.compile(r"#[0-9a-fA-F]{6}")
-# Drawing the list costs the server a few elements per member: a page that reports it (or the
-# room's activity) more often than this is shown only its newest report, once per interval.
-REPORT_INTERVAL_SECONDS = 0.1
 
 T = TypeVar("T")
 
@@ -73,130 +94,6 @@ class Identity:
 
     username: str
     color: str
-
-
-@dataclass(frozen=True, slots=True)
-class RosterEntry:
-    """One member of the room as the page's connection knows them."""
-
-    user_id: str
-    username: str
-    color: str
-
-
-@dataclass(frozen=True, slots=True)
-class Roster:
-    """Who is in the room as the page's connection knows it (its welcome, then each join and
-    leave); no members while it is not connected. ``own_id`` is this page's own member."""
-
-    own_id: str
-    members: tuple[RosterEntry, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class RoomActivity:
-    """The room as the page's connection last heard of it, besides its members: its language
-    (None until the first welcome) and the members whose updates arrived in the last 2 s."""
-
-    language: str | None
-    typing: frozenset[str]  # user ids
-
-
-def _short_string(value: object, what: str, max_chars: int) -> str:
-    if not isinstance(value, str):
-        raise ValueError(f"{what} must be a string, got {type(value).__name__}")
-    if len(value) > max_chars:
-        raise ValueError(f"{what} must be at most {max_chars} characters, got {len(value)}")
-    return value
-
-
-def _event_gen(args: object, event: str) -> tuple[dict[str, Any], int]:
-    if not isinstance(args, dict):
-        raise ValueError(f"{event} event must be an object, got {type(args).__name__}")
-    gen = args.get("gen")
-    if not isinstance(gen, int) or isinstance(gen, bool):
-        raise ValueError(f"gen must be an integer, got {type(gen).__name__}")
-    return args, gen
-
-
-def parse_members(args: object, *, max_members: int, max_username_chars: int) -> tuple[int, Roster]:
-    """The generation and the member list of a ``members`` event from the browser.
-
-    Raises `ValueError` saying what is wrong with a list of another shape, of more than
-    ``max_members`` members, or with a string longer than its kind ever is.
-    """
-    args, gen = _event_gen(args, "members")
-    # null until the connection's first welcome: no own member yet.
-    own = args.get("self")
-    own_id = "" if own is None else _short_string(own, "self", USER_ID_MAX_CHARS)
-    members = args.get("members")
-    if not isinstance(members, list):
-        raise ValueError(f"members must be a list, got {type(members).__name__}")
-    if len(members) > max_members:
-        raise ValueError(f"members must hold at most {max_members} members, got {len(members)}")
-    entries = []
-    for member in members:
-        if not isinstance(member, dict):
-            raise ValueError(f"a member must be an object, got {type(member).__name__}")
-        user_id = _short_string(member.get("user_id"), "user_id", USER_ID_MAX_CHARS)
-        username = _short_string(member.get("username"), "username", max_username_chars)
-        color = _short_string(member.get("color"), "color", 7)
-        # The colour ends up in a style attribute: only #rrggbb, as the room gives them.
-        if not COLOR.fullmatch(color):
-            raise ValueError(f"color must be #rrggbb, got {color!r}")
-        entries.append(RosterEntry(user_id, username, color))
-    return gen, Roster(own_id, tuple(entries))
-
-
-def parse_activity(args: object, *, max_members: int) -> tuple[int, RoomActivity]:
-    """The generation and the room's activity of an ``activity`` event from the browser.
-
-    The browser only repeats what the room told it: a language the room would not take (see
-    `clean_language`), or more members typing than a room holds, is not from the browser half.
-    Raises `ValueError` saying what is wrong.
-    """
-    args, gen = _event_gen(args, "activity")
-    language = args.get("language")
-    if language is not None:
-        try:
-            language = clean_language(language)
-        except InvalidMessage as exc:
-            raise ValueError(str(exc)) from None
-    typing = args.get("typing")
-    if not isinstance(typing, list):
-        raise ValueError(f"typing must be a list, got {type(typing).__name__}")
-    if len(typing) > max_members:
-        raise ValueError(f"typing must hold at most {max_members} user ids, got {len(typing)}")
-    user_ids = frozenset(_short_string(user_id, "a typing user_id", USER_ID_MAX_CHARS) for user_id in typing)
-    return gen, RoomActivity(language, user_ids)
-
-
-class Newest(Generic[T]):
-    """Hands reports from the browser to the page at most once per `REPORT_INTERVAL_SECONDS`:
-    the first at once, then the newest of those that came during the interval."""
-
-    def __init__(self, show: Callable[[T], None] | None) -> None:
-        self.show = show
-        self.latest: T | None = None  # the newest report, shown or about to be
-        self._shown_at = float("-inf")
-        self._waiting = False  # a handler waits out the interval to show the newest report
-
-    async def report(self, value: T, alive: Callable[[], bool]) -> None:
-        self.latest = value
-        if self._waiting:
-            return  # the handler already waiting shows this newer report
-        wait = self._shown_at + REPORT_INTERVAL_SECONDS - time.monotonic()
-        if wait > 0:
-            self._waiting = True
-            try:
-                await asyncio.sleep(wait)
-            finally:
-                self._waiting = False
-        latest = self.latest
-        if self.show is None or latest is None or not alive():
-            return
-        self._shown_at = time.monotonic()
-        self.show(latest)
 
 
 class BrowserTransport:
@@ -225,11 +122,18 @@ class BrowserTransport:
         self.editor.call("receive", self.gen, message)
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
-        if not self.detached:
-            self.editor.call("closed", self.gen, code, reason)
+        if self.detached:
+            return
+        self.editor.call("closed", self.gen, code, reason)
+        if code == CLOSE_REVOKED:  # removed, its link revoked, the interview ended: for good
+            self.editor.deny(self, reason)
 
 
-class CollabEditor(ui.element, component="collab_editor.js", dependencies=["collab_client.js", "collab_carets.js"]):
+class CollabEditor(
+    ui.element,
+    component="collab_editor.js",
+    dependencies=["collab_client.js", "collab_carets.js", "collab_tabs.js", "collab_access.js"],
+):
     """The shared editor of one room for one browser page."""
 
     def __init__(
@@ -241,16 +145,28 @@ class CollabEditor(ui.element, component="collab_editor.js", dependencies=["coll
         *,
         language: str,
         theme: str = "light",
+        token: str | None = None,
+        read_only: bool = False,
         on_members: Callable[[Roster], None] | None = None,
         on_activity: Callable[[RoomActivity], None] | None = None,
+        on_access: Callable[[AccessState], None] | None = None,
+        on_notes: Callable[[str], None] | None = None,
+        on_denied: Callable[[str], None] | None = None,
     ) -> None:
-        """``on_members`` is called with the room's member list, and ``on_activity`` with its
-        language and who typed lately, whenever the browser half reports them (each at most
-        once per `REPORT_INTERVAL_SECONDS`, the newest)."""
+        """``token`` is the secret of the private room's link the page was opened with (None:
+        an open room); ``read_only``: the editor starts read-only, until the room says.
+
+        ``on_members`` is called with the room's member list, ``on_activity`` with its
+        language and who typed lately, ``on_access`` with the member's role and the room's
+        lock and end, and ``on_notes`` with the interviewers' notes, whenever the browser half
+        reports them (each at most once per `REPORT_INTERVAL_SECONDS`, the newest).
+        ``on_denied`` is called with the reason when the room refuses this page for good."""
         super().__init__()
         self._registry = registry
         self._settings = settings
         self._identity = identity
+        self._token = token
+        self._on_denied = on_denied
         self.room_id = room_id
         self.session: Session | None = None
         self.transport: BrowserTransport | None = None
@@ -259,13 +175,18 @@ class CollabEditor(ui.element, component="collab_editor.js", dependencies=["coll
         self._props["language"] = language
         self._props["theme"] = theme
         self._props["max-chars"] = settings.max_document_chars
+        self._props["read-only"] = read_only
         self._hellos = MessageLimit(own=TokenBucket.full(HELLO_RATE_PER_SECOND, HELLO_BURST, time.monotonic()))
         self._address = _client_address(self.client)
         self._rosters = Newest(on_members)
         self._activities = Newest(on_activity)
+        self._accesses = Newest(on_access)
+        self._notes = Newest(on_notes)
         self.on("frame", self._on_frame)
         self.on("members", self._on_members_event)
         self.on("activity", self._on_activity_event)
+        self.on("access", self._on_access_event)
+        self.on("notes", self._on_notes_event)
 
     # Server -> browser
 
@@ -320,7 +241,9 @@ class CollabEditor(ui.element, component="collab_editor.js", dependencies=["coll
             if not isinstance(message, Hello):
                 raise InvalidMessage(f"send hello before {message.type}")
             who = self._identity()
-            hello = message.model_copy(update={"username": who.username, "color": who.color, "batch": True})
+            # The link's secret is the page's, never the browser's: any token it sent is replaced.
+            update = {"username": who.username, "color": who.color, "batch": True, "token": self._token}
+            hello = message.model_copy(update=update)
         except Exception as exc:
             self._refuse(transport, exc)
             return
@@ -343,26 +266,38 @@ class CollabEditor(ui.element, component="collab_editor.js", dependencies=["coll
             registry.receive(session, data)
 
     async def _on_members_event(self, event: GenericEventArguments) -> None:
-        try:
-            gen, roster = parse_members(
-                event.args,
-                max_members=self._settings.max_members_per_room,
-                max_username_chars=self._settings.max_username_chars,
+        settings = self._settings
+
+        def parse(args: object) -> tuple[int, Roster]:
+            return parse_members(
+                args, max_members=settings.max_members_per_room, max_username_chars=settings.max_username_chars
             )
-        except ValueError as exc:
-            log.info("bad_members_event", room_id=self.room_id, reason=str(exc))
-            return
-        if self._is_current(gen):  # only the current connection's list is shown
-            await self._rosters.report(roster, self._is_alive)
+
+        await self._report("members", event, parse, self._rosters)
 
     async def _on_activity_event(self, event: GenericEventArguments) -> None:
+        max_members = self._settings.max_members_per_room
+        await self._report(
+            "activity", event, lambda args: parse_activity(args, max_members=max_members), self._activities
+        )
+
+    async def _on_access_event(self, event: GenericEventArguments) -> None:
+        await self._report("access", event, parse_access, self._accesses)
+
+    async def _on_notes_event(self, event: GenericEventArguments) -> None:
+        max_chars = self._settings.max_notes_chars
+        await self._report("notes", event, lambda args: parse_notes(args, max_chars=max_chars), self._notes)
+
+    async def _report(
+        self, kind: str, event: GenericEventArguments, parse: Callable[[object], tuple[int, T]], newest: Newest[T]
+    ) -> None:
         try:
-            gen, activity = parse_activity(event.args, max_members=self._settings.max_members_per_room)
+            gen, value = parse(event.args)
         except ValueError as exc:
-            log.info("bad_activity_event", room_id=self.room_id, reason=str(exc))
+            log.info(f"bad_{kind}_event", room_id=self.room_id, reason=str(exc))
             return
-        if self._is_current(gen):
-            await self._activities.report(activity, self._is_alive)
+        if self._is_current(gen):  # only the current connection's reports are shown
+            await newest.report(value, self._is_alive)
 
     def _is_current(self, gen: int) -> bool:
         return self.transport is not None and gen == self.transport.gen
@@ -375,6 +310,16 @@ class CollabEditor(ui.element, component="collab_editor.js", dependencies=["coll
             log.exception("browser_join_failed", room_id=self.room_id)
         refusal = exc if isinstance(exc, RoomError) else InternalError()
         self.call("receive", transport.gen, ErrorOut.of(refusal).encode())
+        if isinstance(refusal, Forbidden) and not isinstance(refusal, ReadOnly):
+            self.deny(transport, str(refusal))  # the browser half stops saying hello too
+
+    def deny(self, transport: BrowserTransport, reason: str) -> None:
+        """The room refused (or ended) this generation for good: tell the page why."""
+        if transport is not self.transport or self.is_deleted:
+            return  # an earlier generation's, or the page is gone
+        self.session = None
+        if self._on_denied is not None:
+            self._on_denied(reason)
 
     def _leave(self) -> None:
         if self.transport is not None:

@@ -28,6 +28,7 @@ import structlog
 from nicegui import background_tasks, ui
 from nicegui.elements.codemirror.constants import SUPPORTED_LANGUAGES
 
+from rooms.access import Act, Role, allowed
 from rooms.changes import ChangeSet, utf16_to_index
 from rooms.errors import RoomError
 from rooms.registry import RoomRegistry
@@ -204,8 +205,15 @@ class Playback:
         return changed
 
 
-def open_history(registry: RoomRegistry, room_id: str, editor: CollabEditor, *, language: str, dark: bool) -> ui.dialog:
-    """Open the history of the room in a dialog over the page; it is deleted when closed."""
+def open_history(
+    registry: RoomRegistry, room_id: str, editor: CollabEditor, *, role: Role | None, language: str, dark: bool
+) -> ui.dialog | None:
+    """Open the history of the room in a dialog over the page; it is deleted when closed. None
+    (and a notice) for a member whose ``role`` may not read the history: the page offers it to
+    no such member, and this says no again should one ask anyway."""
+    if not allowed(role, Act.HISTORY):
+        ui.notify("Only interviewers can play back the history of this room.", type="warning")
+        return None
     view = HistoryView(registry, room_id, editor, language=language, dark=dark)
     view.dialog.open()
     return view.dialog

@@ -8,6 +8,7 @@ Every name and id is shown as text (``ui.label``), never as markup.
 from __future__ import annotations
 
 from nicegui import ui
+from starlette.requests import Request
 
 from ui.room_page import room_page
 from ui.services import Services
@@ -17,5 +18,11 @@ __all__ = ["Services", "register"]
 
 
 def register(services: Services) -> None:
-    ui.page("/", title="collab pad")(lambda: start_page(services))
-    ui.page("/room/{room_id}", title="collab pad")(lambda room_id: room_page(services, room_id))
+    @ui.page("/", title="collab pad")
+    def start() -> None:
+        start_page(services)
+
+    @ui.page("/room/{room_id}", title="collab pad")
+    async def room(room_id: str, request: Request) -> None:
+        # The request: its cookie holds the room's link, if the browser opened one.
+        await room_page(services, room_id, request)

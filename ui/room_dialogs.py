@@ -1,7 +1,9 @@
-"""What the room page asks when the editor reports trouble: edits the room could not take, and
-the same room open in another tab."""
+"""What the room page asks: when the editor reports trouble (edits the room could not take, the
+same room open in another tab), and before an interviewer ends the interview."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from nicegui import ui
 
@@ -57,5 +59,27 @@ def offer_to_take_over(editor: CollabEditor) -> ui.dialog:
                 editor.rejoin()
 
             ui.button("Use this tab", on_click=take_back)
+    dialog.open()
+    return dialog
+
+
+def confirm_end(end: Callable[[], object]) -> ui.dialog:
+    """Ask an interviewer before ending the interview: it cannot be undone."""
+    with ui.dialog() as dialog, ui.card().classes("w-[32rem] max-w-full gap-3 collab-end-dialog"):
+        dialog.on_value_change(lambda event: None if event.value else dialog.delete())
+        ui.label("End the interview?").classes("text-lg font-medium")
+        ui.label(
+            "The candidate's link stops working and the editor becomes a read-only record for everyone "
+            "but interviewers. This cannot be undone."
+        ).classes("text-sm")
+        with ui.row().classes("w-full justify-end gap-2"):
+            ui.button("Cancel", on_click=dialog.close).props("flat")
+
+            def confirmed() -> None:
+                dialog.close()
+                end()
+
+            confirm = ui.button("End the interview", on_click=confirmed).props("color=negative")
+            confirm.classes("collab-end-confirm").mark("end-confirm")
     dialog.open()
     return dialog

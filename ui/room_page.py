@@ -1,45 +1,73 @@
-"""``/room/{room_id}``: the shared editor of one room, with its header and presence panel."""
+"""``/room/{room_id}``: the shared editor of one room, with its header and presence panel.
+
+The page first asks the room what the request's link makes of its user (`ui.access.page_role`):
+nothing (a private room without a live link: a page that says so), or a role, which decides
+what the page offers (see `ui.room_header`) and goes with the editor's hello. Open rooms have no
+role and offer what they always did.
+"""
 
 from __future__ import annotations
 
 from nicegui import app, ui
 from nicegui.events import GenericEventArguments
+from starlette.requests import Request
 
+from rooms.access import Role
+from rooms.errors import Forbidden, RoomError
 from rooms.limits import ROOM_ID
 from rooms.presence import pick_color
-from rooms.protocol import Language
-from ui.editor import CollabEditor, ConnectionBadge, Identity, RoomActivity, Roster
+from rooms.protocol import ClientMessage, End, Language, Lock, Notes, Remove, Revoke
+from ui.access import PRIVATE_ROOM, banner_text, may_edit, page_role
+from ui.editor import CollabEditor, Identity
 from ui.history import open_history
 from ui.identity import IdentityDialog, stored_identity
-from ui.languages import LANGUAGES, extension_for, label_for
+from ui.languages import extension_for
+from ui.notes_panel import NotesPanel
 from ui.presence_panel import PresencePanel
-from ui.room_dialogs import offer_lost_text, offer_to_take_over
+from ui.reports import AccessState, RoomActivity, Roster, RosterEntry
+from ui.room_dialogs import confirm_end, offer_lost_text, offer_to_take_over
+from ui.room_header import RoomHeader
 from ui.services import Services
+from ui.share_dialog import ShareDialog
 
 PAGE_CSS = """
-.collab-editor { height: calc(100vh - 64px); width: 100%; }
-.collab-editor .cm-editor { height: 100%; font-size: 14px; }
 .nicegui-content { padding: 0 !important; }
+.collab-workspace { height: calc(100vh - 64px); height: calc(100dvh - 64px); width: 100%;
+  display: flex; flex-direction: column; }
+.collab-panes { flex: 1; min-height: 0; display: flex; width: 100%; }
+.collab-editor { flex: 1; min-width: 0; height: 100%; }
+.collab-editor .cm-editor { height: 100%; font-size: 14px; }
+.collab-notes-panel { width: 18rem; flex-shrink: 0; overflow: auto; border-left: 1px solid rgba(128,128,128,.3); }
+@media (max-width: 767.98px) {
+  .collab-panes { flex-direction: column; }
+  .collab-notes-panel { width: 100%; max-height: 35%; border-left: 0; border-top: 1px solid rgba(128,128,128,.3); }
+}
+@media (max-width: 599.98px) { .collab-status-label { display: none; } }
 """
-HEADER_BUTTON = "flat dense round color=white"
 
 
-def room_page(services: Services, room_id: str) -> None:
+async def room_page(services: Services, room_id: str, request: Request) -> None:
     """The page of ``/room/{room_id}``: the room, once the user has a name."""
+    ui.dark_mode().bind_value(app.storage.user, "dark")
     if not ROOM_ID.fullmatch(room_id):
-        with ui.column().classes("w-full max-w-xl mx-auto p-8 gap-4"):
-            ui.label("This is not a valid room link.").classes("text-2xl")
-            ui.label("Room ids are 1 to 64 letters, digits, '-' or '_'.")
-            ui.link("Back to the start page", "/")
+        _refusal("This is not a valid room link.", "Room ids are 1 to 64 letters, digits, '-' or '_'.")
+        return
+    try:
+        role, token = await page_role(services.registry(), room_id, request)
+    except Forbidden:
+        _refusal(PRIVATE_ROOM, classes="collab-private-room")
+        return
+    except RoomError as error:  # too many bad links from this address, a server too busy...
+        _refusal("This room cannot be opened right now.", f"{str(error).capitalize()}.")
         return
     ui.page_title(f"{room_id} · collab pad")
-    ui.dark_mode().bind_value(app.storage.user, "dark")
     ui.add_css(PAGE_CSS)
     client = ui.context.client
+    origin = str(request.base_url).rstrip("/")
 
     def enter(who: Identity) -> None:
         with client.content:  # the header and drawer must be direct children of the page
-            RoomPage(services, room_id, who)
+            RoomPage(services, room_id, who, role=role, token=token, origin=origin)
 
     who = stored_identity()
     if who is not None:
@@ -50,74 +78,77 @@ def room_page(services: Services, room_id: str) -> None:
     IdentityDialog(services.settings, enter, required=True, suggested_color=free).open()
 
 
+def _refusal(title: str, detail: str = "", *, classes: str = "") -> None:
+    with ui.column().classes("w-full max-w-xl mx-auto p-8 gap-4"):
+        ui.label(title).classes(f"text-2xl {classes}")
+        if detail:
+            ui.label(detail)
+        ui.link("Back to the start page", "/")
+
+
 def is_dark() -> bool:
     return bool(app.storage.user.get("dark"))
 
 
 class RoomPage:
-    """One browser page in a room: the header's controls, the editor, the presence panel."""
+    """One browser page in a room: the header's controls, the editor, the presence panel, and
+    for interviewers the notes and the share dialog."""
 
-    def __init__(self, services: Services, room_id: str, who: Identity) -> None:
+    def __init__(
+        self, services: Services, room_id: str, who: Identity, *, role: Role | None, token: str | None, origin: str
+    ) -> None:
         self.services = services
         self.settings = services.settings
         self.room_id = room_id
         self.identity = who
+        self.role = role
+        self.origin = origin
         self.lost_dialog: ui.dialog | None = None
-        # The room's language as last heard: read from the room once, so that the first render
-        # shows it; from then on, as the editor's connection reports it.
+        self.share: ShareDialog | None = None
+        interviewer = role is Role.INTERVIEWER
+        # The room as it is now, read once so that the first render shows it; from then on, as
+        # the editor's connection reports it.
         room = services.registry().rooms.get(room_id)
         self.language: str | None = room.language if room is not None else None
-        self._header(self.language or self.settings.default_language)
-        self.editor = CollabEditor(
-            services.registry,
-            self.settings,
-            room_id,
-            self._current_identity,
-            language=self.language or self.settings.default_language,
-            theme="dark" if is_dark() else "light",
-            on_members=self._show_members,
-            on_activity=self._show_activity,
-        ).classes("w-full")
+        locked, ended = (room.access.locked, room.access.ended) if room is not None else (False, False)
+        self.access = AccessState(role, locked, ended)
+        language = self.language or self.settings.default_language
+        self.header = RoomHeader(self, language, dark=is_dark())
+        with ui.element("div").classes("collab-workspace"):
+            self.banner = ui.label().classes("w-full px-4 py-1 text-sm bg-amber-100 text-amber-900")
+            self.banner.classes("collab-access-banner").mark("access-banner")
+            with ui.row().classes("w-full items-center gap-2 px-4 py-2 bg-red-100 text-red-900 no-wrap") as self.lost:
+                ui.icon("block")
+                self.lost_reason = ui.label().classes("grow collab-access-lost-reason")
+                ui.link("Start page", "/").classes("text-red-900")
+            self.lost.classes("collab-access-lost").mark("access-lost").set_visibility(False)
+            with ui.element("div").classes("collab-panes"):
+                self.editor = CollabEditor(
+                    services.registry,
+                    self.settings,
+                    room_id,
+                    self._current_identity,
+                    language=language,
+                    theme="dark" if is_dark() else "light",
+                    token=token,
+                    read_only=not may_edit(role, locked=locked, ended=ended),
+                    on_members=self._show_members,
+                    on_activity=self._show_activity,
+                    on_access=self._show_access,
+                    on_notes=self._show_notes,
+                    on_denied=self._show_denied,
+                ).classes("w-full")
+                self.notes = None
+                if interviewer:
+                    notes = room.notes if room is not None else ""
+                    self.notes = NotesPanel(notes, self.send_notes, max_chars=self.settings.max_notes_chars)
         self.editor.on("lost", self._on_lost)
         self.editor.on("notice", self._on_notice)
         self.editor.on("paused", lambda: offer_to_take_over(self.editor))
-        self.presence = PresencePanel()
+        self.presence = PresencePanel(on_remove=self.remove if interviewer else None)
+        self._show_access(self.access)
 
-    # The header
-
-    def _header(self, language: str) -> None:
-        with ui.header().classes("items-center gap-3 px-4 py-2 bg-slate-800 text-white"):
-            ui.link("collab pad", "/").classes("text-white font-bold no-underline")
-            ui.label(self.room_id).classes("font-mono text-sm opacity-80 collab-room-name")
-            ui.button(icon="link", on_click=self.copy_link).props(HEADER_BUTTON).mark("copy-link").tooltip(
-                "Copy the link to this room"
-            )
-            ui.space()
-            self._language_select(language)
-            self.theme = ui.button(icon="light_mode" if is_dark() else "dark_mode", on_click=self.toggle_theme)
-            self.theme.props(HEADER_BUTTON).mark("theme").tooltip("Light or dark theme")
-            history = ui.button(icon="history", on_click=self.show_history).classes("collab-history-open")
-            history.props(HEADER_BUTTON).mark("history").tooltip("Play back how the code was written")
-            ui.button(icon="download", on_click=self.download).props(HEADER_BUTTON).tooltip("Download the code")
-            ConnectionBadge()
-            self._me_button()
-
-    def _language_select(self, language: str) -> None:
-        self.select = (
-            ui.select(dict(LANGUAGES), value=language, on_change=lambda event: self.choose_language(event.value))
-            .props("dense dark options-dense borderless")
-            .classes("w-40 collab-language")
-            .mark("language")
-        )
-        if language not in LANGUAGES:
-            self.select.set_options({**LANGUAGES, language: label_for(language)}, value=language)
-
-    def _me_button(self) -> None:
-        me = ui.button(on_click=self.change_identity).props("flat dense no-caps color=white")
-        with me.classes("collab-me").mark("me"):
-            self.me_dot = ui.element("span").classes("inline-block w-3 h-3 rounded-full mr-2")
-            self.me_dot.style(f"background: {self.identity.color}")
-            self.me_name = ui.label(self.identity.username)
+    # What the header asks for
 
     def copy_link(self) -> None:
         ui.run_javascript("navigator.clipboard.writeText(window.location.href).catch(() => {})")
@@ -127,32 +158,25 @@ class RoomPage:
         """The user picked a language for the room."""
         if value is None or value == self.language:
             return
-        session = self.editor.session
-        if session is None:
-            ui.notify("Not connected: the language cannot be changed right now.", type="warning")
+        # The room's `language` message brings it to every page, this one included.
+        if not self.send(Language(type="language", language=value), "the language cannot be changed"):
             self._show_room_language()
             return
-        # The room's `language` message brings it to every page, this one included.
-        self.services.registry().receive(session, Language(type="language", language=value))
         room = self.services.registry().rooms.get(self.room_id)
         if room is None or room.language != value:  # refused (a rate limit): the room keeps its own
             ui.notify("The room's language cannot be changed right now.", type="warning")
             self._show_room_language()
 
     def _show_room_language(self) -> None:
-        """Show the room's language as last heard (if any) in the select and the editor's props."""
-        language = self.language
-        if language is None:
-            return
-        if language not in self.select.options:
-            self.select.set_options({**LANGUAGES, language: label_for(language)})
-        self.select.set_value(language)
-        self.editor.set_language(language)
+        """Show the room's language as last heard (if any) in the header and the editor's props."""
+        if self.language is not None:
+            self.header.show_language(self.language)
+            self.editor.set_language(self.language)
 
     def toggle_theme(self) -> None:
         dark = not is_dark()
         app.storage.user["dark"] = dark
-        self.theme.props(f"icon={'light_mode' if dark else 'dark_mode'}")
+        self.header.show_theme(dark)
         self.editor.set_theme("dark" if dark else "light")
 
     def show_history(self) -> None:
@@ -160,24 +184,66 @@ class RoomPage:
             self.services.registry(),
             self.room_id,
             self.editor,
-            language=self.select.value or self.settings.default_language,
+            role=self.role,
+            language=self.header.language or self.language or self.settings.default_language,
             dark=is_dark(),
         )
 
     def download(self) -> None:
-        self.editor.download(f"{self.room_id}.{extension_for(self.select.value)}")
+        self.editor.download(f"{self.room_id}.{extension_for(self.header.language or self.language)}")
+
+    def toggle_presence(self) -> None:
+        self.presence.drawer.toggle()
 
     def change_identity(self) -> None:
         IdentityDialog(self.settings, self._identity_saved, required=False).open()
 
     def _identity_saved(self, new: Identity) -> None:
         self.identity = new
-        self.me_name.set_text(new.username)
-        self.me_dot.style(f"background: {new.color}")
+        self.header.show_identity(new.username, new.color)
         self.editor.rejoin()  # a new hello: the room learns the new name and colour
 
     def _current_identity(self) -> Identity:
         return stored_identity() or self.identity  # a rename in another tab applies too
+
+    # An interviewer's controls: messages of this page's connection, as the browser's own are
+
+    def send(self, message: ClientMessage, refused: str) -> bool:
+        """Hand the room a message of this page's member; False (and a notice) when the page is
+        not connected. The room answers through the connection, as to any message."""
+        session = self.editor.session
+        if session is None:
+            ui.notify(f"Not connected: {refused} right now.", type="warning")
+            return False
+        self.services.registry().receive(session, message)
+        return True
+
+    def toggle_lock(self) -> None:
+        self.send(Lock(type="lock", locked=not self.access.locked), "the editor cannot be locked or unlocked")
+
+    def confirm_end(self) -> None:
+        confirm_end(lambda: self.send(End(type="end"), "the interview cannot be ended"))
+
+    def open_share(self) -> None:
+        if self.share is None:
+            with self.editor.client.content:
+                self.share = ShareDialog(self.origin, self.room_id, self._secret_of, self._revoke)
+        self.share.open()
+
+    def _secret_of(self, role: Role) -> str | None:
+        room = self.services.registry().rooms.get(self.room_id)
+        return room.secret_of(role) if room is not None else None
+
+    def _revoke(self, role: Role, renew: bool) -> bool:
+        revoke = Revoke(type="revoke", role="candidate" if role is Role.CANDIDATE else "observer", renew=renew)
+        return self.send(revoke, "links cannot be changed")
+
+    def remove(self, member: RosterEntry) -> None:
+        if self.send(Remove(type="remove", user_id=member.user_id), "nobody can be removed"):
+            ui.notify(f"{member.username} was removed; their link no longer opens the room.", type="info")
+
+    def send_notes(self, text: str) -> bool:
+        return self.send(Notes(type="notes", text=text), "the notes cannot be saved")
 
     # What the editor's connection reports
 
@@ -189,6 +255,23 @@ class RoomPage:
         if activity.language is not None and activity.language != self.language:  # chosen here or elsewhere
             self.language = activity.language
             self._show_room_language()
+
+    def _show_access(self, access: AccessState) -> None:
+        # The role is the page's own (its link's); the room's lock and end are as last heard.
+        self.access = AccessState(self.role, access.locked, access.ended)
+        text = banner_text(self.role, locked=access.locked, ended=access.ended)
+        self.banner.set_text(text or "")
+        self.banner.set_visibility(text is not None)
+        self.header.show_access(self.access)
+
+    def _show_notes(self, text: str) -> None:
+        if self.notes is not None:
+            self.notes.show(text)
+
+    def _show_denied(self, reason: str) -> None:
+        """The room refused this page for good (its link revoked, removed, the interview ended)."""
+        self.lost_reason.set_text(f"You no longer have access to this room: {reason}.")
+        self.lost.set_visibility(True)
 
     def _on_lost(self, event: GenericEventArguments) -> None:
         args = event.args if isinstance(event.args, dict) else {}

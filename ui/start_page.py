@@ -1,53 +1,63 @@
-"""``/``: the start page, to create a room or join one by its link, and to choose a name."""
+"""``/``: the start page, to create a room or join one by its link, and to choose a name.
+
+"Create a room" makes a private room, whose creator is its interviewer: the page opens the
+interviewer's link (``/join/{room_id}/{secret}``), which keeps the secret in the browser's
+cookie for that room and goes on to the room.
+"""
 
 from __future__ import annotations
 
-import secrets
+import re
 from collections.abc import Callable
 from urllib.parse import urlparse
 
-from nicegui import app, ui
+from nicegui import app, background_tasks, ui
 
-from rooms.limits import ROOM_ID
-from rooms.settings import Settings
+from rooms.errors import RoomError
+from rooms.limits import ROOM_ID, new_room_id
 from ui.editor import Identity
 from ui.identity import IdentityDialog, stored_identity
 from ui.services import Services
 
-ROOM_ID_BYTES = 12  # 96 bits of randomness, 16 url-safe characters
+# A link's secret: URL-safe base64 (43 characters today), kept short of anything absurd.
+LINK_SECRET = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
 
-def new_room_id() -> str:
-    return secrets.token_urlsafe(ROOM_ID_BYTES)
-
-
-def room_id_from(text: str) -> str | None:
-    """The room id in a pasted link (``https://host/room/<id>``) or a bare id; None if neither."""
+def link_target(text: str) -> str | None:
+    """The page a pasted link or id opens, on this server: ``/join/<id>/<secret>`` for a link
+    with a secret (``https://host/join/<id>/<secret>``), ``/room/<id>`` for a room's link or a
+    bare id; None if it is neither."""
     text = text.strip()
     if not text:
         return None
-    if "/" in text:
-        path = urlparse(text).path if "://" in text else text
-        parts = [part for part in path.split("/") if part]
-        if len(parts) >= 2 and parts[-2] == "room":
-            text = parts[-1]
-        else:
-            return None
-    return text if ROOM_ID.fullmatch(text) else None
+    if "/" not in text:
+        return f"/room/{text}" if ROOM_ID.fullmatch(text) else None
+    path = urlparse(text).path if "://" in text else text
+    parts = [part for part in path.split("/") if part]
+    if len(parts) >= 3 and parts[-3] == "join" and ROOM_ID.fullmatch(parts[-2]) and LINK_SECRET.fullmatch(parts[-1]):
+        return f"/join/{parts[-2]}/{parts[-1]}"
+    if len(parts) >= 2 and parts[-2] == "room" and ROOM_ID.fullmatch(parts[-1]):
+        return f"/room/{parts[-1]}"
+    return None
 
 
 def start_page(services: Services) -> None:
     """The page of ``/``."""
-    StartPage(services.settings)
+    StartPage(services)
 
 
 class StartPage:
     """The start page of one browser: its profile line, "Create a room" and "Join a room"."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.settings = services.settings
+        try:
+            self.address = ui.context.client.ip  # new rooms are limited per address
+        except RuntimeError:
+            self.address = ""
         ui.dark_mode().bind_value(app.storage.user, "dark")
-        with ui.column().classes("w-full max-w-xl mx-auto p-8 gap-6"):
+        with ui.column().classes("w-full max-w-xl mx-auto p-8 gap-6") as self.root:
             with ui.column().classes("gap-1"):
                 ui.label("collab pad").classes("text-4xl font-bold")
                 ui.label(
@@ -56,7 +66,10 @@ class StartPage:
             self.profile()
             with ui.card().classes("w-full gap-3"):
                 ui.label("Start a new room").classes("text-lg font-medium")
-                create = ui.button("Create a room", icon="add", on_click=lambda: self.go(new_room_id()))
+                ui.label("A private room: you are its interviewer, and share links with the others.").classes(
+                    "text-sm text-gray-500"
+                )
+                create = ui.button("Create a room", icon="add", on_click=self.create)
                 create.classes("collab-create").mark("create-room")
             with ui.card().classes("w-full gap-3"):
                 ui.label("Join a room").classes("text-lg font-medium")
@@ -84,16 +97,39 @@ class StartPage:
 
         IdentityDialog(self.settings, saved, required=required).open()
 
-    def go(self, room_id: str) -> None:
-        """Open the room, once the user has a name."""
+    def go(self, path: str) -> None:
+        """Open a room's page (or link), once the user has a name."""
         if stored_identity() is None:
-            self.ask(required=True, then=lambda: ui.navigate.to(f"/room/{room_id}"))
+            self.ask(required=True, then=lambda: ui.navigate.to(path))
         else:
-            ui.navigate.to(f"/room/{room_id}")
+            ui.navigate.to(path)
+
+    def create(self) -> None:
+        """Make a private room and open it as its interviewer, once the user has a name."""
+        if stored_identity() is None:
+            self.ask(required=True, then=self._create_soon)
+        else:
+            self._create_soon()
+
+    def _create_soon(self) -> None:
+        background_tasks.create(self._create(), name="collab-create-room")
+
+    async def _create(self) -> None:
+        room_id = new_room_id()
+        try:
+            secret = await self.services.registry().create_private(room_id, self.address)
+        except RoomError as error:  # too many new rooms from this address, a server too busy...
+            if not self.root.is_deleted:
+                with self.root:
+                    ui.notify(f"The room could not be made: {error}.", type="warning")
+            return
+        if not self.root.is_deleted:
+            with self.root:
+                ui.navigate.to(f"/join/{room_id}/{secret}")
 
     def join(self) -> None:
-        room_id = room_id_from(self.link.value or "")
-        if room_id is None:
+        target = link_target(self.link.value or "")
+        if target is None:
             ui.notify("That is not a room link or id.", type="warning")
             return
-        self.go(room_id)
+        self.go(target)

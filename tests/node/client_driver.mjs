@@ -38,6 +38,9 @@ function snapshot(client) {
     pending: client.pending && client.pending.toJSON(),
     live: client.live,
     cursors,
+    role: client.role,
+    locked: client.locked,
+    ended: client.ended,
   };
 }
 
@@ -76,6 +79,8 @@ class Page {
           error: out.error && out.error.code,
           language: out.language,
           authors: out.authors,
+          notes: out.notes,
+          denied: out.denied,
           failure: out.failure && String(out.failure.error),
         };
         break;

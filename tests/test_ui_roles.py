@@ -1,0 +1,384 @@
+"""Private rooms on the pages, with NiceGUI's simulated `user`: a room made on the start page
+opens as its interviewer's, a link's cookie decides the role of whoever opens the room, each
+role's page offers only what the room would take from it, and the room's refusals (a revoked
+link, a removal, the end of the interview) reach the page. The editor's browser half is played
+by `BrowserHalf` (see ``test_ui_pages.py``); its own handling of these messages is held to the
+reference client by ``test_client_differential.py``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import Callable
+
+import pytest
+from nicegui import ui
+from nicegui.testing import User
+from nicegui.testing.user_interaction import UserInteraction
+
+from api.credentials import cookie_name as api_cookie_name
+from rooms.access import Role
+from rooms.errors import TooManyNewRooms
+from rooms.registry import RoomRegistry
+from tests.ui_simulation import BrowserHalf, browser_hello, choose_name, follow_link, open_link, until, wait_for_notice
+from ui import access
+from ui.editor import CollabEditor
+from ui.history import open_history
+from ui.reports import AccessState, Roster, RosterEntry, parse_access, parse_members, parse_notes
+
+INTERVIEWER_CONTROLS = ("lock", "share", "end", "notes")
+
+
+async def interviewer(users: Callable[[], User], name: str = "Ann") -> tuple[User, str]:
+    """A user who made a private room on the start page, on its page now; and the room's id."""
+    user = users()
+    await user.open("/")
+    link = await follow_link(user, lambda: user.find(marker="create-room").click(), lambda: choose_name(user, name))
+    return user, link.split("/")[2]
+
+
+async def join_as(user: User, registry: RoomRegistry, room_id: str, role: Role, name: str) -> None:
+    """``user`` opens the room through the link the interviewer shares for ``role``."""
+    secret = registry.rooms[room_id].secret_of(role)
+    assert secret is not None
+    await open_link(user, f"/join/{room_id}/{secret}")
+    await choose_name(user, name)
+
+
+async def connect(user: User, client_id: str, gen: int = 1) -> tuple[CollabEditor, BrowserHalf]:
+    """The page's editor says hello as its browser half does, and joins the room."""
+    half = BrowserHalf(user)
+    browser_hello(user, client_id, gen)
+    editor = user.find(CollabEditor).elements.pop()
+    await until(lambda: editor.session is not None, "the page's join")
+    return editor, half
+
+
+def cookie(room_id: str) -> str:
+    return access.cookie_name(room_id)
+
+
+async def test_a_room_made_on_the_start_page_opens_as_its_interviewers(
+    users: Callable[[], User], registry: RoomRegistry
+) -> None:
+    ann, room_id = await interviewer(users)
+    room = registry.rooms[room_id]
+    assert room.access.private
+    # The browser keeps the interviewer's secret in the room's cookie, which no script reads.
+    assert room.secret_of(Role.INTERVIEWER) == ann.http_client.cookies.get(cookie(room_id))
+    editor, _ = await connect(ann, "ann-tab")
+    assert editor.session is not None and Role.INTERVIEWER == editor.session.role
+    for marker in (*INTERVIEWER_CONTROLS, "history", "language", "presence-toggle"):
+        await ann.should_see(marker=marker)
+    await ann.should_not_see(marker="copy-link")  # an open room's link: this room's are in Share
+    await ann.should_not_see(marker="access-banner")
+    ann.find(marker="share").click()
+    for role in (Role.CANDIDATE, Role.OBSERVER):
+        link = ann.find(marker=f"link-{role.value}").elements.pop()
+        assert f"http://test/join/{room_id}/{room.secret_of(role)}" == link.value
+    # Never the interviewer's own.
+    await ann.should_not_see(content=str(room.secret_of(Role.INTERVIEWER)))
+
+
+async def test_a_room_that_cannot_be_made_is_said_so_on_the_start_page(
+    users: Callable[[], User], registry: RoomRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def refuse(room_id: str, address: str = "") -> str:
+        raise TooManyNewRooms(3, 12.0)
+
+    monkeypatch.setattr(registry, "create_private", refuse)
+    user = users()
+    await user.open("/")
+    user.find(marker="create-room").click()
+    await choose_name(user, "Ann")
+    await wait_for_notice(user, "The room could not be made: too many new rooms from this address")
+    await user.should_see("Start a new room")
+
+
+async def test_a_pasted_link_opens_the_room_with_its_role(users: Callable[[], User], registry: RoomRegistry) -> None:
+    _, room_id = await interviewer(users)
+    secret = registry.rooms[room_id].secret_of(Role.OBSERVER)
+    olga = users()
+    await olga.open("/")
+    olga.find(marker="room-link").type(f"https://pad.example.com/join/{room_id}/{secret}")
+    link = await follow_link(olga, lambda: olga.find(marker="join-room").click(), lambda: choose_name(olga, "Olga"))
+    assert f"/join/{room_id}/{secret}" == link
+    await olga.should_see(access.OBSERVING)
+
+
+async def test_a_room_page_without_a_live_link_says_the_room_is_private(
+    users: Callable[[], User], registry: RoomRegistry
+) -> None:
+    _, room_id = await interviewer(users)
+    eve = users()
+    await eve.open(f"/room/{room_id}")
+    await eve.should_see(access.PRIVATE_ROOM)
+    await eve.should_see("Back to the start page")
+    await eve.should_not_see(kind=CollabEditor)
+    await eve.should_not_see("Your name in rooms")  # not asked: there is no room for her
+    eve.http_client.cookies.set(cookie(room_id), "x" * 43)  # a made-up link
+    await eve.open(f"/room/{room_id}")
+    await eve.should_see(access.PRIVATE_ROOM)
+
+
+async def test_a_candidates_page_offers_nothing_the_room_would_refuse(
+    users: Callable[[], User], registry: RoomRegistry
+) -> None:
+    _, room_id = await interviewer(users)
+    cy = users()
+    await join_as(cy, registry, room_id, Role.CANDIDATE, "Cy")
+    editor, _ = await connect(cy, "cy-tab")
+    assert editor.session is not None and Role.CANDIDATE == editor.session.role
+    assert not editor.props["read-only"]
+    await cy.should_see(marker="language")  # a candidate may change it, until the room is locked
+    for marker in (*INTERVIEWER_CONTROLS, "history", "copy-link", "remove"):
+        await cy.should_not_see(marker=marker)
+    await cy.should_not_see(marker="access-banner")
+    # Asked anyway (the page offers no way to), the history says no.
+    with cy:
+        assert open_history(registry, room_id, editor, role=Role.CANDIDATE, language="python", dark=False) is None
+    await wait_for_notice(cy, "Only interviewers can play back the history")
+
+
+async def test_an_observers_page_is_read_only_and_shows_the_language_as_text(
+    users: Callable[[], User], registry: RoomRegistry
+) -> None:
+    _, room_id = await interviewer(users)
+    olga = users()
+    await join_as(olga, registry, room_id, Role.OBSERVER, "Olga")
+    editor, _ = await connect(olga, "olga-tab")
+    assert editor.props["read-only"]
+    await olga.should_see(access.OBSERVING)
+    await olga.should_see(marker="language-label", content="Python")
+    for marker in (*INTERVIEWER_CONTROLS, "history", "language", "remove"):
+        await olga.should_not_see(marker=marker)
+
+
+async def test_the_link_secret_goes_into_the_hello_on_the_server_never_from_the_browser(
+    users: Callable[[], User], registry: RoomRegistry
+) -> None:
+    _, room_id = await interviewer(users)
+    cy = users()
+    await join_as(cy, registry, room_id, Role.CANDIDATE, "Cy")
+    interviewer_secret = registry.rooms[room_id].secret_of(Role.INTERVIEWER)
+    hello = {"type": "hello", "client_id": "cy-tab", "version": None, "resume_token": "t" * 16}
+    cy.find(CollabEditor).trigger("frame", {"gen": 1, "data": json.dumps({**hello, "token": interviewer_secret})})
+    editor = cy.find(CollabEditor).elements.pop()
+    await until(lambda: editor.session is not None, "the page's join")
+    assert editor.session is not None and Role.CANDIDATE == editor.session.role
+    # Nothing the page sends its browser holds a link's secret.
+    assert cookie(room_id) not in json.dumps(editor.props)
+
+
+async def test_a_lock_makes_the_candidates_page_say_so_and_an_unlock_takes_it_back(
+    users: Callable[[], User], registry: RoomRegistry
+) -> None:
+    ann, room_id = await interviewer(users)
+    await connect(ann, "ann-tab")
+    cy = users()
+    await join_as(cy, registry, room_id, Role.CANDIDATE, "Cy")
+    await connect(cy, "cy-tab")
+    ann.find(marker="lock").click()
+    await cy.should_see(access.LOCKED, retries=30)
+    await ann.should_see(access.LOCKED_FOR_OTHERS, retries=30)
+    assert registry.rooms[room_id].access.locked
+    assert not cy.find(marker="language").elements.pop().enabled  # the room would refuse it now
+    ann.find(marker="lock").click()
+    await cy.should_not_see(access.LOCKED, retries=30)
+    assert cy.find(marker="language").elements.pop().enabled
+
+
+async def test_revoking_a_link_ends_its_pages_and_a_new_link_replaces_it(
+    users: Callable[[], User], registry: RoomRegistry
+) -> None:
+    ann, room_id = await interviewer(users)
+    await connect(ann, "ann-tab")
+    cy = users()
+    await join_as(cy, registry, room_id, Role.CANDIDATE, "Cy")
+    await connect(cy, "cy-tab")
+    old = registry.rooms[room_id].secret_of(Role.CANDIDATE)
+    ann.find(marker="share").click()
+    ann.find(marker="revoke-candidate").click()
+    await ann.should_see(marker="no-link-candidate", retries=30)
+    await cy.should_see("You no longer have access to this room: link revoked.", retries=30)
+    await cy.should_see(marker="access-lost")
+    # Opened again, the old link's page says the room is private.
+    await cy.open(f"/room/{room_id}")
+    await cy.should_see(access.PRIVATE_ROOM)
+    ann.find(marker="renew-candidate").click()
+    await ann.should_see(marker="link-candidate", retries=30)
+    new = registry.rooms[room_id].secret_of(Role.CANDIDATE)
+    assert new is not None and new != old
+    assert f"http://test/join/{room_id}/{new}" == ann.find(marker="link-candidate").elements.pop().value
+
+
+async def test_ending_the_interview_after_a_confirmation_leaves_a_read_only_record(
+    users: Callable[[], User], registry: RoomRegistry
+) -> None:
+    ann, room_id = await interviewer(users)
+    await connect(ann, "ann-tab")
+    cy, olga = users(), users()
+    await join_as(cy, registry, room_id, Role.CANDIDATE, "Cy")
+    await connect(cy, "cy-tab")
+    await join_as(olga, registry, room_id, Role.OBSERVER, "Olga")
+    await connect(olga, "olga-tab")
+    ann.find(marker="end").click()
+    await ann.should_see("End the interview?")
+    assert not registry.rooms[room_id].access.ended
+    ann.find(marker="end-confirm").click()
+    await olga.should_see(access.ENDED, retries=30)
+    await cy.should_see("You no longer have access to this room: the interview has ended.", retries=30)
+    await ann.should_see(access.ENDED_FOR_INTERVIEWERS, retries=30)
+    assert registry.rooms[room_id].access.ended
+    assert not ann.find(marker="lock").elements.pop().enabled
+
+
+async def test_an_interviewer_removes_a_candidate_from_the_presence_panel(
+    users: Callable[[], User], registry: RoomRegistry
+) -> None:
+    ann, room_id = await interviewer(users)
+    await connect(ann, "ann-tab")
+    cy, olga = users(), users()
+    await join_as(cy, registry, room_id, Role.CANDIDATE, "Cy")
+    await connect(cy, "cy-tab")
+    await join_as(olga, registry, room_id, Role.OBSERVER, "Olga")
+    await connect(olga, "olga-tab")
+    await ann.should_see("In this room (2)", retries=30)
+    await ann.should_see("Observers (1)", retries=30)
+    badges = sorted(label.text for label in ann.find(marker="role-badge").elements)
+    assert ["candidate", "interviewer", "observer"] == badges
+    assert 2 == len(ann.find(marker="remove").elements)  # Cy's and Olga's, never Ann's own
+    for page in (cy, olga):
+        await page.should_not_see(marker="remove")
+    rows = {row_name(button): button for button in ann.find(marker="remove").elements}
+    assert {"Cy", "Olga"} == set(rows)
+    UserInteraction(ann, {rows["Cy"]}, None).click()
+    await cy.should_see("You no longer have access to this room: removed from the room.", retries=30)
+    await ann.should_see("In this room (1)", retries=30)
+    await olga.should_not_see(marker="access-lost")
+    # Removing revokes the candidate's link: nobody comes back through it.
+    assert registry.rooms[room_id].secret_of(Role.CANDIDATE) is None
+
+
+def row_name(button: ui.element) -> str:
+    """The member's name in the presence panel's row of ``button``."""
+    row = button.parent_slot.parent if button.parent_slot is not None else button
+    return next(label.text for label in row.descendants() if isinstance(label, ui.label) and label.text)
+
+
+async def test_interviewers_share_notes_that_no_other_role_is_sent(
+    users: Callable[[], User], registry: RoomRegistry
+) -> None:
+    ann, room_id = await interviewer(users)
+    await connect(ann, "ann-tab")
+    ben = users()
+    await join_as(ben, registry, room_id, Role.INTERVIEWER, "Ben")
+    _, ben_half = await connect(ben, "ben-tab")
+    cy = users()
+    await join_as(cy, registry, room_id, Role.CANDIDATE, "Cy")
+    _, cy_half = await connect(cy, "cy-tab")
+    ann.find(marker="notes").type("Strong on recursion.")
+    await until(lambda: "Strong on recursion." == registry.rooms[room_id].notes, "the notes saved")
+    await until(lambda: "Strong on recursion." == ben.find(marker="notes").elements.pop().value, "Ben's notes")
+    await cy.should_not_see(marker="notes")
+    await cy.should_not_see("Strong on recursion.")
+    seen: list[str] = []
+    original = cy_half.receive
+
+    def record(gen: int, data: str) -> None:
+        seen.append(data)
+        original(gen, data)
+
+    cy_half.receive = record  # type: ignore[method-assign]
+    ann.find(marker="notes").type(" Asks good questions.")
+    await until(lambda: registry.rooms[room_id].notes.endswith("questions."), "the notes saved again")
+    await asyncio.sleep(0.1)
+    assert not [data for data in seen if '"notes"' in data]
+    assert ben_half.access is not None and "interviewer" == ben_half.access["role"]
+
+
+async def test_a_page_not_connected_says_a_control_cannot_be_sent(users: Callable[[], User]) -> None:
+    ann, _ = await interviewer(users)  # no hello: the editor has no session
+    ann.find(marker="lock").click()
+    await wait_for_notice(ann, "Not connected: the editor cannot be locked or unlocked right now.")
+
+
+def test_the_page_reads_the_cookie_the_join_route_sets() -> None:
+    assert "collab_link_r-1" == api_cookie_name("r-1")
+
+
+@pytest.mark.parametrize(
+    ("role", "locked", "ended", "text"),
+    [
+        (None, True, True, None),
+        (Role.INTERVIEWER, False, False, None),
+        (Role.INTERVIEWER, True, False, access.LOCKED_FOR_OTHERS),
+        (Role.INTERVIEWER, True, True, access.ENDED_FOR_INTERVIEWERS),
+        (Role.CANDIDATE, False, False, None),
+        (Role.CANDIDATE, True, False, access.LOCKED),
+        (Role.CANDIDATE, True, True, access.ENDED),
+        (Role.OBSERVER, False, False, access.OBSERVING),
+        (Role.OBSERVER, True, True, access.ENDED),
+    ],
+)
+def test_the_banner_says_why_the_editor_is_read_only(
+    role: Role | None, locked: bool, ended: bool, text: str | None
+) -> None:
+    assert text == access.banner_text(role, locked=locked, ended=ended)
+
+
+def test_a_member_list_carries_each_members_role() -> None:
+    members = [
+        {"user_id": "a", "username": "Ann", "color": "#2563eb", "role": "interviewer"},
+        {"user_id": "b", "username": "Bob", "color": "#2563eb", "role": None},
+        {"user_id": "c", "username": "Cy", "color": "#2563eb"},
+    ]
+    expected = Roster(
+        "a",
+        (
+            RosterEntry("a", "Ann", "#2563eb", Role.INTERVIEWER),
+            RosterEntry("b", "Bob", "#2563eb"),
+            RosterEntry("c", "Cy", "#2563eb"),
+        ),
+    )
+    assert (1, expected) == parse_members(
+        {"gen": 1, "self": "a", "members": members}, max_members=3, max_username_chars=10
+    )
+
+
+@pytest.mark.parametrize("role", ["owner", "", "Interviewer", 3, ["observer"]])
+def test_a_member_list_with_a_role_the_room_does_not_have_is_refused(role: object) -> None:
+    members = [{"user_id": "a", "username": "Ann", "color": "#2563eb", "role": role}]
+    with pytest.raises(ValueError, match="role must be null or one of interviewer, candidate, observer"):
+        parse_members({"gen": 1, "self": "a", "members": members}, max_members=3, max_username_chars=10)
+
+
+def test_an_access_report_is_read_as_the_browser_reports_it() -> None:
+    args = {"gen": 2, "role": "observer", "locked": False, "ended": True}
+    assert (2, AccessState(Role.OBSERVER, False, True)) == parse_access(args)
+    assert (3, AccessState(None, False, False)) == parse_access(
+        {"gen": 3, "role": None, "locked": False, "ended": False}
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        ([], "access event must be an object"),
+        ({"gen": 1, "role": "boss", "locked": False, "ended": False}, "role must be null or one of"),
+        ({"gen": 1, "role": None, "locked": "yes", "ended": False}, "locked must be true or false, got str"),
+        ({"gen": 1, "role": None, "locked": False}, "ended must be true or false, got NoneType"),
+    ],
+)
+def test_an_access_report_of_another_shape_is_refused_saying_why(args: object, error: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(error)):
+        parse_access(args)
+
+
+def test_notes_are_read_up_to_the_rooms_limit() -> None:
+    assert (4, "ok") == parse_notes({"gen": 4, "text": "ok"}, max_chars=5)
+    with pytest.raises(ValueError, match="text must be at most 5 characters, got 6"):
+        parse_notes({"gen": 4, "text": "x" * 6}, max_chars=5)
+    with pytest.raises(ValueError, match="text must be a string, got int"):
+        parse_notes({"gen": 4, "text": 7}, max_chars=5)
