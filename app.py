@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import gc
-import hashlib
-import hmac
 import os
 import secrets
 import time
@@ -55,12 +53,6 @@ def storage_secret(settings: Settings) -> str:
         return path.read_text(encoding="ascii").strip() or _new_secret(path)
     except FileNotFoundError:
         return _new_secret(path)
-
-
-def link_key(settings: Settings) -> bytes:
-    """The key private rooms' link secrets are derived with (`rooms.access.link_secret`): from
-    the storage secret, so the links shown to interviewers stay the same across restarts."""
-    return hmac.new(storage_secret(settings).encode(), b"collab pad link key", hashlib.sha256).digest()
 
 
 def private_directory(path: Path) -> Path:
@@ -124,7 +116,7 @@ class CollabPad(FastAPI):
 def create_app(settings: Settings, store: Store) -> CollabPad:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        registry = RoomRegistry(settings, store=store, link_key=link_key(settings))
+        registry = RoomRegistry(settings, store=store)
         await registry.start()  # opens the store, if `main` has not already
         app.state.registry = registry
         tune_collector()  # here, not in `main`: `uvicorn app:app` gets it too

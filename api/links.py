@@ -1,12 +1,13 @@
-"""Private rooms over HTTP: making one (``POST /api/rooms``), opening a link
-(``GET /join/{room_id}/{secret}``), and the credential a request carries for a room.
+"""Private rooms over HTTP: making one (``POST /api/rooms``), opening a link (``GET
+/join/{room_id}/{secret}``), and the credential a request carries for a room.
 
 A link is a credential: opening it checks it (rate-limited per client address: see
 `RoomRegistry.role_for`), sets a cookie for that room only (HttpOnly, so no script reads it;
 SameSite=Strict, so no other site's request carries it), and sends the browser on to
-``/room/{room_id}``, which leaves the secret out of the address bar, the history and any
-``Referer``. The page reads the cookie to learn the role; raw clients send the secret in
-``hello``'s ``token``, and rooms-API clients as ``Authorization: Bearer <secret>``.
+``/room/{room_id}``, which takes the secret out of the address bar (every response carries
+``Referrer-Policy: no-referrer``, so it leaves in no ``Referer`` either). The page reads the
+cookie to learn the role; raw clients send the secret in ``hello``'s ``token``, and rooms-API
+clients as ``Authorization: Bearer <secret>``.
 
 The next page is reached by a ``<meta http-equiv="refresh">`` rather than a redirect: browsers
 do not send SameSite=Strict cookies on a redirect that a link on another site started (a link
@@ -16,7 +17,6 @@ opened from a mail or a chat), and they do on a navigation the page itself makes
 from __future__ import annotations
 
 import html
-from typing import Any
 
 import structlog
 from fastapi import APIRouter, Request
@@ -24,10 +24,11 @@ from fastapi.responses import HTMLResponse, JSONResponse
 
 from api.credentials import cookie_name
 from api.health import running_registry
-from api.rooms import ApiError, JsonErrorRoute, server_unavailable
-from rooms.access import SHARED_ROLES, Role
+from api.rooms import ApiError, JsonErrorRoute, check_origin, server_unavailable
+from rooms.access import Role
 from rooms.errors import Forbidden, RateLimited, RoomError, UnknownRoom
 from rooms.limits import ROOM_ID, new_room_id
+from rooms.registry import RoomRegistry
 
 log = structlog.get_logger("collab.api")
 
@@ -47,11 +48,21 @@ def link_url(request: Request, room_id: str, secret: str) -> str:
     return f"{str(request.base_url).rstrip('/')}/join/{room_id}/{secret}"
 
 
-def _page(status: int, title: str, body: str, *, next_path: str | None = None) -> HTMLResponse:
+async def _is_interviewer(registry: RoomRegistry, room_id: str, token: str) -> bool:
+    try:
+        return await registry.role_for(room_id, token) is Role.INTERVIEWER
+    except RoomError:
+        return False
+
+
+def _page(
+    status: int, title: str, body: str, *, next_path: str | None = None, room_path: str | None = None
+) -> HTMLResponse:
     refresh = f'<meta http-equiv="refresh" content="0;url={html.escape(next_path)}">' if next_path else ""
+    target = next_path or room_path
     link = (
-        f'<p><a href="{html.escape(next_path)}">Continue to the room</a></p>'
-        if next_path
+        f'<p><a href="{html.escape(target)}">Continue to the room</a></p>'
+        if target
         else '<p><a href="/">Go to the start page</a></p>'
     )
     page = (
@@ -86,6 +97,17 @@ async def open_link(request: Request, room_id: str, secret: str) -> HTMLResponse
         return _page(503, "Try again in a moment", str(error))
     if role is None:  # an open room: no credential needed, none kept
         return _page(200, "Opening the room", "This room is open.", next_path=f"/room/{room_id}")
+    held = request.cookies.get(cookie_name(room_id))
+    if held and held != secret and role is not Role.INTERVIEWER and await _is_interviewer(registry, room_id, held):
+        # An interviewer trying the link they send: keeping it would lock them out of their room.
+        return _page(
+            200,
+            "You are this room's interviewer",
+            f"This browser opens the room as its interviewer; this link would make it a {role.value}. "
+            "To see the room as they will, open the link in a private window.",
+            next_path=None,
+            room_path=f"/room/{room_id}",
+        )
     response = _page(200, "Opening the room", f"You join as {role.value}.", next_path=f"/room/{room_id}")
     response.set_cookie(
         cookie_name(room_id),
@@ -102,19 +124,17 @@ async def open_link(request: Request, room_id: str, secret: str) -> HTMLResponse
 @create_router.post("", status_code=201)
 async def create_room(request: Request) -> JSONResponse:
     """Make a private room: its id, and the secret and URL of each role's link."""
+    check_origin(request)  # no other site's page makes rooms in its visitors' names
     registry = running_registry(request.app)
     if registry is None:
         raise server_unavailable()
     room_id = new_room_id()
     try:
-        interviewer = await registry.create_private(room_id, _address(request))
+        secrets = await registry.create_private(room_id, _address(request))
     except RateLimited as limited:
         raise ApiError(429, limited.code, str(limited)) from None
     except RoomError as error:
         raise ApiError(503, error.code, str(error)) from None
-    room = registry.rooms.get(room_id)
-    tokens: dict[str, Any] = {Role.INTERVIEWER.value: interviewer}
-    for role in SHARED_ROLES:
-        tokens[role.value] = room.secret_of(role) if room is not None else None
-    links = {role: link_url(request, room_id, token) for role, token in tokens.items() if token}
+    tokens = {role.value: secret for role, secret in secrets.items()}
+    links = {role: link_url(request, room_id, token) for role, token in tokens.items()}
     return JSONResponse({"room_id": room_id, "tokens": tokens, "links": links}, status_code=201)

@@ -4,23 +4,24 @@ Only what is durable is shown. The store holds every committed update (the regis
 update to no one before its commit), so text, versions and history are read from the store,
 never from the document in memory, which may be ahead by updates still being committed. What
 only memory knows is taken from the loaded room: its language (a change is committed with the
-next batch) and its member count. A room that is loaded but has committed nothing yet exists,
-at version 0 with an empty text.
+next batch) and its member count. A room that is loaded but has committed nothing yet exists, at
+version 0 with an empty text.
 
 An open room is read with its id and nothing else: the id is the room's secret (a 96-bit token
 in its link), and whoever has it can read the room through its page anyway. A private room
 answers only requests with one of its links' secrets (``Authorization: Bearer`` or the room's
 cookie: `api.credentials`): its text for every role, its versions and history for interviewers
-only (a candidate's deleted text is in them). Checking that loads the room (nothing here makes
-one). Browsers on other sites are refused by the same ``Origin`` rule as ``/ws``.
+only (a candidate's deleted text is in them). That is checked against the loaded room, or the
+access state in the store; nothing here makes or loads a room. Browsers on other sites are
+refused by the same ``Origin`` rule as ``/ws``.
 
 Every error is ``{"error": code, "message": ...}`` with the HTTP status (see docs/api.md), and
 every response carries ``Cache-Control: no-store``: room texts must not linger in caches.
 
 What one client may cost is bounded: requests per client address by a token bucket
-(``API_RATE_LIMIT_*``, 429 beyond), requests in progress at once (``API_MAX_PENDING_READS``,
-503 beyond), and the body of a history page (``API_MAX_RESPONSE_BYTES``). A room's text is
-bounded by ``MAX_DOCUMENT_CHARS`` and always sent whole.
+(``API_RATE_LIMIT_*``, 429 beyond), requests in progress at once (``API_MAX_PENDING_READS``, 503
+beyond), and the body of a history page (``API_MAX_RESPONSE_BYTES``). A room's text is bounded
+by ``MAX_DOCUMENT_CHARS`` and always sent whole.
 """
 
 from __future__ import annotations
@@ -218,8 +219,8 @@ class JsonErrorRoute(APIRoute):
 router = APIRouter(prefix="/api/rooms", route_class=JsonErrorRoute)
 
 
-def _registry(request: Request, room_id: str) -> RoomRegistry:
-    """The running registry, once the request's origin and room id have passed."""
+def check_origin(request: Request) -> None:
+    """`ApiError` 403 for a request a page of another site made (the rule of ``/ws``)."""
     settings: Settings = request.app.state.settings
     origin = request.headers.get("origin")
     if origin is not None and not origin_allowed(
@@ -228,8 +229,13 @@ def _registry(request: Request, room_id: str) -> RoomRegistry:
         raise ApiError(
             403,
             "origin_not_allowed",
-            f"pages from {origin[:100]!r} may not read rooms; add the origin to ALLOWED_ORIGINS to allow it",
+            f"pages from {origin[:100]!r} may not use the rooms API; add the origin to ALLOWED_ORIGINS to allow it",
         )
+
+
+def _registry(request: Request, room_id: str) -> RoomRegistry:
+    """The running registry, once the request's origin and room id have passed."""
+    check_origin(request)
     if not ROOM_ID.fullmatch(room_id):
         raise ApiError(400, "invalid_room_id", "room id must be 1 to 64 letters, digits, '-' or '_'")
     registry = running_registry(request.app)
@@ -264,7 +270,7 @@ async def _authorize(request: Request, registry: RoomRegistry, room_id: str, act
     except RateLimited as limited:
         raise Refused(429, limited.code, str(limited), max(1, math.ceil(limited.retry_after))) from None
     except Forbidden as refused:
-        raise ApiError(403, refused.code, f"{refused} (send it as Authorization: Bearer <token>)") from None
+        raise ApiError(403, refused.code, str(refused)) from None
     except RoomError:
         raise storage_unavailable() from None
     # Whether the room is loaded or not: reading the history depends on the role alone.

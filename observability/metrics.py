@@ -85,6 +85,8 @@ LINK_REDEMPTIONS = Counter(
     "revoked, ended or rate_limited.",
     ["result"],
 )
+for _result in ("ok", "unknown", "revoked", "ended", "rate_limited"):
+    LINK_REDEMPTIONS.labels(_result)  # every series from the start, at 0
 RATE_LIMITED = Counter("collab_rate_limited_total", "Client messages refused by the per-connection rate limit.")
 REJECTED = Counter(
     "collab_rejected_messages_total",

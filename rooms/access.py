@@ -6,16 +6,16 @@ only a link's secret admits, and the link says the role). The permission table i
 `Room` asks it for every message, so a role that changes while connected (a lock, the end of
 the interview) takes effect for the next message.
 
-A link's secret is never stored: it is an HMAC of the room id and the link's id under the
-server's link key, so the server can show it again to interviewers, and the store keeps only its
-SHA-256 (`Link.digest`), which is what a presented secret is checked against. Revoking a link
-keeps its row (with the time), so a revoked secret is refused rather than unknown, and a new
-link gets a new id, hence a new secret.
+A link's secret is random (256 bits) and never stored: the store keeps only its SHA-256
+(`Link.digest`), which is what a presented secret is checked against, with the link's role and
+the times it was made and revoked. A room remembers the secrets of the links it made while it is
+in memory, to show them to interviewers; after a restart it cannot show them again (renewing a
+link makes a new one). Revoking a link keeps its row, so a revoked secret is refused as revoked
+rather than unknown.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import json
@@ -25,7 +25,8 @@ from enum import StrEnum
 
 from rooms.errors import Forbidden, ReadOnly
 
-# 32 bytes of HMAC-SHA256, URL-safe base64 without padding: 43 characters, 256 bits.
+# 32 random bytes, URL-safe base64 without padding: 43 characters, 256 bits.
+LINK_SECRET_BYTES = 32
 LINK_SECRET_CHARS = 43
 LINK_ID_BYTES = 12
 # A room keeps at most this many revoked links (the oldest go first): revoking in a loop must
@@ -108,12 +109,6 @@ def admit(access: Access, token: str | None, *, open_rooms: bool) -> tuple[Role 
     return link.role, link
 
 
-def link_secret(key: bytes, room_id: str, link_id: str) -> str:
-    """The secret of a link: derived, never stored (see the module docstring)."""
-    mac = hmac.new(key, f"{room_id}\0{link_id}".encode(), hashlib.sha256).digest()
-    return base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
-
-
 def secret_digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
@@ -153,11 +148,12 @@ class Access:
                 return link
         return None
 
-    def add_link(self, role: Role, key: bytes, room_id: str, now: float) -> Link:
-        link_id = secrets.token_urlsafe(LINK_ID_BYTES)
-        link = Link(link_id, role, secret_digest(link_secret(key, room_id, link_id)), now)
+    def add_link(self, role: Role, now: float) -> tuple[Link, str]:
+        """A new live link for a role, and its secret (random; only its hash is kept)."""
+        secret = secrets.token_urlsafe(LINK_SECRET_BYTES)
+        link = Link(secrets.token_urlsafe(LINK_ID_BYTES), role, secret_digest(secret), now)
         self.links.append(link)
-        return link
+        return link, secret
 
     def revoke(self, role: Role, now: float) -> list[str]:
         """Revoke every live link of a role; the ids of those revoked."""

@@ -47,6 +47,7 @@ class Committer:
         self.committing: set[RoomId] = set()
         self._done: asyncio.Future[None] | None = None
         self._idle_waiters: list[asyncio.Future[bool]] = []  # `wait_committed` calls
+        self._cycle_waiters: list[asyncio.Future[None]] = []  # woken after every commit attempt
 
     def want(self, room: Room) -> None:
         """The room has changes to commit (started on first use)."""
@@ -95,6 +96,27 @@ class Committer:
         except TimeoutError:
             return False
 
+    async def wait_durable(self, room: Room, count: int, within: float) -> bool:
+        """Wait until the room's first ``count`` changes are committed; False when its commit
+        failed (the room is reset), the committer stopped, or ``within`` seconds ran out."""
+        try:
+            async with asyncio.timeout(within):
+                while room.changes_durable < count:
+                    if room.failing or not self.is_loaded(room) or self._task is None or self._task.done():
+                        return False
+                    waiter = asyncio.get_running_loop().create_future()
+                    self._cycle_waiters.append(waiter)
+                    await waiter
+        except TimeoutError:
+            return False
+        return True
+
+    def _wake_cycle_waiters(self) -> None:
+        waiters, self._cycle_waiters = self._cycle_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
     def _wake_idle_waiters(self, committed: bool) -> None:
         waiters, self._idle_waiters = self._idle_waiters, []
         for waiter in waiters:
@@ -108,6 +130,7 @@ class Committer:
                 await self._task
             self._task = None
         self._wake_idle_waiters(self.idle)
+        self._wake_cycle_waiters()
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -143,6 +166,7 @@ class Committer:
                 self.store_ok = False
                 for room in rooms:
                     self._fail(room)
+                self._wake_cycle_waiters()
                 continue
             finally:
                 self.committing = set()
@@ -156,6 +180,7 @@ class Committer:
                     self.on_committed(room, count)
                 except Exception:  # a bug: the committer goes on for every other room
                     log.exception("room_release_failed", room_id=room.room_id)
+            self._wake_cycle_waiters()
 
     def _fail(self, room: Room) -> None:
         try:

@@ -44,10 +44,8 @@ class LoadedRooms:
         clock: Callable[[], float],
         address: Callable[[str], Address | None],
         carry_out: Callable[[Room], None],
-        link_key: bytes = b"",
     ) -> None:
         self.settings = settings
-        self.link_key = link_key  # the key of private rooms' link secrets (`rooms.access`)
         self.store = store
         self.committer = committer
         self.retention: Retention | None = None
@@ -107,7 +105,7 @@ class LoadedRooms:
             stored = await self.store.load(room_id, self.settings.history_limit)
             room = None
             if stored is not None:
-                room = room_from_stored(room_id, stored, self.settings, self.clock, self.link_key)
+                room = room_from_stored(room_id, stored, self.settings, self.clock)
         except Exception as exc:
             # The store failed, or what it holds is damaged (a change that does not apply).
             log.exception("room_load_failed", room_id=room_id)
@@ -127,7 +125,7 @@ class LoadedRooms:
                 raise
         self._make_space()
         if room is None:
-            room = new_room(room_id, self.settings, self.clock, self.link_key)
+            room = new_room(room_id, self.settings, self.clock)
             if limits is not None:
                 limits.new_rooms.append(self.clock())
         self.rooms[room_id] = room
@@ -213,13 +211,11 @@ def _document(settings: Settings, text: str = "", version: int = 0, epoch: str |
     )
 
 
-def new_room(
-    room_id: RoomId, settings: Settings, clock: Callable[[], float] = time.monotonic, link_key: bytes = b""
-) -> Room:
+def new_room(room_id: RoomId, settings: Settings, clock: Callable[[], float] = time.monotonic) -> Room:
     """An empty room, with a new epoch."""
     log.info("room_created", room_id=room_id)
     document = _document(settings)
-    return Room(room_id, document, settings.default_language, settings, clock=clock, link_key=link_key)
+    return Room(room_id, document, settings.default_language, settings, clock=clock)
 
 
 def room_from_stored(
@@ -227,7 +223,6 @@ def room_from_stored(
     stored: StoredRoom,
     settings: Settings,
     clock: Callable[[], float] = time.monotonic,
-    link_key: bytes = b"",
 ) -> Room:
     """A room as the store kept it: its text, recent history, clients' seqs and tokens, access
     and notes. Raises `InvalidChanges` when a stored change does not apply, `ValueError` when
@@ -253,7 +248,6 @@ def room_from_stored(
         settings,
         clock=clock,
         snapshot_version=stored.snapshot_version,
-        link_key=link_key,
     )
     room.access = Access.from_json(stored.access)
     room.notes = stored.notes

@@ -150,6 +150,17 @@ class Notes(ClientMessage):
     type: Literal["notes"]
     text: str
 
+    @field_validator("text")
+    @classmethod
+    def _unicode(cls, value: str) -> str:
+        # A message built on the server (a page's notes panel) is not parsed from a frame, where
+        # lone surrogates are refused: they could be stored, but never encoded again.
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("holds a lone surrogate; notes must be valid Unicode") from None
+        return value
+
 
 AnyClientMessage = Annotated[
     Join

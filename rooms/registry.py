@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
 import time
 from collections.abc import Callable
 
@@ -75,11 +74,7 @@ class RoomRegistry(PrivateRooms):
         settings: Settings,
         clock: Callable[[], float] = time.monotonic,
         store: RoomStore | None = None,
-        link_key: bytes | None = None,
     ) -> None:
-        """``link_key`` derives private rooms' link secrets: keep it across restarts (the app
-        derives it from its storage secret), or interviewers are shown no link until they renew
-        them (those handed out still work: the store keeps their hashes)."""
         self.settings = settings
         self.clock = clock
         self.store = store if store is not None else MemoryStore()
@@ -95,7 +90,6 @@ class RoomRegistry(PrivateRooms):
             clock=clock,
             address=self._address,
             carry_out=self._carry_out,
-            link_key=link_key if link_key is not None else secrets.token_bytes(32),
         )
         self.rooms = self.loaded.rooms
         self.retention = self.loaded.retention = Retention(self)
@@ -208,17 +202,20 @@ class RoomRegistry(PrivateRooms):
         """Admit a versioned client (see `Room.join_versioned`); ``address`` as for
         `join_full_text`."""
         check_client_id(hello.client_id)  # before `open`: a refused hello makes no room
-        if hello.token is not None:
-            self._check_links(address)
-        room = await self.open(room_id, address)
-        # A reconnect that takes its own connection over does not count that connection twice.
-        replaces = room.clients.get(ClientId(hello.client_id))
+        attempt = self._link_attempt(address) if hello.token is not None else None
+        try:
+            room = await self.open(room_id, address)
+            # A reconnect that takes its own connection over does not count that connection twice.
+            replaces = room.clients.get(ClientId(hello.client_id))
 
-        def join(shared: TokenBucket | None) -> Session:
-            self._admission(room.access, hello.token, address)  # counted here; the room decides again
-            return room.join_versioned(hello, shared)
+            def join(shared: TokenBucket | None) -> Session:
+                self._admission(room.access, hello.token, attempt)  # counted here; the room decides again
+                return room.join_versioned(hello, shared)
 
-        return self._admit(room, transport, address, join, replaces)
+            return self._admit(room, transport, address, join, replaces)
+        finally:
+            if attempt is not None:
+                attempt.settle()
 
     def _admit(
         self,

@@ -61,6 +61,7 @@ from rooms.session import (
     CLOSE_REPLACED,
     CLOSE_TRY_AGAIN_LATER,
     Action,
+    Closing,
     DropReason,
     Left,
     Refused,
@@ -121,7 +122,6 @@ class Room(MessageHandling):
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         snapshot_version: int = 0,
-        link_key: bytes = b"",
     ) -> None:
         self.room_id = room_id
         self.document = document
@@ -143,14 +143,14 @@ class Room(MessageHandling):
         self.changes_made = 0
         self.changes_durable = 0
         self.unsynced: list[Record] = []
-        self.held: deque[tuple[int, Send]] = deque()
+        self.held: deque[tuple[int, Send | Closing]] = deque()
         self.snapshot_version = snapshot_version
         self.snapshot_bytes = 0  # characters of changes stored since the last snapshot
         self.failing = False  # being reset: nothing more is stored or shown
         # Who may do what (`rooms.room_access`): stored with the room when it changes.
         self.access = Access()
         self.notes = ""
-        self.link_key = link_key
+        self.link_secrets: dict[str, str] = {}  # link_id -> secret, of links made while loaded
         self.access_changed = False
         self._actions: list[Action] = []
 
@@ -396,7 +396,9 @@ class Room(MessageHandling):
         held = self.held
         while held and held[0][0] <= self.changes_durable:
             send = held.popleft()[1]
-            if not send.session.closed:
+            if isinstance(send, Closing):
+                self.leave(send.session, code=send.code, reason=send.reason)
+            elif not send.session.closed:
                 self._actions.append(send)
 
     def fail(self) -> None:

@@ -12,17 +12,18 @@ before anyone is told.
 from __future__ import annotations
 
 from abc import abstractmethod
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 import structlog
 
-from rooms.access import SHARED_ROLES, Access, Act, Role, admit, allowed, link_secret, refusal, secret_digest
+from rooms.access import SHARED_ROLES, Access, Act, Role, admit, allowed, refusal
 from rooms.document import Document
 from rooms.errors import Forbidden, InvalidMessage
 from rooms.presence import UserId
 from rooms.protocol import End, EndedOut, LinkOut, Lock, LockedOut, Notes, NotesOut, Remove, Revoke
-from rooms.session import CLOSE_REVOKED, Send, Session
+from rooms.session import CLOSE_REVOKED, Closing, Send, Session
 from rooms.settings import Settings
 
 log = structlog.get_logger("collab.rooms")
@@ -53,7 +54,9 @@ class AccessControl:
     wall_clock: Callable[[], float]
     access: Access
     notes: str
-    link_key: bytes
+    link_secrets: dict[str, str]
+    held: deque[tuple[int, Send | Closing]]
+    changes_made: int
     access_changed: bool
 
     @abstractmethod
@@ -65,28 +68,26 @@ class AccessControl:
     @abstractmethod
     def leave(self, session: Session, drop: None = None, *, code: int = ..., reason: str = ...) -> None: ...
 
-    def make_private(self) -> str:
-        """Make the room private, with a live link for every role; the interviewer's secret.
-        Only a room nobody has joined yet can be made private."""
+    def make_private(self) -> dict[Role, str]:
+        """Make the room private, with a live link for every role; the secret of each. Only a
+        room nobody has joined yet can be made private."""
         if self.sessions or self.access.private or self.document.version:
             raise Forbidden("only a new room can be made private")
         now = self.wall_clock()
         self.access.private = True
+        secrets = {}
         for role in Role:
-            self.access.add_link(role, self.link_key, self.room_id, now)
+            link, secrets[role] = self.access.add_link(role, now)
+            self.link_secrets[link.link_id] = secrets[role]
         self._access_changed()
-        secret = self.secret_of(Role.INTERVIEWER)
-        assert secret is not None
-        return secret
+        return secrets
 
     def secret_of(self, role: Role) -> str | None:
         """The secret of the role's live link, if it has one (for interviewers' eyes only)."""
         link = self.access.current(role)
         if link is None:
             return None
-        secret = link_secret(self.link_key, self.room_id, link.link_id)
-        # Made under another key (the storage secret changed): it would not admit; renew it.
-        return secret if secret_digest(secret) == link.digest else None
+        return self.link_secrets.get(link.link_id)  # not after a restart: only hashes are stored
 
     def admission(self, token: str | None) -> tuple[Role | None, str | None]:
         """The role and link a joining client gets; `Forbidden` when it may not join."""
@@ -95,7 +96,7 @@ class AccessControl:
 
     def may(self, session: Session, act: Act) -> bool:
         access = self.access
-        return allowed(session.role, act, locked=access.locked, ended=access.ended)
+        return not session.revoked and allowed(session.role, act, locked=access.locked, ended=access.ended)
 
     def check(self, session: Session, act: Act) -> None:
         """`Forbidden` (`ReadOnly` for an edit) unless the session's role may do ``act`` now."""
@@ -145,8 +146,11 @@ class AccessControl:
             raise Forbidden("the interview has ended: no new candidate link")
         now = self.wall_clock()
         revoked = self.access.revoke(role, now)
+        if not revoked and not renew:
+            return  # no live link: nothing to store or tell
         if renew:
-            self.access.add_link(role, self.link_key, self.room_id, now)
+            link, secret = self.access.add_link(role, now)
+            self.link_secrets[link.link_id] = secret
         self._access_changed()
         self._end_sessions(set(revoked), reason)
         self._to_interviewers(LinkOut(role=role.value, token=self.secret_of(role)).encode(), "link")
@@ -169,9 +173,9 @@ class AccessControl:
             raise InvalidMessage(f"notes are {len(text)} characters, the limit is {limit}; they were not saved")
         if text == self.notes:
             return
+        out = NotesOut(text=text, user_id=session.user_id).encode()  # before anything changes
         self.notes = text
         self._access_changed()
-        out = NotesOut(text=text, user_id=session.user_id).encode()
         for other in list(self.sessions.values()):
             if other is not session and other.role is Role.INTERVIEWER:
                 self._send(Send(other, out, "notes"))
@@ -193,9 +197,13 @@ class AccessControl:
         return NotesOut(text=self.notes).encode()
 
     def _end_sessions(self, link_ids: set[str], reason: str) -> None:
+        """End the sessions of revoked links: refused everything from now on, closed once the
+        revocation is committed. Closed before, a failed commit would reload the room with the
+        link live again, and its member could come back as if never removed."""
         for other in list(self.sessions.values()):
-            if other.link_id is not None and other.link_id in link_ids:
-                self.leave(other, code=CLOSE_REVOKED, reason=reason)
+            if other.link_id is not None and other.link_id in link_ids and not other.revoked:
+                other.revoked = True
+                self.held.append((self.changes_made, Closing(other, CLOSE_REVOKED, reason)))
 
     def _access_changed(self) -> None:
         self.access_changed = True

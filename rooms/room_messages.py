@@ -58,7 +58,7 @@ from rooms.protocol import (
     encode_update,
 )
 from rooms.room_access import ACTS, INTERVIEWER_ONLY, AccessControl
-from rooms.session import CLOSE_NORMAL, STORE, Action, DropReason, Send, Session
+from rooms.session import CLOSE_NORMAL, STORE, Action, Closing, DropReason, Send, Session
 from rooms.settings import Settings
 from rooms.store import Record
 
@@ -94,7 +94,7 @@ class MessageHandling(AccessControl):
     wall_clock: Callable[[], float]
     changes_made: int
     unsynced: list[Record]
-    held: deque[tuple[int, Send]]
+    held: deque[tuple[int, Send | Closing]]
     failing: bool
     _actions: list[Action]
 

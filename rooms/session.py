@@ -73,6 +73,7 @@ class Session:
     # In a private room: its role, and the link it came through (revoking that link ends it).
     role: Role | None = None
     link_id: str | None = None
+    revoked: bool = False  # its link was revoked: refused everything, closed once that is durable
 
 
 @dataclass(slots=True)  # not frozen: one is made per recipient of every update, and frozen
@@ -82,6 +83,16 @@ class Send:  # dataclasses are slower to build
     kind: str  # the type of the message (of the first, for a burst), for the driver's counts
     # For a burst: how many messages of other types follow the first, by type.
     extra: tuple[tuple[str, int], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Closing:
+    """Not an action: a session to close once the change that ends it is committed (held in
+    the room's line like a message, see `Room.committed`)."""
+
+    session: Session
+    code: int
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -211,3 +211,8 @@ async def test_live_server_tags_rooms_as_the_cli_does(
     set_room_log_key(secret)
     assert room_tag(room) in {line.get("room") for line in _log_lines(server)}
     assert f"/ws/~{room_tag(room)}" in server.log()
+
+
+def test_a_links_secret_in_a_path_is_never_logged_and_its_room_is_tagged() -> None:
+    line = 'GET /join/abc/hX0fQ2pAm9Zt-secret_43chars?x=1 HTTP/1.1" 200'
+    assert f'GET /join/~{room_tag("abc")}/[redacted]?x=1 HTTP/1.1" 200' == redact_room_paths(line)

@@ -18,6 +18,7 @@ from rooms.protocol import (
     ErrorOut,
     Hello,
     Join,
+    Notes,
     Push,
     UpdateOut,
     Welcome,
@@ -264,3 +265,9 @@ def test_an_ack_encodes_as_its_model() -> None:
 
     assert AckOut(seq=7, version=12).encode() == encode_ack(7, 12)
     assert {"type": "ack", "seq": 7, "version": 12} == json.loads(encode_ack(7, 12))
+
+
+def test_notes_built_on_the_server_refuse_a_lone_surrogate() -> None:
+    # A page's notes panel builds the message itself, without the frame parser's check.
+    with pytest.raises(ValidationError, match="lone surrogate"):
+        Notes(type="notes", text="x\ud800y")

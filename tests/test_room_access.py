@@ -21,14 +21,12 @@ from rooms.session import CLOSE_REVOKED, Action, Left, Refused, Send, Session, S
 from rooms.store import RoomWrite
 from tests.test_room import commit, make_room, sent, types
 
-KEY = b"k" * 32
 State = tuple[str, int, str, str, str]
 
 
-def private_room(room_id: str = "r", key: bytes = KEY, **overrides: Any) -> Room:
+def private_room(room_id: str = "r", **overrides: Any) -> Room:
     """A new room made private, its first write committed and its actions taken."""
     room, _ = make_room(room_id, **overrides)
-    room.link_key = key
     room.make_private()
     commit(room)
     room.take_actions()
@@ -317,6 +315,34 @@ def test_remove_closes_the_member_with_4003_and_its_link_stops_admitting() -> No
         room.join_versioned(link_hello("cam-again", token))
 
 
+def test_a_removed_member_is_refused_at_once_and_closed_only_once_the_removal_is_stored() -> None:
+    room, members = interview()
+    candidate, interviewer = members[Role.CANDIDATE], members[Role.INTERVIEWER]
+    room.receive(interviewer, frame("remove", user_id=candidate.user_id))
+    room.receive(candidate, append(room, 1))  # sent before it learns: refused, not applied
+    before_commit = room.take_actions()
+    assert [] == [a for a in before_commit if isinstance(a, Left)]
+    assert ("", False) == (room.document.text, candidate.closed)
+    commit(room)
+    after = room.take_actions()
+    assert [Left(candidate)] == [a for a in after if isinstance(a, Left)]
+    refused = [a.error.code for a in before_commit if isinstance(a, Refused) and a.session is candidate]
+    assert ["read_only"] == refused
+
+
+def test_a_removal_whose_commit_fails_is_told_to_no_one() -> None:
+    room, members = interview()
+    candidate, interviewer = members[Role.CANDIDATE], members[Role.INTERVIEWER]
+    room.receive(interviewer, frame("remove", user_id=candidate.user_id))
+    room.take_write()
+    room.fail()  # the store refused the commit: the room is reset, everyone reconnects
+    actions = room.take_actions()
+    # Closed like everyone else, to come back to the room as the store still holds it; nobody
+    # was shown the removal, which never became durable.
+    assert (1013, "storage unavailable") == (candidate.close_code, candidate.close_reason)
+    assert [] == [m for m in sent(actions, interviewer) if m["type"] in ("link", "member_left")]
+
+
 def test_revoke_with_renew_gives_a_new_link_that_admits_while_the_old_one_is_refused() -> None:
     room, members = interview()
     candidate, interviewer = members[Role.CANDIDATE], members[Role.INTERVIEWER]
@@ -467,8 +493,7 @@ def test_notes_over_the_limit_are_refused_and_not_stored() -> None:
 def test_making_a_room_private_stores_its_access_before_anyone_joins() -> None:
     room, _ = make_room()
     room.take_actions()
-    room.link_key = KEY
-    secret = room.make_private()
+    secret = room.make_private()[Role.INTERVIEWER]
     assert [Store()] == room.take_actions()
     write, _ = room.take_write()
     stored = Access.from_json(write.access or "")
@@ -483,7 +508,6 @@ def test_making_a_room_private_stores_its_access_before_anyone_joins() -> None:
 
 def test_no_one_is_welcomed_through_a_link_before_it_is_stored() -> None:
     room, _ = make_room()
-    room.link_key = KEY
     room.make_private()
     room.take_actions()
     interviewer = join(room, Role.INTERVIEWER)

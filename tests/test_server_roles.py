@@ -55,8 +55,6 @@ async def create_room(server: LiveServer) -> httpx.Response:
 @pytest.fixture
 async def interview(live: LiveServer) -> Interview:
     response = await create_room(live)
-    if response.status_code in (404, 405):
-        pytest.skip(f"POST /api/rooms answers {response.status_code}: this server cannot make private rooms")
     assert 201 == response.status_code, response.text
     body = response.json()
     return Interview(live, body["room_id"], body["tokens"])
@@ -427,3 +425,39 @@ async def test_no_link_secret_nor_notes_reach_the_server_log(interview: Intervie
     await eventually(lambda: locked_since(before))
     log = interview.server.log()
     assert [] == [s for s in (*interview.tokens.values(), renewed, "NOTES-IN-LOG") if s in log]
+
+
+async def test_a_page_of_another_site_cannot_make_rooms(live: LiveServer) -> None:
+    async with httpx.AsyncClient(base_url=live.http, timeout=10) as http:
+        response = await http.post("/api/rooms", headers={"Origin": "https://evil.example"})
+    assert (403, "origin_not_allowed") == (response.status_code, response.json()["error"])
+
+
+async def test_opening_a_link_keeps_it_in_a_cookie_for_the_room_and_leaves_it_out_of_the_next_address(
+    interview: Interview,
+) -> None:
+    async with httpx.AsyncClient(base_url=interview.server.http, timeout=10) as http:
+        response = await http.get(f"/join/{interview.room_id}/{interview.tokens['candidate']}")
+    cookie = response.headers["set-cookie"]
+    assert 200 == response.status_code
+    assert f"collab_link_{interview.room_id}={interview.tokens['candidate']}" in cookie
+    assert {"httponly", "samesite=strict"} <= {part.strip().lower() for part in cookie.split(";")}
+    assert f'content="0;url=/room/{interview.room_id}"' in response.text
+
+
+async def test_a_revoked_link_opens_nothing_and_sets_no_cookie(interview: Interview, connect_client: Connect) -> None:
+    interviewer = await member(connect_client, interview, "interviewer")
+    await interviewer.send_until({"type": "revoke", "role": "observer"}, "link")
+    async with httpx.AsyncClient(base_url=interview.server.http, timeout=10) as http:
+        response = await http.get(f"/join/{interview.room_id}/{interview.tokens['observer']}")
+    assert (403, None) == (response.status_code, response.headers.get("set-cookie"))
+    assert "revoked" in response.text
+
+
+async def test_an_interviewer_opening_the_candidate_link_stays_the_interviewer(interview: Interview) -> None:
+    room, tokens = interview.room_id, interview.tokens
+    async with httpx.AsyncClient(base_url=interview.server.http, timeout=10) as http:
+        http.cookies.set(f"collab_link_{room}", tokens["interviewer"])
+        response = await http.get(f"/join/{room}/{tokens['candidate']}")
+    assert (200, None) == (response.status_code, response.headers.get("set-cookie"))
+    assert "private window" in response.text

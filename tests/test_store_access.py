@@ -18,7 +18,6 @@ from rooms.store.sqlite import SqliteStore
 from tests.test_store import BACKENDS, Clock, Timeline, new_store
 
 StoreFactory = Callable[..., Awaitable[Store]]
-KEY = b"k" * 32
 
 
 @pytest.fixture(params=BACKENDS)
@@ -42,7 +41,7 @@ async def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIte
 def private_access(*, locked: bool = False, ended: bool = False) -> str:
     access = Access(private=True, locked=locked, ended=ended)
     for role in Role:
-        access.add_link(role, KEY, "r", 1_700_000_000.0)
+        access.add_link(role, 1_700_000_000.0)
     return access.to_json()
 
 

@@ -13,6 +13,7 @@ from urllib.parse import urlparse
 
 from nicegui import app, background_tasks, ui
 
+from rooms.access import Role
 from rooms.errors import RoomError
 from rooms.limits import ROOM_ID, new_room_id
 from ui.editor import Identity
@@ -117,7 +118,7 @@ class StartPage:
     async def _create(self) -> None:
         room_id = new_room_id()
         try:
-            secret = await self.services.registry().create_private(room_id, self.address)
+            secrets = await self.services.registry().create_private(room_id, self.address)
         except RoomError as error:  # too many new rooms from this address, a server too busy...
             if not self.root.is_deleted:
                 with self.root:
@@ -125,7 +126,7 @@ class StartPage:
             return
         if not self.root.is_deleted:
             with self.root:
-                ui.navigate.to(f"/join/{room_id}/{secret}")
+                ui.navigate.to(f"/join/{room_id}/{secrets[Role.INTERVIEWER]}")
 
     def join(self) -> None:
         target = link_target(self.link.value or "")
