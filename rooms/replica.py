@@ -5,11 +5,10 @@ This is the reference implementation of the algorithm every client runs: the bro
 ``tests/test_client_differential.py`` holds the two to the same answers; the tests and the load
 generator use it to drive real servers. It is pure: messages in, messages to send out.
 
-State: ``version`` (the last server version applied), ``base`` (the server's text at
-``version``), ``inflight`` (one sent batch, not yet confirmed, with its ``seq``) and ``pending``
-(local changes composed, not yet sent). A remote update ``U`` is rebased past local work with the
-same tie-break as the server (the earlier-committed insert first), so every replica converges on
-the server's text::
+State: ``version`` (the last server version applied), ``base`` (the server's text at ``version``),
+``inflight`` (one sent batch, not yet confirmed, with its ``seq``) and ``pending`` (local changes
+composed, not yet sent). A remote update ``U`` is rebased past local work with the same tie-break
+as the server (the earlier-committed insert first), so every replica converges on the server's text::
 
     inflight' = inflight.map(U);  U1 = U.map(inflight, before=True)
     pending'  = pending.map(U1);  U2 = U1.map(pending, before=True);  apply U2
@@ -33,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from rooms.access import Act, Role, allowed
 from rooms.changes import ChangeSet, utf16_len, utf16_to_index
 from rooms.errors import InvalidMessage
 
@@ -117,7 +117,7 @@ class Replica:
         # Other members' selections (anchor, head) in the replica's text, moved by every change.
         self.cursors: dict[str, tuple[int, int]] = {}
         # A private room's role for this member, and whether the room is locked or ended.
-        self.role: str | None = None
+        self.role: Role | None = None
         self.locked = self.ended = False
         # A new (client_id, resume_token), for when the server says another client holds ours.
         self.new_identity: Callable[[], tuple[str, str]] = _new_identity
@@ -210,8 +210,8 @@ class Replica:
 
     def resync(self, username: str) -> dict[str, Any]:
         """After a ``resync`` error: the ``hello`` that catches up; the refused batch stays in
-        flight. Send it with `resend` once the catch-up after the welcome is applied (`welcome`
-        returns it at the version resumed from, maybe too far behind again)."""
+        flight. Send it with `resend` once the welcome's catch-up is applied: `welcome` returns it
+        at the version resumed from (maybe too far behind again), and reports it lost given a snapshot."""
         return self.hello(username)
 
     def resend(self) -> dict[str, Any] | None:
@@ -228,8 +228,8 @@ class Replica:
     def cursor(self, anchor: int, head: int) -> dict[str, Any] | None:
         """Our selection as a ``cursor`` message: in the server's text at ``version``, back
         through our unconfirmed changes."""
-        if not self.live or self.role == "observer" or (self.role == "candidate" and self.ended):
-            return None  # the server refuses these (`rooms.access.allowed`)
+        if not self.live or not allowed(self.role, Act.CURSOR, locked=self.locked, ended=self.ended):
+            return None  # the server would refuse it
         local = self.unconfirmed
         if local is not None:
             anchor, head = map_pos_back(local, anchor), map_pos_back(local, head)
@@ -363,7 +363,7 @@ class Replica:
         if last_seq is not None:
             self.next_seq = max(self.next_seq, last_seq + 1)
         self.cursors.clear()
-        self.role = message.get("role")
+        self.role = Role(message["role"]) if message.get("role") is not None else None
         self.locked, self.ended = message.get("locked") is True, message.get("ended") is True
         doc = message.get("doc")
         if doc is not None:

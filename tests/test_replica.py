@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from rooms.access import Act, Role, allowed
 from rooms.changes import ChangeSet
 from rooms.errors import InvalidMessage
 from rooms.replica import Replica, UnconfirmedWorkLost
@@ -163,3 +164,15 @@ def test_resync_says_hello_at_the_current_version_and_keeps_the_batch() -> None:
     hello = replica.resync("ann")
     assert ("hello", 0) == (hello["type"], hello["version"])
     assert replica.inflight is not None and 1 == replica.inflight.seq
+
+
+@pytest.mark.parametrize("role", [None, *Role])
+@pytest.mark.parametrize(("locked", "ended"), [(False, False), (True, False), (True, True)])
+def test_a_cursor_is_sent_exactly_when_the_permission_table_allows_it(
+    role: Role | None, locked: bool, ended: bool
+) -> None:
+    replica = Replica("me")
+    welcome = {"type": "welcome", "user_id": "u", "version": 0, "doc": "", "role": role, "locked": locked}
+    replica.receive([{**welcome, "ended": ended}])
+    expected = allowed(role, Act.CURSOR, locked=locked, ended=ended)
+    assert expected == (replica.cursor(0, 0) is not None)

@@ -21,8 +21,9 @@ from api.credentials import cookie_name as api_cookie_name
 from rooms.access import Role
 from rooms.errors import TooManyNewRooms
 from rooms.registry import RoomRegistry
+from rooms.session import DropReason
 from tests.ui_simulation import BrowserHalf, browser_hello, choose_name, follow_link, open_link, until, wait_for_notice
-from ui import access
+from ui import access, share_dialog
 from ui.editor import CollabEditor
 from ui.history import open_history
 from ui.reports import AccessState, Roster, RosterEntry, parse_access, parse_members, parse_notes
@@ -77,14 +78,27 @@ async def test_a_room_made_on_the_start_page_opens_as_its_interviewers(
     for role in (Role.CANDIDATE, Role.OBSERVER):
         link = ann.find(marker=f"link-{role.value}").elements.pop()
         assert f"http://test/join/{room_id}/{room.secret_of(role)}" == link.value
-    # Never the interviewer's own.
-    await ann.should_not_see(content=str(room.secret_of(Role.INTERVIEWER)))
+
+
+async def test_an_interviewers_share_dialog_shows_the_link_the_page_joined_with_to_copy_only(
+    users: Callable[[], User], registry: RoomRegistry
+) -> None:
+    ann, room_id = await interviewer(users)
+    await connect(ann, "ann-tab")
+    ann.find(marker="share").click()
+    await ann.should_see(share_dialog.OWN_LINK)
+    # The credential the page joined with (its cookie's), which no script of the page holds.
+    own = ann.find(marker="link-interviewer").elements.pop()
+    assert f"http://test/join/{room_id}/{ann.http_client.cookies.get(cookie(room_id))}" == own.value
+    await ann.should_see(marker="copy-interviewer")
+    for marker in ("revoke-interviewer", "renew-interviewer"):
+        await ann.should_not_see(marker=marker)
 
 
 async def test_a_room_that_cannot_be_made_is_said_so_on_the_start_page(
     users: Callable[[], User], registry: RoomRegistry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async def refuse(room_id: str, address: str = "") -> str:
+    async def refuse(room_id: str, address: str = "") -> dict[Role, str]:
         raise TooManyNewRooms(3, 12.0)
 
     monkeypatch.setattr(registry, "create_private", refuse)
@@ -254,6 +268,12 @@ async def test_an_interviewer_removes_a_candidate_from_the_presence_panel(
     rows = {row_name(button): button for button in ann.find(marker="remove").elements}
     assert {"Cy", "Olga"} == set(rows)
     UserInteraction(ann, {rows["Cy"]}, None).click()
+    await ann.should_see("Remove Cy?")  # asked first: the whole candidate link goes
+    assert registry.rooms[room_id].secret_of(Role.CANDIDATE) is not None
+    ann.find(marker="remove-confirm").click()
+    await wait_for_notice(
+        ann, "Removed Cy. The candidate link was revoked: make a new one in the share dialog to invite someone else."
+    )
     await cy.should_see("You no longer have access to this room: removed from the room.", retries=30)
     await ann.should_see("In this room (1)", retries=30)
     await olga.should_not_see(marker="access-lost")
@@ -302,6 +322,153 @@ async def test_a_page_not_connected_says_a_control_cannot_be_sent(users: Callabl
     ann, _ = await interviewer(users)  # no hello: the editor has no session
     ann.find(marker="lock").click()
     await wait_for_notice(ann, "Not connected: the editor cannot be locked or unlocked right now.")
+
+
+@pytest.mark.parametrize("code", [1013, 1000])
+async def test_a_control_after_the_room_closed_the_session_says_not_connected_and_changes_nothing(
+    users: Callable[[], User], registry: RoomRegistry, code: int
+) -> None:
+    ann, room_id = await interviewer(users)
+    editor, half = await connect(ann, "ann-tab")
+    session = editor.session
+    assert session is not None
+    if code == 1013:  # a full queue: the browser half says hello again later
+        registry.drop(session, DropReason.QUEUE_OVERFLOW)
+    else:
+        registry.leave(session)
+    await until(lambda: bool(half.closes), "the page told its session closed")
+    assert code == half.closes[-1][1]
+    assert editor.session is None
+    secret = registry.rooms[room_id].secret_of(Role.CANDIDATE)
+    ann.find(marker="share").click()
+    ann.find(marker="revoke-candidate").click()
+    await wait_for_notice(ann, "Not connected: links cannot be changed right now.")
+    assert not ann.notify.contains(share_dialog.REVOKED)
+    assert secret == registry.rooms[room_id].secret_of(Role.CANDIDATE)
+
+
+async def test_a_control_the_room_refuses_is_said_so_not_reported_done(
+    users: Callable[[], User], registry: RoomRegistry
+) -> None:
+    ann, room_id = await interviewer(users)
+    await connect(ann, "ann-tab")
+    cy = users()
+    await join_as(cy, registry, room_id, Role.CANDIDATE, "Cy")
+    cy_editor, _ = await connect(cy, "cy-tab")
+    await ann.should_see(marker="remove", retries=30)  # Cy's row in Ann's presence panel
+    ann.find(marker="remove").click()
+    await ann.should_see("Remove Cy?")
+    assert cy_editor.session is not None
+    registry.leave(cy_editor.session)  # Cy leaves while Ann confirms
+    ann.find(marker="remove-confirm").click()
+    await wait_for_notice(ann, "Cy cannot be removed: no member")
+    assert not ann.notify.contains("Removed Cy")
+    assert registry.rooms[room_id].secret_of(Role.CANDIDATE) is not None
+
+
+async def test_notes_typed_while_not_connected_survive_the_welcome_and_are_sent_after_it(
+    users: Callable[[], User], registry: RoomRegistry
+) -> None:
+    ann, room_id = await interviewer(users)
+    editor, half = await connect(ann, "ann-tab")
+    ann.find(marker="notes").type("Old.")
+    await until(lambda: "Old." == registry.rooms[room_id].notes, "the notes saved")
+    assert editor.session is not None
+    registry.drop(editor.session, DropReason.QUEUE_OVERFLOW)
+    await until(lambda: bool(half.closes), "the page told its session closed")
+    ann.find(marker="notes").type(" Newer.")
+    await wait_for_notice(ann, "Not connected: the notes cannot be saved right now.")
+    await ann.should_see(marker="notes-unsent")
+    browser_hello(ann, "ann-tab", gen=2)  # the welcome is followed by the room's notes: "Old."
+    await until(lambda: "Old. Newer." == registry.rooms[room_id].notes, "the notes sent again after the welcome")
+    assert "Old. Newer." == ann.find(marker="notes").elements.pop().value
+    await ann.should_not_see(marker="notes-unsent")
+
+
+async def test_notes_the_room_refuses_stay_on_the_page_unsaved(
+    users: Callable[[], User], registry: RoomRegistry
+) -> None:
+    ann, room_id = await interviewer(users)
+    await connect(ann, "ann-tab")
+    too_long = "x" * (registry.settings.max_notes_chars + 1)  # past the field's maxlength, as a script could
+    ann.find(marker="notes").type(too_long)
+    await wait_for_notice(ann, "The notes cannot be saved: notes are")
+    await ann.should_see(marker="notes-unsent")
+    assert "" == registry.rooms[room_id].notes
+
+
+async def test_after_the_end_the_share_dialog_offers_no_new_candidate_link(users: Callable[[], User]) -> None:
+    ann, _ = await interviewer(users)
+    await connect(ann, "ann-tab")
+    ann.find(marker="end").click()
+    ann.find(marker="end-confirm").click()
+    await ann.should_see(access.ENDED_FOR_INTERVIEWERS, retries=30)
+    ann.find(marker="share").click()
+    await ann.should_see(marker="no-link-candidate", content=share_dialog.ENDED)
+    await ann.should_not_see(marker="renew-candidate")
+    await ann.should_see(marker="renew-observer")  # the observer's link is still the interviewer's to change
+
+
+async def test_a_live_link_the_room_cannot_show_any_more_is_said_so_and_can_be_replaced(
+    users: Callable[[], User], registry: RoomRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ann, room_id = await interviewer(users)
+    await connect(ann, "ann-tab")
+    room = registry.rooms[room_id]
+    made_before = room.access.current(Role.OBSERVER)
+    secret_of = room.secret_of
+
+    def forgotten(role: Role) -> str | None:  # as after a restart: only the links' hashes are kept
+        return None if room.access.current(role) is made_before else secret_of(role)
+
+    monkeypatch.setattr(room, "secret_of", forgotten)
+    ann.find(marker="share").click()
+    await ann.should_see(marker="no-link-observer", content=share_dialog.NOT_SHOWN)
+    await ann.should_not_see(share_dialog.NO_LINK)
+    ann.find(marker="renew-observer").click()
+    await ann.should_see(marker="link-observer", retries=30)
+    link = ann.find(marker="link-observer").elements.pop()
+    assert f"http://test/join/{room_id}/{room.secret_of(Role.OBSERVER)}" == link.value
+
+
+async def test_after_a_read_only_refusal_the_lost_text_is_offered_to_copy_only(
+    users: Callable[[], User], registry: RoomRegistry
+) -> None:
+    ann, room_id = await interviewer(users)
+    await connect(ann, "ann-tab")
+    cy = users()
+    await join_as(cy, registry, room_id, Role.CANDIDATE, "Cy")
+    await connect(cy, "cy-tab")
+    cy.find(CollabEditor).trigger("lost", {"text": "def f(): pass", "reason": "history"})
+    await cy.should_see("Replace the room's text with mine")  # the room would take it now
+    ann.find(marker="lock").click()
+    await cy.should_see(access.LOCKED, retries=30)
+    # The browser half offers the text of a push refused as read_only (the lock came first).
+    cy.find(CollabEditor).trigger("lost", {"text": "def f(): pass", "reason": "history"})
+    await cy.should_see("The editor is read-only for you now")
+    await cy.should_see("Copy")
+    await cy.should_not_see("Replace the room's text with mine")
+
+
+async def test_after_access_is_lost_a_new_name_is_saved_without_saying_hello_again(
+    users: Callable[[], User], registry: RoomRegistry
+) -> None:
+    ann, room_id = await interviewer(users)
+    await connect(ann, "ann-tab")
+    cy = users()
+    await join_as(cy, registry, room_id, Role.CANDIDATE, "Cy")
+    editor, _ = await connect(cy, "cy-tab")
+    ann.find(marker="share").click()
+    ann.find(marker="revoke-candidate").click()
+    await cy.should_see(marker="access-lost", retries=30)
+    rejoined: list[bool] = []
+    editor.rejoin = lambda: rejoined.append(True)  # type: ignore[method-assign]
+    cy.find(marker="me").click()
+    cy.find(marker="name").clear().type("Cyrus")
+    cy.find(marker="save-name").click()
+    await wait_for_notice(cy, "Name saved: it is used the next time you join a room.")
+    await cy.should_see("Cyrus")
+    assert not rejoined  # a hello would be refused, and counted as a bad link from this address
 
 
 def test_the_page_reads_the_cookie_the_join_route_sets() -> None:

@@ -133,8 +133,8 @@ class BrowserHalf:
     member list (its welcome, then each member_joined and member_left) with a ``members`` event
     (unless ``members`` is false), the room's language and the other authors of updates with an
     ``activity`` event, the role and the room's lock and end with an ``access`` event, and the
-    interviewers' notes with a ``notes`` event. The browser's 2 s expiry of an author is not
-    simulated."""
+    interviewers' notes with a ``notes`` event; it keeps each ``closed`` call too. The browser's
+    2 s expiry of an author is not simulated."""
 
     def __init__(self, user: User, *, members: bool = True) -> None:
         self.user = user
@@ -148,12 +148,15 @@ class BrowserHalf:
         self.activity: dict[str, Any] | None = None  # the last activity event
         self.access: dict[str, Any] | None = None  # the last access event
         self.errors: list[dict[str, Any]] = []  # every error the room sent
+        self.closes: list[tuple[int, int, str]] = []  # (gen, code, reason) of each closed session
         send = self.editor.call
 
         def call(method: str, *args: Any) -> None:
             send(method, *args)
             if method == "receive":
                 self.receive(*args)
+            elif method == "closed":
+                self.closes.append(args)
 
         self.editor.call = call  # type: ignore[method-assign]
 

@@ -16,7 +16,9 @@ the room's lock and end (``access``), and the interviewers' notes (``notes``): t
 exactly what the editor was told, connected or not, and never reads the room itself (see
 `ui.reports`). A join the room refuses for good (`Forbidden`: a revoked link, the end of the
 interview) and a connection it ends for the same reasons (`CLOSE_REVOKED`) are told to the page
-here, where they happen (``on_denied``).
+here, where they happen (``on_denied``). Whenever the room closes the current generation's
+session (whatever the code), ``session`` is None until the next join: the page's own messages
+(an interviewer's controls) are never handed to a closed session.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from rooms.protocol import ErrorOut, Hello, parse_client_message
 from rooms.registry import RoomRegistry
 from rooms.session import CLOSE_REVOKED, Session
 from rooms.settings import Settings
+from ui.access import request_address
 from ui.reports import (
     AccessState,
     Newest,
@@ -75,11 +78,11 @@ MAX_EARLY_FRAMES = 50
 T = TypeVar("T")
 
 
-def _client_address(client: Client) -> str:
-    """The page's network address, as for `/ws` (the request's client, which uvicorn takes
-    from a trusted proxy's X-Forwarded-For); "" when the page has no request."""
+def _page_address(client: Client) -> str:
+    """The page's network address, as for `/ws` (see `request_address`); "" when the page has
+    no request."""
     try:
-        return client.ip
+        return request_address(client.request)
     except RuntimeError:
         return ""
 
@@ -106,6 +109,7 @@ class BrowserTransport:
         self.gen = gen
         self.max_backlog = max_backlog
         self.detached = False  # a newer hello replaced this generation
+        self.closed = False  # the room closed this generation's session
 
     async def send(self, message: str) -> None:
         self._write(message)
@@ -124,7 +128,12 @@ class BrowserTransport:
     async def close(self, code: int = 1000, reason: str = "") -> None:
         if self.detached:
             return
+        self.closed = True
         self.editor.call("closed", self.gen, code, reason)
+        if self.editor.transport is self:
+            # Whatever the code (a store reset, a full queue, a restart): nothing more goes to
+            # this session, and the page says it is not connected until the next join.
+            self.editor.session = None
         if code == CLOSE_REVOKED:  # removed, its link revoked, the interview ended: for good
             self.editor.deny(self, reason)
 
@@ -177,7 +186,7 @@ class CollabEditor(
         self._props["max-chars"] = settings.max_document_chars
         self._props["read-only"] = read_only
         self._hellos = MessageLimit(own=TokenBucket.full(HELLO_RATE_PER_SECOND, HELLO_BURST, time.monotonic()))
-        self._address = _client_address(self.client)
+        self._address = _page_address(self.client)
         self._rosters = Newest(on_members)
         self._activities = Newest(on_activity)
         self._accesses = Newest(on_access)
@@ -215,7 +224,7 @@ class CollabEditor(
         if self.transport is not None and gen == self.transport.gen:
             if self.session is not None:
                 self._registry().receive(self.session, data)
-            elif len(self._early) < MAX_EARLY_FRAMES:
+            elif not self.transport.closed and len(self._early) < MAX_EARLY_FRAMES:
                 self._early.append(data)  # the join is waiting for the room to load
             return
         if self.transport is not None and gen < self.transport.gen:
@@ -260,6 +269,8 @@ class CollabEditor(
         if transport.detached or transport is not self.transport or self.is_deleted:
             registry.leave(session)  # a newer hello, or the page is gone
             return
+        if transport.closed:
+            return  # closed by the room already (the browser was told): not the page's session
         self.session = session
         early, self._early = self._early, []
         for data in early:
@@ -298,6 +309,12 @@ class CollabEditor(
             return
         if self._is_current(gen):  # only the current connection's reports are shown
             await newest.report(value, self._is_alive)
+
+    @property
+    def reported_access(self) -> AccessState | None:
+        """The member's access as the browser half last reported it (maybe not shown yet, see
+        `Newest`); None before its first report."""
+        return self._accesses.latest
 
     def _is_current(self, gen: int) -> bool:
         return self.transport is not None and gen == self.transport.gen

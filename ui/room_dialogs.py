@@ -1,5 +1,6 @@
 """What the room page asks: when the editor reports trouble (edits the room could not take, the
-same room open in another tab), and before an interviewer ends the interview."""
+same room open in another tab), and before an interviewer ends the interview or removes a
+member."""
 
 from __future__ import annotations
 
@@ -21,15 +22,19 @@ LOST_REASONS = {
 }
 
 
-def offer_lost_text(editor: CollabEditor, text: str, reason: str) -> ui.dialog:
-    """Edits of this page that the room could not take: show the user their text."""
+def offer_lost_text(editor: CollabEditor, text: str, reason: str, *, may_edit: bool = True) -> ui.dialog:
+    """Edits of this page that the room could not take: show the user their text. ``may_edit``:
+    the member may edit now (their role, the room's lock and end), so the room would take the
+    text as a replacement; otherwise only copying it is offered."""
     with ui.dialog() as dialog, ui.card().classes("w-[40rem] max-w-full gap-3 collab-lost"):
         dialog.on_value_change(lambda event: None if event.value else dialog.delete())
         ui.label("Some of your text is not in the room").classes("text-lg font-medium")
-        ui.label(
-            LOST_REASONS.get(reason, "The room refused this page's unsent edits.")
-            + " Here is your text as it was: copy what you need, or replace the room's text with it."
-        ).classes("text-sm")
+        offer = (
+            " Here is your text as it was: copy what you need, or replace the room's text with it."
+            if may_edit
+            else " The editor is read-only for you now. Here is your text as it was: copy what you need."
+        )
+        ui.label(LOST_REASONS.get(reason, "The room refused this page's unsent edits.") + offer).classes("text-sm")
         area = ui.textarea(value=text).props("readonly outlined autogrow").classes("w-full font-mono text-xs")
         area.style("max-height: 50vh; overflow: auto")
         with ui.row().classes("w-full justify-end gap-2"):
@@ -39,7 +44,8 @@ def offer_lost_text(editor: CollabEditor, text: str, reason: str) -> ui.dialog:
                 editor.set_text(text)
                 dialog.close()
 
-            ui.button("Replace the room's text with mine", on_click=replace).props("flat color=negative")
+            if may_edit:  # otherwise the room would refuse it again (`read_only`)
+                ui.button("Replace the room's text with mine", on_click=replace).props("flat color=negative")
             ui.button("Dismiss", on_click=dialog.close)
     dialog.open()
     return dialog
@@ -81,5 +87,28 @@ def confirm_end(end: Callable[[], object]) -> ui.dialog:
 
             confirm = ui.button("End the interview", on_click=confirmed).props("color=negative")
             confirm.classes("collab-end-confirm").mark("end-confirm")
+    dialog.open()
+    return dialog
+
+
+def confirm_remove(username: str, link_name: str, remove: Callable[[], object]) -> ui.dialog:
+    """Ask an interviewer before removing a member: it revokes the link they came through
+    (``link_name``: "the candidate link"), so everyone who came through it leaves too."""
+    with ui.dialog() as dialog, ui.card().classes("w-[32rem] max-w-full gap-3 collab-remove-dialog"):
+        dialog.on_value_change(lambda event: None if event.value else dialog.delete())
+        ui.label(f"Remove {username}?").classes("text-lg font-medium")
+        ui.label(
+            f"This revokes {link_name}: everyone who joined through it leaves, and nobody can come back "
+            "through it. To invite someone else, make a new link in the share dialog."
+        ).classes("text-sm")
+        with ui.row().classes("w-full justify-end gap-2"):
+            ui.button("Cancel", on_click=dialog.close).props("flat")
+
+            def confirmed() -> None:
+                dialog.close()
+                remove()
+
+            confirm = ui.button(f"Remove {username}", on_click=confirmed).props("color=negative no-caps")
+            confirm.classes("collab-remove-confirm").mark("remove-confirm")
     dialog.open()
     return dialog

@@ -12,7 +12,7 @@ from nicegui import app, ui
 from nicegui.events import GenericEventArguments
 from starlette.requests import Request
 
-from rooms.access import Role
+from rooms.access import SHARED_ROLES, Role
 from rooms.errors import Forbidden, RoomError
 from rooms.limits import ROOM_ID
 from rooms.presence import pick_color
@@ -25,10 +25,10 @@ from ui.languages import extension_for
 from ui.notes_panel import NotesPanel
 from ui.presence_panel import PresencePanel
 from ui.reports import AccessState, RoomActivity, Roster, RosterEntry
-from ui.room_dialogs import confirm_end, offer_lost_text, offer_to_take_over
+from ui.room_dialogs import confirm_end, confirm_remove, offer_lost_text, offer_to_take_over
 from ui.room_header import RoomHeader
 from ui.services import Services
-from ui.share_dialog import ShareDialog
+from ui.share_dialog import ShareDialog, SharedLink
 
 PAGE_CSS = """
 .nicegui-content { padding: 0 !important; }
@@ -102,7 +102,9 @@ class RoomPage:
         self.room_id = room_id
         self.identity = who
         self.role = role
+        self.token = token  # the page's own credential: the link it joined with
         self.origin = origin
+        self.denied = False  # the room refused this page for good
         self.lost_dialog: ui.dialog | None = None
         self.share: ShareDialog | None = None
         interviewer = role is Role.INTERVIEWER
@@ -160,12 +162,7 @@ class RoomPage:
             return
         # The room's `language` message brings it to every page, this one included.
         if not self.send(Language(type="language", language=value), "the language cannot be changed"):
-            self._show_room_language()
-            return
-        room = self.services.registry().rooms.get(self.room_id)
-        if room is None or room.language != value:  # refused (a rate limit): the room keeps its own
-            ui.notify("The room's language cannot be changed right now.", type="warning")
-            self._show_room_language()
+            self._show_room_language()  # not connected, or refused (a rate limit): the room keeps its own
 
     def _show_room_language(self) -> None:
         """Show the room's language as last heard (if any) in the header and the editor's props."""
@@ -201,6 +198,9 @@ class RoomPage:
     def _identity_saved(self, new: Identity) -> None:
         self.identity = new
         self.header.show_identity(new.username, new.color)
+        if self.denied:  # a hello would be refused again, and counted as a bad link
+            ui.notify("Name saved: it is used the next time you join a room.", type="info")
+            return
         self.editor.rejoin()  # a new hello: the room learns the new name and colour
 
     def _current_identity(self) -> Identity:
@@ -209,13 +209,19 @@ class RoomPage:
     # An interviewer's controls: messages of this page's connection, as the browser's own are
 
     def send(self, message: ClientMessage, refused: str) -> bool:
-        """Hand the room a message of this page's member; False (and a notice) when the page is
-        not connected. The room answers through the connection, as to any message."""
+        """Hand the room a message of this page's member; True when the room took it. False,
+        and a notice saying why, when the page is not connected or the room refused it
+        (``refused`` says what could not be done: "the notes cannot be saved")."""
         session = self.editor.session
-        if session is None:
+        # The room ignores a closed session's messages without a word: check first.
+        if session is None or session.closed:
             ui.notify(f"Not connected: {refused} right now.", type="warning")
             return False
-        self.services.registry().receive(session, message)
+        try:
+            self.services.registry().handle(session, message)
+        except RoomError as error:
+            ui.notify(f"{refused[:1].upper()}{refused[1:]}: {error}.", type="warning")
+            return False
         return True
 
     def toggle_lock(self) -> None:
@@ -226,21 +232,46 @@ class RoomPage:
 
     def open_share(self) -> None:
         if self.share is None:
+            # Only an interviewer's page offers its own link (the credential it joined with).
+            own = self.token if self.role is Role.INTERVIEWER else None
             with self.editor.client.content:
-                self.share = ShareDialog(self.origin, self.room_id, self._secret_of, self._revoke)
+                self.share = ShareDialog(self.origin, self.room_id, self._links, self._revoke, own_secret=own)
         self.share.open()
 
-    def _secret_of(self, role: Role) -> str | None:
+    def _links(self) -> dict[Role, SharedLink]:
+        """The shared links as the room knows them now; nothing while it is not loaded."""
         room = self.services.registry().rooms.get(self.room_id)
-        return room.secret_of(role) if room is not None else None
+        if room is None:
+            return {}
+        access = room.access
+        return {
+            role: SharedLink(
+                room.secret_of(role),
+                live=access.current(role) is not None,
+                renewable=not (role is Role.CANDIDATE and access.ended),  # as the room decides
+            )
+            for role in SHARED_ROLES
+        }
 
     def _revoke(self, role: Role, renew: bool) -> bool:
         revoke = Revoke(type="revoke", role="candidate" if role is Role.CANDIDATE else "observer", renew=renew)
         return self.send(revoke, "links cannot be changed")
 
     def remove(self, member: RosterEntry) -> None:
-        if self.send(Remove(type="remove", user_id=member.user_id), "nobody can be removed"):
-            ui.notify(f"{member.username} was removed; their link no longer opens the room.", type="info")
+        """Remove a member, once confirmed: the room revokes the link of their role, so everyone
+        who came through it leaves too."""
+        link_name = f"the {member.role.value} link" if member.role is not None else "their link"
+        done = (
+            f"Removed {member.username}. {link_name.capitalize()} was revoked: make a new one in the share "
+            "dialog to invite someone else."
+        )
+
+        def confirmed() -> None:
+            if self.send(Remove(type="remove", user_id=member.user_id), f"{member.username} cannot be removed"):
+                ui.notify(done, type="info")
+
+        with self.editor.client.content:  # not in the presence panel, which redraws with the roster
+            confirm_remove(member.username, link_name, confirmed)
 
     def send_notes(self, text: str) -> bool:
         return self.send(Notes(type="notes", text=text), "the notes cannot be saved")
@@ -270,6 +301,7 @@ class RoomPage:
 
     def _show_denied(self, reason: str) -> None:
         """The room refused this page for good (its link revoked, removed, the interview ended)."""
+        self.denied = True
         self.lost_reason.set_text(f"You no longer have access to this room: {reason}.")
         self.lost.set_visibility(True)
 
@@ -280,7 +312,12 @@ class RoomPage:
             return
         if self.lost_dialog is not None and not self.lost_dialog.is_deleted:
             self.lost_dialog.delete()  # one at a time: the newest text is what the page holds
-        self.lost_dialog = offer_lost_text(self.editor, text, reason if isinstance(reason, str) else "")
+        # What the room would take now, as the page's connection last reported it: after a
+        # `read_only` refusal (a lock while a push was on its way), replacing would be refused too.
+        access = self.editor.reported_access or self.access
+        editable = may_edit(self.role, locked=access.locked, ended=access.ended) and not self.denied
+        reason = reason if isinstance(reason, str) else ""
+        self.lost_dialog = offer_lost_text(self.editor, text, reason, may_edit=editable)
 
     def _on_notice(self, event: GenericEventArguments) -> None:
         args = event.args if isinstance(event.args, dict) else {}

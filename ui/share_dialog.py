@@ -1,51 +1,77 @@
 """The interviewer's share dialog: the candidate's and the observer's links, to copy, revoke or
-replace.
+replace, and the interviewer's own link, to copy.
 
-The links are read from the room when the dialog opens and after each action of this page (a
-link's secret is derived by the room, never kept by the page); the interviewer's own link is
-never shown.
+The shared links are read from the room when the dialog opens and after each action of this
+page; the room may no longer know a live link's secret (one made before the server restarted),
+and then the dialog says so rather than show nothing. The interviewer's own link is the page's
+own credential, the one it joined with (its cookie's, as `ui.access.page_role` checked it when
+the page was made), never anything the page's scripts send; it cannot be revoked.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from nicegui import ui
 
-from rooms.access import SHARED_ROLES, Role
+from rooms.access import Role
 
 ABOUT = {
     Role.CANDIDATE: "Edits the code, unless you lock the editor or end the interview.",
     Role.OBSERVER: "Watches the code, the cursors and who is here; never edits.",
 }
+OWN_LINK = "Interviewer link: gives full control; share only with co-interviewers"
+NO_LINK = "No live link"
+NOT_SHOWN = (
+    "This link was made before the server restarted and cannot be shown again: copy it from where "
+    "you sent it, or make a new one"
+)
+ENDED = "The interview has ended: no new candidate link"
+REVOKED = "Link revoked: it no longer opens the room, and whoever joined through it left."
+RENEWED = "A new link replaces the old one; whoever joined through the old one left."
+NOT_LOADED = "The links cannot be read while the room is not loaded: reconnect, then open this again."
 
 
-def link_url(origin: str, room_id: str, secret: str) -> str:
-    """The address of a link: opening it keeps the secret in a cookie and opens the room."""
+@dataclass(frozen=True, slots=True)
+class SharedLink:
+    """A shared role's link as the room knows it when the dialog draws it."""
+
+    secret: str | None  # None: no live link, or one whose secret the room cannot show any more
+    live: bool  # the role has a live link (not revoked)
+    renewable: bool = True  # the room makes a new one (not the candidate's once the interview ended)
+
+
+def share_url(origin: str, room_id: str, secret: str) -> str:
+    """The address to share for a link: opening it keeps the secret in a cookie and opens the room."""
     return f"{origin}/join/{room_id}/{secret}"
 
 
 class ShareDialog:
-    """``secret_of`` reads a role's live link from the room (None: revoked); ``revoke`` sends
-    the interviewer's revoke (``renew``: with a new link) and says whether it was sent."""
+    """``read`` gives each shared role's link as the room knows it now (nothing: the room is not
+    loaded); ``revoke`` sends the interviewer's revoke (``renew``: with a new link) and says
+    whether the room took it; ``own_secret`` is the page's own interviewer link."""
 
     def __init__(
         self,
         origin: str,
         room_id: str,
-        secret_of: Callable[[Role], str | None],
+        read: Callable[[], dict[Role, SharedLink]],
         revoke: Callable[[Role, bool], bool],
+        *,
+        own_secret: str | None = None,
     ) -> None:
         self.origin = origin
         self.room_id = room_id
-        self.secret_of = secret_of
+        self.read = read
         self.revoke = revoke
+        self.own_secret = own_secret
         with ui.dialog() as self.dialog, ui.card().classes("w-[40rem] max-w-full gap-4 collab-share"):
             with ui.row().classes("w-full items-center no-wrap"):
                 ui.label("Share this room").classes("text-lg font-medium")
                 ui.space()
                 ui.button(icon="close", on_click=self.dialog.close).props("flat dense round")
-            ui.label("Send each person the link of their role. Your own link stays yours.").classes("text-sm")
+            ui.label("Send each person the link of their role.").classes("text-sm")
             self.links()
 
     def open(self) -> None:
@@ -54,36 +80,50 @@ class ShareDialog:
 
     @ui.refreshable_method
     def links(self) -> None:
-        for role in SHARED_ROLES:
-            secret = self.secret_of(role)
+        links = self.read()
+        if not links:
+            ui.label(NOT_LOADED).classes("text-sm text-gray-500 italic collab-links-not-loaded")
+        for role, link in links.items():
             with ui.column().classes(f"w-full gap-1 collab-share-{role.value}"):
                 ui.label(f"{role.value.capitalize()} link").classes("font-medium")
                 ui.label(ABOUT[role]).classes("text-xs text-gray-500")
                 with ui.row().classes("w-full items-center gap-1 no-wrap"):
-                    if secret is None:
-                        none = ui.label("No live link").classes(
-                            f"grow text-gray-500 italic collab-no-link-{role.value}"
-                        )
-                        none.mark(f"no-link-{role.value}")
-                    else:
-                        url = link_url(self.origin, self.room_id, secret)
-                        link = ui.input(value=url).props("readonly outlined dense").classes("grow font-mono text-xs")
-                        link.classes(f"collab-link-{role.value}").mark(f"link-{role.value}")
-                        copy = ui.button(icon="content_copy", on_click=lambda url=url: self.copy(url))
-                        copy.props("flat dense round").classes(f"collab-copy-{role.value}").mark(f"copy-{role.value}")
-                        copy.tooltip("Copy the link")
-                        revoke = ui.button("Revoke", on_click=lambda role=role: self.act(role, renew=False))
-                        revoke.props("flat dense color=negative no-caps").classes(f"collab-revoke-{role.value}")
-                        revoke.mark(f"revoke-{role.value}")
-                    renew = ui.button("New link", on_click=lambda role=role: self.act(role, renew=True))
-                    renew.props("flat dense no-caps").classes(f"collab-renew-{role.value}").mark(f"renew-{role.value}")
+                    self._link(role, link)
+        if self.own_secret is not None:
+            with ui.column().classes("w-full gap-1 collab-share-interviewer"):
+                ui.label(OWN_LINK).classes("font-medium")
+                with ui.row().classes("w-full items-center gap-1 no-wrap"):
+                    self._link_field(Role.INTERVIEWER, self.own_secret)
+
+    def _link(self, role: Role, link: SharedLink) -> None:
+        if link.secret is not None:
+            self._link_field(role, link.secret)
+        else:
+            text = NOT_SHOWN if link.live else NO_LINK if link.renewable else ENDED
+            none = ui.label(text).classes(f"grow text-gray-500 italic collab-no-link-{role.value}")
+            none.mark(f"no-link-{role.value}")
+        if link.live:
+            revoke = ui.button("Revoke", on_click=lambda: self.act(role, renew=False))
+            revoke.props("flat dense color=negative no-caps").classes(f"collab-revoke-{role.value}")
+            revoke.mark(f"revoke-{role.value}")
+        if link.renewable:
+            renew = ui.button("New link", on_click=lambda: self.act(role, renew=True))
+            renew.props("flat dense no-caps").classes(f"collab-renew-{role.value}").mark(f"renew-{role.value}")
+
+    def _link_field(self, role: Role, secret: str) -> None:
+        url = share_url(self.origin, self.room_id, secret)
+        field = ui.input(value=url).props("readonly outlined dense").classes("grow font-mono text-xs")
+        field.classes(f"collab-link-{role.value}").mark(f"link-{role.value}")
+        copy = ui.button(icon="content_copy", on_click=lambda: self.copy(url))
+        copy.props("flat dense round").classes(f"collab-copy-{role.value}").mark(f"copy-{role.value}")
+        copy.tooltip("Copy the link")
 
     def copy(self, url: str) -> None:
         ui.clipboard.write(url)
         ui.notify("Link copied.", type="positive")
 
     def act(self, role: Role, *, renew: bool) -> None:
-        if self.revoke(role, renew):
-            self.links.refresh()
-            done = "A new link replaces the old one" if renew else "The link no longer opens the room"
-            ui.notify(f"{done}; whoever joined through the old one left.", type="info")
+        accepted = self.revoke(role, renew)
+        self.links.refresh()  # as the room has it now, taken or not
+        if accepted:
+            ui.notify(RENEWED if renew else REVOKED, type="info")
