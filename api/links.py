@@ -22,7 +22,7 @@ import structlog
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 
-from api.credentials import cookie_name
+from api.credentials import client_address, cookie_name
 from api.health import running_registry
 from api.rooms import ApiError, JsonErrorRoute, check_origin, server_unavailable
 from rooms.access import Role
@@ -37,10 +37,6 @@ COOKIE_MAX_AGE_SECONDS = 30 * 24 * 3600
 
 router = APIRouter()
 create_router = APIRouter(prefix="/api/rooms", route_class=JsonErrorRoute)
-
-
-def _address(request: Request) -> str:
-    return request.client.host if request.client is not None else ""
 
 
 def link_url(request: Request, room_id: str, secret: str) -> str:
@@ -84,7 +80,7 @@ async def open_link(request: Request, room_id: str, secret: str) -> HTMLResponse
     if not ROOM_ID.fullmatch(room_id):
         return _page(404, "This is not a room link", "Check that the whole link was copied.")
     try:
-        role = await registry.role_for(room_id, secret, _address(request))
+        role = await registry.role_for(room_id, secret, client_address(request))
     except RateLimited as limited:
         response = _page(429, "Too many links tried", str(limited))
         response.headers["Retry-After"] = str(max(1, round(limited.retry_after)))
@@ -130,7 +126,7 @@ async def create_room(request: Request) -> JSONResponse:
         raise server_unavailable()
     room_id = new_room_id()
     try:
-        secrets = await registry.create_private(room_id, _address(request))
+        secrets = await registry.create_private(room_id, client_address(request))
     except RateLimited as limited:
         raise ApiError(429, limited.code, str(limited)) from None
     except RoomError as error:

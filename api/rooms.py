@@ -41,7 +41,7 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 
-from api.credentials import credential
+from api.credentials import client_address, credential
 from api.health import running_registry
 from api.origins import is_loopback, origin_allowed
 from rooms.access import Act, allowed
@@ -193,7 +193,7 @@ class JsonErrorRoute(APIRoute):
         async def handle(request: Request) -> Response:
             limits = api_limits(request)
             try:
-                limits.take(request.client.host if request.client else "", time.monotonic())
+                limits.take(client_address(request), time.monotonic())
                 limits.begin()
             except ApiError as error:
                 refused = error.response()
@@ -264,7 +264,7 @@ async def _authorize(request: Request, registry: RoomRegistry, room_id: str, act
     (None: reading the text, which every role may)."""
     token = credential(request, room_id)
     try:
-        role = await registry.role_for(room_id, token, request.client.host if request.client else "")
+        role = await registry.role_for(room_id, token, client_address(request))
     except UnknownRoom:
         raise not_found(room_id) from None
     except RateLimited as limited:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from starlette.requests import Request
 
-from api.credentials import cookie_name
+from api.credentials import client_address, cookie_name
 from rooms.access import Act, Role, allowed
 from rooms.registry import RoomRegistry
 
@@ -23,18 +23,13 @@ LOCKED_FOR_OTHERS = "The editor is locked: only interviewers can edit."
 ENDED_FOR_INTERVIEWERS = "The interview has ended: the candidate's link no longer opens the room."
 
 
-def request_address(request: Request) -> str:
-    """The client's address as `/ws` and the rest of the app see it; "" when unknown."""
-    return request.client.host if request.client is not None else ""
-
-
 async def page_role(registry: RoomRegistry, room_id: str, request: Request) -> tuple[Role | None, str | None]:
     """The role the request's link gives in the room (None: an open room, made if need be) and
     the link's secret to join with (None for an open room). Raises `Forbidden` for a private
     room without a live link, `RateLimited` after too many bad links from one address, and the
     room's other errors (`ServerBusy`, `StorageUnavailable`...)."""
     token = request.cookies.get(cookie_name(room_id)) or None
-    role = await registry.role_for(room_id, token, request_address(request), create=True)
+    role = await registry.role_for(room_id, token, client_address(request), create=True)
     return role, None if role is None else token
 
 

@@ -33,13 +33,13 @@ import structlog
 from nicegui import Client, background_tasks, ui
 from nicegui.events import GenericEventArguments
 
+from api.credentials import client_address
 from rooms.errors import Forbidden, InternalError, InvalidMessage, RateLimited, ReadOnly, RoomError
 from rooms.limits import MessageLimit, TokenBucket
 from rooms.protocol import ErrorOut, Hello, parse_client_message
 from rooms.registry import RoomRegistry
 from rooms.session import CLOSE_REVOKED, Session
 from rooms.settings import Settings
-from ui.access import request_address
 from ui.reports import (
     AccessState,
     Newest,
@@ -79,10 +79,10 @@ T = TypeVar("T")
 
 
 def _page_address(client: Client) -> str:
-    """The page's network address, as for `/ws` (see `request_address`); "" when the page has
+    """The page's network address, as for `/ws` (see `client_address`); "" when the page has
     no request."""
     try:
-        return request_address(client.request)
+        return client_address(client.request)
     except RuntimeError:
         return ""
 
