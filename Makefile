@@ -53,10 +53,11 @@ test: lint typecheck pytest
 bench: install
 	$(BIN)/python bench/run.py
 
-# Rewrites docs/images/room.png (the README's picture of a room) from a two-user room in Chromium.
+# Rewrites docs/images/room.png (the README's picture of a room): an interviewer's view of a room
+# with a candidate and an observer, in Chromium.
 screenshot: install system
-	SCREENSHOT_TO=$(CURDIR)/docs/images/room.png $(BIN)/pytest -q \
-		tests/test_browser.py::test_presence_cursor_labels_and_a_screenshot_of_a_two_user_room
+	SCREENSHOT_TO=$(CURDIR)/docs/images/room.png $(BIN)/pytest -q -p no:cacheprovider \
+		tests/test_browser_roles.py::test_a_screenshot_of_an_interviewers_view
 
 clean:
 	rm -rf $(VENV) tests/node/node_modules .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -62,7 +62,10 @@ def _page(
         else '<p><a href="/">Go to the start page</a></p>'
     )
     page = (
-        f'<!doctype html><html lang="en"><head><meta charset="utf-8">{refresh}'
+        # An icon of its own: a browser new to the server would otherwise fetch /favicon.ico
+        # while it follows the refresh, and both answers would start a session of their own
+        # (the name the user then gives could be kept under the one the browser drops).
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8">{refresh}<link rel="icon" href="data:,">'
         f"<title>{html.escape(title)} · collab pad</title></head>"
         f"<body><h1>{html.escape(title)}</h1><p>{html.escape(body)}</p>{link}</body></html>"
     )
