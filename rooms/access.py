@@ -23,7 +23,7 @@ import secrets
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from rooms.errors import Forbidden, ReadOnly
+from rooms.errors import Forbidden, NoOpenRooms, ReadOnly
 
 # 32 random bytes, URL-safe base64 without padding: 43 characters, 256 bits.
 LINK_SECRET_BYTES = 32
@@ -95,7 +95,7 @@ def admit(access: Access, token: str | None, *, open_rooms: bool) -> tuple[Role 
     not join. An open room takes anyone (``open_rooms``), whatever token it brings."""
     if not access.private:
         if not open_rooms:
-            raise Forbidden("this server has no open rooms: create a room from the start page")
+            raise NoOpenRooms()
         return None, None
     if token is None:
         raise Forbidden("this room is private: join with the token of a link to it")

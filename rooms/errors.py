@@ -152,6 +152,13 @@ class UnknownRoom(Forbidden):
         super().__init__("there is no room with this id")
 
 
+class NoOpenRooms(Forbidden):
+    """A room that is not private, on a server with ``OPEN_ROOMS=false``."""
+
+    def __init__(self) -> None:
+        super().__init__("this server has no open rooms: create a room from the start page")
+
+
 class ReadOnly(Forbidden):
     """An edit from a member for whom the editor is read-only (an observer, a locked or ended
     room); nothing changed."""

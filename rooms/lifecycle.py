@@ -20,7 +20,7 @@ from rooms.access import Access
 from rooms.addresses import Address
 from rooms.committer import Committer
 from rooms.document import ClientId, Document, Update
-from rooms.errors import Forbidden, ServerBusy, StorageUnavailable, TooManyNewRooms, UnknownRoom
+from rooms.errors import Forbidden, NoOpenRooms, ServerBusy, StorageUnavailable, TooManyNewRooms, UnknownRoom
 from rooms.retention import Retention
 from rooms.room import Room, RoomId
 from rooms.settings import Settings
@@ -113,7 +113,7 @@ class LoadedRooms:
         if room is None and not create:
             raise UnknownRoom()
         if room is None and not private and not self.settings.open_rooms:
-            raise Forbidden("this server has no open rooms: create a room from the start page")
+            raise NoOpenRooms()
         if room is not None and private:
             raise Forbidden("a room with this id exists already")
         limits = self._address(address) if room is None else None

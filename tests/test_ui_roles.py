@@ -549,3 +549,25 @@ def test_notes_are_read_up_to_the_rooms_limit() -> None:
         parse_notes({"gen": 4, "text": "x" * 6}, max_chars=5)
     with pytest.raises(ValueError, match="text must be a string, got int"):
         parse_notes({"gen": 4, "text": 7}, max_chars=5)
+
+
+async def test_a_link_kept_for_a_room_that_is_gone_says_so_and_makes_no_room(
+    users: Callable[[], User], registry: RoomRegistry
+) -> None:
+    user = users()
+    user.http_client.cookies.set(cookie("gone"), "a-secret-of-a-deleted-room")
+    await user.open("/room/gone")
+    await user.should_see("There is no room with this id.")
+    assert None is registry.rooms.get("gone")
+
+
+async def test_a_server_without_open_rooms_says_so_for_a_room_named_by_hand(
+    users: Callable[[], User], registry: RoomRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    closed = registry.settings.model_copy(update={"open_rooms": False})
+    monkeypatch.setattr(registry, "settings", closed)
+    monkeypatch.setattr(registry.loaded, "settings", closed)
+    user = users()
+    await user.open("/room/by-hand")
+    await user.should_see("This server holds interview rooms only.")
+    assert None is registry.rooms.get("by-hand")

@@ -13,7 +13,7 @@ from nicegui.events import GenericEventArguments
 from starlette.requests import Request
 
 from rooms.access import SHARED_ROLES, Role
-from rooms.errors import Forbidden, RoomError
+from rooms.errors import Forbidden, NoOpenRooms, RoomError, UnknownRoom
 from rooms.limits import ROOM_ID
 from rooms.presence import pick_color
 from rooms.protocol import ClientMessage, End, Language, Lock, Notes, Remove, Revoke
@@ -54,6 +54,12 @@ async def room_page(services: Services, room_id: str, request: Request) -> None:
         return
     try:
         role, token = await page_role(services.registry(), room_id, request)
+    except UnknownRoom:
+        _refusal("There is no room with this id.", "It may have been deleted after a long time unused.")
+        return
+    except NoOpenRooms:
+        _refusal("This server holds interview rooms only.", "Create one from the start page.")
+        return
     except Forbidden:
         _refusal(PRIVATE_ROOM, classes="collab-private-room")
         return
