@@ -49,7 +49,7 @@ pytest: install node system
 test: lint typecheck pytest
 
 # Loopback benchmarks of this server against two baselines, with its fast path off, and against
-# its previous version (the git ref BENCH_BASELINE_REF, default b2ae081); rewrites docs/benchmarks.md.
+# its previous version (the git ref BENCH_BASELINE_REF, default 7e9a834); rewrites docs/benchmarks.md.
 bench: install
 	$(BIN)/python bench/run.py
 

@@ -11,7 +11,11 @@ clients as ``Authorization: Bearer <secret>``.
 
 The next page is reached by a ``<meta http-equiv="refresh">`` rather than a redirect: browsers
 do not send SameSite=Strict cookies on a redirect that a link on another site started (a link
-opened from a mail or a chat), and they do on a navigation the page itself makes.
+opened from a mail or a chat), and they do on a navigation the page itself makes. For the same
+reason a link opened from another site is first answered with a page that opens it again from
+this site (``Sec-Fetch-Site``): only then does the browser send the room's cookie, which says
+whether it already holds a higher role's link for the room (an interviewer trying the candidate
+link keeps their role).
 """
 
 from __future__ import annotations
@@ -77,6 +81,15 @@ def _page(
 @router.get("/join/{room_id}/{secret}", include_in_schema=False)
 async def open_link(request: Request, room_id: str, secret: str) -> HTMLResponse:
     """Check a link, keep it in the room's cookie, and go on to the room."""
+    if request.headers.get("sec-fetch-dest", "document") != "document":
+        # Not a page being opened (an image or a script of some site pointing here): checking
+        # it would let any site spend its visitors' allowance of bad links.
+        return _page(400, "Open this link in a browser tab", "A link to a room opens as a page.")
+    if request.headers.get("sec-fetch-site", "none") not in ("none", "same-origin"):
+        # Opened from another site (a mail, a chat): the browser sent none of this site's
+        # SameSite=Strict cookies, so a link this browser holds for the room cannot be seen
+        # here. The page opens the same address again, from this site, with them.
+        return _page(200, "Opening the link", "One moment.", next_path=request.url.path)
     registry = running_registry(request.app)
     if registry is None:
         return _page(503, "Try again in a moment", "The server is starting or stopping.")

@@ -1,6 +1,6 @@
 """The previous version of collab pad, taken from git, to run beside this one.
 
-    .venv/bin/python bench/previous.py            # BENCH_BASELINE_REF, else b2ae081
+    .venv/bin/python bench/previous.py            # BENCH_BASELINE_REF, else 7e9a834
     .venv/bin/python bench/previous.py HEAD~3     # any ref: extracts it, checks it, removes it
 
 `extracted` writes the tree of a git ref into a temporary directory with ``git archive`` (the
@@ -26,7 +26,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = "BENCH_BASELINE_REF"
-DEFAULT_REF = "b2ae081"
+DEFAULT_REF = "7e9a834"
 GIT_TIMEOUT_S = 120.0
 # Imports the app as the server would, and names where its room code came from.
 IMPORT_CHECK = "import app, rooms; print(rooms.__file__)"

@@ -25,7 +25,7 @@ Runs on loopback, one server at a time, each started fresh for each measurement
 
 What is measured goes to a results file (JSON, saved after every section, ``--results``), and
 the report is rendered from it (``bench/report.py``). The previous version is the git ref
-``BENCH_BASELINE_REF`` (default ``b2ae081``), or ``--previous REF``; ``--previous ''`` leaves
+``BENCH_BASELINE_REF`` (default ``7e9a834``), or ``--previous REF``; ``--previous ''`` leaves
 it out. The whole run is bounded: every load stops by itself.
 """
 

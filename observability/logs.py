@@ -4,13 +4,14 @@
 locally. Room code binds ``room_id`` and ``user_id`` on every line about a room or a client;
 message contents are never logged.
 
-A room id is the room's only secret: whoever knows it can read and edit the room. So no line
-carries one in clear. A ``room_id`` field is replaced by ``room``, the room's *tag* (the first
-12 hex digits of HMAC-SHA256 over the id, keyed with a key derived from the storage secret),
-and a room id in a path (``/ws/<id>``, ``/room/<id>``, ``/api/rooms/<id>/...``: uvicorn's access
-lines, a request's ``path``) becomes ``~<tag>``. Every line about one room carries the same
-tag, so operators can follow it; only whoever holds the storage secret can tell which room a
-tag is (``python -m observability.logs tag <room_id>``).
+An open room's id is its only secret: whoever knows it can read and edit the room (a private
+room's links are its secrets, and are never logged). So no line carries a room id in clear. A
+``room_id`` field is replaced by ``room``, the room's *tag* (the first 12 hex digits of
+HMAC-SHA256 over the id, keyed with a key derived from the storage secret), and a room id in a
+path (``/ws/<id>``, ``/room/<id>``, ``/api/rooms/<id>/...``: uvicorn's access lines, a request's
+``path``) becomes ``~<tag>``. Every line about one room carries the same tag, so operators can
+follow it; only whoever holds the storage secret can tell which room a tag is (``python -m
+observability.logs tag <room_id>``).
 
 Secrets never reach a line either: fields named like one (``resume_token``, ``storage_secret``)
 are redacted, and so are the payloads of the frames and the cookie headers that the WebSocket

@@ -252,8 +252,7 @@ class TooManyFailedLinks(RateLimited):
         self.retry_after = retry_after
         RoomError.__init__(
             self,
-            f"more than {quota} unknown or revoked links from this address within a minute; "
-            f"retry in {retry_after:.0f} s",
+            f"{quota} unknown or revoked links from this address within a minute; retry in {retry_after:.0f} s",
         )
 
 

@@ -60,10 +60,20 @@ class PrivateRooms:
         finally:
             self._carry_out(room)
             self.loaded.schedule_eviction(room)
-        if not await self.committer.wait_durable(room, room.changes_made, self.settings.shutdown_timeout_seconds):
+        if not await self.durable(room_id):
             raise StorageUnavailable()
         log.info("private_room_created", room_id=room_id)
         return secrets
+
+    async def durable(self, room_id: RoomId) -> bool:
+        """Wait until every change the room has made so far is committed: True then; False when
+        the room is not loaded, its commit failed (it was reset), or it takes longer than
+        ``SHUTDOWN_TIMEOUT_SECONDS``. For a change a page must not show before it is stored
+        (a renewed link, saved notes)."""
+        room = self.rooms.get(room_id)
+        if room is None:
+            return False
+        return await self.committer.wait_durable(room, room.changes_made, self.settings.shutdown_timeout_seconds)
 
     async def role_for(
         self, room_id: RoomId, token: str | None, address: str = "", *, create: bool = False

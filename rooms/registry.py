@@ -31,6 +31,7 @@ from rooms.errors import (
     RoomError,
     ServerStopping,
     TooManyConnections,
+    UnknownRoom,
 )
 from rooms.lifecycle import LoadedRooms
 from rooms.limits import TokenBucket
@@ -204,7 +205,13 @@ class RoomRegistry(PrivateRooms):
         check_client_id(hello.client_id)  # before `open`: a refused hello makes no room
         attempt = self._link_attempt(address) if hello.token is not None else None
         try:
-            room = await self.open(room_id, address)
+            try:
+                # A link never makes a room (one of a room deleted since would make an open one).
+                room = await self.open(room_id, address, create=hello.token is None)
+            except UnknownRoom:
+                if attempt is not None:
+                    attempt.failed("unknown")
+                raise
             # A reconnect that takes its own connection over does not count that connection twice.
             replaces = room.clients.get(ClientId(hello.client_id))
 

@@ -30,13 +30,7 @@ import structlog
 
 from rooms.access import Access, Role
 from rooms.document import ClientId, Document, Update, caret_after
-from rooms.errors import (
-    ClientIdInUse,
-    InternalError,
-    InvalidMessage,
-    RoomError,
-    RoomFull,
-)
+from rooms.errors import ClientIdInUse, InternalError, InvalidMessage, RoomError, RoomFull
 from rooms.limits import MessageLimit, TokenBucket, clean_username
 from rooms.presence import Member, Presence, UserId
 from rooms.protocol import (
@@ -138,12 +132,13 @@ class Room(MessageHandling):
         self.tokens: OrderedDict[ClientId, str] = OrderedDict()
         # Durability: `changes_made` counts the changes to store (updates, language changes),
         # `changes_durable` how many of those are committed; `unsynced` holds the updates not
-        # yet taken by `take_write`, `held` the messages waiting for the commit of the change
-        # they were made after (with that change's count).
+        # yet taken by `take_write`, `held` the messages (`closing` the sessions to close)
+        # waiting for the commit of the change they were made after (with that change's count).
         self.changes_made = 0
         self.changes_durable = 0
         self.unsynced: list[Record] = []
-        self.held: deque[tuple[int, Send | Closing]] = deque()
+        self.held: deque[tuple[int, Send]] = deque()
+        self.closing: deque[tuple[int, Closing]] = deque()
         self.snapshot_version = snapshot_version
         self.snapshot_bytes = 0  # characters of changes stored since the last snapshot
         self.failing = False  # being reset: nothing more is stored or shown
@@ -151,6 +146,7 @@ class Room(MessageHandling):
         self.access = Access()
         self.notes = ""
         self.link_secrets: dict[str, str] = {}  # link_id -> secret, of links made while loaded
+        self.shown_from: OrderedDict[ClientId, int] = OrderedDict()  # see `may_catch_up`
         self.access_changed = False
         self._actions: list[Action] = []
 
@@ -396,10 +392,11 @@ class Room(MessageHandling):
         held = self.held
         while held and held[0][0] <= self.changes_durable:
             send = held.popleft()[1]
-            if isinstance(send, Closing):
-                self.leave(send.session, code=send.code, reason=send.reason)
-            elif not send.session.closed:
+            if not send.session.closed:
                 self._actions.append(send)
+        while self.closing and self.closing[0][0] <= self.changes_durable:
+            end = self.closing.popleft()[1]
+            self.leave(end.session, code=end.code, reason=end.reason)
 
     def fail(self) -> None:
         """A commit carrying this room failed, or its store is too far behind: forget what is
@@ -407,6 +404,7 @@ class Room(MessageHandling):
         to a room loaded again from what the store holds, which is everything anyone saw."""
         self.failing = True
         self.held.clear()
+        self.closing.clear()
         for session in list(self.sessions.values()):
             self.leave(session, code=CLOSE_TRY_AGAIN_LATER, reason="storage unavailable")
 

@@ -12,17 +12,17 @@ before anyone is told.
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Any
 
 import structlog
 
 from rooms.access import SHARED_ROLES, Access, Act, Role, admit, allowed, refusal
-from rooms.document import Document
+from rooms.document import ClientId, Document
 from rooms.errors import Forbidden, InvalidMessage
 from rooms.presence import UserId
-from rooms.protocol import End, EndedOut, LinkOut, Lock, LockedOut, Notes, NotesOut, Remove, Revoke
+from rooms.protocol import End, EndedOut, Hello, LinkOut, Lock, LockedOut, Notes, NotesOut, Remove, Revoke
 from rooms.session import CLOSE_REVOKED, Closing, Send, Session
 from rooms.settings import Settings
 
@@ -55,7 +55,8 @@ class AccessControl:
     access: Access
     notes: str
     link_secrets: dict[str, str]
-    held: deque[tuple[int, Send | Closing]]
+    shown_from: OrderedDict[ClientId, int]
+    closing: deque[tuple[int, Closing]]
     changes_made: int
     access_changed: bool
 
@@ -180,6 +181,30 @@ class AccessControl:
             if other is not session and other.role is Role.INTERVIEWER:
                 self._send(Send(other, out, "notes"))
 
+    def may_catch_up(self, session: Session, hello: Hello) -> bool:
+        """Whether a joining member may be sent the updates since ``hello.version`` rather than
+        the text: always for a role that may read the history; otherwise only from a version
+        this client was already shown (its first welcome here, or, once the room forgot that,
+        its last push), so that no hello asking for an old version gets the history (what an
+        interviewer typed and deleted before the candidate came) in its catch-up."""
+        if hello.version is None or self.may(session, Act.HISTORY):
+            return True
+        floor = self.shown_from.get(session.client_id)
+        if floor is None:
+            floor = self.document.applied_version(session.client_id)
+        return floor is not None and hello.version >= floor
+
+    def shown(self, session: Session, version: int) -> None:
+        """A member that may not read the history was welcomed at ``version``: it may be caught
+        up from there later (`may_catch_up`). The oldest remembered are forgotten first."""
+        if self.may(session, Act.HISTORY):
+            return
+        shown = self.shown_from
+        shown.setdefault(session.client_id, version)
+        shown.move_to_end(session.client_id)
+        while len(shown) > 2 * self.settings.dedup_clients:
+            shown.popitem(last=False)
+
     def welcome_access(self, session: Session) -> dict[str, Any]:
         """The welcome's fields about access: none in an open room."""
         access = self.access
@@ -203,7 +228,7 @@ class AccessControl:
         for other in list(self.sessions.values()):
             if other.link_id is not None and other.link_id in link_ids and not other.revoked:
                 other.revoked = True
-                self.held.append((self.changes_made, Closing(other, CLOSE_REVOKED, reason)))
+                self.closing.append((self.changes_made, Closing(other, CLOSE_REVOKED, reason)))
 
     def _access_changed(self) -> None:
         self.access_changed = True

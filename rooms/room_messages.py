@@ -58,7 +58,7 @@ from rooms.protocol import (
     encode_update,
 )
 from rooms.room_access import ACTS, INTERVIEWER_ONLY, AccessControl
-from rooms.session import CLOSE_NORMAL, STORE, Action, Closing, DropReason, Send, Session
+from rooms.session import CLOSE_NORMAL, STORE, Action, DropReason, Send, Session
 from rooms.settings import Settings
 from rooms.store import Record
 
@@ -94,7 +94,7 @@ class MessageHandling(AccessControl):
     wall_clock: Callable[[], float]
     changes_made: int
     unsynced: list[Record]
-    held: deque[tuple[int, Send | Closing]]
+    held: deque[tuple[int, Send]]
     failing: bool
     _actions: list[Action]
 
@@ -131,7 +131,7 @@ class MessageHandling(AccessControl):
         document = self.document
         catch_up: list[str] | None = None
         budget = self.settings.outbound_queue_chars // 2
-        if hello.version is not None and hello.epoch in (None, document.epoch):
+        if hello.version is not None and hello.epoch in (None, document.epoch) and self.may_catch_up(session, hello):
             try:
                 # A catch-up bigger than half a queue's worth of text is cheaper as a snapshot.
                 # Decided from the history's size bookkeeping before anything is encoded; the
@@ -170,6 +170,7 @@ class MessageHandling(AccessControl):
         ]
         # One burst, so that a long catch-up (up to HISTORY_LIMIT updates) is not taken for a
         # client falling behind.
+        self.shown(session, welcome.version)
         notes = self.welcome_notes(session)
         burst = (welcome.encode(), *(catch_up or ()), *cursors, *(() if notes is None else (notes,)))
         extra = (("update", len(catch_up or ())), ("cursor", len(cursors)), *(() if notes is None else (("notes", 1),)))

@@ -87,8 +87,8 @@ class Send:  # dataclasses are slower to build
 
 @dataclass(frozen=True, slots=True)
 class Closing:
-    """Not an action: a session to close once the change that ends it is committed (held in
-    the room's line like a message, see `Room.committed`)."""
+    """Not an action: a session to close once the change that ends it is committed (after the
+    messages held for that commit, see `Room.committed`)."""
 
     session: Session
     code: int

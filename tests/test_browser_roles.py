@@ -300,3 +300,25 @@ def test_a_screenshot_of_an_interviewers_view(people: People) -> None:
     assert picture.startswith(b"\x89PNG")
     if SCREENSHOT:
         Path(SCREENSHOT).write_bytes(picture)
+
+
+def test_an_interviewer_opening_the_candidate_link_from_another_site_stays_the_interviewer(
+    people: People, live: LiveServer
+) -> None:
+    links = people.interview()
+    ann = people.join(links["interviewer"], "Ann")
+    room = ann.room_id
+    # A link clicked in a mail or a chat: a navigation another site starts (localhost and
+    # 127.0.0.1 are two sites), which carries none of this site's SameSite=Strict cookies.
+    elsewhere = live.http.replace("127.0.0.1", "localhost")
+    ann.page.goto(f"{elsewhere}/")
+    ann.page.evaluate(
+        "link => { const a = document.createElement('a'); a.href = link; a.id = 'mail';"
+        " a.textContent = 'your interview'; document.body.prepend(a); }",
+        links["candidate"],
+    )
+    ann.page.locator("#mail").click()
+    expect(ann.page.locator("h1")).to_have_text("You are this room's interviewer", timeout=10_000)
+    ann.page.goto(f"{live.http}/room/{room}")
+    ann.page.locator(".collab-share-open").wait_for()
+    assert links["interviewer"].rsplit("/", 1)[-1] == ann.secret()

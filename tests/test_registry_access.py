@@ -13,7 +13,7 @@ from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
 from rooms.access import Role
-from rooms.errors import Forbidden, RateLimited, UnknownRoom
+from rooms.errors import Forbidden, RateLimited, StorageUnavailable, UnknownRoom
 from rooms.protocol import End, Hello, Lock, Notes, Push, Revoke
 from rooms.registry import RoomRegistry
 from rooms.session import CLOSE_REVOKED
@@ -395,3 +395,50 @@ async def test_a_refused_link_does_not_keep_its_room_loaded(make_registry: Calla
     with pytest.raises(Forbidden):
         await registry.join_versioned("r", FakeTransport(), link_hello("eve", "b" * 43))
     await until(lambda: "r" not in registry.rooms)  # evicted once the current step is done
+
+
+async def test_a_hello_with_a_link_never_makes_a_room(make_registry: Callable[..., RoomRegistry]) -> None:
+    registry = make_registry()
+    before = redemptions("unknown")
+    with pytest.raises(UnknownRoom):
+        await registry.join_versioned("gone", FakeTransport(), link_hello("cam", "a-secret"), address=ADDRESS)
+    assert (None, None, before + 1) == (
+        registry.rooms.get("gone"),
+        await registry.store.info("gone"),
+        redemptions("unknown"),
+    )
+
+
+class FailingStore(MemoryStore):
+    """A store whose commits fail once ``failing`` is set."""
+
+    failing = False
+
+    async def commit(self, writes: Any) -> None:
+        if self.failing:
+            raise OSError("disk gone")
+        await super().commit(writes)
+
+
+async def test_a_private_room_whose_first_commit_fails_hands_out_no_link(
+    make_registry: Callable[..., RoomRegistry],
+) -> None:
+    store = FailingStore()
+    store.failing = True
+    registry = make_registry(store=store)
+    with pytest.raises(StorageUnavailable):
+        await registry.create_private("r")
+    assert None is await store.access("r")
+
+
+async def test_durable_says_whether_a_rooms_changes_were_stored(make_registry: Callable[..., RoomRegistry]) -> None:
+    store = FailingStore()
+    registry = make_registry(store=store)
+    tokens = await private(registry)
+    interviewer = await registry.join_versioned("r", FakeTransport(), link_hello("ivy", tokens[Role.INTERVIEWER]))
+    registry.handle(interviewer, Notes(type="notes", text="kept"))
+    assert await registry.durable("r")
+    store.failing = True
+    registry.handle(interviewer, Notes(type="notes", text="lost"))
+    assert not await registry.durable("r")  # the commit failed: the room was reset
+    assert not await registry.durable("never-loaded")

@@ -642,3 +642,69 @@ def test_the_room_accepts_exactly_what_the_table_allows(script: list[tuple[Role,
         if not expected:
             assert [("read_only" if kind == "push" else "forbidden", number + 1 if kind == "push" else None)] == replies
             assert (before, False) == (state(room), session.closed)
+
+
+# Catch-up is history: only from what the member was shown
+
+
+def typed_and_deleted(room: Room, interviewer: Session) -> None:
+    """The interviewer types a reference solution and deletes it again, before anyone else comes."""
+    room.receive(interviewer, frame("push", version=room.document.version, seq=1, changes=[[0, "SOLUTION"]]))
+    commit(room)
+    room.receive(interviewer, frame("push", version=room.document.version, seq=2, changes=[[8]]))
+    commit(room)
+    room.take_actions()
+
+
+@pytest.mark.parametrize("role", [Role.CANDIDATE, Role.OBSERVER])
+def test_a_hello_from_an_old_version_gets_a_role_without_history_the_text_not_the_updates(role: Role) -> None:
+    room = private_room()
+    interviewer = join(room, Role.INTERVIEWER)
+    commit(room)
+    typed_and_deleted(room, interviewer)
+    member = room.join_versioned(
+        Hello(type="hello", client_id="nosy", username="nosy", version=0, token=room.secret_of(role))
+    )
+    commit(room)
+    burst = sent(room.take_actions(), member)
+    assert ("welcome", "", 2) == (burst[0]["type"], burst[0].get("doc"), burst[0]["version"])
+    assert [] == [m for m in burst if m["type"] == "update"]
+    assert "SOLUTION" not in json.dumps(burst)
+
+
+def test_a_candidate_coming_back_is_caught_up_from_where_it_was_shown() -> None:
+    room, members = interview()
+    candidate, interviewer = members[Role.CANDIDATE], members[Role.INTERVIEWER]
+    shown = room.document.version
+    token = candidate.resume_token
+    room.leave(candidate)
+    room.receive(interviewer, append(room, 1, "while away"))
+    commit(room)
+    room.take_actions()
+    again = room.join_versioned(
+        Hello(
+            type="hello",
+            client_id=candidate.client_id,
+            username="cam",
+            version=shown,
+            resume_token=token,
+            token=room.secret_of(Role.CANDIDATE),
+        )
+    )
+    commit(room)
+    burst = sent(room.take_actions(), again)
+    assert (shown, None) == (burst[0]["version"], burst[0].get("doc"))
+    assert ["update"] == [m["type"] for m in burst[1:] if m["type"] == "update"]
+
+
+def test_an_interviewer_may_be_caught_up_from_any_kept_version() -> None:
+    room = private_room()
+    interviewer = join(room, Role.INTERVIEWER)
+    commit(room)
+    typed_and_deleted(room, interviewer)
+    other = room.join_versioned(
+        Hello(type="hello", client_id="ivy-2", username="ivy", version=0, token=room.secret_of(Role.INTERVIEWER))
+    )
+    commit(room)
+    burst = sent(room.take_actions(), other)
+    assert 2 == len([m for m in burst if m["type"] == "update"])

@@ -338,8 +338,7 @@ async def test_without_open_rooms_a_hello_to_an_unknown_room_is_forbidden(
     async with httpx.AsyncClient(base_url=server.http, timeout=10) as http:
         assert 404 == (await http.get(f"/api/rooms/{room}")).status_code  # no room was made
         made = await http.post("/api/rooms")
-    if made.status_code in (404, 405):
-        return  # this server cannot make private rooms yet
+    assert 201 == made.status_code, made.text
     body = made.json()
     invited: Client = await connect_client(server.ws(body["room_id"]))
     assert "interviewer" == (await say_hello(invited, "ivy", body["tokens"]["interviewer"]))["role"]
@@ -376,8 +375,7 @@ async def test_only_an_interviewers_link_reads_a_private_rooms_history(
 ) -> None:
     server = live if loaded else make_server(ROOM_GRACE_SECONDS="0")
     response = await create_room(server)
-    if response.status_code in (404, 405):
-        pytest.skip(f"POST /api/rooms answers {response.status_code}: this server cannot make private rooms")
+    assert 201 == response.status_code, response.text
     room = Interview(server, response.json()["room_id"], response.json()["tokens"])
     candidate = await member(connect_client, room, "candidate")
     await candidate.send(push(0, 1, [[0, "typed, then deleted"]]))
@@ -461,3 +459,35 @@ async def test_an_interviewer_opening_the_candidate_link_stays_the_interviewer(i
         response = await http.get(f"/join/{room}/{tokens['candidate']}")
     assert (200, None) == (response.status_code, response.headers.get("set-cookie"))
     assert "private window" in response.text
+
+
+async def test_a_link_opened_from_another_site_is_opened_again_from_this_one_before_it_is_checked(
+    interview: Interview,
+) -> None:
+    path = f"/join/{interview.room_id}/{interview.tokens['candidate']}"
+    headers = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Dest": "document", "Sec-Fetch-Mode": "navigate"}
+    async with httpx.AsyncClient(base_url=interview.server.http, timeout=10) as http:
+        response = await http.get(path, headers=headers)
+    assert (200, None) == (response.status_code, response.headers.get("set-cookie"))
+    assert f'content="0;url={path}"' in response.text
+
+
+async def test_a_link_loaded_as_an_image_by_some_site_is_not_checked(interview: Interview) -> None:
+    path = f"/join/{interview.room_id}/not-a-secret"
+    async with httpx.AsyncClient(base_url=interview.server.http, timeout=10) as http:
+        before = await http.get("/metrics")
+        response = await http.get(path, headers={"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Dest": "image"})
+        after = await http.get("/metrics")
+    assert (400, None) == (response.status_code, response.headers.get("set-cookie"))
+    pattern = r'collab_link_redemptions_total\{result="unknown"\} ([0-9.e+]+)'
+    assert re.findall(pattern, before.text) == re.findall(pattern, after.text)
+
+
+async def test_a_hello_with_a_link_to_a_room_that_does_not_exist_makes_no_room(
+    live: LiveServer, connect_client: Connect, room: str
+) -> None:
+    client: Client = await connect_client(live.ws(room))
+    refused = await say_hello(client, "anyone", "a-secret-of-a-deleted-room")
+    assert ("error", "forbidden") == (refused["type"], refused["code"])
+    async with httpx.AsyncClient(base_url=live.http, timeout=10) as http:
+        assert 404 == (await http.get(f"/api/rooms/{room}")).status_code
