@@ -394,8 +394,9 @@ class Room(MessageHandling):
             send = held.popleft()[1]
             if not send.session.closed:
                 self._actions.append(send)
-        while self.closing and self.closing[0][0] <= self.changes_durable:
-            end = self.closing.popleft()[1]
+        closing = self.closing
+        while closing and closing[0][0] <= self.changes_durable:
+            end = closing.popleft()[1]
             self.leave(end.session, code=end.code, reason=end.reason)
 
     def fail(self) -> None:
