@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from rooms.access import Act, Role, allowed
+from rooms.access import SHARED_ROLES, Act, Role, allowed
 from rooms.changes import ChangeSet, utf16_len, utf16_to_index
 from rooms.errors import InvalidMessage
 
@@ -74,6 +74,7 @@ class Received:
     authors: list[str] = field(default_factory=list)  # the user_id of each update applied, in order
     due: bool = False  # unconfirmed work goes out once the frame is handled
     notes: str | None = None  # the interviewers' notes (sent to interviewers only)
+    links: dict[str, str | None] = field(default_factory=dict)  # role -> its link's secret (None: no live link)
     denied: str | None = None  # why our hello was refused for good (`forbidden`): no hello follows
 
 
@@ -209,9 +210,8 @@ class Replica:
         return ChangeSet.of_replace(changes.length, start, end, inserted)
 
     def resync(self, username: str) -> dict[str, Any]:
-        """After a ``resync`` error: the ``hello`` that catches up; the refused batch stays in
-        flight. Send it with `resend` once the welcome's catch-up is applied: `welcome` returns it
-        at the version resumed from (maybe too far behind again), and reports it lost given a snapshot."""
+        """After a ``resync`` error: the ``hello`` that catches up; the refused batch stays in flight, for
+        `resend` once the catch-up is applied (`welcome` resends it, or reports it lost given a snapshot)."""
         return self.hello(username)
 
     def resend(self) -> dict[str, Any] | None:
@@ -244,8 +244,7 @@ class Replica:
         self.epoch = message.get("epoch", self.epoch)
         self.max_change_parts = message.get("max_change_parts", self.max_change_parts)
         last_seq = message.get("last_seq")
-        if last_seq is not None:
-            # Never reuse a seq the server has applied (seq_reused), even if our state was lost.
+        if last_seq is not None:  # never reuse a seq the server applied (seq_reused), even if our state was lost
             self.next_seq = max(self.next_seq, int(last_seq) + 1)
         self.cursors.clear()
         doc = message.get("doc")
@@ -338,6 +337,8 @@ class Replica:
             self.ended = True
         elif kind == "notes" and isinstance(message.get("text"), str):
             out.notes = message["text"]
+        elif kind == "link" and message.get("role") in SHARED_ROLES and isinstance(message.get("token"), str | None):
+            out.links[message["role"]] = message.get("token")  # to interviewers, once the change is stored
         elif kind == "ping" and self.live:
             out.send.append({"type": "pong"})
         elif kind == "error":
@@ -384,8 +385,7 @@ class Replica:
     def _on_cursor(self, message: dict[str, Any]) -> None:
         if message["user_id"] == self.user_id or self.needs_snapshot or message["version"] != self.version:
             return
-        local = self.unconfirmed
-        length = self.length
+        local, length = self.unconfirmed, self.length
 
         def to_local(pos: int) -> int:
             return min(local.map_pos(pos, -1) if local is not None else pos, length)

@@ -8,9 +8,9 @@ cursors and members, pings, disconnects and page loads from an older saved state
 then go, in one batch, to ``tests/node/client_driver.mjs``, which runs the JavaScript module over
 the real @codemirror/state; at every step both must say the same hello, send the same pushes
 and cursors, ask for the same hellos and offers, report the same authors of the updates they
-applied, and hold the same text, version, batch in flight, pending changes and remote cursors.
-The driver also checks that the editor changes the module hands out keep the editor showing the
-module's text.
+applied and the same notes and link changes, and hold the same text, version, batch in flight,
+pending changes and remote cursors. The driver also checks that the editor changes the module
+hands out keep the editor showing the module's text.
 """
 
 from __future__ import annotations
@@ -138,6 +138,7 @@ class PythonClient:
                 "language": out.language,
                 "authors": out.authors,
                 "notes": out.notes,
+                "links": out.links,
                 "denied": out.denied,
             }
         elif op == "resend":
@@ -285,13 +286,21 @@ class Scenario:
             self.send({"type": "member_joined", "user_id": user, "username": user, "color": "#3cb44b"})
 
     def access_message(self) -> dict[str, Any]:
-        """What a private room tells its members: the lock, the end, the interviewers' notes."""
-        kind = self.rng.choice(["locked", "ended", "notes"])
+        """What a private room tells its members: the lock, the end, the interviewers' notes, a
+        shared role's link (now and then of a shape no room sends: the clients ignore it alike)."""
+        rng = self.rng
+        kind = rng.choice(["locked", "ended", "notes", "link"])
         if kind == "locked":
-            return {"type": "locked", "locked": self.rng.random() < 0.5, "user_id": OTHERS[0]}
+            return {"type": "locked", "locked": rng.random() < 0.5, "user_id": OTHERS[0]}
         if kind == "ended":
             return {"type": "ended", "user_id": OTHERS[0]}
-        return {"type": "notes", "text": _random_text(self.rng, 6)}
+        if kind == "notes":
+            return {"type": "notes", "text": _random_text(rng, 6)}
+        link: dict[str, Any] = {"type": "link", "role": rng.choice(["candidate", "observer", "interviewer", 3])}
+        token = rng.choice([None, "absent", "hX0f-_9", "Q2pA", 7])
+        if token != "absent":
+            link["token"] = token
+        return link
 
     def random_error(self) -> dict[str, Any]:
         code = self.rng.choice(RANDOM_ERRORS)
@@ -465,6 +474,8 @@ def test_random_conversations_reach_every_path_of_the_algorithm() -> None:
                 seen["offer:" + outcome["offer"]["reason"]] += 1
             if outcome.get("denied") is not None:
                 seen["denied"] += 1
+            for token in (outcome.get("links") or {}).values():
+                seen["link:" + ("none" if token is None else "token")] += 1
             if step["op"] == "cursor" and result["cursor"] is None and result["state"]["live"]:
                 seen["cursor withheld"] += 1
             codes = set()
@@ -488,6 +499,6 @@ def test_random_conversations_reach_every_path_of_the_algorithm() -> None:
         "error:rate_limited", "error:version_too_old", "error:invalid_message",
         "offer:history", "offer:stale", "offer:reset", "offer:duplicate", "remote cursors", "push after frame",
         "coarse resend", "error:forbidden", "error:read_only", "denied", "locked", "ended", "notes",
-        "cursor withheld",
+        "cursor withheld", "link", "link:none", "link:token",
     ]  # fmt: skip
     assert [] == [name for name in wanted if seen[name] < 5], seen

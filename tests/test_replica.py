@@ -176,3 +176,19 @@ def test_a_cursor_is_sent_exactly_when_the_permission_table_allows_it(
     replica.receive([{**welcome, "ended": ended}])
     expected = allowed(role, Act.CURSOR, locked=locked, ended=ended)
     assert expected == (replica.cursor(0, 0) is not None)
+
+
+def test_link_changes_are_reported_newest_per_role_and_other_shapes_ignored() -> None:
+    replica = Replica("me")
+    replica.receive([{"type": "welcome", "user_id": "u", "version": 0, "doc": "", "role": "interviewer"}])
+    out = replica.receive(
+        [
+            {"type": "link", "role": "candidate", "token": "old"},
+            {"type": "link", "role": "candidate", "token": "new"},
+            {"type": "link", "role": "observer"},  # revoked, none live now
+            {"type": "link", "role": "observer", "token": 7},
+            {"type": "link", "role": "interviewer", "token": "x"},
+            {"type": "link", "role": ["candidate"], "token": "x"},
+        ]
+    )
+    assert ({"candidate": "new", "observer": None}, False) == (out.links, out.hello)

@@ -1,7 +1,9 @@
 """Private rooms on the pages, with NiceGUI's simulated `user`: a room made on the start page
 opens as its interviewer's, a link's cookie decides the role of whoever opens the room, each
-role's page offers only what the room would take from it, and the room's refusals (a revoked
-link, a removal, the end of the interview) reach the page. The editor's browser half is played
+role's page offers only what the room would take from it, the room's refusals (a revoked
+link, a removal, the end of the interview) reach the page, and a page shows a control's outcome
+(a new link, notes saved, a removal) only once the room has stored it (`HeldCommits` holds or
+fails the store's commits). The editor's browser half is played
 by `BrowserHalf` (see ``test_ui_pages.py``); its own handling of these messages is held to the
 reference client by ``test_client_differential.py``."""
 
@@ -10,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import pytest
 from nicegui import ui
@@ -22,11 +24,22 @@ from rooms.access import Role
 from rooms.errors import TooManyNewRooms
 from rooms.registry import RoomRegistry
 from rooms.session import DropReason
+from rooms.store import RoomWrite, StoreError
 from tests.ui_simulation import BrowserHalf, browser_hello, choose_name, follow_link, open_link, until, wait_for_notice
-from ui import access, share_dialog
+from ui import access, share_dialog, start_page
 from ui.editor import CollabEditor
 from ui.history import open_history
-from ui.reports import AccessState, Roster, RosterEntry, parse_access, parse_members, parse_notes
+from ui.reports import (
+    AccessState,
+    LinkChange,
+    Roster,
+    RosterEntry,
+    parse_access,
+    parse_link,
+    parse_members,
+    parse_notes,
+)
+from ui.saving import NOT_SAVED, SAVING
 
 INTERVIEWER_CONTROLS = ("lock", "share", "end", "notes")
 
@@ -56,8 +69,60 @@ async def connect(user: User, client_id: str, gen: int = 1) -> tuple[CollabEdito
     return editor, half
 
 
+async def open_share(user: User) -> None:
+    """Open the share dialog, and wait until it shows the room's links."""
+    user.find(marker="share").click()
+    await user.should_see("Candidate link")
+
+
+async def with_candidate(users: Callable[[], User], registry: RoomRegistry) -> tuple[User, User, str, CollabEditor]:
+    """An interviewer (Ann) who made a room, and a candidate (Cy) who joined it, both connected;
+    the room's id and the candidate's editor."""
+    ann, room_id = await interviewer(users)
+    await connect(ann, "ann-tab")
+    cy = users()
+    await join_as(cy, registry, room_id, Role.CANDIDATE, "Cy")
+    editor, _ = await connect(cy, "cy-tab")
+    return ann, cy, room_id, editor
+
+
 def cookie(room_id: str) -> str:
     return access.cookie_name(room_id)
+
+
+def shown_links(user: User, role: Role) -> list[str]:
+    """The links the user's share dialog shows for ``role``."""
+    try:
+        return [element.value for element in user.find(marker=f"link-{role.value}").elements]
+    except AssertionError:  # none
+        return []
+
+
+def link_url(room_id: str, secret: str | None) -> str:
+    return f"http://test/join/{room_id}/{secret}"
+
+
+class HeldCommits:
+    """The room store's commits, from now on held until `release`, and failed when ``failing``."""
+
+    def __init__(self, registry: RoomRegistry, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.released = asyncio.Event()
+        self.held = asyncio.Event()  # set once a commit waits
+        self.failing = False
+        commit = registry.store.commit
+
+        async def held(writes: Sequence[RoomWrite]) -> None:
+            self.held.set()
+            await self.released.wait()
+            if self.failing:
+                raise StoreError("disk full")
+            await commit(writes)
+
+        monkeypatch.setattr(registry.store, "commit", held)
+
+    def release(self, *, failing: bool = False) -> None:
+        self.failing = failing
+        self.released.set()
 
 
 async def test_a_room_made_on_the_start_page_opens_as_its_interviewers(
@@ -74,7 +139,7 @@ async def test_a_room_made_on_the_start_page_opens_as_its_interviewers(
         await ann.should_see(marker=marker)
     await ann.should_not_see(marker="copy-link")  # an open room's link: this room's are in Share
     await ann.should_not_see(marker="access-banner")
-    ann.find(marker="share").click()
+    await open_share(ann)
     for role in (Role.CANDIDATE, Role.OBSERVER):
         link = ann.find(marker=f"link-{role.value}").elements.pop()
         assert f"http://test/join/{room_id}/{room.secret_of(role)}" == link.value
@@ -85,7 +150,7 @@ async def test_an_interviewers_share_dialog_shows_the_link_the_page_joined_with_
 ) -> None:
     ann, room_id = await interviewer(users)
     await connect(ann, "ann-tab")
-    ann.find(marker="share").click()
+    await open_share(ann)
     await ann.should_see(share_dialog.OWN_LINK)
     # The credential the page joined with (its cookie's), which no script of the page holds.
     own = ann.find(marker="link-interviewer").elements.pop()
@@ -108,6 +173,22 @@ async def test_a_room_that_cannot_be_made_is_said_so_on_the_start_page(
     await choose_name(user, "Ann")
     await wait_for_notice(user, "The room could not be made: too many new rooms from this address")
     await user.should_see("Start a new room")
+
+
+async def test_the_start_page_limits_new_rooms_by_the_requests_address_as_every_limit_does(
+    users: Callable[[], User], registry: RoomRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    addresses: list[str] = []
+    create = registry.create_private
+
+    async def recorded(room_id: str, address: str = "") -> dict[Role, str]:
+        addresses.append(address)
+        return await create(room_id, address)
+
+    monkeypatch.setattr(registry, "create_private", recorded)
+    monkeypatch.setattr(start_page, "client_address", lambda request: "203.0.113.7")  # behind a proxy
+    await interviewer(users)
+    assert ["203.0.113.7"] == addresses
 
 
 async def test_a_pasted_link_opens_the_room_with_its_role(users: Callable[[], User], registry: RoomRegistry) -> None:
@@ -188,11 +269,7 @@ async def test_the_link_secret_goes_into_the_hello_on_the_server_never_from_the_
 async def test_a_lock_makes_the_candidates_page_say_so_and_an_unlock_takes_it_back(
     users: Callable[[], User], registry: RoomRegistry
 ) -> None:
-    ann, room_id = await interviewer(users)
-    await connect(ann, "ann-tab")
-    cy = users()
-    await join_as(cy, registry, room_id, Role.CANDIDATE, "Cy")
-    await connect(cy, "cy-tab")
+    ann, cy, room_id, _ = await with_candidate(users, registry)
     ann.find(marker="lock").click()
     await cy.should_see(access.LOCKED, retries=30)
     await ann.should_see(access.LOCKED_FOR_OTHERS, retries=30)
@@ -206,13 +283,9 @@ async def test_a_lock_makes_the_candidates_page_say_so_and_an_unlock_takes_it_ba
 async def test_revoking_a_link_ends_its_pages_and_a_new_link_replaces_it(
     users: Callable[[], User], registry: RoomRegistry
 ) -> None:
-    ann, room_id = await interviewer(users)
-    await connect(ann, "ann-tab")
-    cy = users()
-    await join_as(cy, registry, room_id, Role.CANDIDATE, "Cy")
-    await connect(cy, "cy-tab")
+    ann, cy, room_id, _ = await with_candidate(users, registry)
     old = registry.rooms[room_id].secret_of(Role.CANDIDATE)
-    ann.find(marker="share").click()
+    await open_share(ann)
     ann.find(marker="revoke-candidate").click()
     await ann.should_see(marker="no-link-candidate", retries=30)
     await cy.should_see("You no longer have access to this room: link revoked.", retries=30)
@@ -225,6 +298,77 @@ async def test_revoking_a_link_ends_its_pages_and_a_new_link_replaces_it(
     new = registry.rooms[room_id].secret_of(Role.CANDIDATE)
     assert new is not None and new != old
     assert f"http://test/join/{room_id}/{new}" == ann.find(marker="link-candidate").elements.pop().value
+
+
+@pytest.mark.parametrize("fails", [False, True], ids=["stored", "failed"])
+async def test_a_new_link_is_shown_only_once_the_room_has_stored_it(
+    users: Callable[[], User], registry: RoomRegistry, monkeypatch: pytest.MonkeyPatch, fails: bool
+) -> None:
+    ann, room_id = await interviewer(users)
+    await connect(ann, "ann-tab")
+    room = registry.rooms[room_id]
+    old = room.secret_of(Role.CANDIDATE)
+    await open_share(ann)
+    commits = HeldCommits(registry, monkeypatch)
+    ann.find(marker="renew-candidate").click()
+    await asyncio.wait_for(commits.held.wait(), 5)
+    new = room.secret_of(Role.CANDIDATE)
+    assert new is not None and new != old  # the room took it: in memory, not stored yet
+    await ann.should_see(marker="share-saving", retries=30)
+    assert [link_url(room_id, old)] == shown_links(ann, Role.CANDIDATE)
+    commits.release(failing=fails)
+    if fails:  # the room is reset: the new link never existed
+        await wait_for_notice(ann, NOT_SAVED)
+        assert link_url(room_id, new) not in shown_links(ann, Role.CANDIDATE)
+        assert not ann.notify.contains(share_dialog.RENEWED)
+    else:
+        await wait_for_notice(ann, share_dialog.RENEWED)
+        assert [link_url(room_id, new)] == shown_links(ann, Role.CANDIDATE)
+    await ann.should_not_see(marker="share-saving")
+
+
+async def test_another_interviewers_revoke_and_renew_redraw_an_open_share_dialog(
+    users: Callable[[], User], registry: RoomRegistry
+) -> None:
+    ann, room_id = await interviewer(users)
+    await connect(ann, "ann-tab")
+    ben = users()
+    await join_as(ben, registry, room_id, Role.INTERVIEWER, "Ben")
+    await connect(ben, "ben-tab")
+    await open_share(ben)
+    await open_share(ann)
+    ann.find(marker="revoke-observer").click()
+    await ben.should_see(marker="no-link-observer", retries=30)
+    ann.find(marker="renew-observer").click()
+    await ben.should_see(marker="link-observer", retries=30)
+    new = registry.rooms[room_id].secret_of(Role.OBSERVER)
+    assert [link_url(room_id, new)] == shown_links(ben, Role.OBSERVER)
+
+
+async def test_copy_never_copies_a_link_revoked_since_the_dialog_drew_it(
+    users: Callable[[], User], registry: RoomRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    copied: list[str] = []
+    monkeypatch.setattr(ui.clipboard, "write", copied.append)
+    ann, room_id = await interviewer(users)
+    await connect(ann, "ann-tab")
+    ben = users()
+    await join_as(ben, registry, room_id, Role.INTERVIEWER, "Ben")
+    await connect(ben, "ben-tab")
+    secret = registry.rooms[room_id].secret_of(Role.CANDIDATE)
+    await open_share(ben)
+    ben.find(marker="copy-candidate").click()
+    assert [link_url(room_id, secret)] == copied
+    await open_share(ann)
+    commits = HeldCommits(registry, monkeypatch)
+    ann.find(marker="revoke-candidate").click()
+    await asyncio.wait_for(commits.held.wait(), 5)  # revoked, not stored: nobody was told yet
+    assert [link_url(room_id, secret)] == shown_links(ben, Role.CANDIDATE)
+    ben.find(marker="copy-candidate").click()
+    await wait_for_notice(ben, share_dialog.CHANGED)
+    assert 1 == len(copied)
+    commits.release()
+    await ben.should_see(marker="no-link-candidate", retries=30)
 
 
 async def test_ending_the_interview_after_a_confirmation_leaves_a_read_only_record(
@@ -281,6 +425,21 @@ async def test_an_interviewer_removes_a_candidate_from_the_presence_panel(
     assert registry.rooms[room_id].secret_of(Role.CANDIDATE) is None
 
 
+async def test_a_removal_the_room_cannot_store_is_said_not_saved_not_done(
+    users: Callable[[], User], registry: RoomRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ann, _cy, _room_id, _ = await with_candidate(users, registry)
+    await ann.should_see(marker="remove", retries=30)
+    ann.find(marker="remove").click()
+    commits = HeldCommits(registry, monkeypatch)
+    ann.find(marker="remove-confirm").click()
+    await asyncio.wait_for(commits.held.wait(), 5)
+    await ann.should_see(kind=ui.notification, content=SAVING, retries=30)
+    commits.release(failing=True)
+    await wait_for_notice(ann, NOT_SAVED)
+    assert not ann.notify.contains("Removed Cy")
+
+
 def row_name(button: ui.element) -> str:
     """The member's name in the presence panel's row of ``button``."""
     row = button.parent_slot.parent if button.parent_slot is not None else button
@@ -312,8 +471,9 @@ async def test_interviewers_share_notes_that_no_other_role_is_sent(
 
     cy_half.receive = record  # type: ignore[method-assign]
     ann.find(marker="notes").type(" Asks good questions.")
-    await until(lambda: registry.rooms[room_id].notes.endswith("questions."), "the notes saved again")
-    await asyncio.sleep(0.1)
+    both = "Strong on recursion. Asks good questions."
+    # Everyone the room tells is told at once: once Ben's page shows them, Cy would have them.
+    await until(lambda: both == ben.find(marker="notes").elements.pop().value, "Ben's second notes")
     assert not [data for data in seen if '"notes"' in data]
     assert ben_half.access is not None and "interviewer" == ben_half.access["role"]
 
@@ -340,7 +500,7 @@ async def test_a_control_after_the_room_closed_the_session_says_not_connected_an
     assert code == half.closes[-1][1]
     assert editor.session is None
     secret = registry.rooms[room_id].secret_of(Role.CANDIDATE)
-    ann.find(marker="share").click()
+    await open_share(ann)
     ann.find(marker="revoke-candidate").click()
     await wait_for_notice(ann, "Not connected: links cannot be changed right now.")
     assert not ann.notify.contains(share_dialog.REVOKED)
@@ -350,11 +510,7 @@ async def test_a_control_after_the_room_closed_the_session_says_not_connected_an
 async def test_a_control_the_room_refuses_is_said_so_not_reported_done(
     users: Callable[[], User], registry: RoomRegistry
 ) -> None:
-    ann, room_id = await interviewer(users)
-    await connect(ann, "ann-tab")
-    cy = users()
-    await join_as(cy, registry, room_id, Role.CANDIDATE, "Cy")
-    cy_editor, _ = await connect(cy, "cy-tab")
+    ann, _cy, room_id, cy_editor = await with_candidate(users, registry)
     await ann.should_see(marker="remove", retries=30)  # Cy's row in Ann's presence panel
     ann.find(marker="remove").click()
     await ann.should_see("Remove Cy?")
@@ -385,6 +541,34 @@ async def test_notes_typed_while_not_connected_survive_the_welcome_and_are_sent_
     await ann.should_not_see(marker="notes-unsent")
 
 
+async def test_notes_count_as_saved_only_once_stored_so_a_reset_room_does_not_overwrite_them(
+    users: Callable[[], User], registry: RoomRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ann, room_id = await interviewer(users)
+    _, half = await connect(ann, "ann-tab")
+    ann.find(marker="notes").type("Old.")
+    await until(lambda: "Old." == registry.rooms[room_id].notes, "the notes taken")
+    await until(lambda: registry.rooms[room_id].all_durable, "the notes stored")
+    commits = HeldCommits(registry, monkeypatch)
+    ann.find(marker="notes").type(" Newer.")
+    await asyncio.wait_for(commits.held.wait(), 5)
+    assert "Old. Newer." == registry.rooms[room_id].notes  # taken: in memory, not stored yet
+    await ann.should_see(marker="notes-saving", retries=30)
+    commits.release(failing=True)  # the room is reset to what the store holds: "Old."
+    await until(lambda: bool(half.closes), "the page told its session closed")
+    await ann.should_see(marker="notes-unsent")
+    commits.failing = False
+    browser_hello(ann, "ann-tab", gen=2)  # the welcome is followed by the stored notes: "Old."
+
+    def stored(notes: str) -> bool:
+        room = registry.rooms.get(room_id)
+        return room is not None and notes == room.notes and room.all_durable
+
+    await until(lambda: stored("Old. Newer."), "the page's notes sent again and stored")
+    assert "Old. Newer." == ann.find(marker="notes").elements.pop().value
+    await ann.should_not_see(marker="notes-unsent")
+
+
 async def test_notes_the_room_refuses_stay_on_the_page_unsaved(
     users: Callable[[], User], registry: RoomRegistry
 ) -> None:
@@ -403,7 +587,7 @@ async def test_after_the_end_the_share_dialog_offers_no_new_candidate_link(users
     ann.find(marker="end").click()
     ann.find(marker="end-confirm").click()
     await ann.should_see(access.ENDED_FOR_INTERVIEWERS, retries=30)
-    ann.find(marker="share").click()
+    await open_share(ann)
     await ann.should_see(marker="no-link-candidate", content=share_dialog.ENDED)
     await ann.should_not_see(marker="renew-candidate")
     await ann.should_see(marker="renew-observer")  # the observer's link is still the interviewer's to change
@@ -422,7 +606,7 @@ async def test_a_live_link_the_room_cannot_show_any_more_is_said_so_and_can_be_r
         return None if room.access.current(role) is made_before else secret_of(role)
 
     monkeypatch.setattr(room, "secret_of", forgotten)
-    ann.find(marker="share").click()
+    await open_share(ann)
     await ann.should_see(marker="no-link-observer", content=share_dialog.NOT_SHOWN)
     await ann.should_not_see(share_dialog.NO_LINK)
     ann.find(marker="renew-observer").click()
@@ -434,11 +618,7 @@ async def test_a_live_link_the_room_cannot_show_any_more_is_said_so_and_can_be_r
 async def test_after_a_read_only_refusal_the_lost_text_is_offered_to_copy_only(
     users: Callable[[], User], registry: RoomRegistry
 ) -> None:
-    ann, room_id = await interviewer(users)
-    await connect(ann, "ann-tab")
-    cy = users()
-    await join_as(cy, registry, room_id, Role.CANDIDATE, "Cy")
-    await connect(cy, "cy-tab")
+    ann, cy, _room_id, _ = await with_candidate(users, registry)
     cy.find(CollabEditor).trigger("lost", {"text": "def f(): pass", "reason": "history"})
     await cy.should_see("Replace the room's text with mine")  # the room would take it now
     ann.find(marker="lock").click()
@@ -450,15 +630,30 @@ async def test_after_a_read_only_refusal_the_lost_text_is_offered_to_copy_only(
     await cy.should_not_see("Replace the room's text with mine")
 
 
+async def test_a_page_that_lost_its_access_offers_no_language_even_when_told_the_room_is_unlocked(
+    users: Callable[[], User], registry: RoomRegistry
+) -> None:
+    ann, cy, _room_id, editor = await with_candidate(users, registry)
+    assert cy.find(marker="language").elements.pop().enabled
+    await open_share(ann)
+    ann.find(marker="revoke-candidate").click()
+    await cy.should_see(marker="access-lost", retries=30)
+    assert not cy.find(marker="language").elements.pop().enabled
+    # A late report of the connection that was refused changes nothing: the room would refuse it.
+    assert editor.transport is not None
+    gen = editor.transport.gen
+    cy.find(CollabEditor).trigger("access", {"gen": gen, "role": "candidate", "locked": True, "ended": False})
+    await cy.should_see(access.LOCKED, retries=30)
+    cy.find(CollabEditor).trigger("access", {"gen": gen, "role": "candidate", "locked": False, "ended": False})
+    await cy.should_not_see(access.LOCKED, retries=30)
+    assert not cy.find(marker="language").elements.pop().enabled
+
+
 async def test_after_access_is_lost_a_new_name_is_saved_without_saying_hello_again(
     users: Callable[[], User], registry: RoomRegistry
 ) -> None:
-    ann, room_id = await interviewer(users)
-    await connect(ann, "ann-tab")
-    cy = users()
-    await join_as(cy, registry, room_id, Role.CANDIDATE, "Cy")
-    editor, _ = await connect(cy, "cy-tab")
-    ann.find(marker="share").click()
+    ann, cy, _room_id, editor = await with_candidate(users, registry)
+    await open_share(ann)
     ann.find(marker="revoke-candidate").click()
     await cy.should_see(marker="access-lost", retries=30)
     rejoined: list[bool] = []
@@ -549,6 +744,27 @@ def test_notes_are_read_up_to_the_rooms_limit() -> None:
         parse_notes({"gen": 4, "text": "x" * 6}, max_chars=5)
     with pytest.raises(ValueError, match="text must be a string, got int"):
         parse_notes({"gen": 4, "text": 7}, max_chars=5)
+
+
+def test_a_link_change_is_read_as_the_browser_reports_it() -> None:
+    assert (2, LinkChange(Role.CANDIDATE, "hX0f-_9")) == parse_link({"gen": 2, "role": "candidate", "token": "hX0f-_9"})
+    assert (3, LinkChange(Role.OBSERVER, None)) == parse_link({"gen": 3, "role": "observer"})
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        ("link", "link event must be an object, got str"),
+        ({"gen": 1, "role": "interviewer"}, "role must be one of candidate, observer, got 'interviewer'"),
+        ({"gen": 1, "role": ["candidate"]}, "role must be one of candidate, observer, got list"),
+        ({"gen": 1, "role": "candidate", "token": "a b"}, "token must be absent or 1 to 128 letters"),
+        ({"gen": 1, "role": "candidate", "token": "x" * 129}, "got 129 characters"),
+        ({"gen": 1, "role": "candidate", "token": 7}, "got int"),
+    ],
+)
+def test_a_link_change_of_another_shape_is_refused_saying_why(args: object, error: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(error)):
+        parse_link(args)
 
 
 async def test_a_link_kept_for_a_room_that_is_gone_says_so_and_makes_no_room(

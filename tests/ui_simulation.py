@@ -1,7 +1,8 @@
 """The pieces of NiceGUI `user`-simulation tests: a started registry, simulated users of
-``tests/ui_main.py`` served by it, a raw client's transport that records what it is sent, the
-editor's browser half as the tests play it (`BrowserHalf`), and a simulated browser's way
-through a private room's link (`follow_link`).
+``tests/ui_main.py`` served by it (each notification recorded for the user whose page made it),
+a raw client's transport that records what it is sent, the editor's browser half as the tests
+play it (`BrowserHalf`), and a simulated browser's way through a private room's link
+(`follow_link`).
 
 ``tests/conftest.py`` loads this module as a plugin, so every test module can ask for the fixtures.
 """
@@ -16,8 +17,9 @@ from typing import Any
 
 import httpx
 import pytest
-from nicegui import core
+from nicegui import context, core
 from nicegui.testing import User
+from nicegui.testing.user_notify import UserNotify
 from nicegui.testing.user_simulation import user_simulation
 
 from rooms.registry import RoomRegistry
@@ -84,16 +86,35 @@ async def registry() -> AsyncIterator[RoomRegistry]:
 
 
 @pytest.fixture
-async def users(registry: RoomRegistry) -> AsyncIterator[Callable[[], User]]:
+async def users(registry: RoomRegistry, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Callable[[], User]]:
     ui_services.provide(Services(registry=lambda: registry, settings=registry.settings))
+    everyone: list[User] = []
+    record = UserNotify.__call__
+
+    def to_its_page(notify: UserNotify, message: str, **kwargs: Any) -> None:
+        # The simulation hands `ui.notify` to the user whose attributes were read last; with
+        # several users, a notification made after an await (once a change is stored) would go
+        # to whoever's page spoke meanwhile. It goes to the user whose page made it.
+        try:
+            client = context.client
+        except RuntimeError:
+            client = None
+        mine = next((user.notify for user in everyone if client is not None and user.client is client), notify)
+        record(mine, message, **kwargs)
+
+    monkeypatch.setattr(UserNotify, "__call__", to_its_page)
     try:
         async with user_simulation(main_file=MAIN) as first:
             made = [first]
 
             def next_user() -> User:
-                if made:
-                    return made.pop()
-                return User(httpx.AsyncClient(transport=httpx.ASGITransport(core.app), base_url="http://test"))
+                user = (
+                    made.pop()
+                    if made
+                    else User(httpx.AsyncClient(transport=httpx.ASGITransport(core.app), base_url="http://test"))
+                )
+                everyone.append(user)
+                return user
 
             yield next_user
     finally:
@@ -132,9 +153,10 @@ class BrowserHalf:
     """Keeps what the room sends the page and reports it as the editor's browser half does: the
     member list (its welcome, then each member_joined and member_left) with a ``members`` event
     (unless ``members`` is false), the room's language and the other authors of updates with an
-    ``activity`` event, the role and the room's lock and end with an ``access`` event, and the
-    interviewers' notes with a ``notes`` event; it keeps each ``closed`` call too. The browser's
-    2 s expiry of an author is not simulated."""
+    ``activity`` event, the role and the room's lock and end with an ``access`` event, the
+    interviewers' notes with a ``notes`` event, and each change to a shared role's link with a
+    ``link`` event; it keeps each ``closed`` call too. The browser's 2 s expiry of an author is
+    not simulated."""
 
     def __init__(self, user: User, *, members: bool = True) -> None:
         self.user = user
@@ -167,6 +189,7 @@ class BrowserHalf:
         welcomed = any(message["type"] == "welcome" for message in messages)
         access = dict(self.access or {"role": None, "locked": False, "ended": False}, gen=gen)
         notes = []
+        links: dict[str, str | None] = {}
         for message in messages:
             if message["type"] == "welcome":
                 self.own_id = message["user_id"]
@@ -183,6 +206,8 @@ class BrowserHalf:
                 access[message["type"]] = message.get("locked", True)
             elif message["type"] == "notes":
                 notes.append(message["text"])
+            elif message["type"] == "link":
+                links[message["role"]] = message.get("token")
             elif message["type"] == "error":
                 self.errors.append(message)
             elif message["type"] == "update" and not welcomed:  # a catch-up is not typing
@@ -207,6 +232,9 @@ class BrowserHalf:
             self.user.find(CollabEditor).trigger("access", access)
         for text in notes:
             self.user.find(CollabEditor).trigger("notes", {"gen": gen, "text": text})
+        for role, token in links.items():
+            link = {"gen": gen, "role": role} if token is None else {"gen": gen, "role": role, "token": token}
+            self.user.find(CollabEditor).trigger("link", link)
 
 
 def access_fields() -> list[tuple[str, Any]]:

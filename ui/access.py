@@ -8,11 +8,16 @@ script of the page ever holds it.
 
 from __future__ import annotations
 
+import re
+
 from starlette.requests import Request
 
 from api.credentials import client_address, cookie_name
 from rooms.access import Act, Role, allowed
 from rooms.registry import RoomRegistry
+
+# A link's secret: URL-safe base64 (43 characters today), kept short of anything absurd.
+LINK_SECRET = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
 PRIVATE_ROOM = "This room is private. Open it with the link the interviewer gave you."
 LOCKED = "The interviewer locked the editor."

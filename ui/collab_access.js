@@ -4,9 +4,11 @@
 // The client (collab_client.js) knows the member's role and whether the room is locked or
 // ended; the editor is read-only whenever the server would refuse an edit, and the page is told
 // with an "access" event (gen, role, locked, ended) so that it can say why. The interviewers'
-// notes go to the page with a "notes" event. A join the server refuses for good (`forbidden`),
-// or a connection it closes with 4003 (removed, the link revoked, the interview ended), stops
-// this page: no more hellos, read-only; the server tells the page why.
+// notes go to the page with a "notes" event, and each change to a shared role's link with a
+// "link" event (gen, role, and the link's token unless the role has no live link now). A join
+// the server refuses for good (`forbidden`), or a connection it closes with 4003 (removed, the
+// link revoked, the interview ended), stops this page: no more hellos, read-only; the server
+// tells the page why.
 export const CLOSE_REVOKED = 4003;
 
 export const accessMethods = {
@@ -28,5 +30,9 @@ export const accessMethods = {
   },
   emitNotes(text) {
     this.$emit("notes", { gen: this.gen, text });
+  },
+  emitLinks(links) {
+    for (const [role, token] of Object.entries(links))
+      this.$emit("link", token === null ? { gen: this.gen, role } : { gen: this.gen, role, token });
   },
 };

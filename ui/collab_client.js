@@ -15,17 +15,12 @@
 // In a private room the welcome gives the member's role, and says whether the room is locked or
 // ended, as do `locked` and `ended` later: `mayEdit` and `cursor` follow the server's permission
 // table (rooms/access.py). A join refused with `forbidden` (a revoked link, the end of the
-// interview) is final: `denied` says so, and no hello follows.
+// interview) is final: `denied` says so, and no hello follows. Interviewers are told of every
+// change to a shared role's link (`link`): `links` in the outcome.
 
 const REMOTE_ONLY_ERRORS = new Set(["rate_limited", "internal_error", "room_full", "server_restarting"]);
-const REFUSED = new Set([
-  "version_too_old",
-  "invalid_changes",
-  "too_large",
-  "invalid_version",
-  "too_complex",
-  "read_only",
-]);
+const SHARED_ROLES = new Set(["candidate", "observer"]); // the roles whose links interviewers share
+const REFUSED = new Set(["version_too_old", "invalid_changes", "too_large", "invalid_version", "too_complex", "read_only"]);
 
 function newOutcome() {
   return {
@@ -43,6 +38,7 @@ function newOutcome() {
     cursors: false, // a remote cursor changed
     access: false, // the role, the lock or the end changed
     notes: null, // the interviewers' notes (sent to interviewers only)
+    links: {}, // role -> the secret of its live link, or null: none (sent to interviewers only)
     denied: null, // the server refused our hello for good: its reason
     failure: null, // a message that could not be handled (the client resynchronises)
     due: false, // unconfirmed work is sent once the whole frame is handled
@@ -299,6 +295,13 @@ export class CollabClient {
       case "notes":
         if (typeof message.text === "string") out.notes = message.text;
         return;
+      case "link": {
+        // A shared role's link was revoked or renewed (told once the change is stored).
+        const token = message.token ?? null;
+        if (SHARED_ROLES.has(message.role) && (token === null || typeof token === "string"))
+          out.links[message.role] = token;
+        return;
+      }
       case "ping":
         if (this.live) out.send.push({ type: "pong" });
         return;

@@ -4,8 +4,8 @@
 //
 // Every protocol decision is made by the client in collab_client.js (served as a dependency of
 // this component); this file is its shell: the editor, the bridge, timers, and what the page is
-// told ("frame", "lost", "notice", "paused", "members", "activity"; "access" and "notes" from
-// collab_access.js). The client's state is kept in sessionStorage (collab_tabs.js), so a
+// told ("frame", "lost", "notice", "paused", "members", "activity"; "access", "notes" and "link"
+// from collab_access.js). The client's state is kept in sessionStorage (collab_tabs.js), so a
 // reconnect or a page reload (a server restart) resends unconfirmed work, which the server
 // applies exactly once.
 //
@@ -226,6 +226,7 @@ export default {
       if (out.members) this.emitMembers();
       if (out.access) this.applyAccess();
       if (out.notes !== null) this.emitNotes(out.notes);
+      this.emitLinks(out.links);
       this.noteActivity(out);
       if (out.cursors) this.drawCursors();
       if (out.offer) this.offer(out.offer.text, out.offer.reason);

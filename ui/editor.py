@@ -12,7 +12,8 @@ so a browser that reconnects (a new hello on the same page) never mixes two sess
 
 The browser half also reports who is in the room, as its connection knows it (``members``
 events), the room's language and who typed in it lately (``activity``), the member's role and
-the room's lock and end (``access``), and the interviewers' notes (``notes``): the page shows
+the room's lock and end (``access``), the interviewers' notes (``notes``), and each change to a
+shared role's link (``link``, to interviewers, once the room has stored it): the page shows
 exactly what the editor was told, connected or not, and never reads the room itself (see
 `ui.reports`). A join the room refuses for good (`Forbidden`: a revoked link, the end of the
 interview) and a connection it ends for the same reasons (`CLOSE_REVOKED`) are told to the page
@@ -42,12 +43,14 @@ from rooms.session import CLOSE_REVOKED, Session
 from rooms.settings import Settings
 from ui.reports import (
     AccessState,
+    LinkChange,
     Newest,
     RoomActivity,
     Roster,
     RosterEntry,
     parse_access,
     parse_activity,
+    parse_link,
     parse_members,
     parse_notes,
 )
@@ -160,6 +163,7 @@ class CollabEditor(
         on_activity: Callable[[RoomActivity], None] | None = None,
         on_access: Callable[[AccessState], None] | None = None,
         on_notes: Callable[[str], None] | None = None,
+        on_link: Callable[[LinkChange], None] | None = None,
         on_denied: Callable[[str], None] | None = None,
     ) -> None:
         """``token`` is the secret of the private room's link the page was opened with (None:
@@ -167,8 +171,9 @@ class CollabEditor(
 
         ``on_members`` is called with the room's member list, ``on_activity`` with its
         language and who typed lately, ``on_access`` with the member's role and the room's
-        lock and end, and ``on_notes`` with the interviewers' notes, whenever the browser half
-        reports them (each at most once per `REPORT_INTERVAL_SECONDS`, the newest).
+        lock and end, ``on_notes`` with the interviewers' notes, and ``on_link`` with a change to
+        a shared role's link, whenever the browser half reports them (each at most once per
+        `REPORT_INTERVAL_SECONDS`, the newest: a page redraws its links from the room anyway).
         ``on_denied`` is called with the reason when the room refuses this page for good."""
         super().__init__()
         self._registry = registry
@@ -191,11 +196,13 @@ class CollabEditor(
         self._activities = Newest(on_activity)
         self._accesses = Newest(on_access)
         self._notes = Newest(on_notes)
+        self._link_changes = Newest(on_link)
         self.on("frame", self._on_frame)
         self.on("members", self._on_members_event)
         self.on("activity", self._on_activity_event)
         self.on("access", self._on_access_event)
         self.on("notes", self._on_notes_event)
+        self.on("link", self._on_link_event)
 
     # Server -> browser
 
@@ -298,6 +305,9 @@ class CollabEditor(
     async def _on_notes_event(self, event: GenericEventArguments) -> None:
         max_chars = self._settings.max_notes_chars
         await self._report("notes", event, lambda args: parse_notes(args, max_chars=max_chars), self._notes)
+
+    async def _on_link_event(self, event: GenericEventArguments) -> None:
+        await self._report("link", event, parse_link, self._link_changes)
 
     async def _report(
         self, kind: str, event: GenericEventArguments, parse: Callable[[object], tuple[int, T]], newest: Newest[T]

@@ -19,8 +19,8 @@ __all__ = ["Services", "register"]
 
 def register(services: Services) -> None:
     @ui.page("/", title="collab pad")
-    def start() -> None:
-        start_page(services)
+    def start(request: Request) -> None:
+        start_page(services, request)
 
     @ui.page("/room/{room_id}", title="collab pad")
     async def room(room_id: str, request: Request) -> None:

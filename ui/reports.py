@@ -2,7 +2,8 @@
 
 The browser half only repeats what the room told its connection: who is in the room
 (``members``), the room's language and who typed lately (``activity``), the member's role and
-whether the room is locked or ended (``access``), and the interviewers' notes (``notes``). Each
+whether the room is locked or ended (``access``), the interviewers' notes (``notes``), and each
+change to a shared role's link (``link``, to interviewers only). Each
 report is checked against the shapes the room gives them, so a page never draws something the
 room could not have said; `Newest` hands the page at most one report per interval.
 """
@@ -16,9 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from rooms.access import Role
+from rooms.access import SHARED_ROLES, Role
 from rooms.errors import InvalidMessage
 from rooms.limits import clean_language
+from ui.access import LINK_SECRET
 
 # User ids are 12 hex digits today: anything much longer is not from the browser half.
 USER_ID_MAX_CHARS = 64
@@ -168,6 +170,31 @@ def parse_notes(args: object, *, max_chars: int) -> tuple[int, str]:
     notes, at most ``max_chars`` long as the room keeps them); raises `ValueError`."""
     args, gen = _event_gen(args, "notes")
     return gen, _short_string(args.get("text"), "text", max_chars)
+
+
+@dataclass(frozen=True, slots=True)
+class LinkChange:
+    """A shared role's link was revoked or renewed, as the room told the page's connection once
+    the change was stored: the secret of the role's live link now, or None when it has none."""
+
+    role: Role
+    token: str | None
+
+
+def parse_link(args: object) -> tuple[int, LinkChange]:
+    """The generation and the change of a ``link`` event from the browser: ``role`` is a shared
+    role (candidate or observer), ``token`` a link's secret, or absent when the role has no live
+    link. Raises `ValueError` saying what is wrong."""
+    args, gen = _event_gen(args, "link")
+    role = args.get("role")
+    if not isinstance(role, str) or role not in SHARED_ROLES:
+        shown = repr(role)[:24] if isinstance(role, str) else type(role).__name__
+        raise ValueError(f"role must be one of {', '.join(SHARED_ROLES)}, got {shown}")
+    token = args.get("token")
+    if token is not None and not (isinstance(token, str) and LINK_SECRET.fullmatch(token)):
+        shown = f"{len(token)} characters" if isinstance(token, str) else type(token).__name__
+        raise ValueError(f"token must be absent or 1 to 128 letters, digits, '-' or '_', got {shown}")
+    return gen, LinkChange(Role(role), token)
 
 
 class Newest(Generic[T]):

@@ -4,7 +4,7 @@ member."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from nicegui import ui
 
@@ -69,7 +69,7 @@ def offer_to_take_over(editor: CollabEditor) -> ui.dialog:
     return dialog
 
 
-def confirm_end(end: Callable[[], object]) -> ui.dialog:
+def confirm_end(end: Callable[[], Awaitable[object]]) -> ui.dialog:
     """Ask an interviewer before ending the interview: it cannot be undone."""
     with ui.dialog() as dialog, ui.card().classes("w-[32rem] max-w-full gap-3 collab-end-dialog"):
         dialog.on_value_change(lambda event: None if event.value else dialog.delete())
@@ -81,9 +81,9 @@ def confirm_end(end: Callable[[], object]) -> ui.dialog:
         with ui.row().classes("w-full justify-end gap-2"):
             ui.button("Cancel", on_click=dialog.close).props("flat")
 
-            def confirmed() -> None:
+            async def confirmed() -> None:
                 dialog.close()
-                end()
+                await end()
 
             confirm = ui.button("End the interview", on_click=confirmed).props("color=negative")
             confirm.classes("collab-end-confirm").mark("end-confirm")
@@ -91,7 +91,7 @@ def confirm_end(end: Callable[[], object]) -> ui.dialog:
     return dialog
 
 
-def confirm_remove(username: str, link_name: str, remove: Callable[[], object]) -> ui.dialog:
+def confirm_remove(username: str, link_name: str, remove: Callable[[], Awaitable[object]]) -> ui.dialog:
     """Ask an interviewer before removing a member: it revokes the link they came through
     (``link_name``: "the candidate link"), so everyone who came through it leaves too."""
     with ui.dialog() as dialog, ui.card().classes("w-[32rem] max-w-full gap-3 collab-remove-dialog"):
@@ -104,9 +104,9 @@ def confirm_remove(username: str, link_name: str, remove: Callable[[], object]) 
         with ui.row().classes("w-full justify-end gap-2"):
             ui.button("Cancel", on_click=dialog.close).props("flat")
 
-            def confirmed() -> None:
+            async def confirmed() -> None:
                 dialog.close()
-                remove()
+                await remove()
 
             confirm = ui.button(f"Remove {username}", on_click=confirmed).props("color=negative no-caps")
             confirm.classes("collab-remove-confirm").mark("remove-confirm")

@@ -69,7 +69,7 @@ class RoomHeader:
             self._me_button()
 
     def _button(
-        self, icon: str, action: Callable[[], None], tip: str, classes: str = "", *, on_phones: bool = False
+        self, icon: str, action: Callable[[], object], tip: str, classes: str = "", *, on_phones: bool = False
     ) -> ui.button:
         """A header button; on a phone it is in the menu instead, unless ``on_phones``."""
         button = ui.button(icon=icon, on_click=action).props(HEADER_BUTTON).tooltip(tip)
@@ -132,14 +132,15 @@ class RoomHeader:
     def language(self) -> str | None:
         return self.select.value if self.select is not None else None
 
-    def show_access(self, access: AccessState) -> None:
+    def show_access(self, access: AccessState, *, denied: bool = False) -> None:
         """Offer only what the room would take now: a candidate's language while it may edit,
-        the lock until the interview ends."""
+        the lock until the interview ends; nothing once the page lost its access (``denied``)."""
         if self.select is not None:
-            self.select.set_enabled(allowed(access.role, Act.LANGUAGE, locked=access.locked, ended=access.ended))
+            may = allowed(access.role, Act.LANGUAGE, locked=access.locked, ended=access.ended)
+            self.select.set_enabled(may and not denied)
         if self.lock is not None:
             self.lock.props(f"icon={'lock' if access.locked else 'lock_open'}")
-            self.lock.set_enabled(not access.ended)
+            self.lock.set_enabled(not access.ended and not denied)
         for control in (self.end, self.end_item):
             if control is not None:
-                control.set_enabled(not access.ended)
+                control.set_enabled(not access.ended and not denied)

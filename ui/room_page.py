@@ -8,7 +8,9 @@ role and offer what they always did.
 
 from __future__ import annotations
 
-from nicegui import app, ui
+from collections.abc import Awaitable
+
+from nicegui import app, background_tasks, ui
 from nicegui.events import GenericEventArguments
 from starlette.requests import Request
 
@@ -24,9 +26,10 @@ from ui.identity import IdentityDialog, stored_identity
 from ui.languages import extension_for
 from ui.notes_panel import NotesPanel
 from ui.presence_panel import PresencePanel
-from ui.reports import AccessState, RoomActivity, Roster, RosterEntry
+from ui.reports import AccessState, LinkChange, RoomActivity, Roster, RosterEntry
 from ui.room_dialogs import confirm_end, confirm_remove, offer_lost_text, offer_to_take_over
 from ui.room_header import RoomHeader
+from ui.saving import NOT_SAVED, SAVING, wait_stored
 from ui.services import Services
 from ui.share_dialog import ShareDialog, SharedLink
 
@@ -113,6 +116,7 @@ class RoomPage:
         self.denied = False  # the room refused this page for good
         self.lost_dialog: ui.dialog | None = None
         self.share: ShareDialog | None = None
+        self.saving: ui.notification | None = None  # "Saving…", while a control waits to be stored
         interviewer = role is Role.INTERVIEWER
         # The room as it is now, read once so that the first render shows it; from then on, as
         # the editor's connection reports it.
@@ -144,12 +148,13 @@ class RoomPage:
                     on_activity=self._show_activity,
                     on_access=self._show_access,
                     on_notes=self._show_notes,
+                    on_link=self._show_link,
                     on_denied=self._show_denied,
                 ).classes("w-full")
                 self.notes = None
                 if interviewer:
                     notes = room.notes if room is not None else ""
-                    self.notes = NotesPanel(notes, self.send_notes, max_chars=self.settings.max_notes_chars)
+                    self.notes = NotesPanel(notes, self.save_notes, max_chars=self.settings.max_notes_chars)
         self.editor.on("lost", self._on_lost)
         self.editor.on("notice", self._on_notice)
         self.editor.on("paused", lambda: offer_to_take_over(self.editor))
@@ -230,19 +235,46 @@ class RoomPage:
             return False
         return True
 
+    def stored(self) -> Awaitable[bool]:
+        """Wait until the room has stored every change it made so far: True then; False when
+        its commit failed (it was reset), or it is not loaded (see `RoomRegistry.durable`)."""
+        return self.services.registry().durable(self.room_id)
+
+    async def control(self, message: ClientMessage, refused: str) -> bool:
+        """`send` an interviewer's control, and wait until the room has stored it: True then.
+        False when the room did not take it (`send` said why) or could not store it (a notice
+        says so); "Saving…" meanwhile, when that takes a while."""
+        if not self.send(message, refused):
+            return False
+        stored = await wait_stored(self.stored(), self._show_saving)
+        if not stored:
+            with self.editor.client.layout:  # the page's, whatever was clicked
+                ui.notify(NOT_SAVED, type="negative")
+        return stored
+
+    def _show_saving(self, saving: bool) -> None:
+        if self.saving is not None:
+            self.saving.dismiss()
+            self.saving = None
+        if saving and not self.editor.client.is_deleted:
+            with self.editor.client.layout:
+                self.saving = ui.notification(SAVING, spinner=True, timeout=None)
+
     def toggle_lock(self) -> None:
         self.send(Lock(type="lock", locked=not self.access.locked), "the editor cannot be locked or unlocked")
 
     def confirm_end(self) -> None:
-        confirm_end(lambda: self.send(End(type="end"), "the interview cannot be ended"))
+        confirm_end(lambda: self.control(End(type="end"), "the interview cannot be ended"))
 
-    def open_share(self) -> None:
+    async def open_share(self) -> None:
         if self.share is None:
             # Only an interviewer's page offers its own link (the credential it joined with).
             own = self.token if self.role is Role.INTERVIEWER else None
             with self.editor.client.content:
-                self.share = ShareDialog(self.origin, self.room_id, self._links, self._revoke, own_secret=own)
-        self.share.open()
+                self.share = ShareDialog(
+                    self.origin, self.room_id, self._links, self.stored, self._revoke, own_secret=own
+                )
+        await self.share.open()
 
     def _links(self) -> dict[Role, SharedLink]:
         """The shared links as the room knows them now; nothing while it is not loaded."""
@@ -272,15 +304,20 @@ class RoomPage:
             "dialog to invite someone else."
         )
 
-        def confirmed() -> None:
-            if self.send(Remove(type="remove", user_id=member.user_id), f"{member.username} cannot be removed"):
-                ui.notify(done, type="info")
+        async def confirmed() -> None:
+            remove = Remove(type="remove", user_id=member.user_id)
+            if await self.control(remove, f"{member.username} cannot be removed"):
+                with self.editor.client.layout:  # the page's: the dialog is gone
+                    ui.notify(done, type="info")
 
         with self.editor.client.content:  # not in the presence panel, which redraws with the roster
             confirm_remove(member.username, link_name, confirmed)
 
-    def send_notes(self, text: str) -> bool:
-        return self.send(Notes(type="notes", text=text), "the notes cannot be saved")
+    async def save_notes(self, text: str) -> bool:
+        """Hand the room the notes; True once it has stored them (see `NotesPanel`)."""
+        if not self.send(Notes(type="notes", text=text), "the notes cannot be saved"):
+            return False
+        return await self.stored()
 
     # What the editor's connection reports
 
@@ -299,17 +336,24 @@ class RoomPage:
         text = banner_text(self.role, locked=access.locked, ended=access.ended)
         self.banner.set_text(text or "")
         self.banner.set_visibility(text is not None)
-        self.header.show_access(self.access)
+        self.header.show_access(self.access, denied=self.denied)
 
     def _show_notes(self, text: str) -> None:
         if self.notes is not None:
             self.notes.show(text)
+
+    def _show_link(self, change: LinkChange) -> None:
+        """Another interviewer (or this page) revoked or renewed a link, and the room stored it:
+        an open share dialog is drawn again, from the room."""
+        if self.share is not None and self.share.is_open:
+            background_tasks.create(self.share.update(), name="collab-share-update")
 
     def _show_denied(self, reason: str) -> None:
         """The room refused this page for good (its link revoked, removed, the interview ended)."""
         self.denied = True
         self.lost_reason.set_text(f"You no longer have access to this room: {reason}.")
         self.lost.set_visibility(True)
+        self.header.show_access(self.access, denied=True)  # the room would refuse every control now
 
     def _on_lost(self, event: GenericEventArguments) -> None:
         args = event.args if isinstance(event.args, dict) else {}

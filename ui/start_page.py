@@ -7,21 +7,20 @@ cookie for that room and goes on to the room.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from urllib.parse import urlparse
 
 from nicegui import app, background_tasks, ui
+from starlette.requests import Request
 
+from api.credentials import client_address
 from rooms.access import Role
 from rooms.errors import RoomError
 from rooms.limits import ROOM_ID, new_room_id
+from ui.access import LINK_SECRET
 from ui.editor import Identity
 from ui.identity import IdentityDialog, stored_identity
 from ui.services import Services
-
-# A link's secret: URL-safe base64 (43 characters today), kept short of anything absurd.
-LINK_SECRET = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
 
 def link_target(text: str) -> str | None:
@@ -42,21 +41,19 @@ def link_target(text: str) -> str | None:
     return None
 
 
-def start_page(services: Services) -> None:
-    """The page of ``/``."""
-    StartPage(services)
+def start_page(services: Services, request: Request) -> None:
+    """The page of ``/``, for ``request``."""
+    StartPage(services, client_address(request))
 
 
 class StartPage:
-    """The start page of one browser: its profile line, "Create a room" and "Join a room"."""
+    """The start page of one browser: its profile line, "Create a room" and "Join a room".
+    ``address`` is the browser's, as every limit sees it: new rooms are limited per address."""
 
-    def __init__(self, services: Services) -> None:
+    def __init__(self, services: Services, address: str) -> None:
         self.services = services
         self.settings = services.settings
-        try:
-            self.address = ui.context.client.ip  # new rooms are limited per address
-        except RuntimeError:
-            self.address = ""
+        self.address = address
         ui.dark_mode().bind_value(app.storage.user, "dark")
         with ui.column().classes("w-full max-w-xl mx-auto p-8 gap-6") as self.root:
             with ui.column().classes("gap-1"):

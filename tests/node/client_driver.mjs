@@ -80,6 +80,7 @@ class Page {
           language: out.language,
           authors: out.authors,
           notes: out.notes,
+          links: out.links,
           denied: out.denied,
           failure: out.failure && String(out.failure.error),
         };
