@@ -39,6 +39,9 @@ log = structlog.get_logger("collab.api")
 # A browser keeps a room's credential this long after it last opened the link.
 COOKIE_MAX_AGE_SECONDS = 30 * 24 * 3600
 
+# The query of a link opened again from this site (`open_link`).
+AGAIN = "again"
+
 router = APIRouter()
 create_router = APIRouter(prefix="/api/rooms", route_class=JsonErrorRoute)
 
@@ -85,11 +88,16 @@ async def open_link(request: Request, room_id: str, secret: str) -> HTMLResponse
         # Not a page being opened (an image or a script of some site pointing here): checking
         # it would let any site spend its visitors' allowance of bad links.
         return _page(400, "Open this link in a browser tab", "A link to a room opens as a page.")
-    if request.headers.get("sec-fetch-site", "none") not in ("none", "same-origin"):
+    if (
+        request.headers.get("sec-fetch-site", "none") not in ("none", "same-origin")
+        and AGAIN not in request.query_params
+    ):
         # Opened from another site (a mail, a chat): the browser sent none of this site's
         # SameSite=Strict cookies, so a link this browser holds for the room cannot be seen
-        # here. The page opens the same address again, from this site, with them.
-        return _page(200, "Opening the link", "One moment.", next_path=request.url.path)
+        # here. The page opens the same address again, from this site, with them (once: a
+        # browser that calls that navigation cross-site too is served as it is).
+        raw = request.scope.get("raw_path") or request.url.path.encode()
+        return _page(200, "Opening the link", "One moment.", next_path=f"{raw.decode('latin-1')}?{AGAIN}=1")
     registry = running_registry(request.app)
     if registry is None:
         return _page(503, "Try again in a moment", "The server is starting or stopping.")

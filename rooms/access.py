@@ -120,6 +120,9 @@ class Link:
     digest: str  # SHA-256 of the secret, hex
     created: float  # Unix time
     revoked: float | None = None
+    # The version at which the first member came in through it: members of roles that may not
+    # read the history are caught up from there at the earliest (`Room.may_catch_up`).
+    first_shown: int | None = None
 
 
 @dataclass(slots=True)
@@ -167,6 +170,9 @@ class Access:
             self.links.remove(link)
         return revoked
 
+    def by_id(self, link_id: str | None) -> Link | None:
+        return next((link for link in self.links if link.link_id == link_id), None)
+
     def is_live(self, link_id: str | None) -> bool:
         return any(link.link_id == link_id and link.revoked is None for link in self.links)
 
@@ -176,7 +182,7 @@ class Access:
                 "private": self.private,
                 "locked": self.locked,
                 "ended": self.ended,
-                "links": [[x.link_id, x.role.value, x.digest, x.created, x.revoked] for x in self.links],
+                "links": [[x.link_id, x.role.value, x.digest, x.created, x.revoked, x.first_shown] for x in self.links],
             },
             separators=(",", ":"),
         )
@@ -189,9 +195,19 @@ class Access:
         try:
             data = json.loads(text)
             links = [
-                Link(str(i), Role(r), str(d), float(c), None if v is None else float(v))
-                for i, r, d, c, v in data["links"]
+                Link(str(i), Role(r), str(d), float(c), None if v is None else float(v), _version(rest))
+                for i, r, d, c, v, *rest in data["links"]
             ]
             return cls(bool(data["private"]), bool(data["locked"]), bool(data["ended"]), links)
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"unreadable access state: {type(exc).__name__}") from None
+
+
+def _version(rest: list[object]) -> int | None:
+    """A link's ``first_shown`` as stored (absent from links stored before it existed)."""
+    if not rest or rest[0] is None:
+        return None
+    value = rest[0]
+    if type(value) is not int:
+        raise ValueError(f"first_shown must be an integer, got {type(value).__name__}")
+    return value

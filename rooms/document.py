@@ -272,11 +272,6 @@ class Document:
         last = self._last_seq.get(client_id)
         return None if last is None else last[0]
 
-    def applied_version(self, client_id: ClientId) -> int | None:
-        """The version the client's last applied push made, if the document remembers it."""
-        last = self._last_seq.get(client_id)
-        return None if last is None else last[1]
-
     def is_duplicate(self, client_id: ClientId, seq: int) -> bool:
         last = self._last_seq.get(client_id)
         return last is not None and seq <= last[0]

@@ -146,7 +146,6 @@ class Room(MessageHandling):
         self.access = Access()
         self.notes = ""
         self.link_secrets: dict[str, str] = {}  # link_id -> secret, of links made while loaded
-        self.shown_from: OrderedDict[ClientId, int] = OrderedDict()  # see `may_catch_up`
         self.access_changed = False
         self._actions: list[Action] = []
 
@@ -392,7 +391,8 @@ class Room(MessageHandling):
         held = self.held
         while held and held[0][0] <= self.changes_durable:
             send = held.popleft()[1]
-            if not send.session.closed:
+            session = send.session
+            if not (session.closed or session.revoked):  # a revoked one is closed below, told nothing
                 self._actions.append(send)
         closing = self.closing
         while closing and closing[0][0] <= self.changes_durable:

@@ -12,14 +12,14 @@ before anyone is told.
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 import structlog
 
 from rooms.access import SHARED_ROLES, Access, Act, Role, admit, allowed, refusal
-from rooms.document import ClientId, Document
+from rooms.document import Document
 from rooms.errors import Forbidden, InvalidMessage
 from rooms.presence import UserId
 from rooms.protocol import End, EndedOut, Hello, LinkOut, Lock, LockedOut, Notes, NotesOut, Remove, Revoke
@@ -55,7 +55,6 @@ class AccessControl:
     access: Access
     notes: str
     link_secrets: dict[str, str]
-    shown_from: OrderedDict[ClientId, int]
     closing: deque[tuple[int, Closing]]
     changes_made: int
     access_changed: bool
@@ -183,27 +182,22 @@ class AccessControl:
 
     def may_catch_up(self, session: Session, hello: Hello) -> bool:
         """Whether a joining member may be sent the updates since ``hello.version`` rather than
-        the text: always for a role that may read the history; otherwise only from a version
-        this client was already shown (its first welcome here, or, once the room forgot that,
-        its last push), so that no hello asking for an old version gets the history (what an
-        interviewer typed and deleted before the candidate came) in its catch-up."""
+        the text: always for a role that may read the history; otherwise only from the version
+        at which the first member came in through its link, so that no hello asking for an
+        older version gets the history from before (what an interviewer typed and deleted
+        before sharing the link, or before renewing it) in its catch-up."""
         if hello.version is None or self.may(session, Act.HISTORY):
             return True
-        floor = self.shown_from.get(session.client_id)
-        if floor is None:
-            floor = self.document.applied_version(session.client_id)
-        return floor is not None and hello.version >= floor
+        link = self.access.by_id(session.link_id)
+        return link is not None and link.first_shown is not None and hello.version >= link.first_shown
 
     def shown(self, session: Session, version: int) -> None:
-        """A member that may not read the history was welcomed at ``version``: it may be caught
-        up from there later (`may_catch_up`). The oldest remembered are forgotten first."""
-        if self.may(session, Act.HISTORY):
-            return
-        shown = self.shown_from
-        shown.setdefault(session.client_id, version)
-        shown.move_to_end(session.client_id)
-        while len(shown) > 2 * self.settings.dedup_clients:
-            shown.popitem(last=False)
+        """A member was welcomed at ``version``: the first through its link sets the link's
+        floor for catch-ups (`may_catch_up`), stored with the room before it is welcomed."""
+        link = self.access.by_id(session.link_id)
+        if link is not None and link.first_shown is None and not self.may(session, Act.HISTORY):
+            link.first_shown = version
+            self._access_changed()
 
     def welcome_access(self, session: Session) -> dict[str, Any]:
         """The welcome's fields about access: none in an open room."""

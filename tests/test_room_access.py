@@ -96,6 +96,7 @@ def test_a_live_link_admits_with_its_role_and_members_carry_roles() -> None:
 def test_only_an_interviewers_welcome_holds_the_links() -> None:
     room = private_room()
     sessions = [join(room, role) for role in Role]
+    commit(room)  # the first member through a link is welcomed once its catch-up floor is stored
     actions = room.take_actions()
     welcomes = {s.role: next(m for m in sent(actions, s) if m["type"] == "welcome") for s in sessions}
     expected = {role.value: room.secret_of(role) for role in SHARED_ROLES}
@@ -708,3 +709,49 @@ def test_an_interviewer_may_be_caught_up_from_any_kept_version() -> None:
     commit(room)
     burst = sent(room.take_actions(), other)
     assert 2 == len([m for m in burst if m["type"] == "update"])
+
+
+def test_a_removed_member_is_told_nothing_that_happened_after_its_removal() -> None:
+    room, members = interview()
+    candidate, interviewer = members[Role.CANDIDATE], members[Role.INTERVIEWER]
+    room.receive(interviewer, frame("remove", user_id=candidate.user_id))
+    room.receive(interviewer, append(room, 1, "AFTER-REMOVAL"))
+    commit(room)  # one commit carries both
+    actions = room.take_actions()
+    assert [] == [m for m in sent(actions, candidate) if m["type"] == "update"]
+    assert [Left(candidate)] == [a for a in actions if isinstance(a, Left)]
+
+
+def test_a_renewed_link_is_caught_up_only_from_when_it_was_first_used() -> None:
+    room, members = interview()
+    candidate, interviewer = members[Role.CANDIDATE], members[Role.INTERVIEWER]
+    shown, token = room.document.version, candidate.resume_token
+    room.receive(interviewer, frame("remove", user_id=candidate.user_id))
+    commit(room)
+    typed_and_deleted(room, interviewer)
+    room.receive(interviewer, frame("revoke", role="candidate", renew=True))
+    commit(room)
+    room.take_actions()
+    # The same tab opens the new link, with the state it kept from before its removal.
+    again = room.join_versioned(
+        Hello(
+            type="hello",
+            client_id=candidate.client_id,
+            username="cam",
+            version=shown,
+            resume_token=token,
+            token=room.secret_of(Role.CANDIDATE),
+        )
+    )
+    commit(room)
+    burst = sent(room.take_actions(), again)
+    assert (room.document.version, "") == (burst[0]["version"], burst[0].get("doc"))
+    assert "SOLUTION" not in json.dumps(burst)
+
+
+def test_a_links_catch_up_floor_is_stored_with_the_room() -> None:
+    room, _ = interview()
+    link = room.access.current(Role.CANDIDATE)
+    assert link is not None and link.first_shown is not None
+    stored = Access.from_json(room.access.to_json()).current(Role.CANDIDATE)
+    assert link.first_shown == (stored.first_shown if stored is not None else None)

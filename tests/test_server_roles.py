@@ -469,7 +469,11 @@ async def test_a_link_opened_from_another_site_is_opened_again_from_this_one_bef
     async with httpx.AsyncClient(base_url=interview.server.http, timeout=10) as http:
         response = await http.get(path, headers=headers)
     assert (200, None) == (response.status_code, response.headers.get("set-cookie"))
-    assert f'content="0;url={path}"' in response.text
+    assert f'content="0;url={path}?again=1"' in response.text
+    # Opened again (from this site, once): checked and kept, whatever the browser calls it.
+    async with httpx.AsyncClient(base_url=interview.server.http, timeout=10) as http:
+        again = await http.get(f"{path}?again=1", headers=headers)
+    assert f"collab_link_{interview.room_id}=" in again.headers.get("set-cookie", "")
 
 
 async def test_a_link_loaded_as_an_image_by_some_site_is_not_checked(interview: Interview) -> None:
