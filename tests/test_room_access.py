@@ -657,6 +657,19 @@ def typed_and_deleted(room: Room, interviewer: Session) -> None:
     room.take_actions()
 
 
+def come_back(room: Room, candidate: Session, version: int, resume_token: str) -> Session:
+    """The candidate's tab says hello again with the state it kept, through today's live link."""
+    hello = Hello(
+        type="hello",
+        client_id=candidate.client_id,
+        username="cam",
+        version=version,
+        resume_token=resume_token,
+        token=room.secret_of(Role.CANDIDATE),
+    )
+    return room.join_versioned(hello)
+
+
 @pytest.mark.parametrize("role", [Role.CANDIDATE, Role.OBSERVER])
 def test_a_hello_from_an_old_version_gets_a_role_without_history_the_text_not_the_updates(role: Role) -> None:
     room = private_room()
@@ -682,16 +695,7 @@ def test_a_candidate_coming_back_is_caught_up_from_where_it_was_shown() -> None:
     room.receive(interviewer, append(room, 1, "while away"))
     commit(room)
     room.take_actions()
-    again = room.join_versioned(
-        Hello(
-            type="hello",
-            client_id=candidate.client_id,
-            username="cam",
-            version=shown,
-            resume_token=token,
-            token=room.secret_of(Role.CANDIDATE),
-        )
-    )
+    again = come_back(room, candidate, shown, token)
     commit(room)
     burst = sent(room.take_actions(), again)
     assert (shown, None) == (burst[0]["version"], burst[0].get("doc"))
@@ -733,16 +737,7 @@ def test_a_renewed_link_is_caught_up_only_from_when_it_was_first_used() -> None:
     commit(room)
     room.take_actions()
     # The same tab opens the new link, with the state it kept from before its removal.
-    again = room.join_versioned(
-        Hello(
-            type="hello",
-            client_id=candidate.client_id,
-            username="cam",
-            version=shown,
-            resume_token=token,
-            token=room.secret_of(Role.CANDIDATE),
-        )
-    )
+    again = come_back(room, candidate, shown, token)
     commit(room)
     burst = sent(room.take_actions(), again)
     assert (room.document.version, "") == (burst[0]["version"], burst[0].get("doc"))

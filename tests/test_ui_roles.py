@@ -86,6 +86,15 @@ async def with_candidate(users: Callable[[], User], registry: RoomRegistry) -> t
     return ann, cy, room_id, editor
 
 
+async def with_everyone(users: Callable[[], User], registry: RoomRegistry) -> tuple[User, User, User, str]:
+    """An interviewer (Ann), a candidate (Cy) and an observer (Olga), all connected; the room's id."""
+    ann, cy, room_id, _ = await with_candidate(users, registry)
+    olga = users()
+    await join_as(olga, registry, room_id, Role.OBSERVER, "Olga")
+    await connect(olga, "olga-tab")
+    return ann, cy, olga, room_id
+
+
 def cookie(room_id: str) -> str:
     return access.cookie_name(room_id)
 
@@ -374,13 +383,7 @@ async def test_copy_never_copies_a_link_revoked_since_the_dialog_drew_it(
 async def test_ending_the_interview_after_a_confirmation_leaves_a_read_only_record(
     users: Callable[[], User], registry: RoomRegistry
 ) -> None:
-    ann, room_id = await interviewer(users)
-    await connect(ann, "ann-tab")
-    cy, olga = users(), users()
-    await join_as(cy, registry, room_id, Role.CANDIDATE, "Cy")
-    await connect(cy, "cy-tab")
-    await join_as(olga, registry, room_id, Role.OBSERVER, "Olga")
-    await connect(olga, "olga-tab")
+    ann, cy, olga, room_id = await with_everyone(users, registry)
     ann.find(marker="end").click()
     await ann.should_see("End the interview?")
     assert not registry.rooms[room_id].access.ended
@@ -395,13 +398,7 @@ async def test_ending_the_interview_after_a_confirmation_leaves_a_read_only_reco
 async def test_an_interviewer_removes_a_candidate_from_the_presence_panel(
     users: Callable[[], User], registry: RoomRegistry
 ) -> None:
-    ann, room_id = await interviewer(users)
-    await connect(ann, "ann-tab")
-    cy, olga = users(), users()
-    await join_as(cy, registry, room_id, Role.CANDIDATE, "Cy")
-    await connect(cy, "cy-tab")
-    await join_as(olga, registry, room_id, Role.OBSERVER, "Olga")
-    await connect(olga, "olga-tab")
+    ann, cy, olga, room_id = await with_everyone(users, registry)
     await ann.should_see("In this room (2)", retries=30)
     await ann.should_see("Observers (1)", retries=30)
     badges = sorted(label.text for label in ann.find(marker="role-badge").elements)
