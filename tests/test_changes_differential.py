@@ -174,15 +174,23 @@ def _python_results(case: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _run_oracle(node: str, cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    stdin = "".join(json.dumps(case) + "\n" for case in cases)  # ensure_ascii: astral → "\\ud83d\\ude00"
+def run_node(node: str, script: Path, cases: list[Any], what: str) -> list[dict[str, Any]]:
+    """Each case as one JSON line to ``script`` under node; its answer to each, one line each.
+
+    ASCII only on the way in (``ensure_ascii``): an astral character goes as its two UTF-16
+    escapes, so node reads the very code units Python counted."""
+    stdin = "".join(json.dumps(case) + "\n" for case in cases)
     completed = subprocess.run(
-        [node, str(ORACLE)], input=stdin.encode("ascii"), capture_output=True, timeout=300, check=False
+        [node, str(script)], input=stdin.encode("ascii"), capture_output=True, timeout=300, check=False
     )
-    assert completed.returncode == 0, f"oracle failed: {completed.stderr.decode(errors='replace')}"
+    assert completed.returncode == 0, f"{what} failed: {completed.stderr.decode(errors='replace')}"
     results = [json.loads(line) for line in completed.stdout.decode("utf-8").splitlines() if line]
-    assert len(cases) == len(results), "the oracle answered a different number of cases"
+    assert len(cases) == len(results), f"the {what} answered a different number of cases"
     return results
+
+
+def _run_oracle(node: str, cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return run_node(node, ORACLE, cases, "oracle")
 
 
 def test_changeset_matches_codemirror_on_random_cases(node: str) -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import copy
 import json
 import random
-import subprocess
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ from rooms.document import ClientId, Document, Unchanged, Update
 from rooms.errors import RoomError
 from rooms.replica import Replica
 from tests.test_changes_differential import node as node  # the fixture: node with @codemirror/state
+from tests.test_changes_differential import run_node
 
 NODE_DIR = Path(__file__).parent / "node"
 DRIVER = NODE_DIR / "client_driver.mjs"
@@ -409,14 +409,7 @@ def _scenarios() -> list[Scenario]:
 
 
 def _run_driver(node: str, cases: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    stdin = "".join(json.dumps({"steps": steps}) + "\n" for steps in cases)  # ensure_ascii: UTF-16 pairs
-    completed = subprocess.run(
-        [node, str(DRIVER)], input=stdin.encode("ascii"), capture_output=True, timeout=300, check=False
-    )
-    assert completed.returncode == 0, f"client driver failed: {completed.stderr.decode(errors='replace')}"
-    results = [json.loads(line) for line in completed.stdout.decode("utf-8").splitlines() if line]
-    assert len(cases) == len(results), "the driver answered a different number of cases"
-    return results
+    return run_node(node, DRIVER, [{"steps": steps} for steps in cases], "client driver")
 
 
 def _comparable(result: dict[str, Any]) -> dict[str, Any]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import re
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,27 +15,10 @@ import pytest
 from rooms.access import Access, Role
 from rooms.store import RoomWrite, Store, sqlite_schema
 from rooms.store.sqlite import SqliteStore
-from tests.test_store import BACKENDS, Clock, Timeline, new_store
+from tests.test_store import Clock, Timeline
+from tests.test_store import make_store as make_store  # the fixture: each backend, closed after
 
 StoreFactory = Callable[..., Awaitable[Store]]
-
-
-@pytest.fixture(params=BACKENDS)
-async def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StoreFactory]:
-    """Opened stores of the parametrized backend, each in its own directory, closed after."""
-    opened: list[Store] = []
-
-    async def make(clock: Callable[[], float] | None = None) -> Store:
-        directory = tmp_path / f"store-{len(opened)}"
-        directory.mkdir()
-        store = new_store(request.param, directory, clock=clock or Clock())
-        await store.open()
-        opened.append(store)
-        return store
-
-    yield make
-    for store in opened:
-        await store.close()
 
 
 def private_access(*, locked: bool = False, ended: bool = False) -> str:
