@@ -71,44 +71,44 @@ def offer_to_take_over(editor: CollabEditor) -> ui.dialog:
 
 def confirm_end(end: Callable[[], Awaitable[object]]) -> ui.dialog:
     """Ask an interviewer before ending the interview: it cannot be undone."""
-    with ui.dialog() as dialog, ui.card().classes("w-[32rem] max-w-full gap-3 collab-end-dialog"):
-        dialog.on_value_change(lambda event: None if event.value else dialog.delete())
-        ui.label("End the interview?").classes("text-lg font-medium")
-        ui.label(
-            "The candidate's link stops working and the editor becomes a read-only record for everyone "
-            "but interviewers. This cannot be undone."
-        ).classes("text-sm")
-        with ui.row().classes("w-full justify-end gap-2"):
-            ui.button("Cancel", on_click=dialog.close).props("flat")
-
-            async def confirmed() -> None:
-                dialog.close()
-                await end()
-
-            confirm = ui.button("End the interview", on_click=confirmed).props("color=negative")
-            confirm.classes("collab-end-confirm").mark("end-confirm")
-    dialog.open()
-    return dialog
+    return _confirm(
+        "End the interview?",
+        "The candidate's link stops working and the editor becomes a read-only record for everyone "
+        "but interviewers. This cannot be undone.",
+        "End the interview",
+        end,
+        name="end",
+    )
 
 
 def confirm_remove(username: str, link_name: str, remove: Callable[[], Awaitable[object]]) -> ui.dialog:
     """Ask an interviewer before removing a member: it revokes the link they came through
     (``link_name``: "the candidate link"), so everyone who came through it leaves too."""
-    with ui.dialog() as dialog, ui.card().classes("w-[32rem] max-w-full gap-3 collab-remove-dialog"):
+    return _confirm(
+        f"Remove {username}?",
+        f"This revokes {link_name}: everyone who joined through it leaves, and nobody can come back "
+        "through it. To invite someone else, make a new link in the share dialog.",
+        f"Remove {username}",
+        remove,
+        name="remove",
+    )
+
+
+def _confirm(title: str, text: str, action: str, act: Callable[[], Awaitable[object]], *, name: str) -> ui.dialog:
+    """A dialog asking to confirm what cannot be undone: Cancel, or ``action`` (which runs
+    ``act``). Its card has the class ``collab-{name}-dialog``, its button ``collab-{name}-confirm``."""
+    with ui.dialog() as dialog, ui.card().classes(f"w-[32rem] max-w-full gap-3 collab-{name}-dialog"):
         dialog.on_value_change(lambda event: None if event.value else dialog.delete())
-        ui.label(f"Remove {username}?").classes("text-lg font-medium")
-        ui.label(
-            f"This revokes {link_name}: everyone who joined through it leaves, and nobody can come back "
-            "through it. To invite someone else, make a new link in the share dialog."
-        ).classes("text-sm")
+        ui.label(title).classes("text-lg font-medium")
+        ui.label(text).classes("text-sm")
         with ui.row().classes("w-full justify-end gap-2"):
             ui.button("Cancel", on_click=dialog.close).props("flat")
 
             async def confirmed() -> None:
                 dialog.close()
-                await remove()
+                await act()
 
-            confirm = ui.button(f"Remove {username}", on_click=confirmed).props("color=negative no-caps")
-            confirm.classes("collab-remove-confirm").mark("remove-confirm")
+            confirm = ui.button(action, on_click=confirmed).props("color=negative no-caps")
+            confirm.classes(f"collab-{name}-confirm").mark(f"{name}-confirm")
     dialog.open()
     return dialog
