@@ -1,0 +1,4 @@
+function mergeIntervals(intervals) {
+  // Return the merged intervals, sorted by start.
+  return null;
+}
