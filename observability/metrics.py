@@ -134,6 +134,18 @@ REFUSED_CONNECTIONS = Counter(
     "Host not allowed, request head not complete in time.",
     ["reason"],
 )
+RUNS = Counter(
+    "collab_runs_total",
+    "Runs of code that ended and were stored, by language, kind (code or tests) and how they ended.",
+    ["language", "kind", "status"],
+)
+# Every series from the start, at 0 (2 x 2 x 5: the protocol's values; a test keeps them in step),
+# so that a rate() panel draws 0 before the first run. A refused run message is counted once, in
+# `collab_rejected_messages_total` by its error code (`run_refused`, `forbidden`, ...), not here.
+for _language in ("python", "javascript"):
+    for _kind in ("code", "tests"):
+        for _status in ("ok", "error", "timeout", "stopped", "lost"):
+            RUNS.labels(_language, _kind, _status)
 
 
 @cache

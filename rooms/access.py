@@ -49,28 +49,35 @@ class Act(StrEnum):
     CURSOR = "cursor"
     HISTORY = "history"  # read the history (API, playback view)
     NOTES = "notes"  # read and write the interviewers' notes
-    CONTROL = "control"  # lock, remove, revoke, end
+    CONTROL = "control"  # lock, remove, revoke, end, allow_runs
+    RUN = "run"  # start a run (its output and end belong to the run's own runner)
+    QUESTION = "question"  # pick the room's question
 
 
 # Roles whose links an interviewer hands out (and may revoke or renew).
 SHARED_ROLES = (Role.CANDIDATE, Role.OBSERVER)
 
 
-def allowed(role: Role | None, act: Act, *, locked: bool = False, ended: bool = False) -> bool:
+def allowed(
+    role: Role | None, act: Act, *, locked: bool = False, ended: bool = False, runs_allowed: bool = True
+) -> bool:
     """The permission table. ``role`` is None for a member of an open room.
 
-    ============  ====  ========  =======  ======  =======  =====  =======
-    role          edit  language  restore  cursor  history  notes  control
-    ============  ====  ========  =======  ======  =======  =====  =======
-    open room     yes   yes       yes      yes     yes      no     no
-    interviewer   yes   yes       yes      yes     yes      yes    yes
-    candidate     [1]   [1]       no       [2]     no       no     no
-    observer      no    no        no       no      no       no     no
-    ============  ====  ========  =======  ======  =======  =====  =======
+    ============  ====  ========  =======  ======  =======  =====  =======  ===  ========
+    role          edit  language  restore  cursor  history  notes  control  run  question
+    ============  ====  ========  =======  ======  =======  =====  =======  ===  ========
+    open room     yes   yes       yes      yes     yes      no     no       [3]  yes
+    interviewer   yes   yes       yes      yes     yes      yes    yes      yes  yes
+    candidate     [1]   [1]       no       [2]     no       no     no       [4]  no
+    observer      no    no        no       no      no       no     no       no   no
+    ============  ====  ========  =======  ======  =======  =====  =======  ===  ========
 
-    [1] unless the room is locked or ended. [2] unless the room is ended.
+    [1] unless the room is locked or ended. [2] unless the room is ended. [3] unless runs are
+    not allowed. [4] unless runs are not allowed or the room is ended.
     """
     if role is None:
+        if act is Act.RUN:
+            return runs_allowed
         return act not in (Act.NOTES, Act.CONTROL)
     if role is Role.INTERVIEWER:
         return True
@@ -79,6 +86,8 @@ def allowed(role: Role | None, act: Act, *, locked: bool = False, ended: bool = 
             return not (locked or ended)
         if act is Act.CURSOR:
             return not ended
+        if act is Act.RUN:
+            return runs_allowed and not ended
     return False
 
 
@@ -87,6 +96,8 @@ def refusal(role: Role | None, act: Act) -> Forbidden:
     who = "a member of an open room" if role is None else f"the {role.value} role"
     if act is Act.EDIT:
         return ReadOnly(f"the editor is read-only for {who} now; the change was not applied")
+    if act is Act.RUN:
+        return Forbidden(f"running code is not allowed for {who} now; the run was not started")
     return Forbidden(f"{act.value} is not allowed for {who}")
 
 
@@ -127,12 +138,15 @@ class Link:
 
 @dataclass(slots=True)
 class Access:
-    """A room's access state: private or open, locked, ended, and its links (stored with it)."""
+    """A room's access state: private or open, locked, ended, and its links; whether its
+    members may run code, and its question (stored with it, in a private room or not)."""
 
     private: bool = False
     locked: bool = False
     ended: bool = False
     links: list[Link] = field(default_factory=list)
+    runs_allowed: bool = True
+    question: str | None = None  # the id of the room's question (`rooms.questions`)
 
     def link_for(self, secret: str) -> Link | None:
         """The link a secret belongs to, revoked or not; None when it is none of this room's."""
@@ -183,6 +197,8 @@ class Access:
                 "locked": self.locked,
                 "ended": self.ended,
                 "links": [[x.link_id, x.role.value, x.digest, x.created, x.revoked, x.first_shown] for x in self.links],
+                "runs_allowed": self.runs_allowed,
+                "question": self.question,
             },
             separators=(",", ":"),
         )
@@ -198,7 +214,11 @@ class Access:
                 Link(str(i), Role(r), str(d), float(c), None if v is None else float(v), _version(rest))
                 for i, r, d, c, v, *rest in data["links"]
             ]
-            return cls(bool(data["private"]), bool(data["locked"]), bool(data["ended"]), links)
+            # Absent from what was stored before rooms ran code: allowed, no question.
+            runs_allowed, question = data.get("runs_allowed", True), data.get("question")
+            if type(runs_allowed) is not bool or not (question is None or type(question) is str):
+                raise ValueError("runs_allowed must be a boolean and question a string or null")
+            return cls(bool(data["private"]), bool(data["locked"]), bool(data["ended"]), links, runs_allowed, question)
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"unreadable access state: {type(exc).__name__}") from None
 

@@ -174,6 +174,9 @@ class Committer:
                     self._done.set_result(None)
             metrics.STORE_COMMIT.observe(time.perf_counter() - started)
             metrics.STORE_COMMIT_UPDATES.observe(sum(len(write.records) for write in writes))
+            for write in writes:  # a run is in one commit only: counted once, once stored
+                for run in write.runs:
+                    metrics.RUNS.labels(run.language, run.kind, run.status).inc()
             self.store_ok = True
             for room, (_, count) in zip(rooms, taken, strict=True):
                 try:

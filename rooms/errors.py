@@ -13,6 +13,8 @@ class RoomError(Exception):
 
     # The seq of the push refused, where the error answers one (`TooComplex`, `Resync`).
     seq: int | None = None
+    # The run a refused ``run_start``, ``run_output`` or ``run_end`` was about.
+    run_id: str | None = None
 
     code = "room_error"
     # The type of the message that failed, when it is known: it tells a connection that has
@@ -164,6 +166,13 @@ class ReadOnly(Forbidden):
     room); nothing changed."""
 
     code = "read_only"
+
+
+class RunRefused(RoomError):
+    """A run message the room cannot take now: too many runs going, the member has one going
+    already, no question with tests, or no such run of the member's. Nothing changed."""
+
+    code = "run_refused"
 
 
 class InternalError(RoomError):

@@ -21,6 +21,7 @@ from rooms.addresses import Address
 from rooms.committer import Committer
 from rooms.document import ClientId, Document, Update
 from rooms.errors import Forbidden, NoOpenRooms, ServerBusy, StorageUnavailable, TooManyNewRooms, UnknownRoom
+from rooms.questions import Questions
 from rooms.retention import Retention
 from rooms.room import Room, RoomId
 from rooms.settings import Settings
@@ -44,8 +45,10 @@ class LoadedRooms:
         clock: Callable[[], float],
         address: Callable[[str], Address | None],
         carry_out: Callable[[Room], None],
+        questions: Questions | None = None,
     ) -> None:
         self.settings = settings
+        self.questions = questions if questions is not None else Questions()  # every room's catalog
         self.store = store
         self.committer = committer
         self.retention: Retention | None = None
@@ -105,7 +108,7 @@ class LoadedRooms:
             stored = await self.store.load(room_id, self.settings.history_limit)
             room = None
             if stored is not None:
-                room = room_from_stored(room_id, stored, self.settings, self.clock)
+                room = room_from_stored(room_id, stored, self.settings, self.clock, self.questions)
         except Exception as exc:
             # The store failed, or what it holds is damaged (a change that does not apply).
             log.exception("room_load_failed", room_id=room_id)
@@ -125,7 +128,7 @@ class LoadedRooms:
                 raise
         self._make_space()
         if room is None:
-            room = new_room(room_id, self.settings, self.clock)
+            room = new_room(room_id, self.settings, self.clock, self.questions)
             if limits is not None:
                 limits.new_rooms.append(self.clock())
         self.rooms[room_id] = room
@@ -211,11 +214,16 @@ def _document(settings: Settings, text: str = "", version: int = 0, epoch: str |
     )
 
 
-def new_room(room_id: RoomId, settings: Settings, clock: Callable[[], float] = time.monotonic) -> Room:
+def new_room(
+    room_id: RoomId,
+    settings: Settings,
+    clock: Callable[[], float] = time.monotonic,
+    questions: Questions | None = None,
+) -> Room:
     """An empty room, with a new epoch."""
     log.info("room_created", room_id=room_id)
     document = _document(settings)
-    return Room(room_id, document, settings.default_language, settings, clock=clock)
+    return Room(room_id, document, settings.default_language, settings, clock=clock, questions=questions)
 
 
 def room_from_stored(
@@ -223,6 +231,7 @@ def room_from_stored(
     stored: StoredRoom,
     settings: Settings,
     clock: Callable[[], float] = time.monotonic,
+    questions: Questions | None = None,
 ) -> Room:
     """A room as the store kept it: its text, recent history, clients' seqs and tokens, access
     and notes. Raises `InvalidChanges` when a stored change does not apply, `ValueError` when
@@ -248,6 +257,7 @@ def room_from_stored(
         settings,
         clock=clock,
         snapshot_version=stored.snapshot_version,
+        questions=questions,
     )
     room.access = Access.from_json(stored.access)
     room.notes = stored.notes

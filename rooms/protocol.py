@@ -5,7 +5,8 @@ Two protocols share the endpoint (see ``docs/protocol.md``):
 * the full-text protocol (``join``, ``code_change``, ``sync_request``, ``leave``, ``ping``/``pong``,
   ``user_joined``, ``user_left``, ``error``), kept verbatim for clients that exist;
 * the versioned protocol (``hello``, ``welcome``, ``push``, ``update``, ``cursor``,
-  ``member_joined``, ``member_left``, ``language``, ``ping``/``pong``, ``error`` with a code).
+  ``member_joined``, ``member_left``, ``language``, ``ping``/``pong``, ``error`` with a code),
+  with the messages of private rooms (below) and of running code (`rooms.run_protocol`).
 
 Client messages ignore unknown fields, so clients may add some without breaking older servers.
 Validation errors never echo the input back: it may be large, or hold what a user typed.
@@ -16,11 +17,14 @@ from __future__ import annotations
 import json
 import re
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, TypeAdapter, ValidationError, field_validator
 
 from rooms.errors import InvalidJson, InvalidMessage, MessageTooLarge, RoomError
+
+if TYPE_CHECKING:
+    from rooms.run_protocol import RunMessage
 
 CURSOR_POSITION_MAX_BYTES = 200
 
@@ -39,6 +43,13 @@ class WireProtocol(StrEnum):
 
 class ClientMessage(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class ServerMessage(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    def encode(self) -> str:
+        return self.model_dump_json(exclude_none=True)
 
 
 # Full-text protocol, client to server.
@@ -182,24 +193,16 @@ AnyClientMessage = Annotated[
 ]
 _client_adapter: TypeAdapter[AnyClientMessage] = TypeAdapter(AnyClientMessage)
 # Messages only the versioned protocol has: an error about one is answered in its format.
-VERSIONED_ONLY = frozenset({"hello", "push", "cursor", "language", "lock", "remove", "revoke", "end", "notes"})
+# The messages of running code (`rooms.run_protocol`, which builds on this module).
+RUN_TYPES = ("run_start", "run_output", "run_end", "question", "allow_runs")
+VERSIONED_ONLY = frozenset(
+    {"hello", "push", "cursor", "language", "lock", "remove", "revoke", "end", "notes", *RUN_TYPES}
+)
 FULL_TEXT_ONLY = frozenset({"join", "code_change", "sync_request"})
 CLIENT_TYPES = (
-    "join",
-    "code_change",
-    "sync_request",
-    "leave",
-    "ping",
-    "pong",
-    "hello",
-    "push",
-    "cursor",
-    "language",
-    "lock",
-    "remove",
-    "revoke",
-    "end",
-    "notes",
+    *("join", "code_change", "sync_request", "leave", "ping", "pong"),
+    *("hello", "push", "cursor", "language", "lock", "remove", "revoke", "end", "notes"),
+    *RUN_TYPES,
 )
 
 
@@ -226,7 +229,7 @@ def _refuse_lone_surrogates(data: dict[str, Any]) -> None:
         ) from None
 
 
-def parse_client_message(raw: str | bytes, max_bytes: int) -> AnyClientMessage:
+def parse_client_message(raw: str | bytes, max_bytes: int) -> AnyClientMessage | RunMessage:
     """Decode one frame into a client message, or raise a `RoomError` that says what is wrong."""
     size = len(raw) if isinstance(raw, bytes) else len(raw.encode("utf-8", "surrogatepass"))
     if size > max_bytes:
@@ -267,6 +270,11 @@ def parse_client_message(raw: str | bytes, max_bytes: int) -> AnyClientMessage:
         unknown.message_type = kind if isinstance(kind, str) else None
         raise unknown
     try:
+        if kind in RUN_TYPES:
+            # Imported here: `rooms.run_protocol` builds its messages on this module's classes.
+            from rooms.run_protocol import RUN_MESSAGES
+
+            return RUN_MESSAGES.validate_python(data)
         return _client_adapter.validate_python(data)
     except ValidationError as exc:
         error = InvalidMessage(f"invalid {kind} message: {_describe(exc)}")
@@ -275,13 +283,6 @@ def parse_client_message(raw: str | bytes, max_bytes: int) -> AnyClientMessage:
 
 
 # Server to client. Built once per broadcast and serialised once for every recipient.
-
-
-class ServerMessage(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    def encode(self) -> str:
-        return self.model_dump_json(exclude_none=True)
 
 
 class MemberInfo(BaseModel):
@@ -338,6 +339,10 @@ class Welcome(ServerMessage):
     ended: bool | None = None
     # For interviewers: the secret of each shared role's live link (None: revoked, none now).
     links: dict[str, str | None] | None = None
+    # Running code: whether members other than interviewers may, and the limits of a run.
+    runs_allowed: bool | None = None
+    run_timeout_seconds: float | None = None
+    max_run_output_chars: int | None = None
 
 
 class UpdateOut(ServerMessage):
@@ -462,6 +467,8 @@ class ErrorOut(ServerMessage):
     # The seq of the push refused, for the errors that answer one (`too_complex`, `resync`):
     # a client tells a late answer to an earlier send from one about its batch in flight.
     seq: int | None = None
+    # The run a refused run message was about (like ``seq`` for a push).
+    run_id: str | None = None
 
     @classmethod
     def of(cls, error: RoomError) -> ErrorOut:
@@ -470,6 +477,7 @@ class ErrorOut(ServerMessage):
             message=str(error),
             retry_after=getattr(error, "retry_after", None),
             seq=getattr(error, "seq", None),
+            run_id=error.run_id,
         )
 
 

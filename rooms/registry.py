@@ -38,6 +38,7 @@ from rooms.limits import TokenBucket
 from rooms.outbox import Outbox, Outboxes, Transport
 from rooms.private_rooms import PrivateRooms
 from rooms.protocol import ClientMessage, Hello
+from rooms.questions import SHIPPED, Questions
 from rooms.retention import RETENTION_INTERVAL_SECONDS, Retention
 from rooms.room import Room, RoomId, check_client_id
 from rooms.session import (
@@ -79,6 +80,8 @@ class RoomRegistry(PrivateRooms):
         self.settings = settings
         self.clock = clock
         self.store = store if store is not None else MemoryStore()
+        # Every room's question catalog: the shipped questions, and the operator's over them.
+        self.questions = Questions.load(SHIPPED, *([settings.questions_dir] if settings.questions_dir else []))
         self.accepting = True
         self.outboxes = Outboxes()
         self.committer = Committer(
@@ -91,6 +94,7 @@ class RoomRegistry(PrivateRooms):
             clock=clock,
             address=self._address,
             carry_out=self._carry_out,
+            questions=self.questions,
         )
         self.rooms = self.loaded.rooms
         self.retention = self.loaded.retention = Retention(self)

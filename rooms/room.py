@@ -32,7 +32,7 @@ from rooms.access import Access, Role
 from rooms.document import ClientId, Document, Update, caret_after
 from rooms.errors import ClientIdInUse, InternalError, InvalidMessage, RoomError, RoomFull
 from rooms.limits import MessageLimit, TokenBucket, clean_username
-from rooms.presence import Member, Presence, UserId
+from rooms.presence import Presence, UserId
 from rooms.protocol import (
     PING,
     AnyClientMessage,
@@ -41,15 +41,14 @@ from rooms.protocol import (
     ErrorOut,
     FullTextError,
     Hello,
-    MemberJoined,
-    MemberLeft,
-    UserJoined,
-    UserLeft,
     WireProtocol,
     encode_update,
     parse_client_message,
 )
+from rooms.questions import Questions
 from rooms.room_messages import FRAME_BYTES_PER_TOKEN, RESTORE_CLIENT, MessageHandling
+from rooms.room_runs import QUESTION_CLIENT
+from rooms.run_protocol import RunMessage
 from rooms.session import (
     CLOSE_NORMAL,
     CLOSE_REPLACED,
@@ -80,8 +79,11 @@ SNAPSHOT_BYTES_PER_DOCUMENT = 1
 
 def check_client_id(client_id: str) -> None:
     """`InvalidMessage` for a client_id the room keeps for itself."""
-    if client_id.startswith(FULL_TEXT_CLIENT_PREFIX) or client_id == RESTORE_CLIENT:
-        raise InvalidMessage(f"client_id must not start with {FULL_TEXT_CLIENT_PREFIX!r} nor be {RESTORE_CLIENT!r}")
+    if client_id.startswith(FULL_TEXT_CLIENT_PREFIX) or client_id in (RESTORE_CLIENT, QUESTION_CLIENT):
+        raise InvalidMessage(
+            f"client_id must not start with {FULL_TEXT_CLIENT_PREFIX!r} nor be {RESTORE_CLIENT!r} "
+            f"or {QUESTION_CLIENT!r}"
+        )
 
 
 class UpdatesMissing(Exception):
@@ -116,6 +118,7 @@ class Room(MessageHandling):
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         snapshot_version: int = 0,
+        questions: Questions | None = None,
     ) -> None:
         self.room_id = room_id
         self.document = document
@@ -148,6 +151,7 @@ class Room(MessageHandling):
         self.link_secrets: dict[str, str] = {}  # link_id -> secret, of links made while loaded
         self.access_changed = False
         self._actions: list[Action] = []
+        self.init_runs(questions)  # the question catalog, and the runs going on (`RunControl`)
 
     def take_actions(self) -> list[Action]:
         """What the events since the last call ask the driver to do, in order."""
@@ -290,12 +294,14 @@ class Room(MessageHandling):
             self.presence.remove(session.user_id)
             self._announce_left(session.user_id)
             log.info("member_left", room_id=self.room_id, user_id=session.user_id)
+        self.end_runs_of(session)
         self._actions.append(Left(session, drop))
 
     def tick(self) -> None:
         """The heartbeat: ping every client, and drop versioned clients silent for longer than
         ``heartbeat_timeout_seconds`` (full-text clients need not answer: the transport's own
         pings find their dead sockets)."""
+        self.end_overdue_runs()
         deadline = self.clock() - self.settings.heartbeat_timeout_seconds
         for session in list(self.sessions.values()):
             if session.protocol is WireProtocol.VERSIONED and session.last_seen < deadline:
@@ -315,7 +321,7 @@ class Room(MessageHandling):
         """
         if session.closed:
             return None
-        message: AnyClientMessage | None = None
+        message: AnyClientMessage | RunMessage | None = None
         try:
             size = 0 if isinstance(frame, ClientMessage) else len(frame)
             # Never more than a full bucket, or a frame at the size cap could never pass.
@@ -363,6 +369,7 @@ class Room(MessageHandling):
     def take_write(self) -> tuple[RoomWrite, int]:
         """What to commit for the room, and the count of its changes that commit makes durable."""
         records, self.unsynced = self.unsynced, []
+        runs, self.finished_runs = self.finished_runs, []
         document = self.document
         head = records[-1].version if records else document.version
         self.snapshot_bytes += sum(len(record.changes) for record in records)
@@ -381,7 +388,7 @@ class Room(MessageHandling):
         if self.access_changed:
             access, self.access_changed = self.access.to_json(), False
         write = RoomWrite(
-            self.room_id, document.epoch, self.language, records, snapshot, head, bound, access, self.notes
+            self.room_id, document.epoch, self.language, records, snapshot, head, bound, access, self.notes, runs
         )
         return write, self.changes_made
 
@@ -474,23 +481,3 @@ class Room(MessageHandling):
                         user_id=user_id,
                     ).encode()
                 self._send(Send(session, full_text, "code_change"))
-
-    def _announce_joined(self, member: Member) -> None:
-        full_text = UserJoined(user_id=member.user_id, username=member.username).encode()
-        versioned = MemberJoined(
-            user_id=member.user_id, username=member.username, color=member.color, role=member.role
-        ).encode()
-        for session in list(self.sessions.values()):
-            if session.protocol is WireProtocol.FULL_TEXT:
-                self._send(Send(session, full_text, "user_joined"))
-            else:
-                self._send(Send(session, versioned, "member_joined"))
-
-    def _announce_left(self, user_id: UserId) -> None:
-        full_text = UserLeft(user_id=user_id).encode()
-        versioned = MemberLeft(user_id=user_id).encode()
-        for session in list(self.sessions.values()):
-            if session.protocol is WireProtocol.FULL_TEXT:
-                self._send(Send(session, full_text, "user_left"))
-            else:
-                self._send(Send(session, versioned, "member_left"))

@@ -22,7 +22,19 @@ from rooms.access import SHARED_ROLES, Access, Act, Role, admit, allowed, refusa
 from rooms.document import Document
 from rooms.errors import Forbidden, InvalidMessage
 from rooms.presence import UserId
-from rooms.protocol import End, EndedOut, Hello, LinkOut, Lock, LockedOut, Notes, NotesOut, Remove, Revoke
+from rooms.protocol import (
+    End,
+    EndedOut,
+    Hello,
+    LinkOut,
+    Lock,
+    LockedOut,
+    Notes,
+    NotesOut,
+    Remove,
+    Revoke,
+    WireProtocol,
+)
 from rooms.session import CLOSE_REVOKED, Closing, Send, Session
 from rooms.settings import Settings
 
@@ -39,9 +51,13 @@ ACTS = {
     "remove": Act.CONTROL,
     "revoke": Act.CONTROL,
     "end": Act.CONTROL,
+    "allow_runs": Act.CONTROL,
+    "run_start": Act.RUN,
+    "question": Act.QUESTION,
 }
-# The message types no member of an open room may send (the table's NOTES and CONTROL).
-INTERVIEWER_ONLY = frozenset(kind for kind, act in ACTS.items() if act in (Act.NOTES, Act.CONTROL))
+# The message types a member of an open room may be refused (the others it may always send):
+# NOTES and CONTROL never, RUN while runs are not allowed.
+OPEN_ROOM_CHECKED = frozenset(kind for kind, act in ACTS.items() if not allowed(None, act, runs_allowed=False))
 
 
 class AccessControl:
@@ -96,7 +112,9 @@ class AccessControl:
 
     def may(self, session: Session, act: Act) -> bool:
         access = self.access
-        return not session.revoked and allowed(session.role, act, locked=access.locked, ended=access.ended)
+        return not session.revoked and allowed(
+            session.role, act, locked=access.locked, ended=access.ended, runs_allowed=access.runs_allowed
+        )
 
     def check(self, session: Session, act: Act) -> None:
         """`Forbidden` (`ReadOnly` for an edit) unless the session's role may do ``act`` now."""
@@ -231,6 +249,12 @@ class AccessControl:
     def _to_all(self, message: str, kind: str) -> None:
         for other in list(self.sessions.values()):
             self._send(Send(other, message, kind))
+
+    def _to_versioned(self, message: str, kind: str) -> None:
+        """To every member on the versioned protocol (full-text clients know no such message)."""
+        for other in list(self.sessions.values()):
+            if other.protocol is WireProtocol.VERSIONED:
+                self._send(Send(other, message, kind))
 
     def _to_interviewers(self, message: str, kind: str) -> None:
         for other in list(self.sessions.values()):

@@ -26,7 +26,7 @@ from rooms.errors import (
     VersionTooOld,
 )
 from rooms.limits import TokenBucket, clean_language
-from rooms.presence import Presence, Selection, UserId
+from rooms.presence import Member, Presence, Selection, UserId
 from rooms.protocol import (
     FULL_TEXT_ONLY,
     PONG,
@@ -44,6 +44,8 @@ from rooms.protocol import (
     Leave,
     Lock,
     MemberInfo,
+    MemberJoined,
+    MemberLeft,
     Notes,
     Ping,
     Pong,
@@ -51,13 +53,17 @@ from rooms.protocol import (
     Remove,
     Revoke,
     SyncRequest,
+    UserJoined,
+    UserLeft,
     Welcome,
     WireProtocol,
     encode_ack,
     encode_changes,
     encode_update,
 )
-from rooms.room_access import ACTS, INTERVIEWER_ONLY, AccessControl
+from rooms.room_access import ACTS, OPEN_ROOM_CHECKED
+from rooms.room_runs import RunControl
+from rooms.run_protocol import AllowRuns, RunEnd, RunMessage, RunOutput, RunStart, SetQuestion
 from rooms.session import CLOSE_NORMAL, STORE, Action, DropReason, Send, Session
 from rooms.settings import Settings
 from rooms.store import Record
@@ -80,9 +86,9 @@ CURSOR_MAX_LAG = 100
 _PROTOCOL_NAMES = {WireProtocol.FULL_TEXT: "full-text", WireProtocol.VERSIONED: "versioned"}
 
 
-class MessageHandling(AccessControl):
+class MessageHandling(RunControl):
     """The decisions a `Room` makes about its clients' messages (see the module docstring);
-    who may send which is `AccessControl`'s."""
+    who may send which is `AccessControl`'s, running code `RunControl`'s."""
 
     room_id: str
     document: Document
@@ -157,6 +163,7 @@ class MessageHandling(AccessControl):
             last_seq=document.last_seq(session.client_id),
             max_change_parts=self.settings.max_change_parts,
             **self.welcome_access(session),
+            **self.welcome_runs(),
         )
         cursors = [
             CursorOut(
@@ -171,25 +178,39 @@ class MessageHandling(AccessControl):
         # One burst, so that a long catch-up (up to HISTORY_LIMIT updates) is not taken for a
         # client falling behind.
         self.shown(session, welcome.version)
-        notes = self.welcome_notes(session)
-        burst = (welcome.encode(), *(catch_up or ()), *cursors, *(() if notes is None else (notes,)))
-        extra = (("update", len(catch_up or ())), ("cursor", len(cursors)), *(() if notes is None else (("notes", 1),)))
-        self._send(Send(session, burst, "welcome", extra=extra))
+        after = [(kind, message) for kind, message in self._after_welcome(session) if message is not None]
+        burst = (welcome.encode(), *(catch_up or ()), *cursors, *(message for _, message in after))
+        counts: dict[str, int] = {"update": len(catch_up or ()), "cursor": len(cursors)}
+        for kind, _ in after:
+            counts[kind] = counts.get(kind, 0) + 1
+        self._send(Send(session, burst, "welcome", extra=tuple(counts.items())))
 
-    def dispatch(self, session: Session, message: AnyClientMessage) -> None:
+    def _after_welcome(self, session: Session) -> list[tuple[str, str | None]]:
+        """The messages about the room that end a welcome burst, by type (None: none for it):
+        its notes, its question, then the runs going (`RunControl.welcome_runs_going`)."""
+        return [
+            ("notes", self.welcome_notes(session)),
+            ("question", self.welcome_question(session)),
+            *self.welcome_runs_going(),
+        ]
+
+    def dispatch(self, session: Session, message: AnyClientMessage | RunMessage) -> None:
         """Apply one parsed, charged message. Raises `RoomError` for the caller to report."""
         if message.type in (VERSIONED_ONLY if session.protocol is WireProtocol.FULL_TEXT else FULL_TEXT_ONLY):
             raise InvalidMessage(
                 f"{message.type} is not a message of the {_PROTOCOL_NAMES[session.protocol]} protocol "
                 "this connection speaks"
             )
-        # A member of an open room (no role) may send anything but what only interviewers may:
-        # one test on the path every push takes, the table for everything else.
-        act = ACTS.get(message.type) if session.role is not None or message.type in INTERVIEWER_ONLY else None
+        # A member of an open room (no role) may send anything but what only interviewers may,
+        # and runs while they are allowed: one test on the path every push takes, the table for
+        # everything else.
+        act = ACTS.get(message.type) if session.role is not None or message.type in OPEN_ROOM_CHECKED else None
         if act is not None and not self.may(session, act):
             error = refusal(session.role, act)
             if isinstance(message, Push):
                 error.seq = message.seq  # the client learns which batch was refused
+            elif isinstance(message, RunStart):
+                error.run_id = message.run_id
             raise error
         match message:
             case Push():
@@ -211,6 +232,8 @@ class MessageHandling(AccessControl):
                 self.leave(session, code=CLOSE_NORMAL, reason="left")
             case Lock() | Remove() | Revoke() | End() | Notes():
                 self.control(session, message)
+            case RunStart() | RunOutput() | RunEnd() | SetQuestion() | AllowRuns():
+                self.run_message(session, message)
             case Join() | Hello():
                 raise InvalidMessage(f"already joined; {message.type} is only valid as the first message")
 
@@ -372,6 +395,26 @@ class MessageHandling(AccessControl):
         self.changes_made += 1
         if not self.failing:
             self._actions.append(STORE)
+
+    def _announce_joined(self, member: Member) -> None:
+        full_text = UserJoined(user_id=member.user_id, username=member.username).encode()
+        versioned = MemberJoined(
+            user_id=member.user_id, username=member.username, color=member.color, role=member.role
+        ).encode()
+        for session in list(self.sessions.values()):
+            if session.protocol is WireProtocol.FULL_TEXT:
+                self._send(Send(session, full_text, "user_joined"))
+            else:
+                self._send(Send(session, versioned, "member_joined"))
+
+    def _announce_left(self, user_id: UserId) -> None:
+        full_text = UserLeft(user_id=user_id).encode()
+        versioned = MemberLeft(user_id=user_id).encode()
+        for session in list(self.sessions.values()):
+            if session.protocol is WireProtocol.FULL_TEXT:
+                self._send(Send(session, full_text, "user_left"))
+            else:
+                self._send(Send(session, versioned, "member_left"))
 
 
 def encode_update_for(update: Update, recipient: ClientId | None) -> str:

@@ -89,6 +89,14 @@ class Settings(BaseSettings):
     max_notes_chars: int = Field(default=20_000, ge=1)
     link_failures_per_address_per_minute: int = Field(default=20, ge=1)
 
+    # Running code (docs/configuration.md, "Running code")
+    run_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    max_run_output_chars: int = Field(default=20_000, ge=1)
+    runs_per_minute: int = Field(default=20, ge=1)
+    max_active_runs_per_room: int = Field(default=4, ge=1)
+    max_stored_runs_per_room: int = Field(default=200, ge=1)
+    questions_dir: Path | None = None
+
     # HTTP edge and the rooms API
     allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
     request_header_timeout_seconds: float = Field(default=10.0, gt=0)
@@ -138,6 +146,12 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [item.strip().lower() for item in value.split(",") if item.strip()]
         return value
+
+    @field_validator("questions_dir", mode="before")
+    @classmethod
+    def _unset_when_empty(cls, value: object) -> object:
+        # QUESTIONS_DIR= (set, but empty) is unset, not the working directory.
+        return None if isinstance(value, str) and not value.strip() else value
 
     @property
     def database_path(self) -> Path:

@@ -25,27 +25,39 @@ from rooms.access import (
 from rooms.errors import Forbidden, ReadOnly
 
 # The table of `allowed`'s docstring, written out again: "yes", "no", or a footnote ([1]: unless
-# the room is locked or ended, [2]: unless it is ended). None is a member of an open room.
+# the room is locked or ended, [2]: unless it is ended, [3]: unless runs are not allowed, [4]:
+# unless runs are not allowed or the room is ended). None is a member of an open room.
 TABLE: dict[Role | None, dict[Act, str]] = {
-    None: dict(zip(Act, ["yes", "yes", "yes", "yes", "yes", "no", "no"], strict=True)),
-    Role.INTERVIEWER: dict(zip(Act, ["yes"] * 7, strict=True)),
-    Role.CANDIDATE: dict(zip(Act, ["[1]", "[1]", "no", "[2]", "no", "no", "no"], strict=True)),
-    Role.OBSERVER: dict(zip(Act, ["no"] * 7, strict=True)),
+    None: dict(zip(Act, ["yes", "yes", "yes", "yes", "yes", "no", "no", "[3]", "yes"], strict=True)),
+    Role.INTERVIEWER: dict(zip(Act, ["yes"] * 9, strict=True)),
+    Role.CANDIDATE: dict(zip(Act, ["[1]", "[1]", "no", "[2]", "no", "no", "no", "[4]", "no"], strict=True)),
+    Role.OBSERVER: dict(zip(Act, ["no"] * 9, strict=True)),
 }
 ROW_NAMES = {None: "open room", **{role: role.value for role in Role}}
 
 
-def expected(role: Role | None, act: Act, locked: bool, ended: bool) -> bool:
+def expected(role: Role | None, act: Act, locked: bool, ended: bool, runs_allowed: bool = True) -> bool:
     cell = TABLE[role][act]
-    return cell == "yes" or (cell == "[1]" and not (locked or ended)) or (cell == "[2]" and not ended)
+    return (
+        cell == "yes"
+        or (cell == "[1]" and not (locked or ended))
+        or (cell == "[2]" and not ended)
+        or (cell == "[3]" and runs_allowed)
+        or (cell == "[4]" and runs_allowed and not ended)
+    )
 
 
+@pytest.mark.parametrize("runs_allowed", [True, False], ids=["runs", "no_runs"])
 @pytest.mark.parametrize("ended", [False, True], ids=["running", "ended"])
 @pytest.mark.parametrize("locked", [False, True], ids=["unlocked", "locked"])
 @pytest.mark.parametrize("act", list(Act), ids=str)
 @pytest.mark.parametrize("role", [None, *Role], ids=lambda role: ROW_NAMES[role].replace(" ", "_"))
-def test_allowed_follows_the_permission_table(role: Role | None, act: Act, locked: bool, ended: bool) -> None:
-    assert expected(role, act, locked, ended) == allowed(role, act, locked=locked, ended=ended)
+def test_allowed_follows_the_permission_table(
+    role: Role | None, act: Act, locked: bool, ended: bool, runs_allowed: bool
+) -> None:
+    assert expected(role, act, locked, ended, runs_allowed) == allowed(
+        role, act, locked=locked, ended=ended, runs_allowed=runs_allowed
+    )
 
 
 def test_the_docstring_table_is_the_table_the_tests_check() -> None:
@@ -77,6 +89,10 @@ def test_any_other_refused_act_is_forbidden(role: Role | None, act: Act) -> None
     assert act.value in str(error)
 
 
+def test_a_refused_run_says_running_code_is_not_allowed() -> None:
+    assert "running code is not allowed for the candidate role now" in str(refusal(Role.CANDIDATE, Act.RUN))
+
+
 links = st.builds(
     Link,
     link_id=st.text(max_size=20),
@@ -87,9 +103,34 @@ links = st.builds(
 )
 
 
-@given(st.builds(Access, private=st.booleans(), locked=st.booleans(), ended=st.booleans(), links=st.lists(links)))
+@given(
+    st.builds(
+        Access,
+        private=st.booleans(),
+        locked=st.booleans(),
+        ended=st.booleans(),
+        links=st.lists(links),
+        runs_allowed=st.booleans(),
+        question=st.none() | st.text(max_size=64),
+    )
+)
 def test_access_survives_its_json(access: Access) -> None:
     assert access == Access.from_json(access.to_json())
+
+
+def test_access_stored_before_rooms_ran_code_allows_runs_and_has_no_question() -> None:
+    old = '{"private":true,"locked":true,"ended":false,"links":[]}'
+    assert Access(private=True, locked=True) == Access.from_json(old)
+    assert (True, None) == (Access.from_json(old).runs_allowed, Access.from_json(old).question)
+
+
+def test_an_open_rooms_access_with_a_question_is_still_open() -> None:
+    stored = Access(runs_allowed=False, question="two-sum").to_json()
+    assert (False, False, "two-sum") == (
+        Access.from_json(stored).private,
+        Access.from_json(stored).runs_allowed,
+        Access.from_json(stored).question,
+    )
 
 
 def test_no_stored_access_is_an_open_room() -> None:
@@ -105,6 +146,8 @@ def test_no_stored_access_is_an_open_room() -> None:
         pytest.param('{"private":true,"locked":false,"ended":false}', id="no_links"),
         pytest.param("[]", id="not_an_object"),
         pytest.param('{"private":true,"locked":false,"ended":false,"links":[["a","observer"]]}', id="short_link"),
+        pytest.param('{"private":false,"locked":false,"ended":false,"links":[],"runs_allowed":1}', id="runs_allowed"),
+        pytest.param('{"private":false,"locked":false,"ended":false,"links":[],"question":7}', id="question"),
     ],
 )
 def test_damaged_access_text_raises_value_error(text: str) -> None:

@@ -135,9 +135,9 @@ def rows(path: Path, query: str) -> list[tuple[object, ...]]:
 
 
 def make_version_2(path: Path) -> None:
-    """A version-2 file (today's schema without the access table) with one open room at version 1."""
-    schema = re.sub(r"CREATE TABLE access \(.*?\) WITHOUT ROWID;", "", sqlite_schema.SCHEMA, flags=re.DOTALL)
-    assert "access" not in schema
+    """A version-2 file (today's schema without the access and runs tables) with one open room at version 1."""
+    schema = re.sub(r"CREATE TABLE (access|runs) \(.*?\) WITHOUT ROWID;", "", sqlite_schema.SCHEMA, flags=re.DOTALL)
+    assert "access" not in schema and "runs" not in schema
     with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as db:
         db.execute("PRAGMA auto_vacuum = INCREMENTAL")
         db.execute("PRAGMA journal_mode = WAL")
@@ -163,7 +163,7 @@ async def test_a_version_2_file_is_migrated_and_then_stores_access(tmp_path: Pat
     finally:
         await store.close()
     again = SqliteStore(path, synchronous="normal")
-    await again.open()  # version 3 now: opened as it is
+    await again.open()  # the current version now: opened as it is
     try:
         reloaded = await again.load("r", history=10)
         assert reloaded is not None

@@ -208,9 +208,9 @@ async def test_a_migration_that_fails_leaves_the_file_at_its_version(
 ) -> None:
     path = tmp_path / "rooms.sqlite3"
     make_version_1(path)
-    # A version 4 whose step fails after the steps to versions 2 and 3 went through: none is kept.
-    monkeypatch.setattr(sqlite_schema, "SCHEMA_VERSION", 4)
-    monkeypatch.setattr(sqlite_schema, "MIGRATIONS", {**sqlite_schema.MIGRATIONS, 3: "ALTER TABLE nowhere ADD x"})
+    # A version 5 whose step fails after the steps to versions 2, 3 and 4 went through: none is kept.
+    monkeypatch.setattr(sqlite_schema, "SCHEMA_VERSION", 5)
+    monkeypatch.setattr(sqlite_schema, "MIGRATIONS", {**sqlite_schema.MIGRATIONS, 4: "ALTER TABLE nowhere ADD x"})
     store = SqliteStore(path)
     with pytest.raises(StoreError, match="nowhere"):
         await store.open()

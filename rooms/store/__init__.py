@@ -11,10 +11,12 @@ that commit returned: an edit anyone has seen is durable. A store keeps per room
 * the dedup table: the last ``seq`` each client had applied, so that a resend after a restart is
   still recognised, and the hash of the token the client is bound to;
 * when the room was last written (opened or edited), so that rooms nobody used for a while can
-  be deleted (`Store.purge`).
+  be deleted (`Store.purge`);
+* the runs of code that ended in the room (`RunRecord`): the newest ``keep_runs`` stored.
 
 Versions and ``seq`` values are stored as 64-bit integers, never converted: a commit with any
-other value is refused with `StoreError`.
+other value is refused with `StoreError`; so is a commit with a run whose fields are not of
+their types (`check_run`).
 
 Nothing here is specific to SQLite: a backend needs ordered appends per room and atomic batches.
 """
@@ -22,6 +24,7 @@ Nothing here is specific to SQLite: a backend needs ordered appends per room and
 from __future__ import annotations
 
 import json
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -76,6 +79,53 @@ class Record:
 
 
 @dataclass(frozen=True, slots=True)
+class RunRecord:
+    """One finished run, as the history shows it (a marker on the playback slider)."""
+
+    run_id: str
+    version: int  # the document version the code was taken from
+    user_id: str
+    author: str  # display name when it ran
+    color: str
+    language: str  # python | javascript
+    kind: str  # code | tests
+    started: float  # Unix time the room started it
+    duration_ms: int
+    status: str  # ok | error | timeout | stopped | lost
+    truncated: bool
+    output: str  # JSON: [[stream, text], ...] (capped at MAX_RUN_OUTPUT_CHARS of text)
+    tests: str = ""  # JSON: [{"name","passed","error","args","expected","actual"}], "" for code runs
+
+
+INT64 = range(-(2**63), 2**63)  # what SQLite stores as an INTEGER
+_RUN_TEXTS = ("run_id", "user_id", "author", "color", "language", "kind", "status", "output", "tests")
+
+
+def int64(value: object) -> bool:
+    return type(value) is int and value in INT64
+
+
+def check_run(room_id: str, run: RunRecord) -> None:
+    """Raise `StoreError` unless every field of ``run`` is of its type (checked before a commit
+    writes anything, so that a bad run fails the whole commit, in every backend alike)."""
+    # Read as objects: a caller's bug is what this is for, whatever the annotations say.
+    value: dict[str, object] = {name: getattr(run, name, None) for name in RunRecord.__slots__}
+    started = value["started"]
+    problem = ""
+    if not (int64(value["version"]) and int64(value["duration_ms"])):
+        problem = f"version {value['version']!r} and duration_ms {value['duration_ms']!r} must be 64-bit integers"
+    elif not (isinstance(started, int | float) and type(started) is not bool and math.isfinite(started)):
+        problem = f"started {started!r} must be a finite number"
+    elif type(value["truncated"]) is not bool:
+        problem = f"truncated {value['truncated']!r} must be a bool"
+    else:
+        wrong = [name for name in _RUN_TEXTS if type(value[name]) is not str]
+        problem = f"{wrong[0]} {value[wrong[0]]!r} must be a str" if wrong else ""
+    if problem:
+        raise StoreError(f"room {room_id!r}: run {value['run_id']!r}: {problem}")
+
+
+@dataclass(frozen=True, slots=True)
 class RoomWrite:
     """What one commit writes for one room: its updates, and maybe a snapshot after them."""
 
@@ -94,6 +144,9 @@ class RoomWrite:
     # given when either changed, None (with ``notes``) when neither did.
     access: str | None = None
     notes: str = ""
+    # Runs that ended since the last commit, in the order they ended (and are kept in). A write
+    # may hold only runs; a run whose (room_id, run_id) is stored already is skipped (a retry).
+    runs: Sequence[RunRecord] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,9 +207,12 @@ class Store(ABC):
 
     @abstractmethod
     async def commit(self, writes: Sequence[RoomWrite]) -> None:
-        """Write every room's records in one atomic, durable step: all of them or none.
+        """Write every room's records (and runs, access, snapshot) in one atomic, durable step:
+        all of them or none. A room's runs beyond the newest ``keep_runs`` are deleted in the
+        same step, the oldest first.
 
-        Raises `StoreConflict` when a room's records do not continue its stored head.
+        Raises `StoreConflict` when a room's records do not continue its stored head, and
+        `StoreError` when a value cannot be stored as it is (`check_run`).
         """
 
     @abstractmethod
@@ -179,6 +235,10 @@ class Store(ABC):
     @abstractmethod
     async def history(self, room_id: str, since: int, limit: int) -> list[Record]:
         """Up to ``limit`` kept records with a version above ``since``, oldest first."""
+
+    @abstractmethod
+    async def runs(self, room_id: str, limit: int) -> list[RunRecord]:
+        """The room's ``limit`` last stored runs, oldest first; [] for an unknown room."""
 
     @abstractmethod
     async def check(self) -> None:
@@ -206,12 +266,13 @@ def make_store(settings: Settings) -> Store:
     if settings.store == "memory":
         from rooms.store.memory import MemoryStore
 
-        return MemoryStore(keep_versions=settings.history_keep_versions)
+        return MemoryStore(keep_versions=settings.history_keep_versions, keep_runs=settings.max_stored_runs_per_room)
     from rooms.store.sqlite import SqliteStore
 
     return SqliteStore(
         settings.database_path,
         keep_versions=settings.history_keep_versions,
+        keep_runs=settings.max_stored_runs_per_room,
         synchronous=settings.sqlite_synchronous,
         api_read_threads=settings.api_read_threads,
     )

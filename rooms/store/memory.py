@@ -12,19 +12,15 @@ from rooms.store import (
     Record,
     RoomInfo,
     RoomWrite,
+    RunRecord,
     Store,
     StoreConflict,
     StoredRoom,
     StoreError,
+    check_run,
+    int64,
     replay,
 )
-
-# What SQLite stores as an INTEGER; the memory store refuses what the SQLite store refuses.
-INT64 = range(-(2**63), 2**63)
-
-
-def _int64(value: object) -> bool:
-    return type(value) is int and value in INT64
 
 
 @dataclass
@@ -37,6 +33,7 @@ class _Room:
     tokens: dict[str, str] = field(default_factory=dict)
     access: str = ""
     notes: str = ""
+    runs: dict[str, RunRecord] = field(default_factory=dict)  # by run_id, in the order stored
 
     def records_after(self, version: int, limit: int | None = None) -> list[Record]:
         """The kept records after ``version``, found by bisection: a read costs what it returns."""
@@ -47,8 +44,9 @@ class _Room:
 class MemoryStore(Store):
     name = "memory"
 
-    def __init__(self, keep_versions: int = 0, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, keep_versions: int = 0, clock: Callable[[], float] = time.time, *, keep_runs: int = 200) -> None:
         self.keep_versions = keep_versions  # 0: keep every version
+        self.keep_runs = keep_runs  # the newest runs kept per room
         self.clock = clock  # the time a write is stored at
         self._rooms: dict[str, _Room] = {}
         self.commits = 0
@@ -66,11 +64,13 @@ class MemoryStore(Store):
         # Check every write before changing anything: a commit is all or nothing.
         for write in writes:
             for record in write.records:
-                if not (_int64(record.version) and _int64(record.seq)):
+                if not (int64(record.version) and int64(record.seq)):
                     raise StoreError(
                         f"room {write.room_id!r}: version {record.version!r} and seq {record.seq!r} "
                         "must be 64-bit integers"
                     )
+            for run in write.runs:
+                check_run(write.room_id, run)
             stored = self._rooms.get(write.room_id)
             head = stored.info.version if stored is not None else 0
             if write.records and write.records[0].version != head + 1:
@@ -95,6 +95,11 @@ class MemoryStore(Store):
                 self._prune(room)
             if write.access is not None:
                 room.access, room.notes = write.access, write.notes
+            if write.runs:
+                for run in write.runs:
+                    room.runs.setdefault(run.run_id, run)  # a run stored already: a retried commit
+                for run_id in list(room.runs)[: max(len(room.runs) - self.keep_runs, 0)]:
+                    del room.runs[run_id]  # the oldest first
         self.commits += 1
 
     def _prune(self, room: _Room) -> None:
@@ -143,6 +148,12 @@ class MemoryStore(Store):
         if room is None:
             raise KeyError(room_id)
         return room.records_after(since, limit)
+
+    async def runs(self, room_id: str, limit: int) -> list[RunRecord]:
+        room = self._rooms.get(room_id)
+        if room is None or limit <= 0:
+            return []
+        return list(room.runs.values())[-limit:]
 
     def _expired(self, before: float, keep: Collection[str]) -> list[str]:
         return [room_id for room_id, room in self._rooms.items() if room.updated < before and room_id not in keep]

@@ -39,11 +39,13 @@ from rooms.store import (
     Record,
     RoomInfo,
     RoomWrite,
+    RunRecord,
     Store,
     StoreConflict,
     StoreCorrupt,
     StoredRoom,
     StoreError,
+    check_run,
     replay,
 )
 from rooms.store.sqlite_schema import (
@@ -54,7 +56,7 @@ from rooms.store.sqlite_schema import (
     SCHEMA,
     SCHEMA_VERSION,
     check_file,
-    escaped,
+    encode,
     make_private,
     migrate,
 )
@@ -67,6 +69,12 @@ PURGE_BATCH = 500
 # Rooms last written before a time (?1), but for a JSON list of ids (?2).
 _EXPIRED = "FROM rooms WHERE updated < ?1 AND room_id NOT IN (SELECT value FROM json_each(?2))"
 CHECK_TIMEOUT_SECONDS = 5.0
+# A room's (?1) newest runs (?2 of them), oldest first: the end of its range of the primary key.
+NEWEST_RUNS = (
+    "SELECT * FROM (SELECT serial, run_id, version, user_id, author, color, language, kind, started, duration_ms, "
+    "status, truncated, output, tests FROM runs WHERE room_id = ?1 ORDER BY serial DESC LIMIT max(?2, 0)) "
+    "ORDER BY serial"
+)
 
 
 class SqliteStore(Store):
@@ -77,6 +85,7 @@ class SqliteStore(Store):
         path: Path,
         *,
         keep_versions: int = 0,
+        keep_runs: int = 200,
         synchronous: Synchronous = "full",
         api_read_threads: int = 2,
         check_timeout: float = CHECK_TIMEOUT_SECONDS,
@@ -85,6 +94,7 @@ class SqliteStore(Store):
     ) -> None:
         self.path = path
         self.keep_versions = keep_versions  # 0: keep every version
+        self.keep_runs = keep_runs  # the newest runs kept per room
         self.synchronous = synchronous
         self.api_read_threads = api_read_threads
         self.check_timeout = check_timeout  # `check` fails when the probe gets no answer in time
@@ -230,37 +240,10 @@ class SqliteStore(Store):
         # go in turn (up to the interpreter's switch interval). The batch goes in as one JSON
         # text that the `incoming` trigger spreads over the tables, in one implicit transaction.
         db = self._writer_connection()
-        batch = [
-            [
-                [
-                    write.room_id,
-                    write.epoch,
-                    write.language,
-                    write.records[-1].version if write.records else None,
-                    write.records[0].version if write.records else None,
-                ]
-                for write in writes
-            ],
-            [
-                [write.room_id, r.version, r.client_id, r.seq, r.changes, r.user_id, r.author, r.color, r.time]
-                for write in writes
-                for r in write.records
-            ],
-            [
-                [write.room_id, client, seq, version, write.tokens.get(client, "")]
-                for write in writes
-                for client, (seq, version) in {r.client_id: (r.seq, r.version) for r in write.records}.items()
-            ],
-            [[write.room_id, write.snapshot] for write in writes if write.snapshot is not None],
-            self.clock(),
-            [[write.room_id, write.access, write.notes] for write in writes if write.access is not None],
-        ]
-        encoded = _JSON.encode(batch)
-        # How the encoder writes U+0000 and U+0001 (or a text holding such an escape: rare, and
-        # escaping it too does no harm).
-        with_control = "\\u0000" in encoded or "\\u0001" in encoded
-        if with_control:
-            encoded = _JSON.encode(escaped(batch))
+        for write in writes:
+            for run in write.runs:
+                check_run(write.room_id, run)
+        encoded, with_control = encode(writes, self.clock(), self.keep_runs)
         try:
             db.execute("INSERT INTO incoming VALUES (?, ?)", (encoded, with_control))
         except sqlite3.IntegrityError as exc:
@@ -425,6 +408,16 @@ class SqliteStore(Store):
 
         return await self._on(self._api, read)
 
+    async def runs(self, room_id: str, limit: int) -> list[RunRecord]:
+        def read() -> list[RunRecord]:
+            runs = []
+            for _serial, *values in self._api_connection().execute(NEWEST_RUNS, (room_id, limit)):
+                values[10] = bool(values[10])  # `truncated`: SQLite has no booleans
+                runs.append(RunRecord(*values))
+            return runs
+
+        return await self._on(self._api, read)
+
     async def check(self) -> None:
         # On a thread and connection of its own, so that the probe never waits behind reads or
         # loads; a probe that gets no answer in time (a stuck disk) fails.
@@ -460,7 +453,7 @@ class SqliteStore(Store):
             query = f"SELECT room_id {_EXPIRED} AND room_id > ?3 ORDER BY room_id LIMIT ?4"
             rooms = [row[0] for row in db.execute(query, (before, kept, after, size))]
             chosen = _JSON.encode(rooms)
-            for table in ("updates", "snapshots", "clients", "access", "rooms"):
+            for table in ("updates", "snapshots", "clients", "access", "runs", "rooms"):
                 db.execute(f"DELETE FROM {table} WHERE room_id IN (SELECT value FROM json_each(?))", (chosen,))
             db.execute("COMMIT")
         except BaseException:

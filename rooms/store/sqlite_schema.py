@@ -6,16 +6,47 @@ commit is written (one statement per commit).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sqlite3
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import astuple
 from pathlib import Path
 
-SCHEMA_VERSION = 3
-HEADER = b"SQLite format 3\x00"
+from rooms.store import RoomWrite
 
-SCHEMA = """
+SCHEMA_VERSION = 4
+HEADER = b"SQLite format 3\x00"
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+# Runs of code that ended in a room, kept per room in the order they were stored (``serial``,
+# counted per room): "the newest N of a room" reads the end of the room's primary key range.
+# A run_id is stored once per room: a retried commit's runs are skipped, not stored twice.
+RUNS_TABLE = """
+CREATE TABLE runs (
+    room_id TEXT NOT NULL,
+    serial INTEGER NOT NULL,
+    run_id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    user_id TEXT NOT NULL,
+    author TEXT NOT NULL,
+    color TEXT NOT NULL,
+    language TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    started REAL NOT NULL,
+    duration_ms INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    truncated INTEGER NOT NULL,
+    output TEXT NOT NULL,
+    tests TEXT NOT NULL,
+    PRIMARY KEY (room_id, serial),
+    UNIQUE (room_id, run_id)
+) WITHOUT ROWID;
+"""
+
+SCHEMA = (
+    """
 CREATE TABLE rooms (
     room_id TEXT PRIMARY KEY,
     epoch TEXT NOT NULL,
@@ -57,19 +88,25 @@ CREATE TABLE access (
     notes TEXT NOT NULL
 ) WITHOUT ROWID;
 """
+    + RUNS_TABLE
+)
 # The tables every schema version has (a migration adds the others).
 TABLES = {"rooms", "updates", "snapshots", "clients"}
 # The statements that bring a file of schema version N to N + 1.
 MIGRATIONS = {
     1: "ALTER TABLE clients ADD COLUMN token TEXT NOT NULL DEFAULT '';",
     2: "CREATE TABLE access (room_id TEXT PRIMARY KEY, access TEXT NOT NULL, notes TEXT NOT NULL) WITHOUT ROWID;",
+    3: RUNS_TABLE,
 }
 
 # Commits: one JSON batch, spread over the tables by a trigger of the writer's connection
 # (temporary: nothing of it is in the file). The batch is [rooms, updates, clients, snapshots,
-# time, access]: rooms as [room_id, epoch, language, head or null, first version or null],
-# updates and clients as their tables' columns, snapshots as [room_id, text] (at the room's new
-# head), access as [room_id, access, notes] for the rooms whose access or notes changed.
+# time, access, runs, keep_runs] (`encode`): rooms as [room_id, epoch, language, head or null,
+# first version or null], updates and clients as their tables' columns, snapshots as [room_id,
+# text] (at the room's new head), access as [room_id, access, notes] for the rooms whose access
+# or notes changed, runs as [room_id, run_id, version, ..., tests] (`RunRecord`'s fields in
+# order), and keep_runs the number of runs kept per room: a room's older runs are deleted in the
+# same transaction as its new ones are stored.
 # Every room of the batch gets `updated`, with records or without (a room opened, a language
 # changed), so that retention counts from the last use.
 CONFLICT = "collab: the first version of a commit does not follow the head of its room"
@@ -123,6 +160,20 @@ CREATE TEMP TRIGGER {name} INSTEAD OF INSERT ON incoming WHEN {when} BEGIN
         FROM json_each(NEW.batch, '$[3]');
     INSERT OR REPLACE INTO access
         SELECT {t("value", 0)}, {t("value", 1)}, {t("value", 2)} FROM json_each(NEW.batch, '$[5]');
+    INSERT INTO runs
+        SELECT {t("value", 0)},
+            coalesce((SELECT max(serial) FROM runs AS stored WHERE stored.room_id = {t("value", 0)}), 0) + key + 1,
+            {t("value", 1)}, value ->> 2, {t("value", 3)}, {t("value", 4)}, {t("value", 5)}, {t("value", 6)},
+            {t("value", 7)}, value ->> 8, value ->> 9, {t("value", 10)}, value ->> 11, {t("value", 12)},
+            {t("value", 13)}
+        FROM json_each(NEW.batch, '$[6]') WHERE true
+        ON CONFLICT (room_id, run_id) DO NOTHING;
+    DELETE FROM runs WHERE (room_id, serial) IN (
+        SELECT room_id, serial FROM (
+            SELECT room_id, serial, row_number() OVER (PARTITION BY room_id ORDER BY serial DESC) AS newer
+            FROM runs WHERE room_id IN (SELECT {t("value", 0)} FROM json_each(NEW.batch, '$[6]'))
+        ) WHERE newer > NEW.batch ->> 7
+    );
 END;
 """
 
@@ -143,6 +194,45 @@ def escaped(value: object) -> object:
     return value
 
 
+def encode(writes: Sequence[RoomWrite], now: float, keep_runs: int) -> tuple[str, bool]:
+    """A commit as the `incoming` view takes it: the batch's JSON, and whether its texts are
+    escaped (see `escaped`)."""
+    batch = [
+        [
+            [
+                write.room_id,
+                write.epoch,
+                write.language,
+                write.records[-1].version if write.records else None,
+                write.records[0].version if write.records else None,
+            ]
+            for write in writes
+        ],
+        [
+            [write.room_id, r.version, r.client_id, r.seq, r.changes, r.user_id, r.author, r.color, r.time]
+            for write in writes
+            for r in write.records
+        ],
+        [
+            [write.room_id, client, seq, version, write.tokens.get(client, "")]
+            for write in writes
+            for client, (seq, version) in {r.client_id: (r.seq, r.version) for r in write.records}.items()
+        ],
+        [[write.room_id, write.snapshot] for write in writes if write.snapshot is not None],
+        now,
+        [[write.room_id, write.access, write.notes] for write in writes if write.access is not None],
+        [[write.room_id, *astuple(run)] for write in writes for run in write.runs],
+        keep_runs,
+    ]
+    encoded = _JSON.encode(batch)
+    # How the encoder writes U+0000 and U+0001 (or a text holding such an escape: rare, and
+    # escaping it too does no harm).
+    with_control = "\\u0000" in encoded or "\\u0001" in encoded
+    if with_control:
+        encoded = _JSON.encode(escaped(batch))
+    return encoded, with_control
+
+
 def check_file(connection: sqlite3.Connection) -> str | None:
     """What makes an existing file unusable (damage, another schema), or None when it is fine.
     Raises `sqlite3.DatabaseError` when it cannot even be read."""
@@ -152,7 +242,7 @@ def check_file(connection: sqlite3.Connection) -> str | None:
     if problems != ["ok"]:
         return "integrity check: " + "; ".join(problems[:3])
     # The tables a migration adds are checked once the file is at the version that has them.
-    required = TABLES | ({"access"} if version == SCHEMA_VERSION else set())
+    required = TABLES | ({"access", "runs"} if version == SCHEMA_VERSION else set())
     if not (version == SCHEMA_VERSION or version in MIGRATIONS) or not required <= tables:
         return f"schema version {version} with tables {sorted(tables)}, expected {SCHEMA_VERSION}"
     return None
