@@ -3,6 +3,14 @@
 #   docker run -p 8080:8080 -v collab-data:/data --stop-timeout 30 collab-pad
 # Every setting is an environment variable (docs/configuration.md); docs/operations.md covers
 # health checks, metrics, logs and backups.
+
+# Pyodide (Python in the browser, served by the app): the npm package pinned in vendor/pyodide,
+# installed in a stage of its own; only its runtime folder goes into the image.
+FROM node:20-bookworm-slim AS pyodide
+WORKDIR /build
+COPY vendor/pyodide/package.json vendor/pyodide/package-lock.json ./vendor/pyodide/
+RUN npm ci --prefix vendor/pyodide --no-audit --no-fund --loglevel=error
+
 FROM python:3.11-slim-bookworm
 
 LABEL org.opencontainers.image.title="collab pad" \
@@ -34,6 +42,9 @@ COPY rooms ./rooms
 COPY api ./api
 COPY ui ./ui
 COPY observability ./observability
+# The questions a room can pick (QUESTIONS_DIR adds an operator's own).
+COPY questions ./questions
+COPY --from=pyodide /build/vendor/pyodide/node_modules/pyodide ./vendor/pyodide/node_modules/pyodide
 
 # Bytecode compiled at build time: the code is read-only to the server's user, which could not
 # write a cache at run time, so every start would compile again.

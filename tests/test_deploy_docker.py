@@ -46,10 +46,13 @@ class Dockerfile:
     volumes: list[str] = field(default_factory=list)
     exposed: list[str] = field(default_factory=list)
     base: str = ""
+    context_copies: list[tuple[list[str], str]] = field(default_factory=list)
 
 
 def parse_dockerfile(text: str) -> Dockerfile:
-    """The instructions this test relies on, from a Dockerfile without build stages or ARGs."""
+    """The instructions this test relies on, from a Dockerfile without ARGs: those of its last
+    stage (the image), and in ``context_copies`` what every stage copies from the build context
+    (a copy from another stage, ``COPY --from``, is in neither)."""
     logical: list[str] = []
     current = ""
     for line in text.splitlines():
@@ -68,7 +71,7 @@ def parse_dockerfile(text: str) -> Dockerfile:
         keyword, _, rest = instruction.partition(" ")
         keyword, rest = keyword.upper(), rest.strip()
         if keyword == "FROM":
-            result.base = rest
+            result = Dockerfile(base=rest.split()[0], context_copies=result.context_copies)
         elif keyword == "ENV":
             for item in shlex.split(rest):
                 name, equals, value = item.partition("=")
@@ -86,7 +89,10 @@ def parse_dockerfile(text: str) -> Dockerfile:
             result.healthcheck = json.loads(command)
         elif keyword == "COPY":
             *sources, destination = shlex.split(rest)
+            if sources and sources[0].startswith("--from="):
+                continue  # from a build stage, not the build context
             result.copies.append((sources, destination))
+            result.context_copies.append((sources, destination))
         elif keyword == "VOLUME":
             result.volumes.extend(json.loads(rest) if rest.startswith("[") else rest.split())
         elif keyword == "EXPOSE":
@@ -204,7 +210,8 @@ def test_image_copies_every_module_the_project_ships(dockerfile: Dockerfile) -> 
     setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     shipped = {*setuptools["packages"], *(f"{module}.py" for module in setuptools["py-modules"])}
     copied = {source.rstrip("/") for sources, _ in dockerfile.copies for source in sources}
-    assert shipped | {"pyproject.toml"} == copied
+    # Besides the code: the shipped questions (Pyodide comes from a build stage).
+    assert shipped | {"pyproject.toml", "questions"} == copied
 
 
 def test_dockerignore_keeps_local_state_out_and_lets_every_copied_path_in(dockerfile: Dockerfile) -> None:
@@ -218,9 +225,18 @@ def test_dockerignore_keeps_local_state_out_and_lets_every_copied_path_in(docker
         prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
         return any(fnmatch.fnmatch(prefix, pattern.strip("/")) for pattern in patterns for prefix in prefixes)
 
-    for local in (".venv", ".git", "data", ".nicegui", "tests/node/node_modules", "rooms/__pycache__", ".env"):
+    for local in (
+        ".venv",
+        ".git",
+        "data",
+        ".nicegui",
+        "tests/node/node_modules",
+        "vendor/pyodide/node_modules",
+        "rooms/__pycache__",
+        ".env",
+    ):
         assert ignored(local), f"{local} would be sent to the build"
-    for sources, _ in dockerfile.copies:
+    for sources, _ in dockerfile.context_copies:
         for source in sources:
             assert not ignored(source), f"{source} is copied by the Dockerfile but excluded by .dockerignore"
 

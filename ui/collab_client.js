@@ -20,6 +20,8 @@
 
 const REMOTE_ONLY_ERRORS = new Set(["rate_limited", "internal_error", "room_full", "server_restarting"]);
 const SHARED_ROLES = new Set(["candidate", "observer"]); // the roles whose links interviewers share
+// For the page as they are (ui/collab_runs.js), like every message about a run (with a run_id).
+const PAGE_MESSAGES = new Set(["question", "runs_allowed"]);
 const REFUSED = new Set(["version_too_old", "invalid_changes", "too_large", "invalid_version", "too_complex", "read_only"]);
 
 function newOutcome() {
@@ -38,6 +40,7 @@ function newOutcome() {
     cursors: false, // a remote cursor changed
     access: false, // the role, the lock or the end changed
     notes: null, // the interviewers' notes (sent to interviewers only)
+    runs: [], // run_started, run_cases, run_output, run_ended, question, runs_allowed, errors about a run
     links: {}, // role -> the secret of its live link, or null: none (sent to interviewers only)
     denied: null, // the server refused our hello for good: its reason
     failure: null, // a message that could not be handled (the client resynchronises)
@@ -58,9 +61,7 @@ export function replacement({ ChangeSet, Text }, current, text) {
   return ChangeSet.of({ from: start, to: current.length - end, insert }, current.length);
 }
 
-function member(m) {
-  return { username: m.username, color: m.color, role: m.role ?? null };
-}
+const member = (m) => ({ username: m.username, color: m.color, role: m.role ?? null });
 
 export class CollabClient {
   // cm: {ChangeSet, Text}; saved: a toJSON() result or null; newIdentity: () => {clientId,
@@ -115,15 +116,11 @@ export class CollabClient {
     if (this.savedBase?.text !== this.base) this.savedBase = { text: this.base, string: this.base.toString() };
     const inflight = this.inflight;
     return {
-      client_id: this.clientId,
-      resume_token: this.resumeToken,
-      epoch: this.epoch,
-      version: this.version,
+      client_id: this.clientId, resume_token: this.resumeToken, epoch: this.epoch, version: this.version,
       base: this.savedBase.string,
       inflight: inflight && { seq: inflight.seq, changes: inflight.changes.toJSON(), coarse: inflight.coarse },
       pending: this.pending && this.pending.toJSON(),
-      next_seq: this.nextSeq,
-      unsent: this.unsent,
+      next_seq: this.nextSeq, unsent: this.unsent,
     };
   }
 
@@ -155,6 +152,12 @@ export class CollabClient {
     return role === null || role === "interviewer" || (role === "candidate" && !this.ended);
   }
 
+  // Runs: an interviewer always; others (no observer) while the room allows runs, a candidate until the end.
+  get mayRun() {
+    if (this.role === "interviewer") return true;
+    return this.runsAllowed && (this.role === null || (this.role === "candidate" && !this.ended));
+  }
+
   // The conversation ended (the connection closed): until the next welcome nobody is known.
   closed() {
     this.live = false;
@@ -164,13 +167,8 @@ export class CollabClient {
   // --- to the server ---------------------------------------------------------------------------
   hello() {
     this.live = false;
-    const message = {
-      type: "hello",
-      client_id: this.clientId,
-      version: this.version,
-      resume_token: this.resumeToken,
-      batch: true,
-    };
+    const { clientId: client_id, version, resumeToken: resume_token } = this;
+    const message = { type: "hello", client_id, version, resume_token, batch: true };
     if (this.version !== null && this.epoch) message.epoch = this.epoch;
     return message;
   }
@@ -261,6 +259,8 @@ export class CollabClient {
   }
 
   handle(message, out) {
+    if (message.type === "runs_allowed") this.runsAllowed = message.allowed === true;
+    if (message.run_id != null || PAGE_MESSAGES.has(message.type)) return void out.runs.push(message);
     switch (message.type) {
       case "welcome":
         return this.onWelcome(message, out);
@@ -337,6 +337,7 @@ export class CollabClient {
     this.role = message.role ?? null;
     this.locked = message.locked === true;
     this.ended = message.ended === true;
+    this.runsAllowed = message.runs_allowed === true;
     out.access = true;
     this.cursors.clear();
     out.members = out.cursors = true;

@@ -5,12 +5,14 @@
 // Every protocol decision is made by the client in collab_client.js (served as a dependency of
 // this component); this file is its shell: the editor, the bridge, timers, and what the page is
 // told ("frame", "lost", "notice", "paused", "members", "activity"; "access", "notes" and "link"
-// from collab_access.js). The client's state is kept in sessionStorage (collab_tabs.js), so a
-// reconnect or a page reload (a server restart) resends unconfirmed work, which the server
-// applies exactly once.
+// from collab_access.js; "question", "runs"). The client's state is kept in sessionStorage
+// (collab_tabs.js), so a reconnect or a page reload (a server restart) resends unconfirmed work,
+// which the server applies exactly once.
 //
 // `gen` numbers the hellos of this page: a reconnect says hello again with a new gen, and
-// anything still arriving for an older one is ignored.
+// anything still arriving for an older one is ignored. Runs: messages about runs, question and
+// runs_allowed go to the output panel (ui/collab_runs.js) as window events "collab-run", with a
+// synthetic {type: "run_state"} whenever runState() changes; the panel sends with sendRun().
 import * as CM from "nicegui-codemirror";
 import { replacement } from "collab_client";
 import { remoteCarets, caretDecorations } from "collab_carets";
@@ -28,6 +30,8 @@ const FAILURE_RETRY_MS = [500, 1000, 2000, 4000, 8000, 15000, 30000];
 const FAILURES_BEFORE_OFFER = 3;
 // A member is shown typing for this long after an update of theirs arrived.
 const TYPING_MS = 2000;
+const RUNNABLE = new Set(["python", "javascript"]);
+const RUN_LIMITS = { timeoutSeconds: 10, maxOutputChars: 20000 }; // the server's defaults, until a welcome
 const REMOTE = [CM.Transaction.remote.of(true), CM.Transaction.addToHistory.of(false)];
 
 export default {
@@ -46,6 +50,9 @@ export default {
     this.roomLanguage = null; // from the last welcome or language message
     this.typedAt = new Map(); // user_id -> when an update of theirs arrived (performance.now())
     this.activityShown = null; // the last activity event, so that only changes are emitted
+    this.runLimits = RUN_LIMITS;
+    this.question = { id: null, testLanguages: [] }; // the room's question, as last heard
+    this.runReports = new Map(); // "question" / "runs" -> the last one emitted
     for (const name of ["languageConfig", "themeConfig", "editableConfig"]) this[name] = new CM.Compartment();
 
     await this.restoreOrFork();
@@ -228,6 +235,7 @@ export default {
       if (out.notes !== null) this.emitNotes(out.notes);
       this.emitLinks(out.links);
       this.noteActivity(out);
+      this.noteRuns(messages, out);
       if (out.cursors) this.drawCursors();
       if (out.offer) this.offer(out.offer.text, out.offer.reason);
       if (out.notice) this.notice(out.notice.key, out.notice.level, out.notice.message);
@@ -405,6 +413,63 @@ export default {
     },
     publishStatus() {
       window.dispatchEvent(new CustomEvent("collab-status", { detail: this.status() }));
+      this.publishRunState();
+    },
+
+    // --- runs (ui/collab_runs.js) ---------------------------------------------------------------
+    noteRuns(messages, out) {
+      const welcome = out.welcomed ? messages.find((message) => message?.type === "welcome") : null;
+      if (welcome) {
+        const { run_timeout_seconds: timeout, max_run_output_chars: chars } = welcome;
+        this.runLimits = {
+          timeoutSeconds: typeof timeout === "number" && timeout > 0 ? timeout : RUN_LIMITS.timeoutSeconds,
+          maxOutputChars: Number.isSafeInteger(chars) && chars > 0 ? chars : RUN_LIMITS.maxOutputChars,
+        };
+        this.question = { id: null, testLanguages: [] }; // the burst that follows tells the current one
+      }
+      for (const message of out.runs) {
+        if (message.type === "question") {
+          const languages = message.question_id ? message.test_languages ?? Object.keys(message.starters ?? {}) : [];
+          this.question = { id: message.question_id ?? null, testLanguages: languages };
+        }
+        window.dispatchEvent(new CustomEvent("collab-run", { detail: message }));
+      }
+      if (out.welcomed || out.runs.length) {
+        this.report("question", { question_id: this.question.id });
+        this.report("runs", { allowed: this.client.runsAllowed === true });
+      }
+    },
+    report(kind, value) {
+      const shown = JSON.stringify([this.gen, value]); // each generation once, then changes only
+      if (this.runReports.get(kind) !== shown) this.$emit(kind, { gen: this.gen, ...value });
+      this.runReports.set(kind, shown);
+    },
+    runState() {
+      const { client, question } = this;
+      const language = this.roomLanguage ?? this.language ?? null;
+      let reason = this.denied || this.stopped || null;
+      if (reason) reason = String(reason);
+      else if (client.role === "observer") reason = "Observers watch the runs; they cannot start one.";
+      else if (!client.mayRun) reason = client.ended ? "The interview has ended." : "Running code is turned off.";
+      else if (!RUNNABLE.has(String(language).toLowerCase())) reason = "Only Python and JavaScript run here.";
+      else if (!this.live) reason = "Not connected to the room.";
+      const { testLanguages, id: questionId } = question;
+      return { type: "run_state", mayRun: !reason, reason, language, ...this.runLimits, questionId, testLanguages };
+    },
+    publishRunState() {
+      const state = this.client && JSON.stringify(this.runState());
+      if (!state || state === this.runStateShown) return;
+      this.runStateShown = state;
+      window.dispatchEvent(new CustomEvent("collab-run", { detail: JSON.parse(state) }));
+    },
+    sendRun(message) {
+      if (this.live) this.emit(message);
+      return this.live; // false: not connected, nothing sent
+    },
+    // The code to run and the room's version it is based on (settled: none of it is unconfirmed).
+    runSource() {
+      const { client } = this;
+      return { code: this.text(), version: client.version, settled: !client.inflight && !client.pending };
     },
     text() {
       return this.view.state.doc.toString();
