@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-from playwright.sync_api import Browser, Page, ViewportSize, WebSocket
+from playwright.sync_api import Browser, Locator, Page, ViewportSize, WebSocket, expect
 from websockets.sync.client import connect as ws_connect
 
 from api.credentials import cookie_name
@@ -21,6 +21,11 @@ from tests.test_browser import Pad
 
 DESKTOP: ViewportSize = {"width": 1100, "height": 620}
 ROOM_URL = re.compile(r".*/room/[A-Za-z0-9_-]+$")
+# How long a run may take to end: each Python run gets a worker of its own, which loads Pyodide
+# unless the warm one the page started after its last run is ready (3-6 s, more on a busy
+# machine). The room itself ends a run "lost" after its time limit and 30 s for that loading.
+RUN_MS = 45_000
+KEPT_RUNS = 20  # the run panel shows the newest this many (ui/collab_runs.js)
 
 
 @dataclass
@@ -66,6 +71,41 @@ class Person(Pad):
 
     def received_text(self) -> str:
         return "\n".join(self.received)
+
+    def set_code(self, code: str) -> None:
+        """The whole text replaced, as a paste would, and confirmed by the room."""
+        self.page.evaluate("(code) => window.collabEditor.setText(code)", code)
+        self.wait_text("t === arg", code)
+        self.wait_settled()
+
+    def pick_question(self, title: str) -> None:
+        """The header's question button, and the question of this title in its dialog."""
+        self.page.locator(".collab-question-pick").click()
+        picker = self.page.locator(".collab-question-picker")
+        picker.locator(".q-item", has_text=title).click()
+        expect(picker).to_have_count(0)
+
+    def runs(self) -> Locator:
+        """The runs in the page's run panel, oldest first."""
+        return self.page.locator(".collab-run")
+
+    def press_run(self, button: str = ".collab-run-button") -> str:
+        """Press Run (or ``.collab-run-tests``) once the page lets its user run; the new run's id."""
+        before = self.runs().count()
+        control = self.page.locator(button)
+        expect(control).to_be_enabled(timeout=10_000)
+        control.click()
+        expect(self.runs()).to_have_count(min(before + 1, KEPT_RUNS))
+        run_id = self.runs().last.get_attribute("data-run-id")
+        assert run_id is not None
+        return run_id
+
+    def run_ended(self, run_id: str, status: str = "ok", timeout: float = RUN_MS) -> Locator:
+        """The run in the page's run panel, once it ended with ``status``."""
+        run = self.page.locator(f".collab-run[data-run-id='{run_id}']")
+        expect(run).to_have_attribute("data-status", re.compile(r"^(?!starting$|running$)"), timeout=timeout)
+        expect(run).to_have_attribute("data-status", status)
+        return run
 
 
 def _text(payload: str | bytes) -> str:

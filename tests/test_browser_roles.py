@@ -274,22 +274,33 @@ CODE = """def two_sum(nums, target):
     seen = {}
     for i, n in enumerate(nums):
         if target - n in seen:
-            return seen[target - n], i
+            return [seen[target - n], i]
         seen[n] = i
-    return None"""
+
+
+print(two_sum([2, 7, 11, 15], 9))"""
 
 
 def test_a_screenshot_of_an_interviewers_view(people: People) -> None:
+    """The interviewer's page in an interview going well: the question picked and its statement,
+    the candidate's code with their cursor, the output of their run, who is in the room."""
     ann = people.join(people.interview()["interviewer"], "Ann", {"width": 1280, "height": 800})
     links = share_links(ann)
     close_share(ann)
     bob = people.join(links["candidate"], "Bob")
     people.join(links["observer"], "Cara")
     ann.page.locator(".collab-notes textarea").fill("Asked for O(n): got there after one hint.")
+    ann.pick_question("Two Sum")
+    bob.wait_text("t.includes('def two_sum')", timeout=10)
+    bob.set_code("")
     bob.page.locator(".cm-content").click()
     bob.type_in_page(CODE, 0, 5)
     bob.wait_typed()
     ann.wait_text("t === arg", CODE)
+    bob.wait_settled()
+    run = bob.press_run()
+    expect(ann.run_ended(run).locator(".collab-run-text")).to_have_text("[0, 1]\n")
+    expect(ann.page.locator(".collab-question-title")).to_have_text("Two Sum")
     presence = ann.page.locator(".collab-presence")
     for name, role in (("Ann", "interviewer"), ("Bob", "candidate"), ("Cara", "observer")):
         expect(presence.locator(".collab-member", has_text=name).locator(".collab-role-badge")).to_have_text(role)

@@ -1,7 +1,8 @@
 """The history view: `Playback` over both stores, and the dialog with NiceGUI's simulated `user`.
 
 Versions are written into a room by a raw client of the registry (pushes, as any client sends
-them), so what the view shows is checked against what the store holds.
+them), so what the view shows is checked against what the store holds. Runs are written into
+the store directly (`RunRecord`), as the room commits them once they end.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
@@ -22,12 +24,13 @@ from rooms.protocol import Hello, Push
 from rooms.registry import RoomRegistry
 from rooms.room_messages import RESTORE_CLIENT
 from rooms.session import Session
-from rooms.store import HistoryUnavailable, Record, RoomWrite, Store
+from rooms.store import HistoryUnavailable, Record, RoomWrite, RunRecord, Store
 from rooms.store.memory import MemoryStore
 from rooms.store.sqlite import SqliteStore
 from tests.ui_simulation import Recorder
 from ui.editor import CollabEditor
 from ui.history import NO_COLOR, Playback, codemirror_language, inserted_ranges, safe_color
+from ui.history_runs import MARK, describe_run, run_output, run_score, run_tests, slider_markers
 
 TEXTS = [
     "def add(a, b):\n",
@@ -369,3 +372,169 @@ async def test_restore_without_a_connection_says_so(users: Callable[[], User], r
     await wait_for_notice(ann, "Not connected")
     assert TEXTS[1] == registry.rooms["offline"].document.text
     assert 2 == registry.rooms["offline"].document.version
+
+
+# Runs
+
+
+def run_record(
+    run_id: str,
+    version: int,
+    *,
+    author: str = "Cy",
+    color: str = "#16a34a",
+    status: str = "ok",
+    output: object = (),
+    tests: object = None,
+) -> RunRecord:
+    return RunRecord(
+        run_id,
+        version,
+        f"u-{author}",
+        author,
+        color,
+        "python",
+        "code" if tests is None else "tests",
+        1_700_000_000.0 + version,
+        120,
+        status,
+        False,
+        json.dumps(list(output)),
+        "" if tests is None else json.dumps(tests),
+    )
+
+
+TESTS = [
+    {"name": "small", "passed": True, "error": None, "args": [[2, 7], 9], "expected": [0, 1], "actual": [0, 1]},
+    {"name": "empty", "passed": False, "error": "IndexError: list index out of range", "args": [[], 1],
+     "expected": None, "actual": None},
+]  # fmt: skip
+
+
+async def store_runs(registry: RoomRegistry, room_id: str, runs: Sequence[RunRecord]) -> None:
+    """Commit ``runs`` as the room does once they end: a write that holds only runs."""
+    info = await registry.store.info(room_id)
+    assert info is not None
+    await registry.store.commit([RoomWrite(room_id, info.epoch, info.language, head=info.version, runs=runs)])
+
+
+def test_a_run_reads_its_output_and_tests_joined_and_scored() -> None:
+    printed = [["stdout", "a"], ["stdout", "b\n"], ["stderr", "Traceback\n"], ["stdout", "c"]]
+    run = run_record("r", 1, output=printed)
+    assert [("stdout", "ab\n"), ("stderr", "Traceback\n"), ("stdout", "c")] == run_output(run)
+    assert None is run_score(run) and [] == run_tests(run)
+    assert "finished" == describe_run(run)
+    tested = run_record("t", 1, tests=TESTS)
+    assert (1, 2) == run_score(tested)
+    assert "finished, 1/2 passed" == describe_run(tested)
+    small, empty = run_tests(tested)
+    assert (True, "[[2, 7], 9]", "[0, 1]") == (small.passed, small.args, small.expected)
+    assert (False, "IndexError: list index out of range") == (empty.passed, empty.error)
+    assert "timed out" == describe_run(run_record("o", 1, status="timeout"))
+    assert None is run_score(run_record("l", 1, status="lost", tests=[]))  # ended before its tests
+
+
+@pytest.mark.parametrize("stored", ["not json", '{"a": 1}', '[["stdout"]]', "[[1, 2]]", "[" * 10_000])
+def test_a_run_whose_output_cannot_be_read_shows_none(stored: str) -> None:
+    run = run_record("r", 1)
+    damaged = RunRecord(*[stored if name in ("output", "tests") else getattr(run, name) for name in run.__slots__])
+    assert [] == run_output(damaged)
+    assert [] == run_tests(damaged)
+
+
+def test_the_slider_marks_each_version_run_in_its_range_by_how_its_newest_run_ended() -> None:
+    runs = [
+        run_record("a", 1, status="error"),
+        run_record("b", 3),
+        run_record("c", 3, status="error"),
+        run_record("d", 5, tests=TESTS),
+        run_record("e", 6, tests=TESTS[:1]),
+        run_record("f", 9),  # past the head read: not marked
+        run_record("g", 0),  # before the oldest version kept: not marked
+    ]
+    marks = slider_markers(runs, 1, 8)
+    assert [(1, MARK), (3, f"{MARK}2"), (5, MARK), (6, MARK)] == [(m["value"], m["label"]) for m in marks]
+    assert ["red", "red", "red", "green"] == [re.findall(r"text-(\w+)-700", m["classes"])[0] for m in marks]
+    assert [] == slider_markers([], 0, 10)
+
+
+def run_order(user: User, run_ids: Sequence[str]) -> list[str]:
+    """``run_ids`` in the order the run list shows them, top to bottom."""
+    return sorted(run_ids, key=lambda run_id: the(user, f"history-run-id-{run_id}").id)
+
+
+async def test_runs_are_marked_and_listed_and_choosing_one_shows_its_version_and_output(
+    users: Callable[[], User], registry: RoomRegistry
+) -> None:
+    ann = users()
+    await enter(ann, "runs", "Ann")
+    bob = await writer(registry, "runs", "Bob", "#2563eb")
+    await write(registry, bob, TEXTS)
+    printed = [["stdout", "3\n"], ["stderr", "Traceback (most recent call last):\n"], ["stderr", "ZeroDivisionError\n"]]
+    await store_runs(
+        registry,
+        "runs",
+        [
+            run_record("r1", 2, author="<b>Cy</b>", output=[["stdout", "3\n"]]),
+            run_record("r2", 2, author="Bob", color="red; x", status="error", output=printed),
+            run_record("r3", 4, tests=TESTS),
+        ],
+    )
+    ann.find(marker="history").click()
+    await ann.should_see("version 4 of 4", retries=50)
+    await until(lambda: "marker-labels" in slider(ann).props, "the runs marked")
+    marks = slider(ann).props["marker-labels"]
+    assert [(2, f"{MARK}2"), (4, MARK)] == [(mark["value"], mark["label"]) for mark in marks]
+    assert ["r3", "r2", "r1"] == run_order(ann, ["r1", "r2", "r3"])  # newest first
+    await ann.should_see("<b>Cy</b>", marker="history-runs")  # a name is text
+    await ann.should_see("version 4 · Python · tests · finished, 1/2 passed", marker="history-run-summary")
+
+    ann.find(marker="history-run-id-r2").click()
+    await until(lambda: TEXTS[1] == code(ann).value, "showing the version run")
+    assert 2 == slider(ann).value
+    await ann.should_see("error in 0.12 s", marker="history-run-status")
+    await ann.should_see("3\n", marker="history-run-stdout")
+    await ann.should_see("Traceback (most recent call last):\nZeroDivisionError\n", marker="history-run-stderr")
+
+    ann.find(marker="history-run-id-r3").click()
+    await until(lambda: TEXTS[3] == code(ann).value, "showing the version of the test run")
+    await ann.should_see("finished, 1/2 passed in 0.12 s", marker="history-run-status")
+    await ann.should_see("No output.", marker="history-run-detail")
+    await ann.should_see("small", marker="history-run-test")
+    await ann.should_see("expected: [0, 1]")
+    await ann.should_see("error: IndexError: list index out of range")
+    await ann.should_not_see(marker="history-run-stderr")
+
+
+async def test_new_runs_are_read_once_they_are_stored_and_never_move_the_slider(
+    users: Callable[[], User], registry: RoomRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ann = users()
+    await enter(ann, "more-runs", "Ann")
+    bob = await writer(registry, "more-runs", "Bob", "#2563eb")
+    await write(registry, bob, TEXTS)
+    reads: list[int] = []  # the limit of each read of the runs
+    runs = registry.store.runs
+
+    async def counted(room_id: str, limit: int) -> list[RunRecord]:
+        reads.append(limit)
+        return await runs(room_id, limit)
+
+    monkeypatch.setattr(registry.store, "runs", counted)
+    ann.find(marker="history").click()
+    await ann.should_see("version 4 of 4", retries=50)
+    slider(ann).set_value(1)
+    await until(lambda: TEXTS[0] == code(ann).value, "showing version 1")
+    await ann.should_not_see(marker="history-runs")  # no runs: no list
+    await until(lambda: len(reads) >= 2, "the runs polled twice")
+    assert "marker-labels" not in slider(ann).props
+    assert all(1 == limit for limit in reads)  # only the newest run is read while none changed
+    await store_runs(registry, "more-runs", [run_record("late", 3)])
+    await until(lambda: "marker-labels" in slider(ann).props, "the new run marked")
+    assert [3] == [mark["value"] for mark in slider(ann).props["marker-labels"]]
+    await ann.should_see(marker="history-run-id-late")
+    assert 1 == slider(ann).value and TEXTS[0] == code(ann).value
+    full_reads = len([limit for limit in reads if limit > 1])
+    seen = len(reads)
+    await until(lambda: len(reads) >= seen + 2, "the runs polled twice more")
+    assert full_reads == len([limit for limit in reads if limit > 1])  # nothing changed since

@@ -53,6 +53,8 @@ from ui.reports import (
     parse_link,
     parse_members,
     parse_notes,
+    parse_question,
+    parse_runs,
 )
 
 __all__ = [
@@ -164,6 +166,8 @@ class CollabEditor(
         on_access: Callable[[AccessState], None] | None = None,
         on_notes: Callable[[str], None] | None = None,
         on_link: Callable[[LinkChange], None] | None = None,
+        on_question: Callable[[str | None], None] | None = None,
+        on_runs_allowed: Callable[[bool], None] | None = None,
         on_denied: Callable[[str], None] | None = None,
     ) -> None:
         """``token`` is the secret of the private room's link the page was opened with (None:
@@ -171,9 +175,11 @@ class CollabEditor(
 
         ``on_members`` is called with the room's member list, ``on_activity`` with its
         language and who typed lately, ``on_access`` with the member's role and the room's
-        lock and end, ``on_notes`` with the interviewers' notes, and ``on_link`` with a change to
-        a shared role's link, whenever the browser half reports them (each at most once per
-        `REPORT_INTERVAL_SECONDS`, the newest: a page redraws its links from the room anyway).
+        lock and end, ``on_notes`` with the interviewers' notes, ``on_link`` with a change to
+        a shared role's link, ``on_question`` with the id of the room's question (None: it has
+        none) and ``on_runs_allowed`` with whether its members may run code, whenever the
+        browser half reports them (each at most once per `REPORT_INTERVAL_SECONDS`, the newest:
+        a page redraws its links from the room anyway).
         ``on_denied`` is called with the reason when the room refuses this page for good."""
         super().__init__()
         self._registry = registry
@@ -197,12 +203,16 @@ class CollabEditor(
         self._accesses = Newest(on_access)
         self._notes = Newest(on_notes)
         self._link_changes = Newest(on_link)
+        self._questions: Newest[str | None] = Newest(on_question)
+        self._runs_allowed = Newest(on_runs_allowed)
         self.on("frame", self._on_frame)
         self.on("members", self._on_members_event)
         self.on("activity", self._on_activity_event)
         self.on("access", self._on_access_event)
         self.on("notes", self._on_notes_event)
         self.on("link", self._on_link_event)
+        self.on("question", self._on_question_event)
+        self.on("runs", self._on_runs_event)
 
     # Server -> browser
 
@@ -308,6 +318,12 @@ class CollabEditor(
 
     async def _on_link_event(self, event: GenericEventArguments) -> None:
         await self._report("link", event, parse_link, self._link_changes)
+
+    async def _on_question_event(self, event: GenericEventArguments) -> None:
+        await self._report("question", event, parse_question, self._questions)
+
+    async def _on_runs_event(self, event: GenericEventArguments) -> None:
+        await self._report("runs", event, parse_runs, self._runs_allowed)
 
     async def _report(
         self, kind: str, event: GenericEventArguments, parse: Callable[[object], tuple[int, T]], newest: Newest[T]

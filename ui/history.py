@@ -12,14 +12,13 @@ version shown, and of at most ``MAX_CHECKPOINTS`` versions that are multiples of
 gives with `Store.text_at`) with at most that many records applied.
 
 Every name is shown as text (``ui.label``); colours from the store are used only when they are
-``#rrggbb``.
+``#rrggbb``. The runs the room stored are marked on the slider and listed beside the code
+(`ui.history_runs`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
-import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import cast, get_args
@@ -35,6 +34,7 @@ from rooms.registry import RoomRegistry
 from rooms.room_messages import RESTORE_CLIENT
 from rooms.store import HistoryUnavailable, Record, RoomInfo, Store, StoreError
 from ui.editor import CollabEditor
+from ui.history_runs import NO_COLOR, HistoryRuns, describe_time, safe_color
 from ui.languages import label_for
 
 log = structlog.get_logger("collab.ui.history")
@@ -50,14 +50,8 @@ SPEEDS = {1: "1 version/s", 4: "4 versions/s", 16: "16 versions/s", 64: "64 vers
 DEFAULT_SPEED = 4
 MAX_FRAMES_PER_SECOND = 8
 LEGEND_SIZE = 12  # authors named in the legend; the others are counted
-NO_COLOR = "#9ca3af"
-_COLOR = re.compile(r"#[0-9a-fA-F]{6}")
 _CODEMIRROR_LANGUAGES: frozenset[str] = frozenset(get_args(SUPPORTED_LANGUAGES))
-
-
-def safe_color(color: str) -> str:
-    """The colour if it is ``#rrggbb``, else a neutral grey: it goes into a style attribute."""
-    return color if _COLOR.fullmatch(color) else NO_COLOR
+__all__ = ["NO_COLOR", "HistoryView", "Playback", "open_history", "safe_color"]
 
 
 def codemirror_language(language: str) -> SUPPORTED_LANGUAGES | None:
@@ -73,10 +67,6 @@ def inserted_ranges(changes: ChangeSet, text: str) -> tuple[tuple[int, int], ...
     """Where ``changes`` inserted text in ``text`` (the text after them), as ``str`` indices."""
     ranges = [(from_b, to_b) for _, _, from_b, to_b, _ in changes.iter_changes() if to_b > from_b]
     return tuple((utf16_to_index(text, start), utf16_to_index(text, end)) for start, end in ranges[:MAX_MARKS])
-
-
-def describe_time(seconds: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(seconds)) if seconds else ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,16 +274,19 @@ class HistoryView:
                         self.author_dot = ui.element("span").classes("inline-block w-3 h-3 rounded-full shrink-0")
                         self.author_label = ui.label().mark("history-author")
                     self.time_label = ui.label().classes("text-gray-500").mark("history-time")
-                self.code = (
-                    ui.codemirror(
-                        "",
-                        language=codemirror_language(language),
-                        theme="oneDark" if dark else "basicLight",
+                with ui.element("div").classes("w-full flex flex-col md:flex-row gap-2 no-wrap") as body:
+                    body.style("flex: 1 1 0; min-height: 0")
+                    self.code = (
+                        ui.codemirror(
+                            "",
+                            language=codemirror_language(language),
+                            theme="oneDark" if dark else "basicLight",
+                        )
+                        .classes("w-full collab-history-code")
+                        .style("flex: 1 1 0; min-height: 0; min-width: 0; height: auto")
+                        .mark("history-code")
                     )
-                    .classes("w-full collab-history-code")
-                    .style("flex: 1 1 0; min-height: 0; height: auto")
-                    .mark("history-code")
-                )
+                    self.runs = HistoryRuns(registry.store, room_id, go_to=self.go_to)
                 self.code.disable()  # read-only: the live editor is where the text is changed
                 self.legend = ui.row().classes("w-full items-center gap-3 text-sm").mark("history-legend")
             self.player.set_visibility(False)
@@ -327,6 +320,7 @@ class HistoryView:
             self.slider.set_value(info.version)  # opens at the text as it is now
         elif self.rendered is not None:
             self.describe(self.rendered)
+        await self.runs.poll(self.slider, info.oldest, info.version)
         try:
             if await self.playback.count_authors():
                 self.draw_legend()
@@ -416,6 +410,15 @@ class HistoryView:
             return
         self.pause()
         self.slider.set_value(min(info.version, max(info.oldest, int(self.slider.value) + by)))
+
+    def go_to(self, version: int) -> bool:
+        """Show ``version`` (a run's): False when the history no longer keeps it."""
+        info = self.playback.info
+        if info is None or not info.oldest <= version <= info.version:
+            return False
+        self.pause()
+        self.slider.set_value(version)
+        return True
 
     def set_speed(self, speed: int) -> None:
         interval = max(1 / speed, 1 / MAX_FRAMES_PER_SECOND)

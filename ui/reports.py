@@ -2,8 +2,10 @@
 
 The browser half only repeats what the room told its connection: who is in the room
 (``members``), the room's language and who typed lately (``activity``), the member's role and
-whether the room is locked or ended (``access``), the interviewers' notes (``notes``), and each
-change to a shared role's link (``link``, to interviewers only). Each
+whether the room is locked or ended (``access``), the interviewers' notes (``notes``), each
+change to a shared role's link (``link``, to interviewers only), the room's question
+(``question``: its id only, the page reads the rest from the server's catalog) and whether its
+members may run code (``runs``). Each
 report is checked against the shapes the room gives them, so a page never draws something the
 room could not have said; `Newest` hands the page at most one report per interval.
 """
@@ -20,6 +22,7 @@ from typing import Any, Generic, TypeVar
 from rooms.access import SHARED_ROLES, Role
 from rooms.errors import InvalidMessage
 from rooms.limits import clean_language
+from rooms.questions import QUESTION_ID
 from ui.access import LINK_SECRET
 
 # User ids are 12 hex digits today: anything much longer is not from the browser half.
@@ -197,18 +200,42 @@ def parse_link(args: object) -> tuple[int, LinkChange]:
     return gen, LinkChange(Role(role), token)
 
 
+def parse_question(args: object) -> tuple[int, str | None]:
+    """The generation and the room's question id of a ``question`` event from the browser (None:
+    the room has no question). Only an id is taken: the page shows the question from the
+    server's own catalog, never what the browser sent. Raises `ValueError` saying what is wrong."""
+    args, gen = _event_gen(args, "question")
+    question_id = args.get("question_id")
+    if question_id is not None and not (isinstance(question_id, str) and QUESTION_ID.fullmatch(question_id)):
+        shown = f"{len(question_id)} characters" if isinstance(question_id, str) else type(question_id).__name__
+        raise ValueError(f"question_id must be null or 1 to 64 of a-z, 0-9 and '-', got {shown}")
+    return gen, question_id
+
+
+def parse_runs(args: object) -> tuple[int, bool]:
+    """The generation and whether the room's members may run code, of a ``runs`` event from the
+    browser; raises `ValueError` saying what is wrong."""
+    args, gen = _event_gen(args, "runs")
+    return gen, _flag(args.get("allowed"), "allowed")
+
+
 class Newest(Generic[T]):
     """Hands reports from the browser to the page at most once per `REPORT_INTERVAL_SECONDS`:
     the first at once, then the newest of those that came during the interval."""
 
     def __init__(self, show: Callable[[T], None] | None) -> None:
         self.show = show
-        self.latest: T | None = None  # the newest report, shown or about to be
+        self._newest: tuple[T] | None = None  # the newest report (None itself may be one)
         self._shown_at = float("-inf")
         self._waiting = False  # a handler waits out the interval to show the newest report
 
+    @property
+    def latest(self) -> T | None:
+        """The newest report, shown or about to be; None before the first."""
+        return None if self._newest is None else self._newest[0]
+
     async def report(self, value: T, alive: Callable[[], bool]) -> None:
-        self.latest = value
+        self._newest = (value,)
         if self._waiting:
             return  # the handler already waiting shows this newer report
         wait = self._shown_at + REPORT_INTERVAL_SECONDS - time.monotonic()
@@ -218,8 +245,8 @@ class Newest(Generic[T]):
                 await asyncio.sleep(wait)
             finally:
                 self._waiting = False
-        latest = self.latest
-        if self.show is None or latest is None or not alive():
+        newest = self._newest
+        if self.show is None or newest is None or not alive():
             return
         self._shown_at = time.monotonic()
-        self.show(latest)
+        self.show(newest[0])

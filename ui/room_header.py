@@ -2,9 +2,11 @@
 
 Everyone gets the theme, the download, the connection badge, the presence toggle and their own
 name. An open room adds its link to copy; the room's language is a select for whoever may change
-it and a label for observers; history is for open rooms and interviewers; interviewers also get
-the lock, the share dialog and the end of the interview. On a phone-sized screen the less
-frequent controls move into a menu (Quasar's ``gt-xs`` and ``xs`` classes show one or the other).
+it and a label for observers; history and the question picker are for open rooms and
+interviewers; interviewers also get the lock, the "Running code allowed" switch (and a badge
+while it is off), the share dialog and the end of the interview. On a phone-sized screen the
+less frequent controls move into a menu (Quasar's ``gt-xs`` and ``xs`` classes show one or the
+other).
 """
 
 from __future__ import annotations
@@ -30,11 +32,17 @@ PHONE_ONLY = "xs"
 class RoomHeader:
     """The header of one room page; `show_access` and `show_language` keep it in step."""
 
-    def __init__(self, page: RoomPage, language: str, *, dark: bool) -> None:
+    def __init__(self, page: RoomPage, language: str, *, dark: bool, runs_allowed: bool = True) -> None:
         self.page = page
         role = page.role
         interviewer = role is Role.INTERVIEWER
         self.select: ui.select | None = None
+        self.question: ui.button | None = None
+        self.question_item: ui.menu_item | None = None
+        self.runs: ui.switch | None = None
+        self.runs_item: ui.menu_item | None = None
+        self.runs_item_label: ui.item_section | None = None
+        self.runs_off: ui.badge | None = None
         self.language_label: ui.label | None = None
         self.lock: ui.button | None = None
         self.end: ui.button | None = None
@@ -47,6 +55,11 @@ class RoomHeader:
                 copy.mark("copy-link")
             ui.space()
             self._language(language)
+            if allowed(role, Act.QUESTION):
+                pick = self._button("quiz", page.pick_question, "Pick the room's question", "collab-question-pick")
+                self.question = pick.mark("question-pick")
+            if allowed(role, Act.CONTROL):
+                self._runs_switch(runs_allowed)
             if interviewer:
                 self.lock = self._button(
                     "lock_open", page.toggle_lock, "Lock or unlock the editor", "collab-lock", on_phones=True
@@ -67,6 +80,7 @@ class RoomHeader:
             toggle = ui.button(icon="group", on_click=page.toggle_presence).props(HEADER_BUTTON)
             toggle.classes("collab-presence-toggle").mark("presence-toggle").tooltip("Who is in the room")
             self._me_button()
+        self.show_runs_allowed(runs_allowed)
 
     def _button(
         self, icon: str, action: Callable[[], object], tip: str, classes: str = "", *, on_phones: bool = False
@@ -80,6 +94,13 @@ class RoomHeader:
         with ui.button(icon="more_vert").props(HEADER_BUTTON).classes(f"{PHONE_ONLY} collab-header-menu"), ui.menu():
             if role is None:
                 ui.menu_item("Copy the link", on_click=page.copy_link).classes("collab-menu-copy-link")
+            if allowed(role, Act.QUESTION):
+                self.question_item = ui.menu_item("The room's question", on_click=page.pick_question)
+                self.question_item.classes("collab-menu-question")
+            if allowed(role, Act.CONTROL):
+                self.runs_item = ui.menu_item(on_click=lambda: page.allow_runs(not page.runs_allowed))
+                with self.runs_item.classes("collab-menu-runs"):
+                    self.runs_item_label = ui.item_section()
             if role is Role.INTERVIEWER:
                 ui.menu_item("Share the links", on_click=page.open_share).classes("collab-menu-share")
                 self.end_item = ui.menu_item("End the interview", on_click=page.confirm_end)
@@ -88,6 +109,14 @@ class RoomHeader:
                 ui.menu_item("History", on_click=page.show_history).classes("collab-menu-history")
             ui.menu_item("Light or dark theme", on_click=page.toggle_theme)
             ui.menu_item("Download the code", on_click=page.download)
+
+    def _runs_switch(self, runs_allowed: bool) -> None:
+        self.runs_off = ui.badge("Runs off", color="amber-3", text_color="black").classes("collab-runs-off")
+        self.runs_off.mark("runs-off").tooltip("Candidates cannot run code now; interviewers still can")
+        self.runs = ui.switch("Running code allowed", value=runs_allowed)
+        self.runs.on_value_change(lambda event: self.page.allow_runs(bool(event.value)))
+        self.runs.props("dense dark color=green-4").classes(f"text-sm collab-runs-allowed {WIDE_ONLY}")
+        self.runs.mark("runs-allowed").tooltip("Whether candidates may run the code")
 
     def _language(self, language: str) -> None:
         if self.page.role is Role.OBSERVER:  # may never change it: shown, not offered
@@ -132,6 +161,15 @@ class RoomHeader:
     def language(self) -> str | None:
         return self.select.value if self.select is not None else None
 
+    def show_runs_allowed(self, runs_allowed: bool) -> None:
+        """Whether the room lets its members who are not interviewers run code, as last heard."""
+        if self.runs is not None:
+            self.runs.set_value(runs_allowed)  # the page ignores a change to what the room has
+        if self.runs_off is not None:
+            self.runs_off.set_visibility(not runs_allowed)
+        if self.runs_item_label is not None:
+            self.runs_item_label.set_text("Turn running code off" if runs_allowed else "Allow running code")
+
     def show_access(self, access: AccessState, *, denied: bool = False) -> None:
         """Offer only what the room would take now: a candidate's language while it may edit,
         the lock until the interview ends; nothing once the page lost its access (``denied``)."""
@@ -144,3 +182,6 @@ class RoomHeader:
         for control in (self.end, self.end_item):
             if control is not None:
                 control.set_enabled(not access.ended and not denied)
+        for choice in (self.question, self.question_item, self.runs, self.runs_item):
+            if choice is not None:
+                choice.set_enabled(not denied)

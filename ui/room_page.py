@@ -4,6 +4,12 @@ The page first asks the room what the request's link makes of its user (`ui.acce
 nothing (a private room without a live link: a page that says so), or a role, which decides
 what the page offers (see `ui.room_header`) and goes with the editor's hello. Open rooms have no
 role and offer what they always did.
+
+Under the editor, the run panel (`ui.run_panel`) runs the room's code in the browser and shows
+every member's runs; it takes a share of the height the user can drag. Beside the editor, the
+room's question (`ui.question_panel`) for everyone once it has one, and the notes for
+interviewers: in tabs when both are there. On a phone-sized screen the side area moves under
+the editor, as the notes always did.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from rooms.errors import Forbidden, NoOpenRooms, RoomError, UnknownRoom
 from rooms.limits import ROOM_ID
 from rooms.presence import pick_color
 from rooms.protocol import ClientMessage, End, Language, Lock, Notes, Remove, Revoke
+from rooms.run_protocol import AllowRuns, SetQuestion
 from ui.access import PRIVATE_ROOM, banner_text, may_edit, page_role
 from ui.editor import CollabEditor, Identity
 from ui.history import open_history
@@ -26,9 +33,11 @@ from ui.identity import IdentityDialog, stored_identity
 from ui.languages import extension_for
 from ui.notes_panel import NotesPanel
 from ui.presence_panel import PresencePanel
+from ui.question_panel import TEXT_STAYS, QuestionPanel, pick_question, sees_hidden_tests
 from ui.reports import AccessState, LinkChange, RoomActivity, Roster, RosterEntry
 from ui.room_dialogs import confirm_end, confirm_remove, offer_lost_text, offer_to_take_over
 from ui.room_header import RoomHeader
+from ui.run_panel import RunPanel
 from ui.saving import NOT_SAVED, SAVING, wait_stored
 from ui.services import Services
 from ui.share_dialog import ShareDialog, SharedLink
@@ -38,15 +47,27 @@ PAGE_CSS = """
 .collab-workspace { height: calc(100vh - 64px); height: calc(100dvh - 64px); width: 100%;
   display: flex; flex-direction: column; }
 .collab-panes { flex: 1; min-height: 0; display: flex; width: 100%; }
+.collab-main { flex: 1; min-width: 0; min-height: 0; height: 100%; }
+.collab-main .q-splitter__before, .collab-main .q-splitter__after { min-height: 0; }
+.collab-main .q-splitter__after { overflow: auto; }
+.collab-main .collab-runs { width: 100%; height: 100%; max-height: none !important; }
+.collab-question-statement h1, .collab-question-statement h2, .collab-question-statement h3 {
+  font-size: 1rem; line-height: 1.5rem; font-weight: 600; margin: .75rem 0 .25rem; }
+.collab-question-statement pre { overflow-x: auto; }
 .collab-editor { flex: 1; min-width: 0; height: 100%; }
 .collab-editor .cm-editor { height: 100%; font-size: 14px; }
-.collab-notes-panel { width: 18rem; flex-shrink: 0; overflow: auto; border-left: 1px solid rgba(128,128,128,.3); }
+.collab-side { width: 22rem; flex-shrink: 0; overflow: auto; border-left: 1px solid rgba(128,128,128,.3); }
+.collab-side .q-tab-panel { padding: 0; }
 @media (max-width: 767.98px) {
   .collab-panes { flex-direction: column; }
-  .collab-notes-panel { width: 100%; max-height: 35%; border-left: 0; border-top: 1px solid rgba(128,128,128,.3); }
+  .collab-side { width: 100%; max-height: 35%; border-left: 0; border-top: 1px solid rgba(128,128,128,.3); }
 }
 @media (max-width: 599.98px) { .collab-status-label { display: none; } }
 """
+
+# The editor's share of the height above the run panel, in percent, and the range a drag keeps it in.
+EDITOR_SHARE = 68
+EDITOR_SHARE_LIMITS = (25, 95)
 
 
 async def room_page(services: Services, room_id: str, request: Request) -> None:
@@ -100,8 +121,8 @@ def is_dark() -> bool:
 
 
 class RoomPage:
-    """One browser page in a room: the header's controls, the editor, the presence panel, and
-    for interviewers the notes and the share dialog."""
+    """One browser page in a room: the header's controls, the editor, the run panel, the
+    presence panel, the room's question, and for interviewers the notes and the share dialog."""
 
     def __init__(
         self, services: Services, room_id: str, who: Identity, *, role: Role | None, token: str | None, origin: str
@@ -124,8 +145,10 @@ class RoomPage:
         self.language: str | None = room.language if room is not None else None
         locked, ended = (room.access.locked, room.access.ended) if room is not None else (False, False)
         self.access = AccessState(role, locked, ended)
+        self.question_id: str | None = room.access.question if room is not None else None
+        self.runs_allowed = room.access.runs_allowed if room is not None else True
         language = self.language or self.settings.default_language
-        self.header = RoomHeader(self, language, dark=is_dark())
+        self.header = RoomHeader(self, language, dark=is_dark(), runs_allowed=self.runs_allowed)
         with ui.element("div").classes("collab-workspace"):
             self.banner = ui.label().classes("w-full px-4 py-1 text-sm bg-amber-100 text-amber-900")
             self.banner.classes("collab-access-banner").mark("access-banner")
@@ -135,31 +158,57 @@ class RoomPage:
                 ui.link("Start page", "/").classes("text-red-900")
             self.lost.classes("collab-access-lost").mark("access-lost").set_visibility(False)
             with ui.element("div").classes("collab-panes"):
-                self.editor = CollabEditor(
-                    services.registry,
-                    self.settings,
-                    room_id,
-                    self._current_identity,
-                    language=language,
-                    theme="dark" if is_dark() else "light",
-                    token=token,
-                    read_only=not may_edit(role, locked=locked, ended=ended),
-                    on_members=self._show_members,
-                    on_activity=self._show_activity,
-                    on_access=self._show_access,
-                    on_notes=self._show_notes,
-                    on_link=self._show_link,
-                    on_denied=self._show_denied,
-                ).classes("w-full")
-                self.notes = None
-                if interviewer:
-                    notes = room.notes if room is not None else ""
-                    self.notes = NotesPanel(notes, self.save_notes, max_chars=self.settings.max_notes_chars)
+                split = ui.splitter(horizontal=True, value=EDITOR_SHARE, limits=EDITOR_SHARE_LIMITS)
+                with split.classes("collab-main").mark("run-split"), split.before:
+                    self.editor = CollabEditor(
+                        services.registry,
+                        self.settings,
+                        room_id,
+                        self._current_identity,
+                        language=language,
+                        theme="dark" if is_dark() else "light",
+                        token=token,
+                        read_only=not may_edit(role, locked=locked, ended=ended),
+                        on_members=self._show_members,
+                        on_activity=self._show_activity,
+                        on_access=self._show_access,
+                        on_notes=self._show_notes,
+                        on_link=self._show_link,
+                        on_question=self._show_question,
+                        on_runs_allowed=self._show_runs_allowed,
+                        on_denied=self._show_denied,
+                    ).classes("w-full")
+                with split.after:
+                    self.run_panel = RunPanel(self.settings)
+                self._side(room.notes if room is not None else "")
         self.editor.on("lost", self._on_lost)
         self.editor.on("notice", self._on_notice)
         self.editor.on("paused", lambda: offer_to_take_over(self.editor))
         self.presence = PresencePanel(on_remove=self.remove if interviewer else None)
         self._show_access(self.access)
+
+    def _side(self, notes: str) -> None:
+        """The side area: the question, and for interviewers the notes in a tab beside it."""
+        questions = self.services.questions()
+        hidden_tests = sees_hidden_tests(self.role)
+        self.notes: NotesPanel | None = None
+        self.side_tabs: ui.tabs | None = None
+        with ui.element("div").classes("collab-side").mark("side") as self.side:
+            if self.role is not Role.INTERVIEWER:
+                self.question_panel = QuestionPanel(questions, hidden_tests=hidden_tests, role=self.role)
+            else:
+                with ui.tabs().props("dense align=left inline-label").classes("w-full") as self.side_tabs:
+                    question_tab = ui.tab("question", "Question", icon="quiz").mark("question-tab")
+                    notes_tab = ui.tab("notes", "Notes", icon="edit_note").mark("notes-tab")
+                first = "question" if self.question_id is not None and self.question_id in questions else "notes"
+                with ui.tab_panels(self.side_tabs, value=first, animated=False).classes("w-full"):
+                    with ui.tab_panel(question_tab):
+                        self.question_panel = QuestionPanel(
+                            questions, hidden_tests=hidden_tests, role=self.role, pick=self.pick_question
+                        )
+                    with ui.tab_panel(notes_tab):
+                        self.notes = NotesPanel(notes, self.save_notes, max_chars=self.settings.max_notes_chars)
+        self._show_question(self.question_id)
 
     # What the header asks for
 
@@ -180,6 +229,37 @@ class RoomPage:
         if self.language is not None:
             self.header.show_language(self.language)
             self.editor.set_language(self.language)
+
+    def pick_question(self) -> None:
+        """Offer the catalog's questions; the dialog says so when the editor has text, which
+        picking a question leaves as it is."""
+        with self.editor.client.content:
+            pick_question(
+                self.services.questions(), self.question_id, has_text=self._has_text(), choose=self.choose_question
+            )
+
+    def choose_question(self, question_id: str | None) -> None:
+        """The user picked the room's question (None: no question)."""
+        if question_id == self.question_id:
+            return
+        has_text = self._has_text()
+        # The room's `question` message brings it to every page, this one included.
+        sent = self.send(SetQuestion(type="question", question_id=question_id), "the question cannot be changed")
+        if sent and question_id is not None and has_text:
+            ui.notify(TEXT_STAYS, type="warning")
+
+    def _has_text(self) -> bool:
+        """Whether the room's text is more than blanks, as the room holds it now."""
+        room = self.services.registry().rooms.get(self.room_id)
+        return room is not None and room.document.text.strip() != ""
+
+    def allow_runs(self, allowed: bool) -> None:
+        """The interviewer turned running code on or off for the others."""
+        if allowed == self.runs_allowed:
+            return  # the switch following the room
+        # The room's `runs_allowed` message brings the change to every page, this one included.
+        if not self.send(AllowRuns(type="allow_runs", allowed=allowed), "running code cannot be turned on or off"):
+            self.header.show_runs_allowed(self.runs_allowed)
 
     def toggle_theme(self) -> None:
         dark = not is_dark()
@@ -341,6 +421,21 @@ class RoomPage:
     def _show_notes(self, text: str) -> None:
         if self.notes is not None:
             self.notes.show(text)
+
+    def _show_question(self, question_id: str | None) -> None:
+        """The room's question changed (or the page learnt it): drawn from the server's catalog."""
+        changed = question_id != self.question_id
+        self.question_id = question_id
+        self.question_panel.show(question_id)
+        shown = self.question_panel.question is not None
+        if self.side_tabs is None:
+            self.side.set_visibility(shown)  # nothing else is beside the editor
+        elif changed:
+            self.side_tabs.set_value("question" if shown else "notes")
+
+    def _show_runs_allowed(self, allowed: bool) -> None:
+        self.runs_allowed = allowed
+        self.header.show_runs_allowed(allowed)
 
     def _show_link(self, change: LinkChange) -> None:
         """Another interviewer (or this page) revoked or renewed a link, and the room stored it:
