@@ -2,12 +2,18 @@
 
     .venv/bin/python bench/report.py RESULTS.json                        # rewrites docs/benchmarks.md
     .venv/bin/python bench/report.py RESULTS.json --output /tmp/benchmarks.md
+    .venv/bin/python bench/report.py RESULTS.json --splice    # only its run_start section
 
 ``bench/run.py`` measures, saves the results file and calls `write`. The report keeps the part
 of the file it replaces that is written by hand, between `NOTES_BEGIN` and `NOTES_END` (what
 profiling found, which no run re-measures), and puts it back in the same place; a new file takes
 those notes from ``docs/benchmarks.md``. How each number is measured comes from the template
 ``bench/method.md``, filled with the run's plan.
+
+A run of sections that stand on their own (`SPLICEABLE`: their tables feed no target and say
+which command measured them, and when) can be spliced into an existing report instead
+(`splice`): their blocks and raw lines are replaced or added, and every other section keeps the
+numbers of the run that wrote it.
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ from results import Results
 from sections import FAR_OVER, QUIET_BUDGET_S, QUIET_CORES, QUIET_WAIT_S
 
 ROOT = Path(__file__).resolve().parent.parent
+# The sections a run may splice into an existing report (`splice`), and their headings.
+SPLICEABLE = {"run_start": tables.RUN_START_HEADING}
 DOC = ROOT / "docs" / "benchmarks.md"
 METHOD = Path(__file__).resolve().parent / "method.md"
 NOTES_BEGIN = "<!-- notes: written by hand; make bench keeps this part as it is -->"
@@ -66,6 +74,7 @@ def render(results: Results, hand_written: str = f"{NOTES_BEGIN}\n\n{NOTES_END}"
     tables.slow(results, add)
     tables.idle(results, add)
     tables.browser(results, add)
+    tables.run_start(results, add)
     abuse_report.render(results.abuse, add)
     add(hand_written)
     add("")
@@ -76,6 +85,63 @@ def render(results: Results, hand_written: str = f"{NOTES_BEGIN}\n\n{NOTES_END}"
 
 def write(results: Results, output: Path) -> None:
     output.write_text(render(results, kept_notes(output)))
+
+
+def splice(results: Results, output: Path) -> None:
+    """Put this run's sections into the report at ``output``, keeping every other section as it is."""
+    others = [name for name in results.sections if name not in SPLICEABLE]
+    if others:
+        raise ValueError(f"sections {', '.join(others)} cannot be spliced: only {', '.join(SPLICEABLE)} can")
+    text = output.read_text()
+    fresh = render(results, kept_notes(output))
+    for name in results.sections:
+        text = _spliced_block(text, fresh, SPLICEABLE[name])
+    if results.run_start is not None:
+        text = _spliced_raw(text, _run_start_line(results), '"section": "run_start"')
+    output.write_text(text)
+
+
+def _block(text: str, heading: str) -> tuple[int, int] | None:
+    """Where the section under ``heading`` starts and ends: at the next heading or the notes."""
+    start = text.find(f"\n{heading}\n")
+    if start < 0:
+        return None
+    start += 1
+    ends = [i for i in (text.find("\n## ", start + 1), text.find(f"\n{NOTES_BEGIN}", start)) if i >= 0]
+    return start, (min(ends) + 1 if ends else len(text))
+
+
+def _spliced_block(text: str, fresh: str, heading: str) -> str:
+    """``text`` with the section under ``heading`` taken from ``fresh``: in its place, or else
+    before the heading that follows it in ``fresh``, or else before the notes."""
+    where = _block(fresh, heading)
+    if where is None:
+        raise ValueError(f"the rendered report has no section {heading!r}")
+    block = fresh[where[0] : where[1]]
+    if (old := _block(text, heading)) is not None:
+        return text[: old[0]] + block + text[old[1] :]
+    following = fresh[where[1] :].split("\n", 1)[0]
+    at = text.find(f"\n{following}\n") + 1 if following.startswith("## ") else 0
+    if at <= 0:
+        at = text.find(NOTES_BEGIN)
+    if at < 0:
+        raise ValueError(f"no place for {heading!r}: the report has neither {following!r} nor the notes")
+    return text[:at] + block + text[at:]
+
+
+def _spliced_raw(text: str, line: str, marker: str) -> str:
+    """``text`` with ``line`` in place of its raw line holding ``marker``, or last among them."""
+    start = text.find("\n## Raw results\n")
+    end = text.find("\n```\n\n</details>", start)
+    if start < 0 or end < 0:
+        return text
+    lines = [kept for kept in text[start:end].split("\n") if marker not in kept]
+    return text[:start] + "\n".join([*lines, line]) + text[end:]
+
+
+def _run_start_line(results: Results) -> str:
+    assert results.run_start is not None
+    return json.dumps({"section": "run_start", "command": results.command, **results.run_start.to_json()})
 
 
 def method(plan: Plan) -> str:
@@ -144,6 +210,8 @@ def _raw(results: Results, add: Add) -> None:
         add(json.dumps(row))
     for browser_result in results.browser:
         add(json.dumps(browser_result.to_json()))
+    if results.run_start is not None:
+        add(_run_start_line(results))
     if results.abuse is not None:
         add(json.dumps(results.abuse.to_json()))
     add("```")
@@ -250,8 +318,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("results", type=Path, help="a results file written by bench/run.py")
     parser.add_argument("--output", type=Path, default=DOC, help=f"report to write (default {DOC.relative_to(ROOT)})")
+    parser.add_argument(
+        "--splice",
+        action="store_true",
+        help=f"keep the report's other sections, put in only this run's ({', '.join(SPLICEABLE)})",
+    )
     args = parser.parse_args()
-    write(Results.load(args.results), args.output)
+    results = Results.load(args.results)
+    if args.splice:
+        splice(results, args.output)
+    else:
+        write(results, args.output)
     print(f"wrote {args.output}")
 
 

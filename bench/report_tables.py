@@ -28,6 +28,15 @@ ISOLATED_NOTE = (
     "otherwise set the p99 of whichever runs they fall in and hide the one thing these runs differ in "
     "(see *Slow disks* under *Where the time goes*)."
 )
+RUN_START_HEADING = "## Running code in the browser"
+RUN_START_ROWS = (
+    ("First Python run, click to output (cold cache)", "first_ms", "ms"),
+    ("Warm Python run, click to output", "warm_ms", "ms"),
+    ("JavaScript run, click to output (warm worker)", "javascript_ms", "ms"),
+    ("Chromium PSS, a Python room page with Pyodide loaded", "pss_python_kib", "KiB"),
+    ("Chromium PSS, a JavaScript room page", "pss_javascript_kib", "KiB"),
+    ("Pyodide's share (the difference)", "pyodide_kib", "KiB"),
+)
 
 
 # Cells
@@ -401,3 +410,82 @@ def browser(results: Results, add: Add) -> None:
         + "."
     )
     add("")
+
+
+def run_start(results: Results, add: Add) -> None:
+    """Running code in the browser. The section states its own command and date: it may be
+    measured apart from the rest of the report and spliced into it (``bench/report.py --splice``)."""
+    add(RUN_START_HEADING)
+    add("")
+    result = results.run_start
+    if result is None:
+        add("Not measured in this run. `make bench` includes it (the `run_start` section of `bench/run.py`);")
+        add("`.venv/bin/python bench/run_start.py` alone prints it.")
+        add("")
+        return
+    load = ", ".join(f"{value:.2f}" for value in results.load_average)
+    count = len(result.repetitions)
+    add(
+        f"Measured by {results.command} on {results.started:%Y-%m-%d %H:%M} UTC (load average {load}): "
+        f"{count} fresh headless Chromiums, each opening a room page in Python and then, in a second "
+        "Chromium, one in JavaScript, against one server of ours on loopback. Medians over the "
+        "repetitions, with their range; ratios are of the medians. The machine is shared: read the "
+        "medians and ratios rather than single runs."
+    )
+    add("")
+    if result.error:
+        add(f"**Stopped early** after {count} of {result.runs} repetitions: {result.error}")
+        add("")
+    if not result.repetitions:
+        return
+    add("**Download.** Every `/runner/` response the page fetched to run the language, as the browser")
+    add("received it (compressed when the server compressed) and decoded.")
+    add("")
+    add("| To run | Files | As transferred | Uncompressed | Transferred ÷ uncompressed |")
+    add("|---|---:|---:|---:|---:|")
+    first = result.repetitions[0]
+    for language, files in (("Python", first.python_files), ("JavaScript", first.javascript_files)):
+        key = "python" if language == "Python" else "javascript"
+        sent = statistics.median(sum(f.transferred for f in getattr(r, f"{key}_files")) for r in result.repetitions)
+        whole = statistics.median(sum(f.decoded for f in getattr(r, f"{key}_files")) for r in result.repetitions)
+        add(f"| {language} | {len(files)} | {_bytes(sent)} | {_bytes(whole)} | {ratio(sent, whole)} |")
+    add("")
+    listed = "; ".join(
+        f"{f.name} {_bytes(f.transferred)}"
+        + (f" ({f.encoding} of {_bytes(f.decoded)})" if f.encoding else "")
+        + ("" if f.measured == "browser" else f" [{f.measured}]")
+        for f in first.python_files + first.javascript_files
+    )
+    add(
+        f"Files of the first repetition, as transferred: {listed}. Chromium counts no body for a "
+        "worker's own script: [content-length] marks a size read from that header instead, [decoded] "
+        "one with no header, counted decoded."
+    )
+    add("")
+    add(f"| Measure | Median | Range over {count} runs |")
+    add("|---|---:|---:|")
+    for label, key, unit in RUN_START_ROWS:
+        low, high = result.extent(key)
+        if unit == "ms":
+            add(f"| {label} | {_ms(result.median(key))} ms | {_ms(low)}–{_ms(high)} ms |")
+        else:
+            add(f"| {label} | {result.median(key) / 1024:,.0f} MiB | {low / 1024:,.0f}–{high / 1024:,.0f} MiB |")
+    add("")
+    first_ms, warm_ms, javascript_ms = (result.median(k) for k in ("first_ms", "warm_ms", "javascript_ms"))
+    add(
+        f"First ÷ warm Python run: {ratio(first_ms, warm_ms)}; warm Python ÷ JavaScript run: "
+        f"{ratio(warm_ms, javascript_ms)}. Pyodide's share is the median of each repetition's difference. "
+        "PSS splits the pages Chromium's code shares with every other Chromium running on the machine "
+        "at the time, so both pages' PSS, and their difference, move with other work: quote the medians."
+    )
+    add("")
+
+
+def _bytes(value: float) -> str:
+    if value >= 1024 * 1024:
+        return f"{value / 1024 / 1024:.2f} MiB"
+    return f"{value / 1024:.1f} KiB"
+
+
+def _ms(value: float) -> str:
+    return f"{value:,.0f}" if value >= 10 else f"{value:.1f}"

@@ -26,6 +26,7 @@ from browser import BrowserResult
 from load_result import Result
 from plan import Plan
 from previous import Previous
+from run_start import RunStartResult
 
 FORMAT = 1  # of the file; a file of another format is refused rather than misread
 PACKAGES = ("websockets", "uvicorn", "uvloop", "fastapi", "starlette")
@@ -69,6 +70,7 @@ class Results:
     slow: list[Result] = field(default_factory=list)
     idle: list[dict[str, Any]] = field(default_factory=list)
     browser: list[BrowserResult] = field(default_factory=list)
+    run_start: RunStartResult | None = None  # running code in the browser
     abuse: abuse.AbuseResult | None = None
     duration_s: float = 0.0
     quiet_waited_s: float = 0.0  # time spent waiting for other work to calm down
@@ -102,6 +104,7 @@ class Results:
             "slow": [r.to_json() for r in self.slow],
             "idle": self.idle,
             "browser": [r.to_json() for r in self.browser],
+            "run_start": self.run_start.to_json() if self.run_start is not None else None,
             "abuse": _abuse_to_json(self.abuse) if self.abuse is not None else None,
             "duration_s": self.duration_s,
             "quiet_waited_s": self.quiet_waited_s,
@@ -128,6 +131,8 @@ class Results:
             slow=[Result.from_json(r) for r in data["slow"]],
             idle=list(data["idle"]),
             browser=[_browser_from_json(r) for r in data["browser"]],
+            # Files written before the section existed have no entry for it.
+            run_start=RunStartResult.from_json(data["run_start"]) if data.get("run_start") else None,
             abuse=_abuse_from_json(data["abuse"]) if data["abuse"] is not None else None,
             duration_s=float(data["duration_s"]),
             quiet_waited_s=float(data["quiet_waited_s"]),

@@ -4,6 +4,7 @@
     .venv/bin/python bench/run.py --quick --output /tmp/benchmarks.md   # a tiny smoke run
     .venv/bin/python bench/run.py --only capacity --previous HEAD~3     # one section, another previous version
     .venv/bin/python bench/report.py RESULTS.json                       # render a saved run again
+    .venv/bin/python bench/run.py --only run_start --splice             # into the report, the rest kept
 
 Runs on loopback, one server at a time, each started fresh for each measurement
 (``bench/servers.py``), with the same loads from ``bench/load.py``. The sections
@@ -20,7 +21,11 @@ Runs on loopback, one server at a time, each started fresh for each measurement
 6. idle memory per raw connection, every server;
 7. browser pages (``bench/browser.py``): server memory per open room page, and edit latency
    measured in the pages, with 10 and 30 headless Chromium pages (ours only);
-8. abuse (``bench/abuse.py``): the server CPU of the costliest frame of each kind a client may
+8. running code (``bench/run_start.py``, ``--only run_start``): the download to run Python and
+   JavaScript in a page, as transferred and decoded, the start of a first (cold cache) and a warm
+   Python run and of a JavaScript run, and Chromium's memory with Pyodide loaded and without;
+   five fresh browsers (one with ``--quick``), medians;
+9. abuse (``bench/abuse.py``): the server CPU of the costliest frame of each kind a client may
    send at the default limits, and ordinary rooms' p99 while one client floods the costliest push.
 
 What is measured goes to a results file (JSON, saved after every section, ``--results``), and
@@ -74,6 +79,11 @@ def _arguments() -> argparse.Namespace:
         "--results", type=Path, help=f"results file to write (default {RESULTS_DIR}/results-<date>.json)"
     )
     parser.add_argument(
+        "--splice",
+        action="store_true",
+        help="keep the other sections of --output, put in only this run's (run_start alone can be)",
+    )
+    parser.add_argument(
         "--previous",
         default=previous.default_ref(),
         metavar="REF",
@@ -90,6 +100,8 @@ def main() -> None:
     if args.seconds:
         plan = replace(plan, seconds=args.seconds)
     sections = [name for name in SECTIONS if args.only is None or name in args.only]
+    if args.splice and (others := [name for name in sections if name not in report.SPLICEABLE]):
+        sys.exit(f"--splice: {', '.join(others)} cannot be spliced into a report, only {', '.join(report.SPLICEABLE)}")
     results = Results(
         plan,
         datetime.datetime.now(datetime.UTC),
@@ -112,7 +124,7 @@ def main() -> None:
                 contenders[PREVIOUS] = servers.Contender(PREVIOUS, servers.Kind.OURS, root=results.previous.root)
             else:
                 print(f"previous version {args.previous}: {results.previous.error}", flush=True)
-        bench = Bench(results, contenders)
+        bench = Bench(results, contenders, quick=args.quick)
         for name in sections:
             try:
                 SECTIONS[name](bench)
@@ -122,7 +134,10 @@ def main() -> None:
             results.sections.append(name)
             results.duration_s = time.monotonic() - started
             results.save(path)
-    report.write(results, args.output)
+    if args.splice:
+        report.splice(results, args.output)
+    else:
+        report.write(results, args.output)
     print(f"\nwrote {path} and {args.output} in {results.duration_s / 60:.1f} minutes")
 
 

@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import abuse
 import browser
 import prometheus
+import run_start
 import servers
 from browser import BrowserLoad
 from load import Load, Result, format_result, idle_memory, run_load
@@ -37,6 +38,7 @@ QUIET_CORES = 0.5
 QUIET_WAIT_S = 20.0
 QUIET_BUDGET_S = 120.0
 PREVIOUS = "previous"  # the contender that is the previous version of ours
+RUN_START_RUNS = 5  # fresh browsers that start runs, for medians; one in a quick run
 
 
 @dataclass
@@ -45,6 +47,7 @@ class Bench:
 
     results: Results
     contenders: Mapping[str, Contender]
+    quick: bool = False  # a smoke run: the sections with no plan of their own measure once
 
 
 def _busy_cores(seconds: float) -> float:
@@ -236,6 +239,15 @@ def browser_pages(bench: Bench) -> None:
         results.browser.append(result)
 
 
+def run_start_section(bench: Bench) -> None:
+    """Running code in the browser: fresh Chromiums that download Pyodide and start runs."""
+    wait_for_quiet(bench.results)
+    result = run_start.run(1 if bench.quick else RUN_START_RUNS)
+    print(f"\n== running code in the browser\n{run_start.format_result(result)}", flush=True)
+    print(json.dumps(result.to_json()), flush=True)
+    bench.results.run_start = result
+
+
 def abuse_section(bench: Bench) -> None:
     results = bench.results
     wait_for_quiet(results)
@@ -251,5 +263,6 @@ SECTIONS: dict[str, Callable[[Bench], None]] = {
     "slow": slow_consumer,
     "idle": idle,
     "browser": browser_pages,
+    "run_start": run_start_section,
     "abuse": abuse_section,
 }

@@ -24,12 +24,14 @@ import previous
 import prometheus
 import push_cost
 import report
+import run_start
 import sections
 import servers
 from browser import BrowserLoad, BrowserResult
 from load import Load, Result, format_result, idle_memory, run_load
 from plan import QUICK, Series
 from results import Results
+from run_start import FileDownload, Repetition, RunStartResult
 from servers import Kind
 
 STARTED = datetime.datetime(2026, 1, 2, 3, 4, tzinfo=datetime.UTC)
@@ -107,6 +109,49 @@ def test_browser_pages_report_server_memory_and_the_latency_read_in_the_pages() 
     assert 0 < result.rss_after_mib
     assert result.ok
     assert "latency p50/p95/p99" in browser.format_result(result)
+
+
+@pytest.mark.slow
+def test_run_start_measures_the_download_and_the_runs_in_a_fresh_browser() -> None:
+    if shutil.which(run_start.CHROMIUM) is None:
+        pytest.fail(f"{run_start.CHROMIUM} is missing: run `make system` (Debian packages chromium, chromium-driver)")
+
+    result = run_start.run(1)
+
+    assert "" == result.error
+    [repetition] = result.repetitions
+    assert {"pyodide.asm.wasm", "worker_python.js"} <= {f.name for f in repetition.python_files}
+    assert ["worker_js.js", "harness.js"] == [f.name for f in repetition.javascript_files]
+    assert all(0 < f.transferred and 0 < f.decoded for f in repetition.python_files + repetition.javascript_files)
+    assert 0 < repetition.warm_ms < repetition.first_ms
+    assert 0 < repetition.javascript_ms
+    assert 0 < repetition.pss_javascript_kib < repetition.pss_python_kib
+    assert "first Python run" in run_start.format_result(result)
+
+
+def _run_start() -> RunStartResult:
+    def repetition(first: float, warm: float, python_kib: int) -> Repetition:
+        return Repetition(
+            first_ms=first,
+            warm_ms=warm,
+            javascript_ms=10.0,
+            pss_python_kib=python_kib,
+            pss_javascript_kib=400 * 1024,
+            python_files=[
+                FileDownload("pyodide.asm.wasm", 3 * 1024 * 1024, 9 * 1024 * 1024, "gzip", "browser"),
+                FileDownload("worker_python.js", 2048, 7168, "gzip", "content-length"),
+            ],
+            javascript_files=[FileDownload("worker_js.js", 7168, 7168, "", "content-length")],
+        )
+
+    return RunStartResult(
+        runs=3,
+        repetitions=[
+            repetition(6000.0, 25.0, 500 * 1024),
+            repetition(8000.0, 20.0, 510 * 1024),
+            repetition(5000.0, 30.0, 490 * 1024),
+        ],
+    )
 
 
 def _browser(pages: int, mib_per_page: float) -> BrowserResult:
@@ -194,6 +239,7 @@ def _measured() -> Results:
         "updates_per_commit": 2.5,
     }
     results.memory_store = [_result(Kind.OURS, 10, 4.0), _result(Kind.OURS, 20, 120.0)]
+    results.run_start = _run_start()
 
     return results
 
@@ -212,6 +258,7 @@ def test_report_renders_every_section_and_checks_the_targets() -> None:
         "## Memory per idle connection",
         "## The cost of durability",
         "## Browser clients",
+        "## Running code in the browser",
         "## How it is measured",
     ):
         assert heading in text
@@ -224,6 +271,87 @@ def test_report_renders_every_section_and_checks_the_targets() -> None:
     assert "lost" in text
     assert "| 1.5 / 4.0 | 3 | 2.5 |" in text
     assert "20 clients with SQLite, 10 with memory: 2.00×." in text
+
+
+def test_report_gives_the_medians_of_running_code_their_range_and_ratios() -> None:
+    text = report.render(_measured())
+
+    assert "| Python | 2 | 3.00 MiB | 9.01 MiB | 0.33× |" in text
+    assert "| JavaScript | 1 | 7.0 KiB | 7.0 KiB | 1.00× |" in text
+    assert "worker_python.js 2.0 KiB (gzip of 7.0 KiB) [content-length]" in text
+    assert "| First Python run, click to output (cold cache) | 6,000 ms | 5,000–8,000 ms |" in text
+    assert "| Warm Python run, click to output | 25 ms | 20–30 ms |" in text
+    assert "| Pyodide's share (the difference) | 100 MiB | 90–110 MiB |" in text
+    assert "First ÷ warm Python run: 240.00×; warm Python ÷ JavaScript run: 2.50×." in text
+    assert '{"section": "run_start", "command": "`make bench`", "runs": 3,' in text
+
+
+def test_a_run_without_the_running_code_section_says_so() -> None:
+    text = report.render(Results(QUICK, STARTED))
+
+    assert "## Running code in the browser\n\nNot measured in this run." in text
+
+
+def test_results_saved_before_the_running_code_section_still_load(tmp_path: Path) -> None:
+    data = Results(QUICK, STARTED).to_json()
+    del data["run_start"]
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(data))
+
+    assert Results.load(path).run_start is None
+
+
+def test_a_spliced_section_replaces_its_own_block_and_keeps_every_other(tmp_path: Path) -> None:
+    output = tmp_path / "benchmarks.md"
+    earlier = _measured()
+    earlier.run_start = None
+    report.write(earlier, output)
+    before = output.read_text()
+    later = Results(QUICK, STARTED, command="`bench/run.py --only run_start --splice`", sections=["run_start"])
+    later.run_start = _run_start()
+
+    report.splice(later, output)
+    report.splice(later, output)  # a second time replaces, rather than adds
+
+    text = output.read_text()
+    assert 1 == text.count("## Running code in the browser")
+    assert "Measured by `bench/run.py --only run_start --splice` on 2026-01-02 03:04 UTC" in text
+    assert "Not measured in this run. `make bench` includes it (the `run_start`" not in text
+    assert text.index("## Running code in the browser") < text.index("## Abuse")
+    assert 1 == text.count('{"section": "run_start"')
+    # Everything else as the earlier run wrote it.
+    block = report._block(text, "## Running code in the browser")
+    old = report._block(before, "## Running code in the browser")
+    assert block is not None and old is not None
+    raw = '\n{"section": "run_start"'
+    assert before[: old[0]] + before[old[1] :] == (text[: block[0]] + text[block[1] :]).replace(
+        raw + text.split(raw)[1].split("\n")[0], ""
+    )
+
+
+def test_a_report_written_before_the_section_existed_gains_it_before_the_abuse_section(tmp_path: Path) -> None:
+    output = tmp_path / "benchmarks.md"
+    report.write(_measured(), output)
+    text = output.read_text()
+    where = report._block(text, "## Running code in the browser")
+    assert where is not None
+    output.write_text(text[: where[0]] + text[where[1] :])
+    later = Results(QUICK, STARTED, sections=["run_start"])
+    later.run_start = _run_start()
+
+    report.splice(later, output)
+
+    spliced = output.read_text()
+    assert spliced.index("## Browser clients") < spliced.index("## Running code in the browser")
+    assert spliced.index("## Running code in the browser") < spliced.index("## Abuse")
+
+
+def test_only_sections_that_stand_alone_can_be_spliced(tmp_path: Path) -> None:
+    output = tmp_path / "benchmarks.md"
+    report.write(_measured(), output)
+
+    with pytest.raises(ValueError, match="sections browser cannot be spliced: only run_start can"):
+        report.splice(Results(QUICK, STARTED, sections=["browser", "run_start"]), output)
 
 
 def test_report_puts_this_code_beside_its_previous_version_and_the_fast_path_off() -> None:
