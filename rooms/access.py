@@ -52,6 +52,7 @@ class Act(StrEnum):
     CONTROL = "control"  # lock, remove, revoke, end, allow_runs
     RUN = "run"  # start a run (its output and end belong to the run's own runner)
     QUESTION = "question"  # pick the room's question
+    ANSWERS = "answers"  # be sent test cases' expected values (and runs' args and actual values)
 
 
 # Roles whose links an interviewer hands out (and may revoke or renew).
@@ -63,14 +64,14 @@ def allowed(
 ) -> bool:
     """The permission table. ``role`` is None for a member of an open room.
 
-    ============  ====  ========  =======  ======  =======  =====  =======  ===  ========
-    role          edit  language  restore  cursor  history  notes  control  run  question
-    ============  ====  ========  =======  ======  =======  =====  =======  ===  ========
-    open room     yes   yes       yes      yes     yes      no     no       [3]  yes
-    interviewer   yes   yes       yes      yes     yes      yes    yes      yes  yes
-    candidate     [1]   [1]       no       [2]     no       no     no       [4]  no
-    observer      no    no        no       no      no       no     no       no   no
-    ============  ====  ========  =======  ======  =======  =====  =======  ===  ========
+    ============  ====  ========  =======  ======  =======  =====  =======  ===  ========  =======
+    role          edit  language  restore  cursor  history  notes  control  run  question  answers
+    ============  ====  ========  =======  ======  =======  =====  =======  ===  ========  =======
+    open room     yes   yes       yes      yes     yes      no     no       [3]  yes       yes
+    interviewer   yes   yes       yes      yes     yes      yes    yes      yes  yes       yes
+    candidate     [1]   [1]       no       [2]     no       no     no       [4]  no        no
+    observer      no    no        no       no      no       no     no       no   no        no
+    ============  ====  ========  =======  ======  =======  =====  =======  ===  ========  =======
 
     [1] unless the room is locked or ended. [2] unless the room is ended. [3] unless runs are
     not allowed. [4] unless runs are not allowed or the room is ended.

@@ -229,6 +229,15 @@ def _refuse_lone_surrogates(data: dict[str, Any]) -> None:
         ) from None
 
 
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON (JSON has no NaN or Infinity)")
+
+
+# Python's decoder takes NaN, Infinity and -Infinity, which JSON has not: stored, they would make
+# the store's text (and every message built from it) invalid JSON. Built once, as `_ENCODER`.
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
+
+
 def parse_client_message(raw: str | bytes, max_bytes: int) -> AnyClientMessage | RunMessage:
     """Decode one frame into a client message, or raise a `RoomError` that says what is wrong."""
     size = len(raw) if isinstance(raw, bytes) else len(raw.encode("utf-8", "surrogatepass"))
@@ -241,7 +250,7 @@ def parse_client_message(raw: str | bytes, max_bytes: int) -> AnyClientMessage |
         except UnicodeDecodeError as exc:
             raise InvalidJson(f"binary message is not UTF-8 text: {exc.reason} at byte {exc.start}") from None
     try:
-        data = json.loads(raw)
+        data = _DECODER.decode(raw)
     except (ValueError, RecursionError) as exc:
         raise InvalidJson(f"message is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
@@ -279,6 +288,12 @@ def parse_client_message(raw: str | bytes, max_bytes: int) -> AnyClientMessage |
     except ValidationError as exc:
         error = InvalidMessage(f"invalid {kind} message: {_describe(exc)}")
         error.message_type = kind
+        run_id = data.get("run_id")
+        if kind in RUN_TYPES and isinstance(run_id, str):
+            from rooms.run_protocol import RUN_ID_PATTERN
+
+            if re.fullmatch(RUN_ID_PATTERN, run_id):
+                error.run_id = run_id  # an invalid run message's error names its run, as the room's do
         raise error from None
 
 

@@ -28,7 +28,9 @@ import copy
 import json
 import keyword
 import math
+import os
 import re
+import stat
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -37,17 +39,18 @@ from typing import Any, TypeAlias
 
 import structlog
 
+from rooms.run_protocol import MAX_CASE_ERROR_CHARS, MAX_RESULT_CHARS, RUN_LANGUAGES, json_chars
+from rooms.run_protocol import QUESTION_ID as QUESTION_ID  # re-exported: a folder's name is an id
+
 log = structlog.get_logger("collab.questions")
 
 Json: TypeAlias = Any  # a value as json.loads returns it: None, bool, int, float, str, list, dict
 
 SHIPPED = Path(__file__).parent.parent / "questions"
 
-LANGUAGES = ("python", "javascript")
 STARTER_FILES = {"python": "starter.py", "javascript": "starter.js"}
 COMPARE_MODES = ("exact", "unordered", "float")
 
-QUESTION_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
 JS_IDENTIFIER = re.compile(r"[A-Za-z_$][A-Za-z0-9_$]{0,63}")
 MAX_STATEMENT_CHARS = 20_000
 MAX_STARTER_CHARS = 20_000
@@ -56,10 +59,6 @@ MAX_CASES = 50
 MAX_QUESTIONS_PER_FOLDER = 200
 MAX_TITLE_CHARS = 200
 MAX_CASE_NAME_CHARS = 200
-MAX_ERROR_CHARS = 500
-# The case harnesses (ui/runner/harness.*) report a longer returned value as an error, so a case
-# expecting one could never pass.
-MAX_RESULT_CHARS = 10_000
 # "float" compare: numbers within this much of each other, absolutely or relatively.
 FLOAT_TOLERANCE = 1e-6
 
@@ -120,7 +119,7 @@ class CaseResult:
 
     name: str
     passed: bool
-    error: str | None  # the worker's message (at most MAX_ERROR_CHARS), None when it returned
+    error: str | None  # the worker's message (at most MAX_CASE_ERROR_CHARS), None when it returned
     actual: Json  # what the function returned; None when it raised
 
 
@@ -170,7 +169,7 @@ def judge(question: Question, results: list[dict[str, Any]]) -> list[CaseResult]
             error = result["error"]
             if not isinstance(error, str):
                 raise ValueError(f"result {index}: error must be a string, not {type(error).__name__}")
-            judged.append(CaseResult(case.name, False, error[:MAX_ERROR_CHARS], None))
+            judged.append(CaseResult(case.name, False, error[:MAX_CASE_ERROR_CHARS], None))
         elif "actual" in result:
             actual = result["actual"]
             judged.append(CaseResult(case.name, matches(question.compare, case.expected, actual), None, actual))
@@ -289,13 +288,22 @@ def load_question(path: Path) -> Question:
 
 
 def _read(path: Path, max_chars: int) -> str | None:
-    """The text of ``path`` (UTF-8, at most ``max_chars`` characters), None when it is missing."""
+    """The text of ``path`` (UTF-8, at most ``max_chars`` characters), None when it is missing.
+
+    Opened without blocking and read only when it is a regular file: a FIFO (or a device) in the
+    operator's folder would otherwise hang the server's start on its first read."""
     try:
-        with path.open("rb") as file:
-            # A character is at most 4 bytes in UTF-8: reading one more than that bounds the cost.
-            data = file.read(max_chars * 4 + 1)
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
         return None
+    except OSError as exc:
+        raise QuestionInvalid(f"{path.name} is unreadable: {exc.strerror or exc}") from exc
+    try:
+        with os.fdopen(descriptor, "rb") as file:
+            if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+                raise QuestionInvalid(f"{path.name} is not a regular file")
+            # A character is at most 4 bytes in UTF-8: reading one more than that bounds the cost.
+            data = file.read(max_chars * 4 + 1)
     except OSError as exc:
         raise QuestionInvalid(f"{path.name} is unreadable: {exc.strerror or exc}") from exc
     try:
@@ -341,7 +349,7 @@ def _parse_functions(functions: Json) -> dict[str, str]:
         raise QuestionInvalid('tests.json needs "function": {"python": name, "javascript": name}')
     parsed = {}
     for language, name in functions.items():
-        if language not in LANGUAGES:
+        if language not in RUN_LANGUAGES:
             raise QuestionInvalid(f"tests.json names a function for unknown language {language[:40]!r}")
         python_ok = isinstance(name, str) and name.isidentifier() and not keyword.iskeyword(name) and len(name) <= 64
         js_ok = isinstance(name, str) and JS_IDENTIFIER.fullmatch(name) is not None
@@ -374,7 +382,8 @@ def _parse_cases(tests: dict[str, Json]) -> tuple[Case, ...]:
             raise QuestionInvalid(f"case {index}: the name {name[:80]!r} is used twice")
         if not isinstance(args, list):
             raise QuestionInvalid(f"case {index} ({name[:80]!r}): args must be a list")
-        if len(json.dumps(case["expected"])) > MAX_RESULT_CHARS:
+        # The harnesses report a longer returned value as an error: such a case could never pass.
+        if json_chars(case["expected"]) > MAX_RESULT_CHARS:
             raise QuestionInvalid(f"case {index} ({name[:80]!r}): expected has more than {MAX_RESULT_CHARS} characters")
         names.add(name)
         parsed.append(Case(name, tuple(args), case["expected"]))

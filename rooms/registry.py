@@ -34,7 +34,7 @@ from rooms.errors import (
     UnknownRoom,
 )
 from rooms.lifecycle import LoadedRooms
-from rooms.limits import TokenBucket
+from rooms.limits import TokenBucket, address_key
 from rooms.outbox import Outbox, Outboxes, Transport
 from rooms.private_rooms import PrivateRooms
 from rooms.protocol import ClientMessage, Hello
@@ -250,6 +250,7 @@ class RoomRegistry(PrivateRooms):
             except RateLimited:
                 metrics.RATE_LIMITED.inc()
                 raise
+            session.address = address_key(address) if address else ""
         except BaseException:
             # `open` stopped the room's eviction: a refused client must not keep it loaded.
             self._carry_out(room)

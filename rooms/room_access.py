@@ -250,10 +250,11 @@ class AccessControl:
         for other in list(self.sessions.values()):
             self._send(Send(other, message, kind))
 
-    def _to_versioned(self, message: str, kind: str) -> None:
-        """To every member on the versioned protocol (full-text clients know no such message)."""
+    def _to_versioned(self, message: str, kind: str, but: Session | None = None) -> None:
+        """To every member on the versioned protocol (full-text clients know no such message),
+        ``but`` one when given."""
         for other in list(self.sessions.values()):
-            if other.protocol is WireProtocol.VERSIONED:
+            if other.protocol is WireProtocol.VERSIONED and other is not but:
                 self._send(Send(other, message, kind))
 
     def _to_interviewers(self, message: str, kind: str) -> None:

@@ -4,18 +4,21 @@ Code runs in the browser of the member who presses Run (a Web Worker: Pyodide fo
 room decides who may run, relays what the run prints, judges test results and stores each run
 that ended. A run goes:
 
-* ``run_start`` from a member the table lets run (`Act.RUN`): the room checks the run's id is
-  new, the member has no run going, the room has fewer than ``max_active_runs_per_room`` going,
-  the member's run bucket (``runs_per_minute``) has a token, the version is one the document
-  reached and, for ``kind: "tests"``, that the room's question has tests in that language. Then
-  every versioned member gets ``run_started``, and the runner, for tests, ``run_cases`` (the
-  inputs only): the runner starts only once it has its own ``run_started``.
+* ``run_start`` from a member the table lets run (`Act.RUN`): the room checks, in this order,
+  that the run's id is new, the version is one the document reached, for ``kind: "tests"`` that
+  the room's question has tests in that language, that the member has no run going and the room
+  fewer than ``max_active_runs_per_room``, and last that the member's run bucket
+  (``runs_per_minute``, see `RunControl.run_bucket_key`) has a token, so a refused start costs
+  none. Then every versioned member gets ``run_started``, and the runner, for tests,
+  ``run_cases`` (the inputs only): the runner starts only once it has its own ``run_started``.
 * ``run_output`` from the runner: kept and relayed to the others up to ``max_run_output_chars``
   characters a run; beyond, nothing more of that run is kept or relayed, and it is ``truncated``.
 * ``run_end`` from the runner: test results are judged here (`rooms.questions.judge`) against
-  the expected values, which only those who may see the answers are ever sent (interviewers,
-  and everyone in an open room); the run is stored (`RunRecord`, taken by `Room.take_write`)
-  and its ``run_ended`` waits for that commit, like everything shown.
+  the expected values, which only those who may see the answers (`Act.ANSWERS`) are ever sent;
+  the others get each case's pass or fail and error. The results are what the runner's browser
+  reports: the room cannot check that the code it judged produced them, so ``run_started`` and
+  ``run_ended`` name the runner's role. The run is stored (`RunRecord`, taken by
+  `Room.take_write`) and its ``run_ended`` waits for that commit, like everything shown.
 * a runner that leaves, or a run not ended within ``run_timeout_seconds`` plus
   `RUN_START_GRACE_SECONDS` (checked on the heartbeat), ends the run ``lost``.
 
@@ -35,7 +38,7 @@ from typing import Any
 
 import structlog
 
-from rooms.access import Act, Role, refusal
+from rooms.access import Act, allowed, refusal
 from rooms.document import ClientId, Document, Update
 from rooms.errors import InvalidMessage, RoomError, RunRefused
 from rooms.limits import TokenBucket
@@ -51,6 +54,8 @@ from rooms.run_protocol import (
     RunCasesOut,
     RunEnd,
     RunEndedOut,
+    RunKind,
+    RunLanguage,
     RunMessage,
     RunOutput,
     RunOutputOut,
@@ -83,8 +88,8 @@ class ActiveRun:
     session: Session
     author: str
     color: str
-    language: str
-    kind: str
+    language: RunLanguage
+    kind: RunKind
     version: int
     started: float  # wall clock: when it started, as stored
     began: float  # the room's clock: when it is overdue
@@ -117,7 +122,9 @@ class RunControl(AccessControl):
         self.finished_runs = []  # runs that ended since the last `take_write`
         # The ids of the last runs that ended (as many as the store keeps): never reused.
         self.ended_run_ids: OrderedDict[str, None] = OrderedDict()
-        self.run_buckets: dict[Session, TokenBucket] = {}
+        # Run buckets by who the member is across connections (`run_bucket_key`): leaving and
+        # coming back does not refill one. A bucket full again is forgotten (`end_overdue_runs`).
+        self.run_buckets: dict[str, TokenBucket] = {}
 
     def run_message(self, session: Session, message: RunMessage) -> None:
         """Apply a run or question message (already checked against the table); a refusal
@@ -160,11 +167,12 @@ class RunControl(AccessControl):
         if len(self.runs) >= settings.max_active_runs_per_room:
             raise RunRefused(f"the room has {len(self.runs)} runs going, the most it may have; try again when one ends")
         now = self.clock()
-        bucket = self.run_buckets.get(session)
+        key = self.run_bucket_key(session)
+        bucket = self.run_buckets.get(key)
         if bucket is None:
             rate = settings.runs_per_minute
-            bucket = self.run_buckets[session] = TokenBucket.full(rate / 60, min(RUN_BURST, rate), now)
-        bucket.take(now)  # `RateLimited`: too many runs started lately
+            bucket = self.run_buckets[key] = TokenBucket.full(rate / 60, min(RUN_BURST, rate), now)
+        bucket.take(now)  # `RateLimited`: too many runs started lately (last: a refused start costs none)
         member = self.presence.get(session.user_id)
         run = ActiveRun(
             run_id,
@@ -187,6 +195,19 @@ class RunControl(AccessControl):
         log.info("run_started", room_id=self.room_id, user_id=session.user_id, run_id=run_id, kind=run.kind)
 
     @staticmethod
+    def run_bucket_key(session: Session) -> str:
+        """Whose run bucket a start is charged to: who the member is across connections, since a
+        client may reconnect, and mint a new client_id, at will. In a private room its link (so
+        the members of one role share a bucket); in an open room its client's address as the
+        limits per address count it (an IPv6 client's /64); its client_id only when the address
+        is unknown (a test client, a Unix socket)."""
+        if session.link_id is not None:
+            return f"link:{session.link_id}"
+        if session.address:
+            return f"address:{session.address}"
+        return f"client:{session.client_id}"
+
+    @staticmethod
     def _run_started(run: ActiveRun) -> str:
         return RunStartedOut(
             run_id=run.run_id,
@@ -196,6 +217,7 @@ class RunControl(AccessControl):
             language=run.language,
             version=run.version,
             kind=run.kind,
+            role=run.session.role,
         ).encode()
 
     def _own_run(self, session: Session, run_id: str) -> ActiveRun:
@@ -212,9 +234,9 @@ class RunControl(AccessControl):
         if run.truncated:
             return
         text = message.text
-        room = self.settings.max_run_output_chars - run.chars
-        if len(text) > room:
-            text, run.truncated = text[:room], True
+        left = self.settings.max_run_output_chars - run.chars
+        if len(text) > left:
+            text, run.truncated = text[:left], True
         if not text:
             return
         run.chars += len(text)
@@ -223,9 +245,7 @@ class RunControl(AccessControl):
         else:
             run.output.append([message.stream, text])
         relay = RunOutputOut(run_id=run.run_id, stream=message.stream, text=text).encode()
-        for other in list(self.sessions.values()):
-            if other.protocol is WireProtocol.VERSIONED and other is not session:
-                self._send(Send(other, relay, "run_output"))
+        self._to_versioned(relay, "run_output", but=session)
 
     def _run_end(self, session: Session, message: RunEnd) -> None:
         run = self._own_run(session, message.run_id)
@@ -277,6 +297,7 @@ class RunControl(AccessControl):
         brief = None if tests is None else [{key: test[key] for key in ("name", "passed", "error")} for test in tests]
         ended = RunEndedOut(
             run_id=run.run_id,
+            role=session.role,
             status=status,
             duration_ms=duration_ms,
             truncated=run.truncated,
@@ -292,25 +313,31 @@ class RunControl(AccessControl):
         log.info("run_ended", room_id=self.room_id, user_id=session.user_id, run_id=run.run_id, status=status)
 
     def end_runs_of(self, session: Session) -> None:
-        """The session left: its runs end lost (its browser may go on, but no one is told)."""
-        self.run_buckets.pop(session, None)
+        """The session left: its runs end lost (its browser may go on, but no one is told). Its
+        run bucket stays: coming back does not refill it."""
         for run in [run for run in self.runs.values() if run.session is session]:
             self._lose(run)
 
     def end_overdue_runs(self) -> None:
-        """End lost every run not ended within its timeout and the start grace."""
-        deadline = self.clock() - self.settings.run_timeout_seconds - RUN_START_GRACE_SECONDS
+        """The heartbeat's part: end lost every run not ended within its timeout and the start
+        grace, and forget the run buckets that are full again (a new one would be the same), so
+        the table holds only those who ran lately."""
+        now = self.clock()
+        deadline = now - self.settings.run_timeout_seconds - RUN_START_GRACE_SECONDS
         for run in [run for run in self.runs.values() if run.began < deadline]:
             self._lose(run)
+        for key, bucket in list(self.run_buckets.items()):
+            if bucket.tokens + (now - bucket.updated) * bucket.rate >= bucket.burst:
+                del self.run_buckets[key]
 
     def _lose(self, run: ActiveRun) -> None:
         self._finish(run, "lost", max(0, round((self.clock() - run.began) * 1000)), None)
 
     @staticmethod
     def sees_answers(session: Session) -> bool:
-        """Whether a member is sent test cases' expected values: interviewers, and everyone in
-        an open room (there are no roles there)."""
-        return session.role is None or session.role is Role.INTERVIEWER
+        """Whether a member is sent test cases' expected values (`Act.ANSWERS`): interviewers,
+        and everyone in an open room (there are no roles there)."""
+        return allowed(session.role, Act.ANSWERS)
 
     # The room's question, and whether members may run code
 

@@ -12,23 +12,43 @@ the input (what a program printed may be large, or private).
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+import json
+import re
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import Field, JsonValue, StrictBool, TypeAdapter, field_validator
 
+from rooms.access import Role
 from rooms.protocol import ClientMessage, SafeInt, ServerMessage
 
 # A run's id, made by the client that starts it (random: a new one for every run).
 RUN_ID_PATTERN = r"^[A-Za-z0-9_-]{1,32}$"
 RunId = Annotated[str, Field(pattern=RUN_ID_PATTERN)]
-# A question's id: the name of its folder (`rooms.questions`).
-QUESTION_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,63}$"
+# A question's id: the name of its folder (`rooms.questions`), and what `question` names.
+QUESTION_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 # The languages a browser runs: the room's language names for them.
-RUN_LANGUAGES = ("python", "javascript")
-# How a run ended: as its runner says, or "lost" when the room ended it (see `rooms.room_runs`).
-RunStatus = Literal["ok", "error", "timeout", "stopped", "lost"]
-# The longest message of a test case's error (an exception's type and message).
-MAX_CASE_ERROR_CHARS = 500
+RunLanguage = Literal["python", "javascript"]
+RUN_LANGUAGES: tuple[RunLanguage, ...] = get_args(RunLanguage)
+# The code as it is, or the question's test cases on it.
+RunKind = Literal["code", "tests"]
+# How a run ended, as its runner reports it; the room may also end it "lost" (`rooms.room_runs`).
+ReportedStatus = Literal["ok", "error", "timeout", "stopped"]
+RunStatus = Literal[ReportedStatus, "lost"]
+
+# Limits of a test run's results, one set for the room and the question loader (`rooms.questions`).
+# The browser harnesses (ui/runner/harness.py, harness.js) apply the same two per case: a longer
+# error is cut there, a longer returned value is reported as an error.
+MAX_CASE_ERROR_CHARS = 500  # a case's error: the exception's type and message
+MAX_RESULT_CHARS = 10_000  # a case's returned value (or expected value), as JSON
+# All of a run's results, as JSON: a run_end is stored whole and sent to interviewers.
+MAX_RESULTS_CHARS = 100_000
+
+
+def json_chars(value: Any) -> int:
+    """The length of ``value``'s JSON, compact and unescaped: never more than either harness
+    measured (Python's ``json.dumps`` adds spaces and escapes, JavaScript's counts an emoji as
+    two), so a value a harness let through is never refused here."""
+    return len(json.dumps(value, ensure_ascii=False, separators=(",", ":")))
 
 
 # Client to server.
@@ -39,9 +59,9 @@ class RunStart(ClientMessage):
 
     type: Literal["run_start"]
     run_id: RunId
-    language: Literal["python", "javascript"]
+    language: RunLanguage
     version: SafeInt  # the document version the code was taken from
-    kind: Literal["code", "tests"]  # the code as it is, or the question's test cases on it
+    kind: RunKind
 
 
 class RunOutput(ClientMessage):
@@ -57,25 +77,34 @@ class RunOutput(ClientMessage):
 
 class RunEnd(ClientMessage):
     """How the run ended; for a run of kind ``tests``, one result per test case, in order:
-    ``{"actual": <the function's return value, as JSON>}`` or ``{"error": "<ExcType: message>"}``."""
+    ``{"actual": <the function's return value, as JSON>}`` or ``{"error": "<ExcType: message>"}``.
+    Each ``actual`` at most `MAX_RESULT_CHARS` characters of JSON, all of them at most
+    `MAX_RESULTS_CHARS`: they are stored and sent to interviewers whole."""
 
     type: Literal["run_end"]
     run_id: RunId
-    status: Literal["ok", "error", "timeout", "stopped"]
+    status: ReportedStatus
     duration_ms: SafeInt
     results: list[dict[str, JsonValue]] | None = None
 
     @field_validator("results")
     @classmethod
     def _one_of_actual_or_error(cls, value: list[dict[str, JsonValue]] | None) -> list[dict[str, JsonValue]] | None:
-        for result in value or ():
+        for index, result in enumerate(value or ()):
             if set(result) == {"actual"}:
+                size = json_chars(result["actual"])
+                if size > MAX_RESULT_CHARS:
+                    raise ValueError(
+                        f"result {index}: actual must be at most {MAX_RESULT_CHARS} characters of JSON, got {size}"
+                    )
                 continue
             error = result.get("error")
             if set(result) != {"error"} or type(error) is not str:
                 raise ValueError('each result must be {"actual": <json>} or {"error": "<message>"}')
             if len(error) > MAX_CASE_ERROR_CHARS:
                 raise ValueError(f"an error must be at most {MAX_CASE_ERROR_CHARS} characters, got {len(error)}")
+        if value is not None and (size := json_chars(value)) > MAX_RESULTS_CHARS:
+            raise ValueError(f"the results must be at most {MAX_RESULTS_CHARS} characters of JSON, got {size}")
         return value
 
 
@@ -83,7 +112,7 @@ class SetQuestion(ClientMessage):
     """Pick the room's question (None: no question)."""
 
     type: Literal["question"]
-    question_id: Annotated[str, Field(pattern=QUESTION_ID_PATTERN)] | None
+    question_id: Annotated[str, Field(pattern=QUESTION_ID.pattern)] | None
 
 
 class AllowRuns(ClientMessage):
@@ -101,16 +130,23 @@ RUN_MESSAGES: TypeAdapter[RunMessage] = TypeAdapter(RunMessage)
 
 
 class RunStartedOut(ServerMessage):
-    """A run started: to every versioned member, its runner included (who runs only then)."""
+    """A run started: to every versioned member, its runner included (who runs only then).
+    ``role``: the runner's role (null in an open room), so that pages can say whose browser
+    reports the run's results (the room cannot check them: see docs/protocol.md)."""
 
     type: Literal["run_started"] = "run_started"
     run_id: str
     user_id: str
     username: str
     color: str
-    language: str
+    language: RunLanguage
     version: int
-    kind: str
+    kind: RunKind
+    role: Role | None
+
+    def encode(self) -> str:
+        # ``role`` is null in an open room, not absent.
+        return self.model_dump_json()
 
 
 class CaseInput(ServerMessage):
@@ -138,12 +174,14 @@ class RunOutputOut(ServerMessage):
 
 
 class RunEndedOut(ServerMessage):
-    """A run ended: to every versioned member, its runner included. ``tests``: per test case
+    """A run ended: to every versioned member, its runner included. ``tests``, as the runner's
+    browser reported them (the room judges them, but cannot check they were run): per test case
     ``name``, ``passed`` and ``error``, plus ``args``, ``expected`` and ``actual`` in the copies
     of those who may see the answers (interviewers, and everyone in an open room)."""
 
     type: Literal["run_ended"] = "run_ended"
     run_id: str
+    role: Role | None  # the runner's, as in `RunStartedOut`
     status: RunStatus
     duration_ms: int
     truncated: bool
@@ -152,7 +190,8 @@ class RunEndedOut(ServerMessage):
     tests: list[dict[str, Any]] | None
 
     def encode(self) -> str:
-        # ``passed``, ``total`` and ``tests`` are null for a run with no test results, not absent.
+        # ``passed``, ``total`` and ``tests`` are null for a run with no test results, not absent
+        # (and ``role`` in an open room).
         return self.model_dump_json()
 
 
@@ -167,7 +206,7 @@ class QuestionOut(ServerMessage):
     title: str | None = None
     statement: str | None = None
     starters: dict[str, str] | None = None
-    test_languages: list[str] | None = None
+    test_languages: list[RunLanguage] | None = None
     user_id: str | None = None
     cases: list[dict[str, Any]] | None = None
 

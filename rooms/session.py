@@ -74,6 +74,9 @@ class Session:
     role: Role | None = None
     link_id: str | None = None
     revoked: bool = False  # its link was revoked: refused everything, closed once that is durable
+    # Its client's address as the limits per address count it (`rooms.limits.address_key`), set
+    # by the registry; "" when unknown. What an open room's run bucket is kept by.
+    address: str = ""
 
 
 @dataclass(slots=True)  # not frozen: one is made per recipient of every update, and frozen

@@ -66,7 +66,7 @@ class Settings(BaseSettings):
     ws_ping_timeout_seconds: float = Field(default=20.0, gt=0)
     fast_path: bool = True
 
-    # The cost of one message (docs/configuration.md, "Limits on what one message may cost")
+    # The cost of one message (docs/configuration.md, the MAX_CHANGE_PARTS and REBASE_* rows)
     max_change_parts: int = Field(default=1_000, ge=3)
     max_rebase_versions: int = Field(default=200, ge=1)
     max_rebase_steps: int = Field(default=16_000, ge=1)
@@ -84,12 +84,12 @@ class Settings(BaseSettings):
     forwarded_allow_ips: Annotated[list[str], NoDecode] = Field(default_factory=list)
     room_retention_days: float = Field(default=30.0, ge=0)
 
-    # Private rooms (docs/configuration.md, "Interview rooms")
+    # Private rooms (docs/configuration.md, the OPEN_ROOMS row; docs/operations.md, "Interview rooms")
     open_rooms: bool = True
     max_notes_chars: int = Field(default=20_000, ge=1)
     link_failures_per_address_per_minute: int = Field(default=20, ge=1)
 
-    # Running code (docs/configuration.md, "Running code")
+    # Running code (docs/configuration.md, RUN_TIMEOUT_SECONDS to QUESTIONS_DIR; docs/operations.md, "Running code")
     run_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
     max_run_output_chars: int = Field(default=20_000, ge=1)
     runs_per_minute: int = Field(default=20, ge=1)

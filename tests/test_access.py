@@ -28,10 +28,10 @@ from rooms.errors import Forbidden, ReadOnly
 # the room is locked or ended, [2]: unless it is ended, [3]: unless runs are not allowed, [4]:
 # unless runs are not allowed or the room is ended). None is a member of an open room.
 TABLE: dict[Role | None, dict[Act, str]] = {
-    None: dict(zip(Act, ["yes", "yes", "yes", "yes", "yes", "no", "no", "[3]", "yes"], strict=True)),
-    Role.INTERVIEWER: dict(zip(Act, ["yes"] * 9, strict=True)),
-    Role.CANDIDATE: dict(zip(Act, ["[1]", "[1]", "no", "[2]", "no", "no", "no", "[4]", "no"], strict=True)),
-    Role.OBSERVER: dict(zip(Act, ["no"] * 9, strict=True)),
+    None: dict(zip(Act, ["yes", "yes", "yes", "yes", "yes", "no", "no", "[3]", "yes", "yes"], strict=True)),
+    Role.INTERVIEWER: dict(zip(Act, ["yes"] * 10, strict=True)),
+    Role.CANDIDATE: dict(zip(Act, ["[1]", "[1]", "no", "[2]", "no", "no", "no", "[4]", "no", "no"], strict=True)),
+    Role.OBSERVER: dict(zip(Act, ["no"] * 10, strict=True)),
 }
 ROW_NAMES = {None: "open room", **{role: role.value for role in Role}}
 

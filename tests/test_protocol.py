@@ -54,6 +54,23 @@ def test_non_objects_are_invalid_json(frame: str) -> None:
         parse_client_message(frame, 1000)
 
 
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+@pytest.mark.parametrize(
+    "template",
+    [
+        '{"type":"push","version":0,"seq":1,"changes":[%s]}',
+        '{"type":"hello","client_id":"tab","username":%s}',
+        '{"type":"code_change","code":"x","cursor_position":%s}',
+        '{"type":"run_end","run_id":"r1","status":"ok","duration_ms":1,"results":[{"actual":%s}]}',
+        '{"type":"ping","extra":[%s]}',
+    ],
+    ids=["push", "hello", "code_change", "run_end", "ignored_field"],
+)
+def test_nan_and_infinity_are_not_json_in_any_message(template: str, constant: str) -> None:
+    with pytest.raises(InvalidJson, match=f"{constant} is not JSON"):
+        parse_client_message(template % constant, 1000)
+
+
 def test_deeply_nested_json_is_refused_cleanly() -> None:
     with pytest.raises(InvalidJson):
         parse_client_message("[" * 100_000 + "]" * 100_000, 10**6)
@@ -178,7 +195,11 @@ def test_update_encoding_matches_the_protocol_model(
 
 
 _json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-5, 2**40) | st.floats(allow_nan=False) | st.text(max_size=3),
+    st.none()
+    | st.booleans()
+    | st.integers(-5, 2**40)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=3),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=2),
     max_leaves=6,
 )

@@ -4,6 +4,8 @@ logged, never fatal), what each audience gets, and judging a worker's results.""
 from __future__ import annotations
 
 import json
+import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -132,6 +134,19 @@ def test_longest_id_loads(tmp_path: Path) -> None:
     write_question(tmp_path, "a" * 64)
 
     assert 1 == len(Questions.load(tmp_path))
+
+
+@pytest.mark.parametrize("name", ["question.md", "starter.py", "tests.json"])
+def test_a_fifo_in_a_question_folder_is_skipped_without_blocking_the_load(tmp_path: Path, name: str) -> None:
+    path = write_question(tmp_path)
+    (path / name).unlink(missing_ok=True)
+    os.mkfifo(path / name)  # no writer: a blocking open would wait for one forever
+    reasons: list[str] = []
+    # In a thread: a regression hangs in open(), and must fail here rather than hang the suite.
+    loader = threading.Thread(target=lambda: reasons.append(skip_reason(tmp_path)), daemon=True)
+    loader.start()
+    loader.join(timeout=10)
+    assert [f"{name} is not a regular file"] == reasons
 
 
 def test_missing_question_md_is_skipped(tmp_path: Path) -> None:

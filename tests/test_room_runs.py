@@ -18,6 +18,7 @@ from rooms.errors import InvalidMessage
 from rooms.questions import Case, Question, Questions
 from rooms.room import Room
 from rooms.room_runs import QUESTION_CLIENT, RUN_START_GRACE_SECONDS
+from rooms.run_protocol import MAX_RESULT_CHARS
 from rooms.session import Action, Send, Session, Store
 from rooms.store import RunRecord
 from tests.test_room import IMPURE, ROOT, Clock, commit, hello, make_room, sent, types
@@ -157,6 +158,7 @@ def test_run_started_names_the_runner_and_reaches_every_versioned_member_but_no_
         "language": "python",
         "version": 0,
         "kind": "code",
+        "role": None,  # an open room has no roles
     }
     assert ([started], [started], []) == (sent(actions, ann), sent(actions, bob), sent(actions, sam))
 
@@ -271,6 +273,48 @@ def test_run_starts_are_rate_limited_per_member() -> None:
     assert [] == run_errors(settle(room), ann)
 
 
+def test_reconnecting_through_the_same_link_does_not_refill_the_run_bucket() -> None:
+    room, members = members_of(runs_per_minute=5)
+    candidate = members[Role.CANDIDATE]
+    for number in range(6):
+        start(room, candidate, f"first{number}")
+        end(room, candidate, f"first{number}")
+    assert ("rate_limited", "first5") == run_errors(settle(room), candidate)[0]
+    room.leave(candidate)
+    again = join(room, Role.CANDIDATE, "a-new-client-id")  # a new client, the same link
+    settle(room)
+    start(room, again, "second")
+    assert [("rate_limited", "second")] == run_errors(settle(room), again)
+    start(room, members[Role.INTERVIEWER], "theirs")  # another link's bucket is its own
+    assert [] == run_errors(settle(room), members[Role.INTERVIEWER])
+
+
+def test_an_open_rooms_run_bucket_is_its_members_address_across_connections() -> None:
+    room, _ = open_room(runs_per_minute=2)
+    ann, bob, cy = joined(room, "ann", "bob", "cy")
+    ann.address = bob.address = "203.0.113.7"  # as the registry sets it; cy's is unknown
+    for session, run_id in ((ann, "a"), (bob, "b"), (ann, "c"), (cy, "d")):
+        start(room, session, run_id)
+        end(room, session, run_id)
+    actions = settle(room)
+    assert ([("rate_limited", "c"), ("run_refused", "c")], []) == (run_errors(actions, ann), run_errors(actions, cy))
+
+
+def test_a_run_bucket_is_kept_until_it_is_full_again_then_forgotten_on_tick() -> None:
+    room, clock = open_room(runs_per_minute=2)
+    (ann,) = joined(room, "ann")
+    start(room, ann)
+    end(room, ann)
+    room.leave(ann)
+    settle(room)
+    clock.now += 29  # not quite one token back at 2 a minute
+    room.tick()
+    assert 1 == len(room.run_buckets)
+    clock.now += 1
+    room.tick()
+    assert {} == room.run_buckets
+
+
 @pytest.mark.parametrize(
     ("run_id", "why"),
     [
@@ -379,6 +423,7 @@ def test_run_ended_waits_for_the_commit_that_stores_the_run() -> None:
     ended = {
         "type": "run_ended",
         "run_id": "r1",
+        "role": None,
         "status": "error",
         "duration_ms": 12,
         "truncated": False,
@@ -478,6 +523,43 @@ def test_results_are_judged_here_and_only_interviewers_see_the_expected_values()
     assert full == json.loads(write.runs[0].tests)
     frames = [a.message for a in actions if isinstance(a, Send) and a.session is not members[Role.INTERVIEWER]]
     assert [] == [text for text in frames if '"expected"' in text]
+
+
+def test_a_candidates_run_is_labelled_with_its_role_for_everyone() -> None:
+    room, members = question_room()
+    candidate = members[Role.CANDIDATE]
+    start(room, candidate, kind="tests")
+    end(room, candidate, results=[{"actual": 3}, {"actual": -2}])
+    actions = settle(room)
+    for role in Role:
+        messages = of_type(actions, members[role], "run_started") + of_type(actions, members[role], "run_ended")
+        assert ["candidate", "candidate"] == [m["role"] for m in messages], role
+
+
+def test_a_returned_value_too_large_is_invalid_and_nothing_is_stored_or_shown() -> None:
+    room, members = question_room()
+    candidate = members[Role.CANDIDATE]
+    start(room, candidate, kind="tests")
+    settle(room)
+    room.receive(
+        candidate,
+        frame(
+            "run_end",
+            run_id="r1",
+            status="ok",
+            duration_ms=5,
+            results=[
+                {"actual": 3},
+                {"actual": "x" * MAX_RESULT_CHARS},
+            ],
+        ),
+    )
+    actions = room.take_actions()
+    assert ([("invalid_message", "r1")], ["r1"], []) == (
+        run_errors(actions, candidate),
+        list(room.runs),
+        [a for a in actions if isinstance(a, Store)],
+    )
 
 
 def test_everyone_in_an_open_room_sees_the_expected_values() -> None:

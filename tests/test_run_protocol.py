@@ -4,22 +4,31 @@ validation, and the exact JSON the server sends."""
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 from pydantic import ValidationError
 
+from rooms import questions
 from rooms.errors import InvalidMessage, RunRefused
 from rooms.protocol import CLIENT_TYPES, FULL_TEXT_ONLY, VERSIONED_ONLY, ErrorOut, parse_client_message
 from rooms.run_protocol import (
     MAX_CASE_ERROR_CHARS,
+    MAX_RESULT_CHARS,
+    MAX_RESULTS_CHARS,
+    QUESTION_ID,
+    RUN_LANGUAGES,
     AllowRuns,
     QuestionOut,
+    ReportedStatus,
     RunEnd,
     RunEndedOut,
+    RunLanguage,
     RunOutput,
     RunsAllowedOut,
     RunStart,
+    RunStartedOut,
+    RunStatus,
     SetQuestion,
 )
 
@@ -90,6 +99,55 @@ def test_a_malformed_run_message_is_invalid(message: dict[str, Any]) -> None:
     assert (message["type"], True) == (invalid.value.message_type, str(invalid.value).startswith("invalid "))
 
 
+def actual_of(chars: int) -> str:
+    """A returned value whose JSON is ``chars`` characters: a string, quotes included."""
+    return "x" * (chars - 2)
+
+
+def parse_big(message: dict[str, Any]) -> Any:
+    return parse_client_message(json.dumps(message), 10_000_000)
+
+
+def test_a_returned_value_of_the_longest_allowed_json_is_taken() -> None:
+    results = [{"actual": actual_of(MAX_RESULT_CHARS)}]
+    assert results == parse_big(run_end(results=results)).results
+
+
+def test_a_returned_value_whose_json_is_longer_than_a_harness_sends_is_invalid() -> None:
+    with pytest.raises(InvalidMessage) as invalid:
+        parse_big(run_end(results=[{"actual": 1}, {"actual": actual_of(MAX_RESULT_CHARS + 1)}]))
+    assert f"result 1: actual must be at most {MAX_RESULT_CHARS} characters of json" in str(invalid.value)
+    assert "r1" == invalid.value.run_id  # answered as the room answers about a run
+
+
+def test_a_returned_value_is_measured_as_compact_unescaped_json() -> None:
+    # The harnesses measure no more than this: Python's json.dumps writes "\u00e9" and ", ",
+    # JavaScript counts the emoji as two; whatever either let through must pass here.
+    value = ["é" * 3000, "😀" * 3000, *[0] * 1500]
+    assert MAX_RESULT_CHARS >= len(json.dumps(value, ensure_ascii=False, separators=(",", ":")))
+    assert [{"actual": value}] == parse_big(run_end(results=[{"actual": value}])).results
+
+
+def test_results_longer_than_max_results_chars_in_all_are_invalid() -> None:
+    count = MAX_RESULTS_CHARS // MAX_RESULT_CHARS + 1
+    with pytest.raises(InvalidMessage, match=f"at most {MAX_RESULTS_CHARS} characters of json"):
+        parse_big(run_end(results=[{"actual": actual_of(MAX_RESULT_CHARS)}] * count))
+
+
+def test_the_loader_and_the_room_share_one_set_of_limits() -> None:
+    assert (MAX_RESULT_CHARS, QUESTION_ID, RUN_LANGUAGES) == (
+        questions.MAX_RESULT_CHARS,
+        questions.QUESTION_ID,
+        questions.RUN_LANGUAGES,
+    )
+    assert not hasattr(questions, "MAX_ERROR_CHARS") and not hasattr(questions, "LANGUAGES")
+
+
+def test_the_run_shapes_are_named_once() -> None:
+    assert (("python", "javascript"), ("python", "javascript")) == (RUN_LANGUAGES, get_args(RunLanguage))
+    assert (*get_args(ReportedStatus), "lost") == get_args(RunStatus)
+
+
 def test_an_error_of_the_longest_allowed_length_is_taken() -> None:
     assert [{"error": "x" * MAX_CASE_ERROR_CHARS}] == parse(run_end(results=[{"error": "x" * 500}])).results
 
@@ -121,13 +179,23 @@ def test_an_error_about_a_run_carries_its_run_id() -> None:
     )
 
 
+def test_run_started_names_the_runners_role_or_null_in_an_open_room() -> None:
+    fields = {"run_id": "r1", "user_id": "u", "username": "Ann", "color": "#000000", "version": 0}
+    for role in (None, "candidate"):
+        started = RunStartedOut(**fields, language="python", kind="tests", role=role).encode()
+        assert {"type": "run_started", **fields, "language": "python", "kind": "tests", "role": role} == json.loads(
+            started
+        )
+
+
 def test_run_ended_spells_out_the_absent_test_results_as_null() -> None:
     ended = RunEndedOut(
-        run_id="r1", status="lost", duration_ms=0, truncated=False, passed=None, total=None, tests=None
+        run_id="r1", role=None, status="lost", duration_ms=0, truncated=False, passed=None, total=None, tests=None
     ).encode()
     assert {
         "type": "run_ended",
         "run_id": "r1",
+        "role": None,
         "status": "lost",
         "duration_ms": 0,
         "truncated": False,

@@ -117,6 +117,25 @@ async def test_run_starts_are_rate_limited(live: LiveServer, connect_client: Con
     assert ("rate_limited", "run-2", True) == (error["code"], error["run_id"], error["retry_after"] > 0)
 
 
+async def test_reconnecting_from_the_same_address_does_not_refill_the_run_bucket(
+    live: LiveServer, connect_client: Connect
+) -> None:
+    url = live.ws(f"test-{uuid.uuid4().hex[:12]}")
+    first: Client = await connect_client(url)
+    await say_hello(first, "runner")
+    for number in range(2):
+        await first.send(run_start(f"run-{number}"))
+        await first.recv_type("run_started")
+        await first.send(run_end(f"run-{number}"))
+        await first.recv_type("run_ended")
+    await first.close()
+    again: Client = await connect_client(url)
+    await say_hello(again, "a-new-client-id")
+    await again.send(run_start("run-2"))
+    error = await again.recv_type("error")
+    assert ("rate_limited", "run-2") == (error["code"], error["run_id"])
+
+
 async def test_output_beyond_the_cap_is_cut_and_the_run_marked_truncated(
     live: LiveServer, connect_client: Connect
 ) -> None:

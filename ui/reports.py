@@ -22,7 +22,7 @@ from typing import Any, Generic, TypeVar
 from rooms.access import SHARED_ROLES, Role
 from rooms.errors import InvalidMessage
 from rooms.limits import clean_language
-from rooms.questions import QUESTION_ID
+from rooms.run_protocol import QUESTION_ID
 from ui.access import LINK_SECRET
 
 # User ids are 12 hex digits today: anything much longer is not from the browser half.
