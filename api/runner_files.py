@@ -6,7 +6,8 @@ pinned in ``vendor/pyodide/package.json``) and the two workers come from this or
 - ``/runner/pyodide/<PYODIDE_VERSION>/<name>``: the Pyodide runtime, exactly `PYODIDE_FILES`.
   The version is in the path, so a file never changes under its URL: cached for a year,
   ``immutable`` (a new Pyodide is a new URL).
-- ``/runner/<name>``: the workers and the case harness, `RUNNER_FILES`, from ``ui/runner/``.
+- ``/runner/<name>``: the workers, the modules they import (sandbox.js, python_runner.js) and
+  the case harness, `RUNNER_FILES`, from ``ui/runner/``.
   They change with the app, so the browser asks again every time (``no-cache``) and gets a
   304 while its copy's ETag still matches. Each worker has its own Content-Security-Policy
   (a worker obeys the policy of its own script, not the page's): the Python worker may load
@@ -26,6 +27,7 @@ Every file answers GET and HEAD, and a conditional request (If-None-Match, else
 If-Modified-Since) whose copy is current gets a 304 (RFC 9110 section 13).
 
 Any other name is a 404, whatever it looks like: names are looked up, never joined to a path.
+A 404 is never cached (``no-store``): a file installed later is served at once.
 """
 
 from __future__ import annotations
@@ -111,6 +113,9 @@ class RunnerFile:
 RUNNER_FILES: dict[str, RunnerFile] = {
     "worker_python.js": RunnerFile(JAVASCRIPT, PYTHON_WORKER_CSP),
     "worker_js.js": RunnerFile(JAVASCRIPT, JS_WORKER_CSP),
+    # Modules the workers import: a module obeys the policy of the worker that imports it.
+    "sandbox.js": RunnerFile(JAVASCRIPT),
+    "python_runner.js": RunnerFile(JAVASCRIPT),
     "harness.js": RunnerFile(JAVASCRIPT),
     "harness.py": RunnerFile("text/x-python; charset=utf-8"),
 }
@@ -137,11 +142,6 @@ class Stamp:
         return formatdate(self.mtime_ns // 1_000_000_000, usegmt=True)
 
 
-def etag(path: Path) -> str:
-    """A strong validator from the file's size and modification time (no read of the file)."""
-    return Stamp.of(path.stat()).etag()
-
-
 def accepts_gzip(accept_encoding: str) -> bool:
     """Whether an Accept-Encoding value takes gzip (RFC 9110 section 12.5.3): ``gzip`` (or
     ``x-gzip``) listed with a q-value above 0, or else ``*`` with one."""
@@ -162,6 +162,12 @@ def accepts_gzip(accept_encoding: str) -> bool:
         if coding == "*":
             star = quality > 0
     return star
+
+
+def not_found() -> Response:
+    """The answer for a name not served, or a file missing: never cached, so a file installed
+    later is served at once."""
+    return PlainTextResponse("not found", status_code=404, headers={"cache-control": "no-store"})
 
 
 def not_modified(request: Request, stamp: Stamp, etag: str) -> bool:
@@ -239,7 +245,7 @@ def make_router(
         if path not in reported:
             reported.add(path)
             log.error("runner_file_missing", path=str(path), hint=hint)
-        return PlainTextResponse("not found", status_code=404, headers={"cache-control": "no-store"})
+        return not_found()
 
     def regular(path: Path) -> os.stat_result | None:
         try:
@@ -252,7 +258,7 @@ def make_router(
     async def pyodide_file(version: str, name: str, request: Request) -> Response:
         media_type = PYODIDE_FILES.get(name)
         if version != PYODIDE_VERSION or media_type is None:
-            return PlainTextResponse("not found", status_code=404)
+            return not_found()
         path = pyodide_dir / name
         result = regular(path)
         if result is None:
@@ -283,7 +289,7 @@ def make_router(
     async def runner_file(name: str, request: Request) -> Response:
         spec = RUNNER_FILES.get(name)
         if spec is None:
-            return PlainTextResponse("not found", status_code=404)
+            return not_found()
         path = runner_dir / name
         result = regular(path)
         if result is None:

@@ -241,3 +241,169 @@ def test_code_loads_nothing_from_the_origin_but_the_runner_folder(room_of: Calla
     ann.run(attempt.format(url=elsewhere))
     ann.wait_ended("ok")
     assert "refused" == ann.output().strip()
+
+
+def record_relayed(runner: Runner) -> None:
+    """From now on, ``window.relayed`` lists each run_output frame the page sent: "before" or
+    "after" the test set ``window.dropped``."""
+    runner.page.evaluate(
+        """() => {
+            const editor = window.collabEditor;
+            const send = editor.sendRun.bind(editor);
+            window.relayed = [];
+            editor.sendRun = (message) => {
+                const sent = send(message);
+                if (sent && message.type === "run_output") window.relayed.push(window.dropped ? "after" : "before");
+                return sent;
+            };
+        }"""
+    )
+
+
+def last_run(runner: Runner, status: str) -> None:
+    runner.page.locator(f".collab-run:last-child[data-status={status}]").wait_for(timeout=RUN_MS)
+
+
+def test_a_run_whose_connection_drops_ends_lost_and_relays_nothing_more(room_of: Callable[..., list[Runner]]) -> None:
+    ann, bob = room_of("Ann", "Bob")
+    record_relayed(ann)
+    ann.run("import time\nfor i in range(40):\n    print('tick', i, flush=True)\n    time.sleep(0.04)\n")
+    ann.page.wait_for_function("window.relayed.length > 0", timeout=RUN_MS)
+    ann.page.evaluate("window.dropped = true; window.socket.io.engine.close()")
+    last_run(ann, "lost")
+    expect(ann.page.locator(".collab-run:last-child .collab-run-refusal")).to_have_text(
+        "The connection to the room dropped; the room ended this run."
+    )
+    ann.page.wait_for_function("window.collabEditor.live", timeout=30_000)
+    last_run(bob, "lost")  # the room ended it when the page came back on another connection
+    assert [] == [frame for frame in ann.page.evaluate("window.relayed") if frame == "after"]
+    assert [] == ann.errors
+
+
+def test_a_run_of_another_is_unknown_after_a_welcome_until_the_burst_says_it_still_runs(
+    room_of: Callable[..., list[Runner]],
+) -> None:
+    # A run that ended while the page was away is never told to it (its session was gone): after
+    # the welcome, only what the burst replays is running.
+    ann, bob = room_of("Ann", "Bob")
+    ann.page.evaluate(
+        "window.welcomes = 0; window.addEventListener('collab-run',"
+        " (event) => { if (event.detail.type === 'run_welcome') window.welcomes += 1; })"
+    )
+    ann.page.evaluate("window.socket.io.engine.close()")
+    ann.page.wait_for_function("window.welcomes === 1 && window.collabEditor.live", timeout=30_000)
+    bob.run("import time\nprint('b', flush=True)\ntime.sleep(1.5)\nprint('done')\n")
+    ann.page.wait_for_function("window.collabRuns.runs.at(-1)?.chunks.length > 0", timeout=RUN_MS)
+    run_id = ann.page.evaluate("window.collabRuns.runs.at(-1).runId")
+    fire = "(detail) => window.dispatchEvent(new CustomEvent('collab-run', { detail }))"
+    ann.page.evaluate(fire, {"type": "run_welcome"})
+    last_run(ann, "unknown")
+    expect(ann.page.locator(".collab-run:last-child .collab-run-status")).to_have_text(
+        "ended while this page was disconnected"
+    )
+    ann.page.evaluate(fire, {"type": "run_started", "run_id": run_id, "username": "Bob", "kind": "code"})
+    last_run(ann, "running")
+    assert "" == ann.output()  # the burst's run_output replays what it printed so far
+    bob.wait_ended("ok")
+    last_run(ann, "ok")
+
+
+def test_text_printed_without_a_newline_before_an_endless_loop_is_kept(room_of: Callable[..., list[Runner]]) -> None:
+    ann, bob = room_of("Ann", "Bob")
+    ann.run("print('partial', end='')\nwhile True:\n    pass\n")
+    ann.wait_ended("timeout")
+    bob.wait_ended("timeout")
+    assert ("partial", "partial") == (ann.output(), bob.output())
+
+
+def test_a_runner_that_cannot_be_loaded_says_which_file(room_of: Callable[..., list[Runner]]) -> None:
+    (ann,) = room_of("Ann")
+    ann.page.route("**/runner/worker_js.js", lambda route: route.fulfill(status=404, body="not found"))
+    ann.set_language("javascript")
+    ann.run("console.log(1)")
+    ann.wait_ended("error")
+    assert "could not be loaded" in ann.output() and "/runner/worker_js.js" in ann.output()
+    assert "undefined" not in ann.output()
+    assert [] == ann.errors
+
+
+def test_a_run_the_room_started_after_the_page_gave_up_is_stopped(room_of: Callable[..., list[Runner]]) -> None:
+    ann, bob = room_of("Ann", "Bob")
+    # The run_start is held back until the page has given up on an answer, then sent: the room
+    # answers late.
+    ann.page.evaluate(
+        """() => {
+            const editor = window.collabEditor;
+            window.sendNow = editor.sendRun.bind(editor);
+            window.collabRuns.answerMs = 300;
+            editor.sendRun = (message) => {
+                if (message.type !== "run_start" || window.held) return window.sendNow(message);
+                window.held = message;
+                return true;
+            };
+        }"""
+    )
+    ann.run("print('late')")
+    ann.wait_ended("refused")
+    ann.page.evaluate("window.sendNow(window.held)")
+    last_run(bob, "stopped")
+    expect(ann.page.locator(".collab-run:last-child .collab-run-refusal")).to_have_text(
+        "The room answered too late: the run was stopped."
+    )
+    assert "late" not in bob.output()
+
+
+def test_code_cannot_restart_the_clock_or_post_output_of_another_shape(room_of: Callable[..., list[Runner]]) -> None:
+    (ann,) = room_of("Ann")
+    ann.set_language("javascript")
+    ann.run(
+        'setInterval(() => postMessage({type: "ready"}), 100);\n'
+        'postMessage({type: "output", stream: "evil", text: "x"});\n'
+        'postMessage({type: "output", stream: "stdout", text: {a: 1}});\n'
+        'console.log("real");\n'
+        "await new Promise(() => {});\n"
+    )
+    # Within the time limit and some: a run whose clock restarted would go on until the room lost it.
+    ann.page.locator(".collab-run:last-child[data-status=timeout]").wait_for(timeout=15_000)
+    assert "real" == ann.output().strip()
+
+
+def test_forged_test_results_fail_the_run(room_of: Callable[..., list[Runner]]) -> None:
+    (ann,) = room_of("Ann")
+    ann.page.evaluate("window.collabEditor.send({type: 'question', question_id: 'two-sum'})")
+    ann.page.wait_for_function("window.collabRuns.state.questionId === 'two-sum'")
+    ann.set_code(
+        "import js\nfrom pyodide.ffi import to_js\n"
+        "def two_sum(nums, target):\n    return [0, 1]\n"
+        "results = [{'actual': [0, 1], 'passed': True}]\n"
+        "js.postMessage(to_js({'type': 'done', 'status': 'ok', 'results': results},"
+        " dict_converter=js.Object.fromEntries))\n"
+    )
+    button = ann.page.locator(".collab-run-tests")
+    expect(button).to_be_enabled(timeout=10_000)
+    button.click()
+    ann.wait_ended("error")
+    assert "The run's test results cannot be used" in ann.output()
+
+
+def test_an_interviewer_sees_whose_browser_reported_a_tests_runs_results(room_of: Callable[..., list[Runner]]) -> None:
+    (ann,) = room_of("Ann")
+    # The panel as an interviewer's page is told about two tests runs: a candidate's and an
+    # interviewer's.
+    ann.page.evaluate(
+        """() => {
+            const fire = (detail) => window.dispatchEvent(new CustomEvent("collab-run", { detail }));
+            fire({ ...window.collabEditor.runState(), role: "interviewer" });
+            const runs = [["cand1", "Cara", "candidate"], ["intv1", "Ivan", "interviewer"]];
+            for (const [run_id, username, role] of runs) {
+                const common = { run_id, role, kind: "tests" };
+                fire({ type: "run_started", ...common, user_id: run_id, username, color: "#336699",
+                       language: "python", version: 1 });
+                fire({ type: "run_ended", ...common, status: "ok", duration_ms: 5, truncated: false,
+                       passed: 1, total: 1, tests: [{ name: "one", passed: true, error: null }] });
+            }
+        }"""
+    )
+    reported = ann.page.locator("[data-run-id=cand1] .collab-run-reported")
+    expect(reported).to_have_text("results reported by Cara's browser")
+    expect(ann.page.locator("[data-run-id=intv1] .collab-run-reported")).to_have_count(0)

@@ -8,6 +8,7 @@ import asyncio
 import gzip
 import json
 import os
+import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -90,8 +91,18 @@ def test_each_worker_has_its_own_strict_policy_and_a_short_cache(client: TestCli
     assert policy == again.headers["content-security-policy"]
 
 
-@pytest.mark.parametrize(("name", "kind"), [("harness.js", "text/javascript"), ("harness.py", "text/x-python")])
-def test_the_harness_is_served_under_the_pages_policy(client: TestClient, name: str, kind: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [
+        ("harness.js", "text/javascript"),
+        ("harness.py", "text/x-python"),
+        ("sandbox.js", "text/javascript"),
+        ("python_runner.js", "text/javascript"),
+    ],
+)
+def test_the_harness_and_the_workers_modules_are_served_under_the_pages_policy(
+    client: TestClient, name: str, kind: str
+) -> None:
     response = client.get(f"/runner/{name}")
     assert 200 == response.status_code
     assert response.headers["content-type"].startswith(kind)
@@ -113,8 +124,9 @@ def test_the_harness_is_served_under_the_pages_policy(client: TestClient, name: 
         "/runner/worker_python.js.map",
     ],
 )
-def test_nothing_outside_the_list_is_served(client: TestClient, path: str) -> None:
-    assert 404 == client.get(path).status_code
+def test_nothing_outside_the_list_is_served_and_the_404_is_not_cached(client: TestClient, path: str) -> None:
+    response = client.get(path)
+    assert (404, "no-store") == (response.status_code, response.headers.get("cache-control"))
 
 
 @pytest.mark.parametrize(
@@ -153,6 +165,15 @@ def test_a_missing_pyodide_folder_is_a_404_with_a_clear_log_once(tmp_path: Path)
 def test_every_listed_runner_file_exists() -> None:
     for name in RUNNER_FILES:
         assert (runner_files.RUNNER_DIR / name).is_file(), name
+
+
+def test_every_module_a_worker_imports_is_served() -> None:
+    imported = set()
+    for name in ("worker_python.js", "worker_js.js"):
+        source = (runner_files.RUNNER_DIR / name).read_text()
+        imported |= set(re.findall(r'^import .* from "\./([\w.]+)";$', source, re.MULTILINE))
+    assert {"sandbox.js", "python_runner.js"} == imported
+    assert imported <= set(RUNNER_FILES)
 
 
 # Compression

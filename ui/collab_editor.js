@@ -11,8 +11,8 @@
 //
 // `gen` numbers the hellos of this page: a reconnect says hello again with a new gen, and
 // anything still arriving for an older one is ignored. Runs: messages about runs, question and
-// runs_allowed go to the output panel (ui/collab_runs.js) as window events "collab-run", with a
-// synthetic {type: "run_state"} whenever runState() changes; the panel sends with sendRun().
+// runs_allowed go to the panel (ui/collab_runs.js) as window events "collab-run", {type: "run_welcome"}
+// before a welcome's burst, {type: "run_state"} (live, gen too) when runState() changes; it sends with sendRun().
 import * as CM from "nicegui-codemirror";
 import { replacement } from "collab_client";
 import { remoteCarets, caretDecorations } from "collab_carets";
@@ -426,6 +426,7 @@ export default {
           maxOutputChars: Number.isSafeInteger(chars) && chars > 0 ? chars : RUN_LIMITS.maxOutputChars,
         };
         this.question = { id: null, testLanguages: [] }; // the burst that follows tells the current one
+        window.dispatchEvent(new CustomEvent("collab-run", { detail: { type: "run_welcome" } })); // then the burst
       }
       for (const message of out.runs) {
         if (message.type === "question") {
@@ -453,8 +454,9 @@ export default {
       else if (!client.mayRun) reason = client.ended ? "The interview has ended." : "Running code is turned off.";
       else if (!RUNNABLE.has(String(language).toLowerCase())) reason = "Only Python and JavaScript run here.";
       else if (!this.live) reason = "Not connected to the room.";
-      const { testLanguages, id: questionId } = question;
-      return { type: "run_state", mayRun: !reason, reason, language, ...this.runLimits, questionId, testLanguages };
+      const { testLanguages, id: questionId } = question, live = !!this.live, role = client.role ?? null;
+      return { type: "run_state", mayRun: !reason, reason, language, ...this.runLimits, questionId, testLanguages,
+        live, gen: this.gen, role }; // the panel ends its run when its connection (gen) is gone
     },
     publishRunState() {
       const state = this.client && JSON.stringify(this.runState());

@@ -9,7 +9,12 @@
 // run prints is shown at once and relayed to the room in batches (every RELAY_MS or RELAY_CHARS,
 // whichever first), up to the room's max_run_output_chars; at run_timeout_seconds the worker is
 // terminated (a "timeout"), and Stop does the same. The editor dispatches every message about a
-// run as a "collab-run" window event, and a {type: "run_state"} one with what this member may do.
+// run as a "collab-run" window event, a {type: "run_state"} one with what this member may do and
+// the connection's state (live, gen), and a {type: "run_welcome"} one before each welcome's burst.
+//
+// A run of this page lives on the connection it was started on (its gen): when that connection
+// drops or is replaced, the room has ended the run ("lost") and would refuse the rest of it, so
+// the page ends it too. A worker is code that may be the candidate's: what it posts is checked.
 const RELAY_MS = 100;
 const RELAY_CHARS = 4096;
 const ANSWER_MS = 15000; // a run_start the room never answered is given up after this
@@ -26,7 +31,11 @@ const ENDINGS = {
   stopped: "stopped",
   lost: "lost (the room ended it)",
   refused: "not run",
+  unknown: "ended while this page was disconnected",
 };
+const STREAMS = new Set(["stdout", "stderr"]);
+const MAX_ERROR_CHARS = 500; // rooms.questions.MAX_ERROR_CHARS
+const DROPPED = "The connection to the room dropped; the room ended this run.";
 
 function newRunId() {
   const bytes = crypto.getRandomValues(new Uint8Array(16));
@@ -61,6 +70,8 @@ export default {
           <span class="collab-run-status" :class="run.status === 'ok' ? 'text-positive' : ''">{{ ending(run) }}</span>
           <span v-if="run.durationMs !== null" class="collab-run-time text-grey-7">{{ seconds(run.durationMs) }}</span>
           <span v-if="run.total !== null" class="collab-run-score">{{ run.passed }} / {{ run.total }} tests passed</span>
+          <span v-if="selfReported(run)" class="collab-run-reported text-grey-7">
+            results reported by {{ run.author || "someone" }}'s browser</span>
         </div>
         <pre v-if="run.chunks.length" class="collab-run-text" style="margin:2px 0;white-space:pre-wrap;
              word-break:break-word;font-family:monospace;font-size:13px"><span v-for="(chunk, i) in run.chunks"
@@ -92,7 +103,7 @@ export default {
   props: { pyodideUrl: String, runnerUrl: String, timeoutSeconds: Number, maxOutputChars: Number },
   data() {
     return {
-      state: { mayRun: false, reason: "Connecting…", language: null, questionId: null, testLanguages: [] },
+      state: { mayRun: false, reason: "Connecting…", language: null, questionId: null, testLanguages: [], role: null },
       runs: [], // newest last
       stdin: "",
       showInput: false,
@@ -113,6 +124,7 @@ export default {
   },
   mounted() {
     this.spares = {}; // language -> a started worker, warm or warming, waiting for a run
+    this.answerMs = ANSWER_MS;
     this.limits = { timeoutSeconds: this.timeoutSeconds || 10, maxOutputChars: this.maxOutputChars || 20000 };
     this.onEvent = (event) => this.receive(event.detail);
     window.addEventListener("collab-run", this.onEvent);
@@ -134,7 +146,12 @@ export default {
         case "run_state":
           this.state = message;
           this.limits = { timeoutSeconds: message.timeoutSeconds, maxOutputChars: message.maxOutputChars };
+          if (this.active?.sent && (!message.live || message.gen !== this.active.gen)) this.lose(this.active, DROPPED);
           return this.warmSoon();
+        case "run_welcome": // what others ran meanwhile is unknown, until the burst tells what still runs
+          for (const run of this.runs)
+            if (!run.own && ["starting", "running"].includes(run.status)) run.status = "unknown";
+          return;
         case "run_started":
           return this.onStarted(message);
         case "run_cases":
@@ -161,13 +178,23 @@ export default {
         version: message.version ?? run.version,
         kind: message.kind ?? run.kind,
       });
+      if ("role" in message) run.runnerRole = message.role;
       if (mine && mine.status === "starting" && mine.kind === "code") this.execute(mine, null);
-      if (!mine && run.status === "starting") run.status = "running";
+      if (!mine && run.status === "unknown") Object.assign(run, { chunks: [], chars: 0, truncated: false }); // replayed
+      if (!mine && ["starting", "unknown"].includes(run.status)) run.status = "running";
+      if (run.own && run.gaveUp) {
+        // The room started a run this page gave up on: it ends it at once rather than leave it going.
+        run.gaveUp = false;
+        run.refusal = "The room answered too late: the run was stopped.";
+        const end = { type: "run_end", run_id: run.runId, status: "stopped", duration_ms: 0, results: null };
+        window.collabEditor?.sendRun(end);
+      }
     },
     onEnded(message) {
       const run = this.find(message.run_id);
       if (!run) return;
       if (run.own) this.finish(run, message.status ?? "lost", null, false); // the room ended it first
+      if ("role" in message) run.runnerRole = message.role;
       run.status = message.status ?? run.status;
       if (Number.isFinite(message.duration_ms) && !run.own) run.durationMs = message.duration_ms;
       run.truncated = run.truncated || message.truncated === true;
@@ -183,9 +210,17 @@ export default {
         run.status = "refused";
         run.refusal = `The room did not run this: ${refusal}.`;
         this.release(run);
+      } else if (run.own && run.status === "running" && message.code === "run_refused") {
+        this.lose(run, `The room ended this run: ${refusal}.`); // it no longer has it
       } else if (run.own) {
         run.refusal = `The room refused part of this run: ${refusal}.`;
       }
+    },
+    // This page's run, which the room has ended already: ended here too, the room not told.
+    lose(run, why) {
+      if (run.status !== "running" && run.status !== "starting") return;
+      run.refusal = why;
+      this.finish(run, "lost", null, false);
     },
 
     // --- this page's runs ------------------------------------------------------------------------
@@ -208,13 +243,15 @@ export default {
         return;
       }
       run.sent = true;
+      run.gen = editor.gen; // the connection it lives on
       this.spare(language); // loads Pyodide now if it was not warm yet
       run.answerTimer = setTimeout(() => {
         if (run.status !== "starting") return;
         run.status = "refused";
         run.refusal = "The room did not answer.";
+        run.gaveUp = true; // a run_started arriving now is answered with a run_end
         this.release(run);
-      }, ANSWER_MS);
+      }, this.answerMs);
     },
     // The editor's text once the page's own edits are confirmed (the version is then exactly it).
     settledSource(editor) {
@@ -248,8 +285,10 @@ export default {
       run.startedAt = performance.now();
       run.deadline = setTimeout(() => this.finish(run, "timeout"), this.limits.timeoutSeconds * 1000);
     },
+    // What a worker posts; the code it runs can post too, so only messages of the expected shape count.
     onWorker(spare, message) {
       if (message.type === "ready") {
+        if (spare.ready) return; // once: a second one must not restart the run's clock
         spare.ready = true;
         if (spare.run) {
           this.loading = false;
@@ -259,15 +298,36 @@ export default {
       }
       const run = spare.run;
       if (message.type === "failed") {
-        if (run) this.show(run, "stderr", `${message.message}\n`);
+        if (run) this.show(run, "stderr", `${String(message.message).slice(0, MAX_ERROR_CHARS)}\n`);
         if (run) return this.finish(run, "error");
         if (this.spares[spare.language] === spare) delete this.spares[spare.language];
         return;
       }
       if (!run || run.status !== "running") return;
-      if (message.type === "output") this.show(run, message.stream, String(message.text ?? ""), true);
-      else if (message.type === "truncated") run.truncated = true;
-      else if (message.type === "done") this.finish(run, message.status === "ok" ? "ok" : "error", message.results);
+      if (message.type === "output") {
+        const { stream, text } = message;
+        if (STREAMS.has(stream) && typeof text === "string") this.show(run, stream, text, true);
+      } else if (message.type === "truncated") {
+        run.truncated = true;
+      } else if (message.type === "done") {
+        const wrong = run.cases ? this.malformed(message.results, run.cases.cases.length, message.status) : null;
+        if (wrong) this.show(run, "stderr", `The run's test results cannot be used: ${wrong}.\n`, true);
+        this.finish(run, message.status === "ok" && !wrong ? "ok" : "error", wrong ? null : message.results);
+      }
+    },
+    // Why `results` cannot be passed on as a tests run's answers (one per case, each exactly
+    // {actual} or {error: a short string}), or null when they can. A run that failed may have none.
+    malformed(results, count, status) {
+      if (results === undefined || results === null) return status === "ok" ? "there are none" : null;
+      if (!Array.isArray(results) || results.length !== count) return `${count} were expected`;
+      const exact = (item) => {
+        if (item === null || typeof item !== "object" || Array.isArray(item)) return false;
+        const keys = Object.keys(item);
+        if (keys.length === 1 && keys[0] === "actual") return item.actual !== undefined; // JSON drops undefined
+        const error = keys.length === 1 && keys[0] === "error" ? item.error : null;
+        return typeof error === "string" && error.length <= MAX_ERROR_CHARS;
+      };
+      return results.every(exact) ? null : "each must be {actual} or {error}";
     },
     stop() {
       if (this.active) this.finish(this.active, "stopped");
@@ -280,7 +340,8 @@ export default {
       run.status = status;
       run.durationMs = durationMs;
       this.loading = false;
-      this.flush(run);
+      if (tell) this.flush(run);
+      else if (run.relay) run.relay.queue = []; // the room no longer has the run: it would refuse it
       let answers = null;
       if (run.kind === "tests" && run.cases) {
         const count = run.cases.cases.length;
@@ -353,10 +414,16 @@ export default {
     spare(language) {
       if (this.spares[language]) return this.spares[language];
       const base = new URL(this.runnerUrl || "/runner/", window.location.href);
-      const worker = new Worker(new URL(WORKERS[language], base), { type: "module" });
+      const url = new URL(WORKERS[language], base);
+      const worker = new Worker(url, { type: "module" });
       const spare = { worker, language, ready: false, run: null };
       worker.onmessage = (event) => this.onWorker(spare, event.data || {});
-      worker.onerror = (event) => this.onWorker(spare, { type: "failed", message: `The runner failed: ${event.message}` });
+      // A module worker whose script (or a module it imports) cannot be loaded fails without a message.
+      const unloaded = `The runner could not start: ${url.pathname} (or a module it imports) could not be loaded.`;
+      worker.onerror = (event) => {
+        const message = event.message ? `The runner failed: ${event.message}` : unloaded;
+        this.onWorker(spare, { type: "failed", message });
+      };
       const indexURL = new URL(this.pyodideUrl || "/runner/pyodide/", window.location.href).href;
       worker.postMessage({ type: "init", indexURL, harnessURL: new URL(HARNESS[language], base).href });
       this.spares[language] = spare;
@@ -382,7 +449,7 @@ export default {
       const run = {
         ...{ author: null, color: null, language: null, version: null, kind: "code", status: "starting" },
         ...{ chunks: [], chars: 0, truncated: false, durationMs: null, tests: null, passed: null, total: null },
-        ...{ refusal: null, own: false },
+        ...{ refusal: null, own: false, runnerRole: undefined },
         ...fields,
       };
       this.runs.push(run);
@@ -406,6 +473,12 @@ export default {
     },
     seconds(ms) {
       return ms < 1000 ? `${ms} ms` : `${(ms / 1000).toFixed(2)} s`;
+    },
+    // Test results of someone else's browser, shown to an interviewer: the candidate's code ran
+    // there, where they could have been made up.
+    selfReported(run) {
+      const othersTests = !run.own && run.kind === "tests" && run.total !== null;
+      return othersTests && this.state.role === "interviewer" && run.runnerRole !== "interviewer";
     },
     detailed(run) {
       return run.tests?.some((test) => "expected" in test);

@@ -1,10 +1,20 @@
-// Runs question test cases the way the page's workers do, for tests/test_questions_node.py.
+// Runs question test cases for tests/test_questions_node.py, the way the page's workers do where
+// it matters to the results:
+//
+// - Python runs through the workers' own program runner (RUNNER of ui/runner/python_runner.js:
+//   the code compiled as main.py in a namespace of its own, then ui/runner/harness.py in another)
+//   in Pyodide from vendor/pyodide. Unlike the page, one interpreter, loaded once, runs every
+//   request (the page starts a fresh worker per run), and nothing is locked down (sandbox.js),
+//   timed or capped.
+// - JavaScript runs as the body of an async function, the function found as worker_js.js finds
+//   it (a declaration, const/let, or a global property), then ui/runner/harness.js's runCases.
+//   Unlike the page, console output is String(value) joined with spaces (not worker_js.js's
+//   format), and a missing function is an error per case (the worker fails the whole run).
 //
 // Reads JSON lines on stdin, {"language": "python"|"javascript", "code", "function", "cases"},
 // and answers each with one JSON line: {"results": [...], "output": "..."} (the list the worker
 // sends in run_end, and what the code printed), or {"failed": "ErrorName: message"} when the code
-// itself did not run (a syntax error, an exception at top level). Python runs in Pyodide, loaded
-// once from vendor/pyodide, through ui/runner/harness.py; JavaScript through ui/runner/harness.js.
+// itself did not run (a syntax error, an exception at top level).
 
 import { readFileSync } from "node:fs";
 import { createInterface } from "node:readline";
@@ -12,52 +22,52 @@ import { fileURLToPath, pathToFileURL } from "node:url";
 import path from "node:path";
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..");
+const runnerDir = path.join(root, "ui", "runner");
 const pyodideDir = path.join(root, "vendor", "pyodide", "node_modules", "pyodide");
-const harnessSource = readFileSync(path.join(root, "ui", "runner", "harness.py"), "utf8");
-const { runCases } = await import(pathToFileURL(path.join(root, "ui", "runner", "harness.js")).href);
+const harnessSource = readFileSync(path.join(runnerDir, "harness.py"), "utf8");
+const { runCases } = await import(pathToFileURL(path.join(runnerDir, "harness.js")).href);
+const { RUNNER } = await import(pathToFileURL(path.join(runnerDir, "python_runner.js")).href);
 
+const AsyncFunction = Object.getPrototypeOf(async () => {}).constructor;
 let output = [];
-let pyodide = null;
+let errors = [];
+let runner = null;
 
 async function python() {
-  if (pyodide === null) {
+  if (runner === null) {
     const { loadPyodide } = await import(pathToFileURL(path.join(pyodideDir, "pyodide.mjs")).href);
-    pyodide = await loadPyodide({
+    const pyodide = await loadPyodide({
       indexURL: pyodideDir + path.sep,
       stdout: (line) => output.push(line + "\n"),
-      stderr: (line) => output.push(line + "\n"),
+      stderr: (line) => errors.push(line + "\n"),
     });
+    runner = pyodide.runPython(RUNNER);
   }
-  return pyodide;
+  return runner;
 }
 
 async function runPython(request) {
-  const py = await python();
-  // The code runs as a script in a namespace of its own; the harness adds only run_cases to it.
-  const namespace = py.globals.get("dict")();
-  try {
-    namespace.set("__name__", "__main__");
-    py.runPython(request.code, { globals: namespace, filename: "<candidate>" });
-    py.runPython(harnessSource, { globals: namespace, filename: "<harness>" });
-    const run = namespace.get("run_cases");
-    try {
-      return JSON.parse(run(namespace, request.function, JSON.stringify(request.cases)));
-    } finally {
-      run.destroy();
-    }
-  } finally {
-    namespace.destroy();
+  const run = await python();
+  const outcome = await run(request.code, request.function, JSON.stringify(request.cases), harnessSource);
+  const [status, json] = outcome.toJs();
+  outcome.destroy();
+  if (status !== "ok") {
+    // The traceback's last line names the exception.
+    const lines = errors.join("").trim().split("\n");
+    throw { pythonError: lines.at(-1) || "the code did not run" };
   }
+  return JSON.parse(json);
 }
 
-function runJavaScript(request) {
+async function runJavaScript(request) {
   const name = request.function;
   const log = (...values) => output.push(values.map(String).join(" ") + "\n");
   const saved = { log: console.log, error: console.error, warn: console.warn, info: console.info };
   Object.assign(console, { log, error: log, warn: log, info: log });
   try {
-    // A top-level function declaration in the code is in scope for the return statement.
-    const fn = new Function(`${request.code}\nreturn typeof ${name} === "function" ? ${name} : undefined;`)();
+    // worker_js.js's lookup: in scope for the return statement, else a global property.
+    const lookup = `\nreturn (typeof ${name} !== "undefined") ? ${name} : globalThis[${JSON.stringify(name)}];`;
+    const fn = await new AsyncFunction(`${request.code}${lookup}`)();
     return runCases(fn, request.cases, name);
   } finally {
     Object.assign(console, saved);
@@ -65,9 +75,8 @@ function runJavaScript(request) {
 }
 
 function failure(error) {
-  if (error?.type && error?.message) {
-    // A PythonError's message is the whole traceback; its last line names the exception.
-    return error.message.trim().split("\n").at(-1).slice(0, 2000);
+  if (typeof error?.pythonError === "string") {
+    return error.pythonError.slice(0, 2000);
   }
   const text = error?.name && error?.message ? `${error.name}: ${error.message}` : String(error);
   return text.slice(0, 2000);
@@ -79,9 +88,10 @@ for await (const line of createInterface({ input: process.stdin, crlfDelay: Infi
   }
   const request = JSON.parse(line);
   output = [];
+  errors = [];
   let answer;
   try {
-    const results = request.language === "python" ? await runPython(request) : runJavaScript(request);
+    const results = request.language === "python" ? await runPython(request) : await runJavaScript(request);
     answer = { results, output: output.join("") };
   } catch (error) {
     answer = { failed: failure(error), output: output.join("") };

@@ -1,7 +1,9 @@
 // Runs a question's test cases against the candidate's function, inside the JavaScript worker.
 //
-// The worker evaluates the candidate's code, takes the function the question names and calls
-// runCases(fn, cases, name): `cases` is the `cases` list of the room's run_cases message. The
+// The worker evaluates the candidate's code, takes the function the question names (it reports
+// a missing one itself) and calls runCases(fn, cases): `cases` is the `cases` list of the room's
+// run_cases message; `name`, for the error when `fn` is not a function, defaults to "the
+// function" (tests/node/run_cases.mjs passes the question's). The
 // answer has, per case in order, {actual: value} or {error: "ErrorName: message"}; the room
 // judges it (rooms/questions.py). Whatever the function logs goes to the console as usual.
 // ui/runner/harness.py is its Python twin: keep the two in step.

@@ -6,10 +6,10 @@
 # per case in order, ``{"actual": value}`` or ``{"error": "ExcType: message"}``; the room judges
 # it (rooms/questions.py). Whatever the function prints goes to stdout as usual.
 #
-# This file defines one global, ``run_cases``: its imports and helpers live inside it, and it has
-# no docstring (which would set ``__doc__``), so it may run in the candidate's own namespace
-# without clobbering a name there. ui/runner/harness.js is its JavaScript twin: keep the two in
-# step.
+# It runs in a namespace of its own (ui/runner/python_runner.js, for the worker and the node
+# tests alike), not the candidate's: a name the candidate's code defines never meets one of this
+# file. Its imports and helpers live inside ``run_cases`` all the same, so that the file defines
+# that one name. ui/runner/harness.js is its JavaScript twin: keep the two in step.
 
 
 def run_cases(namespace: dict[str, object], function: str, cases_json: str) -> str:

@@ -9,39 +9,14 @@
 // `const name = ...`, or a property of globalThis), handed to harness.js's runCases.
 //
 // Before the code runs, every way to the network or to storage is removed from the global
-// scope and its prototypes; the worker's Content-Security-Policy (no connect-src at all, scripts
-// from this origin only) stands behind that.
+// scope and its prototypes (sandbox.js); the worker's Content-Security-Policy stands behind that:
+// no connect-src at all, scripts from the server's /runner/ folder only, not the rest of this
+// origin (api/runner_files.py).
 
-const BLOCKED = [
-  "fetch", "XMLHttpRequest", "WebSocket", "WebSocketStream", "EventSource", "importScripts", "indexedDB",
-  "caches", "BroadcastChannel", "Worker", "SharedWorker", "WebTransport", "RTCPeerConnection",
-  "RTCDataChannel", "FileSystemHandle", "FileSystemDirectoryHandle", "FileSystemFileHandle",
-  "FileSystemSyncAccessHandle", "CacheStorage", "IDBFactory", "cookieStore",
-];
-const BLOCKED_NAVIGATOR = ["storage", "storageBuckets", "serviceWorker", "locks"];
+import { lockDown, outputBudget } from "./sandbox.js";
+
 const MAX_DEPTH = 4;
 const MAX_ITEMS = 100;
-
-function removeAll(target, names) {
-  for (const name of names) {
-    for (let object = target; object; object = Object.getPrototypeOf(object)) {
-      if (!Object.prototype.hasOwnProperty.call(object, name)) continue;
-      if (!Reflect.deleteProperty(object, name)) {
-        try {
-          Object.defineProperty(object, name, { value: undefined, writable: false, configurable: false });
-        } catch {
-          // checked below
-        }
-      }
-    }
-  }
-  return names.every((name) => target[name] === undefined);
-}
-
-function lockDown() {
-  const navigatorClean = !self.navigator || removeAll(self.navigator, BLOCKED_NAVIGATOR);
-  if (!removeAll(self, BLOCKED) || !navigatorClean) throw new Error("the network could not be switched off");
-}
 
 // A value as console.log shows it: strings as they are at the top level, quoted inside objects.
 export function format(value, depth = 0, seen = new Set()) {
@@ -88,23 +63,6 @@ function describe(error) {
   return [`${error.name}: ${error.message}`, ...frames].join("\n");
 }
 
-function outputBudget(post, maxChars) {
-  let left = maxChars;
-  let cut = false;
-  return (stream, text) => {
-    if (cut) return;
-    if (text.length > left) {
-      if (left > 0) post({ type: "output", stream, text: text.slice(0, left) });
-      cut = true;
-      left = 0;
-      post({ type: "truncated" });
-      return;
-    }
-    left -= text.length;
-    post({ type: "output", stream, text });
-  };
-}
-
 // The function the tests call: `function name`, `const/let name =` (not on globalThis) or a
 // global property, looked up by name from inside the code's own scope.
 function finder(name) {
@@ -129,7 +87,7 @@ async function init({ harnessURL }) {
 
 async function run({ code, maxOutputChars, cases }) {
   await ready;
-  const emit = outputBudget(post, Number.isSafeInteger(maxOutputChars) ? maxOutputChars : 20000);
+  const emit = outputBudget(post, maxOutputChars);
   const line = (stream) => (...args) => emit(stream, `${args.map((arg) => format(arg)).join(" ")}\n`);
   for (const name of ["log", "info", "debug"]) console[name] = line("stdout");
   for (const name of ["warn", "error"]) console[name] = line("stderr");
@@ -152,6 +110,13 @@ async function run({ code, maxOutputChars, cases }) {
 
 self.onmessage = (event) => {
   const message = event.data || {};
-  if (message.type === "init" && ready === null) ready = init(message);
-  else if (message.type === "run") run(message);
+  if (message.type === "init" && ready === null) {
+    ready = init(message).catch((error) => {
+      post({ type: "failed", message: `JavaScript could not start: ${error?.message ?? error}` });
+      throw error; // a run waiting for it ends "error"
+    });
+    ready.catch(() => {}); // told to the page above: not an uncaught error besides
+  } else if (message.type === "run") {
+    run(message).catch((error) => post({ type: "done", status: "error", error: String(error?.message ?? error) }));
+  }
 };

@@ -9,79 +9,13 @@
 // fresh one for the next, so nothing of one run (globals, patched modules) reaches the next.
 //
 // Nothing may leave the worker but its messages to the page: before any user code runs, every
-// way to the network or to storage is removed from the global scope and its prototypes, and
-// package loading is refused (nothing may reach a CDN). The worker's own Content-Security-Policy
-// (connect-src 'self', no eval) stands behind that.
+// way to the network or to storage is removed from the global scope and its prototypes
+// (sandbox.js), and package loading is refused (nothing may reach a CDN). The worker's own
+// Content-Security-Policy stands behind that: scripts and connections to the server's /runner/
+// folder only (not the rest of this origin), WebAssembly but no eval (api/runner_files.py).
 
-const BLOCKED = [
-  "fetch", "XMLHttpRequest", "WebSocket", "WebSocketStream", "EventSource", "importScripts", "indexedDB",
-  "caches", "BroadcastChannel", "Worker", "SharedWorker", "WebTransport", "RTCPeerConnection",
-  "RTCDataChannel", "FileSystemHandle", "FileSystemDirectoryHandle", "FileSystemFileHandle",
-  "FileSystemSyncAccessHandle", "CacheStorage", "IDBFactory", "cookieStore",
-];
-const BLOCKED_NAVIGATOR = ["storage", "storageBuckets", "serviceWorker", "locks"];
-
-// Every object on the way from `target` up its prototype chain loses `names`; true when none is
-// reachable any more.
-function removeAll(target, names) {
-  for (const name of names) {
-    for (let object = target; object; object = Object.getPrototypeOf(object)) {
-      if (!Object.prototype.hasOwnProperty.call(object, name)) continue;
-      if (!Reflect.deleteProperty(object, name)) {
-        try {
-          Object.defineProperty(object, name, { value: undefined, writable: false, configurable: false });
-        } catch {
-          // checked below
-        }
-      }
-    }
-  }
-  return names.every((name) => target[name] === undefined);
-}
-
-export function lockDown() {
-  const navigatorClean = !self.navigator || removeAll(self.navigator, BLOCKED_NAVIGATOR);
-  if (!removeAll(self, BLOCKED) || !navigatorClean) throw new Error("the network could not be switched off");
-}
-
-// The program, compiled as main.py; a traceback shows its frames only. Top-level await works.
-const RUNNER = `
-import ast, inspect, json, sys, traceback
-
-def _user_frames(tb):
-    while tb is not None and tb.tb_frame.f_code.co_filename != "main.py":
-        tb = tb.tb_next
-    return tb
-
-async def run(code, function, cases_json, harness):
-    namespace = {"__name__": "__main__", "__builtins__": __builtins__}
-    try:
-        compiled = compile(code, "main.py", "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
-        result = eval(compiled, namespace)
-        if inspect.iscoroutine(result):
-            await result
-    except SystemExit as exit:
-        if exit.code not in (None, 0):
-            if not isinstance(exit.code, int):
-                print(exit.code, file=sys.stderr)
-            return ["error", None]
-    except BaseException as error:
-        traceback.print_exception(type(error), error, _user_frames(error.__traceback__))
-        return ["error", None]
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-    if not function:
-        return ["ok", None]
-    scope = {"__name__": "collab_harness"}
-    exec(compile(harness, "harness.py", "exec"), scope)
-    try:
-        return ["ok", scope["run_cases"](namespace, function, cases_json)]
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-run
-`;
+import { RUNNER } from "./python_runner.js";
+import { lockDown, outputBudget } from "./sandbox.js";
 
 let pyodide = null;
 let runner = null;
@@ -92,35 +26,17 @@ function post(message) {
   self.postMessage(message);
 }
 
-// A stream's bytes as text, posted as it comes: partial lines too (a prompt, print(end="")), and
-// a character split across two writes is kept until its end arrives.
-function writer(stream, budget) {
+// A stream's bytes as text, posted as they are written (RUNNER's streams write through: partial
+// lines too, a prompt, print(end="")); a character split across two writes is kept until its end
+// arrives.
+function writer(stream, emit) {
   const decoder = new TextDecoder();
   return {
-    isatty: true, // line-buffered: each line shows as soon as it is printed
+    isatty: true,
     write(buffer) {
       const text = decoder.decode(buffer, { stream: true });
-      if (text) budget.spend(stream, text);
+      if (text) emit(stream, text);
       return buffer.length;
-    },
-  };
-}
-
-function outputBudget(maxChars) {
-  let left = maxChars;
-  let cut = false;
-  return {
-    spend(stream, text) {
-      if (cut) return;
-      if (text.length > left) {
-        if (left > 0) post({ type: "output", stream, text: text.slice(0, left) });
-        cut = true;
-        left = 0;
-        post({ type: "truncated" });
-        return;
-      }
-      left -= text.length;
-      post({ type: "output", stream, text });
     },
   };
 }
@@ -160,9 +76,9 @@ async function init({ indexURL, harnessURL }) {
 
 async function run({ code, stdin, maxOutputChars, cases }) {
   await ready;
-  const budget = outputBudget(Number.isSafeInteger(maxOutputChars) ? maxOutputChars : 20000);
-  pyodide.setStdout(writer("stdout", budget));
-  pyodide.setStderr(writer("stderr", budget));
+  const emit = outputBudget(post, maxOutputChars);
+  pyodide.setStdout(writer("stdout", emit));
+  pyodide.setStderr(writer("stderr", emit));
   pyodide.setStdin(reader(stdin || ""));
   let status = "error";
   let results = null;
@@ -175,7 +91,7 @@ async function run({ code, stdin, maxOutputChars, cases }) {
     status = state;
     if (json !== null && json !== undefined) results = JSON.parse(json);
   } catch (error) {
-    budget.spend("stderr", `${error?.message ?? error}\n`);
+    emit("stderr", `${error?.message ?? error}\n`);
   }
   post(results === null ? { type: "done", status } : { type: "done", status, results });
 }
@@ -185,8 +101,9 @@ self.onmessage = (event) => {
   if (message.type === "init" && ready === null) {
     ready = init(message).catch((error) => {
       post({ type: "failed", message: `Python could not start: ${error?.message ?? error}` });
-      throw error;
+      throw error; // a run waiting for it ends "error"
     });
+    ready.catch(() => {}); // told to the page above: not an uncaught error besides
   } else if (message.type === "run") {
     run(message).catch((error) => post({ type: "done", status: "error", error: String(error?.message ?? error) }));
   }
