@@ -6,7 +6,7 @@
 
 # Pyodide (Python in the browser, served by the app): the npm package pinned in vendor/pyodide,
 # installed in a stage of its own; only its runtime folder goes into the image.
-FROM node:20-bookworm-slim AS pyodide
+FROM node:24-bookworm-slim AS pyodide
 WORKDIR /build
 COPY vendor/pyodide/package.json vendor/pyodide/package-lock.json ./vendor/pyodide/
 RUN npm ci --prefix vendor/pyodide --no-audit --no-fund --loglevel=error

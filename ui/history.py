@@ -51,7 +51,6 @@ DEFAULT_SPEED = 4
 MAX_FRAMES_PER_SECOND = 8
 LEGEND_SIZE = 12  # authors named in the legend; the others are counted
 _CODEMIRROR_LANGUAGES: frozenset[str] = frozenset(get_args(SUPPORTED_LANGUAGES))
-__all__ = ["NO_COLOR", "HistoryView", "Playback", "open_history", "safe_color"]
 
 
 def codemirror_language(language: str) -> SUPPORTED_LANGUAGES | None:

@@ -7,7 +7,10 @@ version and shows what the run printed and its test results. The versions that w
 marked under the slider (Quasar's ``marker-labels``), coloured by how their newest run ended.
 
 The view polls the store every second (`HistoryView.poll`); the runs are read again only when
-the newest stored run changed, which one row read tells.
+the newest stored run changed, which one row read tells. A stored run never changes, so each
+one's tests are read once per view into a `RunSummary` (kept by run id, for the runs read only),
+from which every poll marks the slider; a run's output, and its tests in full, are read only
+when it is chosen.
 
 A stored run is data from the store: each field is shown as text, its output and tests are
 parsed defensively (a record that cannot be read shows no output rather than failing the view),
@@ -19,7 +22,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,15 +31,23 @@ from nicegui import ui
 
 from rooms.store import RunRecord, Store, StoreError
 from ui.languages import label_for
+from ui.question_panel import shown_json
 
 log = structlog.get_logger("collab.ui.history")
 
 # Runs read and shown; the store keeps at most MAX_STORED_RUNS_PER_ROOM (200 by default) anyway.
 MAX_RUNS_SHOWN = 200
-MAX_VALUE_CHARS = 300  # a test's arguments, expected or actual value, as shown
 NO_COLOR = "#9ca3af"
 _COLOR = re.compile(r"#[0-9a-fA-F]{6}")
-STATUS_TEXT = {"ok": "finished", "error": "error", "timeout": "timed out", "stopped": "stopped", "lost": "lost"}
+# How a run ended, in the words of the page's run panel (ENDINGS in ui/collab_runs.js).
+STATUS_TEXT = {
+    "ok": "finished",
+    "error": "failed",
+    "timeout": "stopped at the time limit",
+    "stopped": "stopped",
+    "lost": "lost (the room ended it)",
+    "refused": "not run",
+}
 MARK = "▲"
 
 
@@ -56,11 +67,6 @@ def _json(text: str) -> Any:
         return None
 
 
-def _shown(value: object) -> str:
-    text = json.dumps(value, ensure_ascii=False)
-    return text if len(text) <= MAX_VALUE_CHARS else f"{text[: MAX_VALUE_CHARS - 1]}…"
-
-
 @dataclass(frozen=True, slots=True)
 class TestResult:
     """One test of a stored test run, as the history shows it."""
@@ -68,7 +74,7 @@ class TestResult:
     name: str
     passed: bool
     error: str | None
-    args: str  # JSON text, cut to MAX_VALUE_CHARS
+    args: str  # JSON text, cut as `shown_json` does
     expected: str
     actual: str
 
@@ -88,60 +94,74 @@ def run_output(run: RunRecord) -> list[tuple[str, str]]:
     return output
 
 
+def _test_entries(run: RunRecord) -> list[dict[str, Any]]:
+    tests = _json(run.tests)
+    return [test for test in tests if isinstance(test, dict)] if isinstance(tests, list) else []
+
+
 def run_tests(run: RunRecord) -> list[TestResult]:
     """The tests of a test run (none for a run of the code)."""
-    tests = _json(run.tests)
     results = []
-    for test in tests if isinstance(tests, list) else ():
-        if not isinstance(test, dict):
-            continue
+    for test in _test_entries(run):
         error = test.get("error")
         results.append(
             TestResult(
                 str(test.get("name", "")),
                 test.get("passed") is True,
                 error if isinstance(error, str) else None,
-                _shown(test.get("args")),
-                _shown(test.get("expected")),
-                _shown(test.get("actual")),
+                shown_json(test.get("args")),
+                shown_json(test.get("expected")),
+                shown_json(test.get("actual")),
             )
         )
     return results
 
 
-def run_score(run: RunRecord) -> tuple[int, int] | None:
-    """(passed, total) of a test run; None for a run of the code, or one that ended before its
-    tests did (lost, stopped)."""
-    tests = run_tests(run) if run.kind == "tests" else []
-    return (sum(test.passed for test in tests), len(tests)) if tests else None
+@dataclass(frozen=True, slots=True)
+class RunSummary:
+    """How a run ended, as the list and the slider show it: `summarize` reads it from the run's
+    record, whose tests it parses, once."""
+
+    version: int
+    status: str
+    # (passed, total) of a test run; None for a run of the code, or one that ended before its
+    # tests did (lost, stopped).
+    score: tuple[int, int] | None
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == "ok" and (self.score is None or self.score[0] == self.score[1])
+
+    def describe(self) -> str:
+        """How the run ended, in a few words: "finished, 3/4 passed"."""
+        text = STATUS_TEXT.get(self.status, self.status)
+        return text if self.score is None else f"{text}, {self.score[0]}/{self.score[1]} passed"
 
 
-def run_succeeded(run: RunRecord) -> bool:
-    score = run_score(run)
-    return run.status == "ok" and (score is None or score[0] == score[1])
+def summarize(run: RunRecord) -> RunSummary:
+    tests = _test_entries(run) if run.kind == "tests" else []
+    score = (sum(test.get("passed") is True for test in tests), len(tests)) if tests else None
+    return RunSummary(run.version, run.status, score)
 
 
-def describe_run(run: RunRecord) -> str:
-    """How a run ended, in a few words: "finished, 3/4 passed"."""
-    text = STATUS_TEXT.get(run.status, run.status)
-    score = run_score(run)
-    return text if score is None else f"{text}, {score[0]}/{score[1]} passed"
-
-
-def slider_markers(runs: Sequence[RunRecord], oldest: int, newest: int) -> list[dict[str, Any]]:
+def slider_markers(runs: Iterable[RunSummary], oldest: int, newest: int) -> list[dict[str, Any]]:
     """Quasar's ``marker-labels`` for the versions that were run within the slider's range:
     one mark per version, coloured by how its newest run ended, counting its runs."""
-    by_version: dict[int, list[RunRecord]] = {}
+    by_version: dict[int, list[RunSummary]] = {}
     for run in runs:
         if oldest <= run.version <= newest:
             by_version.setdefault(run.version, []).append(run)
     markers = []
     for version, ran in sorted(by_version.items()):
         last = ran[-1]  # runs are oldest first
-        tone = "text-green-700" if run_succeeded(last) else "text-red-700"
+        tone = "text-green-700" if last.succeeded else "text-red-700"
         label = MARK if len(ran) == 1 else f"{MARK}{len(ran)}"
         markers.append({"value": version, "label": label, "classes": f"collab-history-run-mark {tone}"})
     return markers
+
+
+def _run_id(run: RunRecord | None) -> str | None:
+    return run.run_id if run is not None else None
 
 
 class HistoryRuns:
@@ -153,6 +173,8 @@ class HistoryRuns:
         self.room_id = room_id
         self.go_to = go_to
         self.runs: list[RunRecord] = []  # oldest first, as the store gives them
+        # One per run read, in the same order: a run read again keeps its summary.
+        self.summaries: dict[str, RunSummary] = {}
         self.newest: RunRecord | None = None
         self.chosen: RunRecord | None = None
         with ui.column().classes("collab-history-runs gap-1 no-wrap min-h-0 overflow-auto") as self.panel:
@@ -167,10 +189,12 @@ class HistoryRuns:
         `StoreError` when the store fails."""
         probe = await self.store.runs(self.room_id, 1)
         newest = probe[-1] if probe else None
-        if newest == self.newest:
+        if _run_id(newest) == _run_id(self.newest):  # a stored run never changes: its id tells
             return False
         self.runs = await self.store.runs(self.room_id, MAX_RUNS_SHOWN)
         self.newest = self.runs[-1] if self.runs else None
+        known = self.summaries
+        self.summaries = {run.run_id: known.get(run.run_id) or summarize(run) for run in self.runs}
         self.draw_list()
         return True
 
@@ -181,7 +205,7 @@ class HistoryRuns:
         except StoreError:
             log.warning("history_runs_unavailable", room_id=self.room_id, exc_info=True)
             return  # the runs wait for the next poll
-        markers = slider_markers(self.runs, oldest, newest)
+        markers = slider_markers(self.summaries.values(), oldest, newest)
         if markers != slider.props.get("marker-labels", []):
             if markers:
                 slider.props["marker-labels"] = markers
@@ -197,7 +221,8 @@ class HistoryRuns:
                 self._draw_run(run)
 
     def _draw_run(self, run: RunRecord) -> None:
-        succeeded = run_succeeded(run)
+        summary = self.summaries[run.run_id]
+        succeeded = summary.succeeded
         item = ui.item(on_click=lambda: self.choose(run)).classes("collab-history-run")
         with item.mark(f"history-run-id-{run.run_id}"):
             with ui.item_section().props("avatar"):
@@ -211,12 +236,13 @@ class HistoryRuns:
                     )
                     ui.label(run.author or "unknown").classes("truncate font-medium")
                     ui.label(time.strftime("%H:%M:%S UTC", time.gmtime(run.started))).classes("text-gray-500")
-                summary = f"version {run.version} · {label_for(run.language)} · {run.kind} · {describe_run(run)}"
-                ui.label(summary).classes("text-xs text-gray-600").mark("history-run-summary")
+                line = f"version {run.version} · {label_for(run.language)} · {run.kind} · {summary.describe()}"
+                ui.label(line).classes("text-xs text-gray-600").mark("history-run-summary")
 
     def choose(self, run: RunRecord) -> None:
         """Show the run's output and tests, and its version in the playback."""
         self.chosen = run
+        summary = self.summaries.get(run.run_id) or summarize(run)  # a run the list dropped meanwhile
         shown = self.go_to(run.version)
         self.detail.clear()
         with self.detail:
@@ -224,7 +250,7 @@ class HistoryRuns:
             ui.label(f"{run.author or 'unknown'} ran version {run.version}").classes("font-medium")
             when = f"{describe_time(run.started)} · {label_for(run.language)} · {run.kind}"
             ui.label(when).classes("text-xs text-gray-500")
-            ui.label(f"{describe_run(run)} in {run.duration_ms / 1000:.2f} s").classes("text-sm").mark(
+            ui.label(f"{summary.describe()} in {run.duration_ms / 1000:.2f} s").classes("text-sm").mark(
                 "history-run-status"
             )
             if not shown:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from nicegui import ui
 
-from rooms.access import Role
+from rooms.access import Act, Role, allowed
 from rooms.questions import Question, Questions
 
 # One case's arguments or expected value, as shown: JSON, cut past this many characters.
@@ -35,8 +35,9 @@ def shown_json(value: object) -> str:
 
 
 def sees_hidden_tests(role: Role | None) -> bool:
-    """Whether the page shows a question's cases with their expected values."""
-    return role is None or role is Role.INTERVIEWER
+    """Whether the page shows a question's cases with their expected values: the room sends
+    them to the same members (`Act.ANSWERS`)."""
+    return allowed(role, Act.ANSWERS)
 
 
 class QuestionPanel:
