@@ -254,6 +254,17 @@ def make_router(
             return None
         return result if stat.S_ISREG(result.st_mode) else None
 
+    def as_is(
+        request: Request, path: Path, result: os.stat_result, media_type: str, headers: dict[str, str]
+    ) -> Response:
+        """The file uncompressed, with ``headers`` and its validators; a 304 when the client's
+        copy is current."""
+        stamp = Stamp.of(result)
+        headers = {**headers, "etag": stamp.etag(), "last-modified": stamp.last_modified}
+        if not_modified(request, stamp, headers["etag"]):
+            return Response(status_code=304, headers=headers)
+        return FileResponse(path, media_type=media_type, headers=headers, stat_result=result)
+
     @router.api_route("/runner/pyodide/{version}/{name}", methods=["GET", "HEAD"], include_in_schema=False)
     async def pyodide_file(version: str, name: str, request: Request) -> Response:
         media_type = PYODIDE_FILES.get(name)
@@ -280,10 +291,7 @@ def make_router(
                     "content-length": str(len(body)),
                 }
                 return Response(b"" if request.method == "HEAD" else body, media_type=media_type, headers=headers)
-        headers |= {"etag": stamp.etag(), "last-modified": stamp.last_modified}
-        if not_modified(request, stamp, headers["etag"]):
-            return Response(status_code=304, headers=headers)
-        return FileResponse(path, media_type=media_type, headers=headers, stat_result=result)
+        return as_is(request, path, result, media_type, headers)
 
     @router.api_route("/runner/{name}", methods=["GET", "HEAD"], include_in_schema=False)
     async def runner_file(name: str, request: Request) -> Response:
@@ -294,14 +302,11 @@ def make_router(
         result = regular(path)
         if result is None:
             return missing(path, "the app's ui/runner folder is incomplete")
-        stamp = Stamp.of(result)
-        headers = {"cache-control": REVALIDATE, "etag": stamp.etag(), "last-modified": stamp.last_modified}
+        headers = {"cache-control": REVALIDATE}
         if spec.policy is not None:
             host = request.headers.get("host", "")
             headers["content-security-policy"] = worker_policy(spec.policy, request.url.scheme, host)
-        if not_modified(request, stamp, headers["etag"]):
-            return Response(status_code=304, headers=headers)
-        return FileResponse(path, media_type=spec.media_type, headers=headers, stat_result=result)
+        return as_is(request, path, result, spec.media_type, headers)
 
     return router
 

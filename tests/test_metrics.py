@@ -16,8 +16,8 @@ from rooms.protocol import Hello
 from rooms.registry import RoomRegistry
 from rooms.run_protocol import RUN_LANGUAGES, RunStatus
 from rooms.settings import Settings
-from rooms.store.memory import MemoryStore
 from tests.test_registry import FakeTransport
+from tests.test_registry_access import FailingStore
 
 BUCKETS = (0.0005, 0.001, 0.25, 1.0, 100, 1_000_000)
 
@@ -55,15 +55,6 @@ ALL_RUNS = [
 ]
 START = run_frame("run_start", language="python", version=0, kind="code")
 END = run_frame("run_end", status="error", duration_ms=5)
-
-
-class FailingStore(MemoryStore):
-    failing = False
-
-    async def commit(self, writes: Any) -> None:
-        if self.failing:
-            raise OSError("disk gone")
-        await super().commit(writes)
 
 
 def test_every_run_series_is_exported_from_the_start_with_the_protocols_values() -> None:

@@ -52,12 +52,17 @@ async def create_room(server: LiveServer) -> httpx.Response:
         return await http.post("/api/rooms")
 
 
-@pytest.fixture
-async def interview(live: LiveServer) -> Interview:
-    response = await create_room(live)
+async def new_interview(server: LiveServer) -> Interview:
+    """A private room made as the start page makes one."""
+    response = await create_room(server)
     assert 201 == response.status_code, response.text
     body = response.json()
-    return Interview(live, body["room_id"], body["tokens"])
+    return Interview(server, body["room_id"], body["tokens"])
+
+
+@pytest.fixture
+async def interview(live: LiveServer) -> Interview:
+    return await new_interview(live)
 
 
 async def say_hello(client: Client, client_id: str, token: str | None = None) -> dict[str, Any]:

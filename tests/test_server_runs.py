@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import Client, LiveServer, start_server
-from tests.test_server_roles import Interview, create_room, member, say_hello
+from tests.test_server_roles import Interview, member, new_interview, say_hello
 
 pytestmark = pytest.mark.slow
 
@@ -33,10 +33,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
 
 @pytest.fixture
 async def interview(live: LiveServer) -> Interview:
-    response = await create_room(live)
-    assert 201 == response.status_code, response.text
-    body = response.json()
-    return Interview(live, body["room_id"], body["tokens"])
+    return await new_interview(live)
 
 
 def run_start(run_id: str, version: int = 0, kind: str = "code") -> dict[str, Any]:

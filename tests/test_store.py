@@ -51,9 +51,10 @@ def new_store(
     keep_versions: int = 0,
     clock: Callable[[], float] = time.time,
     purge_batch: int = 500,
+    keep_runs: int = 200,
 ) -> Store:
     if backend == "memory":
-        return MemoryStore(keep_versions=keep_versions, clock=clock)
+        return MemoryStore(keep_versions=keep_versions, clock=clock, keep_runs=keep_runs)
     # Surviving a power cut is SQLite's business, not the contract's: NORMAL keeps these fast.
     return SqliteStore(
         directory / "rooms.sqlite3",
@@ -61,6 +62,7 @@ def new_store(
         synchronous="normal",
         clock=clock,
         purge_batch=purge_batch,
+        keep_runs=keep_runs,
     )
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import re
 import sqlite3
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -134,17 +134,27 @@ def rows(path: Path, query: str) -> list[tuple[object, ...]]:
         return list(db.execute(query))
 
 
-def make_version_2(path: Path) -> None:
-    """A version-2 file (today's schema without the access and runs tables) with one open room at version 1."""
-    schema = re.sub(r"CREATE TABLE (access|runs) \(.*?\) WITHOUT ROWID;", "", sqlite_schema.SCHEMA, flags=re.DOTALL)
-    assert "access" not in schema and "runs" not in schema
+@contextlib.contextmanager
+def old_file(path: Path, version: int, missing: tuple[str, ...]) -> Iterator[sqlite3.Connection]:
+    """A file of schema ``version`` (today's schema without the ``missing`` tables) with one room
+    at version 1, open for the caller to add rows of its own."""
+    tables = "|".join(missing)
+    schema = re.sub(rf"CREATE TABLE ({tables}) \(.*?\) WITHOUT ROWID;", "", sqlite_schema.SCHEMA, flags=re.DOTALL)
+    assert all(f"CREATE TABLE {table} " not in schema for table in missing)
     with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as db:
         db.execute("PRAGMA auto_vacuum = INCREMENTAL")
         db.execute("PRAGMA journal_mode = WAL")
-        db.executescript(f"BEGIN; {schema} PRAGMA user_version = 2; COMMIT;")
+        db.executescript(f"BEGIN; {schema} PRAGMA user_version = {version}; COMMIT;")
         db.execute("INSERT INTO rooms VALUES ('r', 'e1', 'go', 1, 0, 1.0, 2.0)")
         db.execute("INSERT INTO updates VALUES ('r', 1, 'c1', 1, '[[0,\"ab\"]]', 'u1', 'Ann', '#aa5500', 1.5)")
         db.execute("INSERT INTO clients VALUES ('r', 'c1', 1, 1, 'aa11')")
+        yield db
+
+
+def make_version_2(path: Path) -> None:
+    """A version-2 file (today's schema without the access and runs tables) with one open room at version 1."""
+    with old_file(path, 2, ("access", "runs")):
+        pass
 
 
 async def test_a_version_2_file_is_migrated_and_then_stores_access(tmp_path: Path) -> None:

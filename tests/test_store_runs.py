@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import re
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -18,9 +17,9 @@ import pytest
 
 from rooms.settings import Settings
 from rooms.store import RoomWrite, RunRecord, Store, StoreConflict, StoreCorrupt, StoreError, make_store, sqlite_schema
-from rooms.store.memory import MemoryStore
 from rooms.store.sqlite import NEWEST_RUNS, SqliteStore
-from tests.test_store import BACKENDS, Clock, Timeline
+from tests.test_store import BACKENDS, Clock, Timeline, new_store
+from tests.test_store_access import old_file
 from tests.test_store_hardening import make_version_1
 
 StoreFactory = Callable[..., Awaitable[Store]]
@@ -32,12 +31,9 @@ async def make_runs_store(request: pytest.FixtureRequest, tmp_path: Path) -> Asy
     opened: list[Store] = []
 
     async def make(keep_runs: int = 200, clock: Callable[[], float] = time.time) -> Store:
-        store: Store
-        if request.param == "memory":
-            store = MemoryStore(clock=clock, keep_runs=keep_runs)
-        else:
-            path = tmp_path / f"store-{len(opened)}" / "rooms.sqlite3"
-            store = SqliteStore(path, keep_runs=keep_runs, synchronous="normal", clock=clock)
+        directory = tmp_path / f"store-{len(opened)}"
+        directory.mkdir()
+        store = new_store(request.param, directory, clock=clock, keep_runs=keep_runs)
         await store.open()
         opened.append(store)
         return store
@@ -293,15 +289,7 @@ async def test_a_rooms_newest_runs_are_read_from_its_primary_key_range(tmp_path:
 
 def make_version_3(path: Path) -> None:
     """A version-3 file (today's schema without the runs table) with one private room at version 1."""
-    schema = re.sub(r"CREATE TABLE runs \(.*?\) WITHOUT ROWID;", "", sqlite_schema.SCHEMA, flags=re.DOTALL)
-    assert "runs" not in schema
-    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as db:
-        db.execute("PRAGMA auto_vacuum = INCREMENTAL")
-        db.execute("PRAGMA journal_mode = WAL")
-        db.executescript(f"BEGIN; {schema} PRAGMA user_version = 3; COMMIT;")
-        db.execute("INSERT INTO rooms VALUES ('r', 'e1', 'go', 1, 0, 1.0, 2.0)")
-        db.execute("INSERT INTO updates VALUES ('r', 1, 'c1', 1, '[[0,\"ab\"]]', 'u1', 'Ann', '#aa5500', 1.5)")
-        db.execute("INSERT INTO clients VALUES ('r', 'c1', 1, 1, 'aa11')")
+    with old_file(path, 3, ("runs",)) as db:
         db.execute("INSERT INTO access VALUES ('r', '{\"private\":true}', 'notes')")
 
 
