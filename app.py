@@ -197,13 +197,19 @@ class Server(uvicorn.Server):
         return await super().on_tick(counter)
 
 
+async def _open_to_check(store: Store) -> None:
+    await store.open()
+    if store.bound_to_loop:
+        await store.close()  # opened again by the app's lifespan, in the loop that serves
+
+
 def main() -> None:
     """Serve with the uvicorn options that cannot travel with the app (`server_options`) and the
     graceful stop of `Server`: the command to deploy with. ``uvicorn app:app`` serves too, and
     logs a warning at start for each option it lacks."""
     try:
         # Before serving anything: a damaged room database stops the start with one clear line.
-        asyncio.run(store.open())
+        asyncio.run(_open_to_check(store))
     except StoreError as exc:
         raise SystemExit(f"cannot start: {exc}") from None
     config = uvicorn.Config(

@@ -22,7 +22,8 @@ class LogFormat(StrEnum):
 class Settings(BaseSettings):
     """The application's configuration (environment variables, case-insensitive)."""
 
-    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
+    # Inputs stay out of validation errors: DATABASE_URL and REDIS_URL may hold passwords.
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True, hide_input_in_errors=True)
 
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
@@ -32,12 +33,22 @@ class Settings(BaseSettings):
     data_dir: Path = Path("data")
 
     # Storage
-    store: Literal["sqlite", "memory"] = "sqlite"
+    store: Literal["sqlite", "memory", "postgres"] = "sqlite"
+    # Kept out of repr: a URL may hold a password (docs/configuration.md, the DATABASE_URL row).
+    database_url: str = Field(default="", repr=False)
+    database_pool_size: int = Field(default=10, ge=1)
+    database_timeout_seconds: float = Field(default=10.0, gt=0)
     sqlite_synchronous: Literal["full", "normal"] = "full"
     snapshot_every: int = Field(default=500, ge=1)
     history_keep_versions: int = Field(default=0, ge=0)
     shutdown_timeout_seconds: float = Field(default=10.0, gt=0)
     shutdown_drain_seconds: float = Field(default=0.0, ge=0)
+
+    # Several processes sharing rooms (docs/configuration.md, REDIS_URL to CLUSTER_HEAD_CHECK_SECONDS)
+    redis_url: str = Field(default="", repr=False)
+    stream_max_length: int = Field(default=1_000, ge=10)
+    cluster_head_check_seconds: float = Field(default=2.0, gt=0)
+    presence_timeout_seconds: float = Field(default=10.0, ge=1)
 
     # Document
     max_document_chars: int = Field(default=100_000, ge=1)
@@ -106,6 +117,18 @@ class Settings(BaseSettings):
     api_max_response_bytes: int = Field(default=256_000, ge=1)
     api_read_threads: int = Field(default=2, ge=1)
     api_max_pending_reads: int = Field(default=16, ge=1)
+
+    @model_validator(mode="after")
+    def _postgres_has_a_database(self) -> Settings:
+        # The messages never repeat the URLs: they may hold a password.
+        if self.store == "postgres" and not self.database_url.strip():
+            raise ValueError("DATABASE_URL must be set when STORE=postgres (a libpq URL, postgresql://...)")
+        if self.redis_url.strip() and self.store != "postgres":
+            raise ValueError(
+                f"REDIS_URL is set but STORE={self.store}: processes that share rooms through Redis "
+                "must keep them in one PostgreSQL database (set STORE=postgres and DATABASE_URL, or unset REDIS_URL)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _dedup_covers_history(self) -> Settings:

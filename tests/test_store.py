@@ -1,4 +1,4 @@
-"""The store contract, run against both backends, and what only the SQLite file must do."""
+"""The store contract, run against every backend, and what only the SQLite file must do."""
 
 from __future__ import annotations
 
@@ -22,15 +22,18 @@ from rooms.store import (
     Record,
     RoomInfo,
     RoomWrite,
+    StaleWrite,
     Store,
     StoreConflict,
     StoreCorrupt,
     StoreError,
 )
 from rooms.store.memory import MemoryStore
+from rooms.store.postgres import PostgresStore
 from rooms.store.sqlite import SqliteStore
+from tests.postgres_schemas import fresh_schema, require_postgres
 
-BACKENDS = ["memory", "sqlite"]
+BACKENDS = ["memory", "sqlite", "postgres"]
 
 StoreFactory = Callable[..., Awaitable[Store]]
 
@@ -52,9 +55,15 @@ def new_store(
     clock: Callable[[], float] = time.time,
     purge_batch: int = 500,
     keep_runs: int = 200,
+    dsn: str = "",
 ) -> Store:
+    """A store of ``backend``: in ``directory`` (SQLite), or for PostgreSQL at ``dsn`` (`place`)."""
     if backend == "memory":
         return MemoryStore(keep_versions=keep_versions, clock=clock, keep_runs=keep_runs)
+    if backend == "postgres":
+        return PostgresStore(
+            dsn, keep_versions=keep_versions, clock=clock, purge_batch=purge_batch, keep_runs=keep_runs, pool_size=4
+        )
     # Surviving a power cut is SQLite's business, not the contract's: NORMAL keeps these fast.
     return SqliteStore(
         directory / "rooms.sqlite3",
@@ -66,22 +75,30 @@ def new_store(
     )
 
 
+def place(backend: str, places: contextlib.ExitStack) -> str:
+    """Where a new store of ``backend`` keeps its rooms, for `new_store`'s ``dsn``: a fresh
+    PostgreSQL schema (dropped when ``places`` closes), "" for the others."""
+    return places.enter_context(fresh_schema()) if backend == "postgres" else ""
+
+
 @pytest.fixture(params=BACKENDS)
 async def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StoreFactory]:
-    """Opened stores of the parametrized backend, each in its own directory, closed after."""
+    """Opened stores of the parametrized backend, each in its own directory or schema, closed after."""
     opened: list[Store] = []
+    with contextlib.ExitStack() as places:
 
-    async def make(keep_versions: int = 0, clock: Callable[[], float] = time.time, purge_batch: int = 500) -> Store:
-        directory = tmp_path / f"store-{len(opened)}"
-        directory.mkdir()
-        store = new_store(request.param, directory, keep_versions, clock, purge_batch)
-        await store.open()
-        opened.append(store)
-        return store
+        async def make(keep_versions: int = 0, clock: Callable[[], float] = time.time, purge_batch: int = 500) -> Store:
+            directory = tmp_path / f"store-{len(opened)}"
+            directory.mkdir()
+            dsn = place(request.param, places)
+            store = new_store(request.param, directory, keep_versions, clock, purge_batch, dsn=dsn)
+            await store.open()
+            opened.append(store)
+            return store
 
-    yield make
-    for store in opened:
-        await store.close()
+        yield make
+        for store in opened:
+            await store.close()
 
 
 @pytest.fixture
@@ -197,9 +214,17 @@ async def test_records_keep_their_author_colour_and_time(store: Store) -> None:
 
 
 async def test_the_epoch_of_the_first_commit_is_kept(store: Store) -> None:
+    """A store several processes write refuses a write in another epoch (another process made
+    the room at the same time: the writer's room is not the stored one); the others take it."""
     timeline = Timeline()
     await store.commit([timeline.write(timeline.appends(1))])
-    await store.commit([RoomWrite("r", "epoch-2", "python", timeline.appends(1), None, timeline.head)])
+    later = RoomWrite("r", "epoch-2", "python", timeline.appends(1), None, timeline.head)
+    if store.shared:
+        with pytest.raises(StaleWrite):
+            await store.commit([later])
+        assert 1 == (await info_of(store)).version
+    else:
+        await store.commit([later])
     assert "epoch-1" == (await info_of(store)).epoch
 
 
@@ -331,6 +356,25 @@ async def test_an_unknown_room_loads_as_none(store: Store) -> None:
     assert (None, None) == (await store.load("nowhere", history=10), await store.info("nowhere"))
 
 
+async def test_head_gives_the_stored_head_of_each_stored_room_asked_for(store: Store) -> None:
+    first, second, opened = Timeline("a"), Timeline("b\x00c"), Timeline("opened")
+    await store.commit([first.write(first.appends(3)), second.write(second.appends(1))])
+    await store.commit([first.write(first.appends(2)), opened.write([])])
+    assert ({"a": 5, "b\x00c": 1, "opened": 0}, {"a": 5}, {}) == (
+        await store.head(["a", "b\x00c", "opened", "nowhere", "b"]),
+        await store.head({"a"}),
+        await store.head([]),
+    )
+
+
+async def test_head_reads_many_rooms_at_once(store: Store) -> None:
+    timelines = [Timeline(f"room-{index}") for index in range(1_200)]
+    await store.commit([timeline.write(timeline.appends(index % 3)) for index, timeline in enumerate(timelines)])
+    assert {f"room-{index}": index % 3 for index in range(1_200)} == await store.head(
+        [timeline.room_id for timeline in timelines]
+    )
+
+
 async def test_text_at_of_an_unknown_room_raises_key_error(store: Store) -> None:
     with pytest.raises(KeyError):
         await store.text_at("nowhere", 0)
@@ -423,8 +467,8 @@ def edit_at(timeline: Timeline, step: Step) -> Record:
 
 
 async def check_model(backend: str, steps: list[Step], keep_versions: int) -> None:
-    with tempfile.TemporaryDirectory() as directory:
-        store = new_store(backend, Path(directory), keep_versions)
+    with tempfile.TemporaryDirectory() as directory, contextlib.ExitStack() as places:
+        store = new_store(backend, Path(directory), keep_versions, dsn=place(backend, places))
         await store.open()
         try:
             timeline = Timeline()
@@ -449,6 +493,8 @@ async def check_model(backend: str, steps: list[Step], keep_versions: int) -> No
 @settings(max_examples=40, deadline=None)
 @given(steps=STEPS, keep_versions=st.sampled_from([0, 2, 5]))
 def test_every_kept_version_and_the_head_equal_the_model(backend: str, steps: list[Step], keep_versions: int) -> None:
+    if backend == "postgres":
+        require_postgres()
     asyncio.run(check_model(backend, steps, keep_versions))
 
 

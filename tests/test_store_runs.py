@@ -1,4 +1,4 @@
-"""Finished runs of code in both stores: stored with the commit that carries them, all or nothing,
+"""Finished runs of code in every store: stored with the commit that carries them, all or nothing,
 the newest ``keep_runs`` per room, a retried run skipped, deleted with the room; and the SQLite
 file migrated to hold them."""
 
@@ -18,7 +18,8 @@ import pytest
 from rooms.settings import Settings
 from rooms.store import RoomWrite, RunRecord, Store, StoreConflict, StoreCorrupt, StoreError, make_store, sqlite_schema
 from rooms.store.sqlite import NEWEST_RUNS, SqliteStore
-from tests.test_store import BACKENDS, Clock, Timeline, new_store
+from tests.postgres_schemas import TEST_DATABASE_URL
+from tests.test_store import BACKENDS, Clock, Timeline, new_store, place
 from tests.test_store_access import old_file
 from tests.test_store_hardening import make_version_1
 
@@ -29,18 +30,20 @@ StoreFactory = Callable[..., Awaitable[Store]]
 async def make_runs_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StoreFactory]:
     """Opened stores of the parametrized backend keeping ``keep_runs`` runs per room, closed after."""
     opened: list[Store] = []
+    with contextlib.ExitStack() as places:
 
-    async def make(keep_runs: int = 200, clock: Callable[[], float] = time.time) -> Store:
-        directory = tmp_path / f"store-{len(opened)}"
-        directory.mkdir()
-        store = new_store(request.param, directory, clock=clock, keep_runs=keep_runs)
-        await store.open()
-        opened.append(store)
-        return store
+        async def make(keep_runs: int = 200, clock: Callable[[], float] = time.time) -> Store:
+            directory = tmp_path / f"store-{len(opened)}"
+            directory.mkdir()
+            dsn = place(request.param, places)
+            store = new_store(request.param, directory, clock=clock, keep_runs=keep_runs, dsn=dsn)
+            await store.open()
+            opened.append(store)
+            return store
 
-    yield make
-    for store in opened:
-        await store.close()
+        yield make
+        for store in opened:
+            await store.close()
 
 
 def a_run(run_id: str = "run-1", **changes: object) -> RunRecord:
@@ -352,5 +355,7 @@ async def test_a_current_version_file_without_the_runs_table_is_refused(tmp_path
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_make_store_keeps_the_configured_number_of_runs(backend: str, tmp_path: Path) -> None:
-    settings = Settings(store=backend, data_dir=tmp_path, max_stored_runs_per_room=7)
+    # Made, not opened: no database is needed.
+    url = TEST_DATABASE_URL if backend == "postgres" else ""
+    settings = Settings(store=backend, data_dir=tmp_path, max_stored_runs_per_room=7, database_url=url)
     assert 7 == make_store(settings).keep_runs

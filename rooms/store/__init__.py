@@ -1,4 +1,5 @@
-"""Where rooms are kept: one interface, two backends (``memory`` for tests, ``sqlite`` by default).
+"""Where rooms are kept: one interface, three backends (``memory`` for tests, ``sqlite`` by default,
+``postgres`` for several processes sharing rooms).
 
 The registry applies updates in memory, hands them to the store in batches (every update of one
 event-loop turn, for every room, in one `Store.commit`), and shows them to clients only once
@@ -49,6 +50,18 @@ class StoreConflict(StoreError):
         self.expected = expected
         self.got = got
         super().__init__(f"room {room_id!r}: the next stored version is {expected}, the commit starts at {got}")
+
+
+class StaleWrite(StoreError):
+    """A write of a room that another process made or changed under it (a store that several
+    processes write: `Store.shared`): the room was made with another epoch (``epoch``: it must
+    be loaded again), or its access state and notes are no longer those the write replaces
+    (read them again, merge, write again). Nothing of the commit is written."""
+
+    def __init__(self, room_id: str, reason: str, *, epoch: bool = False) -> None:
+        self.room_id = room_id
+        self.epoch = epoch
+        super().__init__(f"room {room_id!r}: {reason}")
 
 
 class HistoryUnavailable(StoreError):
@@ -144,6 +157,10 @@ class RoomWrite:
     # given when either changed, None (with ``notes``) when neither did.
     access: str | None = None
     notes: str = ""
+    # The access state and notes ``access`` and ``notes`` replace, as the writer last read or
+    # wrote them: a store that several processes write refuses the commit (`StaleWrite`) when
+    # others are stored now. None: not checked.
+    access_base: tuple[str, str] | None = None
     # Runs that ended since the last commit, in the order they ended (and are kept in). A write
     # may hold only runs; a run whose (room_id, run_id) is stored already is skipped (a retry).
     runs: Sequence[RunRecord] = ()
@@ -196,6 +213,13 @@ class Store(ABC):
 
     # Shown in logs and /readyz.
     name: str = "store"
+    # Its connections belong to the event loop that opened it (closed and opened again to be
+    # used in another one).
+    bound_to_loop: bool = False
+    # Several processes may write it: it refuses a room's write in another epoch than the
+    # stored one, and one whose access state replaces another than the stored one
+    # (`StaleWrite`). A store one process writes keeps the first epoch and takes any access.
+    shared: bool = False
 
     @abstractmethod
     async def open(self) -> None:
@@ -227,6 +251,22 @@ class Store(ABC):
     async def access(self, room_id: str) -> str | None:
         """The room's access state as stored (`rooms.access.Access.to_json`; "" for an open
         room), or None if the room was never stored."""
+
+    @abstractmethod
+    async def head(self, room_ids: Collection[str]) -> dict[str, int]:
+        """The stored head version of each of ``room_ids`` that is stored (one read for all of
+        them: processes sharing rooms ask it for every room they serve, to notice what they missed)."""
+
+    async def accesses(self, room_ids: Collection[str]) -> dict[str, tuple[str, str]]:
+        """The stored access state and notes of each of ``room_ids`` that is stored (("", "")
+        for an open room without notes): processes sharing rooms compare them with their own.
+        A load per room here; a store that several processes share reads them all at once."""
+        found: dict[str, tuple[str, str]] = {}
+        for room_id in room_ids:
+            stored = await self.load(room_id, 0)
+            if stored is not None:
+                found[room_id] = (stored.access, stored.notes)
+        return found
 
     @abstractmethod
     async def text_at(self, room_id: str, version: int) -> str:
@@ -267,6 +307,16 @@ def make_store(settings: Settings) -> Store:
         from rooms.store.memory import MemoryStore
 
         return MemoryStore(keep_versions=settings.history_keep_versions, keep_runs=settings.max_stored_runs_per_room)
+    if settings.store == "postgres":
+        from rooms.store.postgres import PostgresStore
+
+        return PostgresStore(
+            settings.database_url,
+            pool_size=settings.database_pool_size,
+            keep_versions=settings.history_keep_versions,
+            keep_runs=settings.max_stored_runs_per_room,
+            timeout=settings.database_timeout_seconds,
+        )
     from rooms.store.sqlite import SqliteStore
 
     return SqliteStore(

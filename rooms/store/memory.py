@@ -132,6 +132,9 @@ class MemoryStore(Store):
         room = self._rooms.get(room_id)
         return None if room is None else room.info
 
+    async def head(self, room_ids: Collection[str]) -> dict[str, int]:
+        return {room_id: self._rooms[room_id].info.version for room_id in room_ids if room_id in self._rooms}
+
     async def access(self, room_id: str) -> str | None:
         room = self._rooms.get(room_id)
         return None if room is None else room.access
