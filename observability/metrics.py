@@ -147,6 +147,41 @@ for _language in ("python", "javascript"):
         for _status in ("ok", "error", "timeout", "stopped", "lost"):
             RUNS.labels(_language, _kind, _status)
 
+# Several processes sharing rooms (`rooms.streams`): committed updates carried through Redis Streams.
+STREAM_APPENDS = Counter(
+    "collab_stream_appends_total",
+    "Committed updates appended to their room's Redis stream, by result: ok, duplicate (the version "
+    "was there already) or error (Redis failed; followers fill the gap from the database).",
+    ["result"],
+)
+for _result in ("ok", "duplicate", "error"):
+    STREAM_APPENDS.labels(_result)  # every series from the start, at 0
+STREAM_READS = Counter(
+    "collab_stream_reads_total",
+    "Blocking reads of the followed rooms' streams answered by Redis (with or without updates).",
+)
+STREAM_LAG = Histogram(
+    "collab_stream_lag_seconds",
+    "Time from an update being applied by the process that committed it to its delivery to another process "
+    "following the room.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
+STREAM_ERRORS = Counter(
+    "collab_stream_errors_total",
+    "Redis errors of the stream follower and of appends, and stream entries skipped because they did not parse.",
+)
+STREAM_CONNECTED = Gauge("collab_stream_connected", "1 while the stream follower's Redis connection is up, else 0.")
+COMMIT_CONFLICTS = Counter(
+    "collab_commit_conflicts_total",
+    "Commits of a shared room refused because another process stored first: the room's updates were "
+    "made again over the other's (or, for its access state, the room was loaded again).",
+)
+CATCH_UPS = Counter(
+    "collab_catch_ups_total",
+    "Times a room read updates it had missed from the database (a gap in its stream, a flushed or "
+    "restarted Redis, a head check).",
+)
+
 
 @cache
 def message_counter(direction: str, kind: str) -> Counter:
@@ -156,3 +191,24 @@ def message_counter(direction: str, kind: str) -> Counter:
     to every client; the set of (direction, type) pairs is small and fixed by the protocol.
     """
     return MESSAGES.labels(direction, kind)
+
+
+# Presence across processes (`rooms.shared_presence`): members of other processes, through Redis.
+PRESENCE_EVENTS = Counter(
+    "collab_presence_events_total",
+    "Presence events carried between processes through Redis, by direction (out: published, in: received "
+    "from another process) and kind: joined, left, cursor, language or access (a room's access state "
+    "was stored: read it again).",
+    ["direction", "kind"],
+)
+for _direction in ("in", "out"):
+    for _kind in ("joined", "left", "cursor", "language", "access"):
+        PRESENCE_EVENTS.labels(_direction, _kind)  # every series from the start, at 0
+PRESENCE_ERRORS = Counter(
+    "collab_presence_errors_total",
+    "Redis errors of shared presence, member entries and events read from Redis that did not parse, and "
+    "events given up (refused, or the send queue full).",
+)
+REMOTE_MEMBERS = Gauge(
+    "collab_remote_members", "Members of the rooms this process serves who are connected to other processes."
+)

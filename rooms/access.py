@@ -224,6 +224,43 @@ class Access:
             raise ValueError(f"unreadable access state: {type(exc).__name__}") from None
 
 
+def merge(base: Access, mine: Access, theirs: Access) -> Access:
+    """The access state of a room whose state ``base`` two processes changed at once (``mine``
+    here, ``theirs`` stored by the other): each setting takes the side that changed it (ours
+    when both did), an interview ended on either side is ended, a link revoked on either side
+    is revoked, the first version shown through a link is the earlier, and links made on
+    either side are kept."""
+
+    def changed(name: str) -> object:
+        return getattr(mine, name) if getattr(mine, name) != getattr(base, name) else getattr(theirs, name)
+
+    ours = {link.link_id: link for link in mine.links}
+    known = {link.link_id for link in base.links}
+    links: list[Link] = []
+    for link in theirs.links:
+        own = ours.get(link.link_id)
+        if own is not None:
+            revoked = [when for when in (own.revoked, link.revoked) if when is not None]
+            shown = [version for version in (own.first_shown, link.first_shown) if version is not None]
+            link = Link(
+                link.link_id, link.role, link.digest, link.created, min(revoked, default=None), min(shown, default=None)
+            )
+        links.append(link)
+    stored = {link.link_id for link in theirs.links}
+    links += [link for link in mine.links if link.link_id not in stored and link.link_id not in known]  # made here
+    dead = [link for link in links if link.revoked is not None]
+    for link in dead[: max(0, len(dead) - MAX_REVOKED_LINKS)]:
+        links.remove(link)
+    return Access(
+        private=mine.private or theirs.private,
+        locked=bool(changed("locked")),
+        ended=mine.ended or theirs.ended,
+        links=links,
+        runs_allowed=bool(changed("runs_allowed")),
+        question=changed("question"),  # type: ignore[arg-type]
+    )
+
+
 def _version(rest: list[object]) -> int | None:
     """A link's ``first_shown`` as stored (absent from links stored before it existed)."""
     if not rest or rest[0] is None:

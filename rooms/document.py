@@ -108,6 +108,16 @@ def _unpack(entry: _Entry) -> Update:
 FULL_TEXT_DIFF_MAX_EDITS = 100
 
 
+@dataclass(frozen=True, slots=True)
+class _Undo:
+    """What one applied update replaced: enough to take it back (`Document.rollback`)."""
+
+    text: str
+    length: int
+    client_id: ClientId
+    last_seq: tuple[int, int] | None
+
+
 class Document:
     """The authoritative text of a room. Pure and synchronous; one per room."""
 
@@ -143,6 +153,8 @@ class Document:
         # (so the table stays bounded).
         self._last_seq: OrderedDict[ClientId, tuple[int, int]] = OrderedDict()
         self._dedup_limit = dedup_limit
+        # With `keep_undo`, what each update since the last `settle` replaced (`rollback`).
+        self._undo: list[_Undo] | None = None
 
     @classmethod
     def restored(
@@ -390,7 +402,42 @@ class Document:
         text = update.changes.apply(self._text)
         return self._apply(text, update.client_id, update.seq, update.changes, update.user_id)
 
+    # Undo (a room shared by several processes: its commit may lose to another process's)
+
+    def keep_undo(self) -> None:
+        """From now on, remember what every update replaced until it is `settle`d."""
+        if self._undo is None:
+            self._undo = []
+
+    def settle(self, version: int) -> None:
+        """Updates up to ``version`` are committed: they will never be rolled back."""
+        undo = self._undo
+        if undo:
+            del undo[: max(0, len(undo) - (self._version - version))]
+
+    def rollback(self, version: int) -> None:
+        """Take back every update after ``version`` (none of them settled): the text, version,
+        history and seqs are as they were at ``version``. Raises `ValueError` when an update
+        after ``version`` was settled or made before `keep_undo`."""
+        undo = self._undo
+        count = self._version - version
+        if count < 0 or undo is None or count > len(undo):
+            raise ValueError(f"cannot roll back from version {self._version} to {version}")
+        for _ in range(count):
+            entry = undo.pop()
+            self._text, self._length = entry.text, entry.length
+            self._version -= 1
+            if self._history:  # the history may have forgotten it already (its limits)
+                self._history.pop()
+                self._totals.pop()
+            if entry.last_seq is None:
+                self._last_seq.pop(entry.client_id, None)
+            else:
+                self._last_seq[entry.client_id] = entry.last_seq
+
     def _apply(self, text: str, client_id: ClientId, seq: int, changes: ChangeSet, user_id: str) -> Update:
+        if self._undo is not None:
+            self._undo.append(_Undo(self._text, self._length, client_id, self._last_seq.get(client_id)))
         self._text = text
         self._length = changes.new_length
         self._version += 1

@@ -60,6 +60,9 @@ class LoadedRooms:
         self._openers: dict[RoomId, int] = {}
         self._open_locks: dict[RoomId, asyncio.Lock] = {}
         self._evictions: dict[RoomId, asyncio.TimerHandle] = {}
+        # Told of every room loaded and unloaded (`rooms.cluster` follows them).
+        self.on_loaded: Callable[[Room], None] = lambda room: None
+        self.on_unloaded: Callable[[RoomId], None] = lambda room_id: None
 
     async def open(self, room_id: RoomId, address: str = "", *, create: bool = True, private: bool = False) -> Room:
         """The room with this id, loaded from the store (or made empty) if it is not in memory.
@@ -133,6 +136,7 @@ class LoadedRooms:
                 limits.new_rooms.append(self.clock())
         self.rooms[room_id] = room
         metrics.ROOMS.set(len(self.rooms))
+        self.on_loaded(room)
         # The room's row is written before anyone is admitted: a new room, with its epoch, is in
         # the store before anything of it is shown (a restart brings back the epoch clients
         # know), and a loaded room's last write time tells retention it is still used.
@@ -162,6 +166,7 @@ class LoadedRooms:
         if self.is_loaded(room):
             del self.rooms[room.room_id]
             metrics.ROOMS.set(len(self.rooms))
+            self.on_unloaded(room.room_id)
         eviction = self._evictions.pop(room.room_id, None)
         if eviction is not None:
             eviction.cancel()
@@ -198,6 +203,7 @@ class LoadedRooms:
         del self.rooms[room_id]
         metrics.ROOMS.set(len(self.rooms))
         metrics.ROOM_EVICTIONS.inc()
+        self.on_unloaded(room_id)
         log.info("room_evicted", room_id=room_id, version=room.document.version)
 
 
@@ -260,6 +266,7 @@ def room_from_stored(
         questions=questions,
     )
     room.access = Access.from_json(stored.access)
+    room.access_stored, room.notes_stored = stored.access, stored.notes
     room.notes = stored.notes
     for client, digest in stored.tokens.items():
         if digest:

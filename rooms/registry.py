@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -50,13 +51,21 @@ from rooms.session import (
     Reset,
     Send,
     Session,
+    Shared,
     Store,
 )
 from rooms.settings import Settings
 from rooms.store import Store as RoomStore
 from rooms.store.memory import MemoryStore
 
+if TYPE_CHECKING:
+    from rooms.cluster import Cluster
+
 log = structlog.get_logger("collab.rooms")
+
+# How long after a failed commit readiness waits for a commit to succeed before it lets clients
+# in again to try one.
+STORE_RETRY_SECONDS = 10.0
 
 # A close waits at most this long: cutting a WebSocket close shorter would cancel the library's
 # own close timeout, which is what aborts the TCP connection of a client that stopped reading.
@@ -85,7 +94,11 @@ class RoomRegistry(PrivateRooms):
         self.accepting = True
         self.outboxes = Outboxes()
         self.committer = Committer(
-            self.store, is_loaded=self._is_loaded, on_committed=self._committed, on_failed=self._fail_room
+            self.store,
+            is_loaded=self._is_loaded,
+            on_committed=self._committed,
+            on_failed=self._fail_room,
+            on_changed=self._carry_out,
         )
         self.loaded = LoadedRooms(
             settings,
@@ -104,11 +117,20 @@ class RoomRegistry(PrivateRooms):
             settings.rate_limit_per_address_per_second, settings.rate_limit_per_address_burst
         )
         self._shutdown_logged = False
+        # Rooms shared with other processes (`REDIS_URL`): None in a single process.
+        self.cluster: Cluster | None = None
+        if settings.redis_url:
+            from rooms.cluster import Cluster
+
+            self.cluster = Cluster.joining(self)
 
     @property
     def store_ok(self) -> bool:
-        """False after a failed commit, until one succeeds."""
-        return self.committer.store_ok
+        """False after a failed commit, until one succeeds or `STORE_RETRY_SECONDS` passed: a
+        process that no load balancer sends clients to would never commit again after an
+        outage (readiness also needs the store's own check to pass)."""
+        committer = self.committer
+        return committer.store_ok or time.monotonic() - committer.failed_at >= STORE_RETRY_SECONDS
 
     # Lifecycle
 
@@ -122,6 +144,8 @@ class RoomRegistry(PrivateRooms):
             asyncio.create_task(self._every(watchdog, self.check_sends, "watchdog"), name="collab-send-watchdog"),
             asyncio.create_task(self.retention.run(RETENTION_INTERVAL_SECONDS), name="collab-retention"),
         ]
+        if self.cluster is not None:
+            await self.cluster.start()
 
     def begin_shutdown(self) -> None:
         """Turn unready and refuse new sessions; the connected ones go on until `stop`."""
@@ -148,6 +172,8 @@ class RoomRegistry(PrivateRooms):
         if self._closing:
             await asyncio.wait(set(self._closing), timeout=self.settings.send_timeout_seconds)
         await self.committer.stop()
+        if self.cluster is not None:
+            await self.cluster.stop()
         for room_id in list(self.rooms):
             self.loaded.evict(room_id, force=True)
         try:
@@ -423,6 +449,9 @@ class RoomRegistry(PrivateRooms):
                     metrics.RATE_LIMITED.inc()
             elif type(action) is Store:
                 self.committer.want(room)
+            elif type(action) is Shared:
+                if self.cluster is not None:
+                    self.cluster.tell(room, action)
             elif type(action) is Reset:
                 metrics.STORE_ERRORS.inc()
                 # Once the current step is done: it may be admitting or broadcasting.

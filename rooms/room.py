@@ -244,6 +244,7 @@ class Room(MessageHandling):
         name = clean_username(username, settings.max_username_chars)
         member = self.presence.add(user_id, name, color, None if role is None else role.value)
         self._announce_joined(member)  # before registering: the joiner is not told about itself
+        self.tell_others("joined", **member.describe())
         self.sessions[user_id] = session
         if protocol is WireProtocol.VERSIONED:
             self.clients[session.client_id] = session
@@ -293,6 +294,7 @@ class Room(MessageHandling):
             del self.sessions[session.user_id]
             self.presence.remove(session.user_id)
             self._announce_left(session.user_id)
+            self.tell_others("left", user_id=session.user_id)
             log.info("member_left", room_id=self.room_id, user_id=session.user_id)
         self.end_runs_of(session)
         self._actions.append(Left(session, drop))
@@ -384,11 +386,23 @@ class Room(MessageHandling):
             self.snapshot_bytes = 0
         tokens = self.tokens
         bound = {r.client_id: tokens[ClientId(r.client_id)] for r in records if r.client_id in tokens}
-        access = None
+        access, access_base = None, (self.access_stored, self.notes_stored)
         if self.access_changed:
             access, self.access_changed = self.access.to_json(), False
+            self.access_stored, self.notes_stored = access, self.notes
+            self.access_written = self.changes_made
         write = RoomWrite(
-            self.room_id, document.epoch, self.language, records, snapshot, head, bound, access, self.notes, runs
+            self.room_id,
+            document.epoch,
+            self.language,
+            records,
+            snapshot,
+            head,
+            bound,
+            access,
+            self.notes,
+            access_base,
+            runs,
         )
         return write, self.changes_made
 
@@ -438,6 +452,8 @@ class Room(MessageHandling):
             )
             others = encode_update(update.version, None, update.seq, record.changes, update.user_id)
             self._broadcast_update(update, None, None, others, record.changes)
+        if records:  # then nothing of its own was uncommitted: everything it holds is committed
+            self.settle(document.version)
 
     # Fan-out
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import structlog
 
-from rooms.access import SHARED_ROLES, Access, Act, Role, admit, allowed, refusal
+from rooms.access import SHARED_ROLES, Access, Act, Role, admit, allowed, merge, refusal
 from rooms.document import Document
 from rooms.errors import Forbidden, InvalidMessage
 from rooms.presence import UserId
@@ -35,6 +35,7 @@ from rooms.protocol import (
     Revoke,
     WireProtocol,
 )
+from rooms.run_protocol import RunsAllowedOut
 from rooms.session import CLOSE_REVOKED, Closing, Send, Session
 from rooms.settings import Settings
 
@@ -73,6 +74,14 @@ class AccessControl:
     link_secrets: dict[str, str]
     closing: deque[tuple[int, Closing]]
     changes_made: int
+    # The access state and notes as last stored (loaded, or written by this room): what a write
+    # of this room's changes replaces, and what `refresh_access` compares with.
+    access_stored: str = ""
+    notes_stored: str = ""
+    # The count of changes (`changes_made`) of the last write that carried the access state:
+    # until it is committed, what is stored may be about to be replaced by it.
+    access_written: int = 0
+    changes_durable: int
     access_changed: bool
 
     @abstractmethod
@@ -241,6 +250,64 @@ class AccessControl:
             if other.link_id is not None and other.link_id in link_ids and not other.revoked:
                 other.revoked = True
                 self.closing.append((self.changes_made, Closing(other, CLOSE_REVOKED, reason)))
+
+    @abstractmethod
+    def question_message(self, session: Session, user_id: str | None) -> str: ...
+
+    def refresh_access(self, stored: str, notes: str) -> None:
+        """The access state and notes another process stored for this room (several processes
+        serve it, `rooms.cluster`) become this room's, and what changed is done here too (see
+        `_take_access`). Ignored while this room has an access change of its own to store or
+        being stored: that write is checked against what is stored, and merged with it
+        (`merge_access`)."""
+        own_unstored = self.access_changed or self.changes_durable < self.access_written
+        if (stored, notes) == (self.access_stored, self.notes_stored) or own_unstored:
+            return
+        self._take_access(Access.from_json(stored), notes)  # ValueError: damaged, nothing changes
+        self.access_stored, self.notes_stored = stored, notes
+        log.info("access_refreshed", room_id=self.room_id)
+
+    def merge_access(self, base: tuple[str, str], stored: tuple[str, str]) -> tuple[str, str]:
+        """This room's write replaced ``base`` (access state, notes), but another process stored
+        ``stored`` meanwhile: both changes are kept (`rooms.access.merge`; the notes of whoever
+        changed them, ours when both did), what the other changed is done here, and the merged
+        state is what to write over ``stored``."""
+        merged = merge(Access.from_json(base[0]), self.access, Access.from_json(stored[0]))
+        notes = self.notes if self.notes != base[1] else stored[1]
+        self._take_access(merged, notes)
+        written = (merged.to_json(), notes)
+        self.access_stored, self.notes_stored = written
+        log.info("access_merged", room_id=self.room_id)
+        return written
+
+    def _take_access(self, new: Access, notes: str) -> None:
+        """Make ``new`` (and ``notes``) the room's, doing here what changed: members whose link
+        is no longer live are closed out, the lock, the end, the question and whether runs are
+        allowed are told, interviewers hear of the notes and of links changed elsewhere (whose
+        secret only the process that made them knows: here the link shows as none)."""
+        old = self.access
+        self.access = new
+        for other in list(self.sessions.values()):
+            if other.link_id is not None and not new.is_live(other.link_id) and not other.revoked:
+                other.revoked = True
+                self.leave(other, code=CLOSE_REVOKED, reason="link revoked")
+        if new.locked != old.locked:
+            self._to_all(LockedOut(locked=new.locked, user_id="").encode(), "locked")
+        if new.ended and not old.ended:
+            self._to_all(EndedOut(user_id="").encode(), "ended")
+        if new.question != old.question:
+            for other in list(self.sessions.values()):
+                if other.protocol is WireProtocol.VERSIONED:
+                    self._send(Send(other, self.question_message(other, None), "question"))
+        if new.runs_allowed != old.runs_allowed:
+            self._to_versioned(RunsAllowedOut(allowed=new.runs_allowed, user_id="").encode(), "runs_allowed")
+        for role in SHARED_ROLES:
+            before, after = old.current(role), new.current(role)
+            if (before and before.link_id) != (after and after.link_id):
+                self._to_interviewers(LinkOut(role=role.value, token=self.secret_of(role)).encode(), "link")
+        if notes != self.notes:
+            self.notes = notes
+            self._to_interviewers(NotesOut(text=notes).encode(), "notes")
 
     def _access_changed(self) -> None:
         self.access_changed = True

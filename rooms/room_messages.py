@@ -62,6 +62,8 @@ from rooms.protocol import (
     encode_update,
 )
 from rooms.room_access import ACTS, OPEN_ROOM_CHECKED
+from rooms.room_rebase import Made, Rebasing
+from rooms.room_remote import RemoteMembers
 from rooms.room_runs import RunControl
 from rooms.run_protocol import AllowRuns, RunEnd, RunMessage, RunOutput, RunStart, SetQuestion
 from rooms.session import CLOSE_NORMAL, STORE, Action, DropReason, Send, Session
@@ -86,7 +88,7 @@ CURSOR_MAX_LAG = 100
 _PROTOCOL_NAMES = {WireProtocol.FULL_TEXT: "full-text", WireProtocol.VERSIONED: "versioned"}
 
 
-class MessageHandling(RunControl):
+class MessageHandling(RunControl, Rebasing, RemoteMembers):
     """The decisions a `Room` makes about its clients' messages (see the module docstring);
     who may send which is `AccessControl`'s, running code `RunControl`'s."""
 
@@ -287,16 +289,17 @@ class MessageHandling(RunControl):
         if isinstance(result, Unchanged):
             # No version, nothing stored: only the author hears of it, after anything queued
             # for it before (`_send` keeps the line of messages held until their commit).
+            self.remember(result.version, session.client_id, result.seq, session.user_id, Made(push.version, changes))
             self._send(Send(session, encode_ack(result.seq, result.version), "ack"))
             return
-        self._publish(session, result, None)
+        self._publish(session, result, Made(push.version, changes))
 
     def _code_change(self, session: Session, message: CodeChange) -> None:
         session.full_text_seq += 1
         document = self.document
         update = document.replace(message.code, session.client_id, session.full_text_seq, session.user_id)
         if update is not None:
-            self._publish(session, update, message.cursor_position)
+            self._publish(session, update, Made(text=message.code, cursor_position=message.cursor_position))
         else:
             # Same text, maybe a moved cursor: full-text clients relay it as the original did.
             relay = CodeChangeOut(
@@ -337,9 +340,13 @@ class MessageHandling(RunControl):
 
     def _set_cursor(self, session: Session, selection: Selection) -> None:
         self.presence.set_selection(session.user_id, selection)
-        message = CursorOut(
+        cursor = CursorOut(
             user_id=session.user_id, anchor=selection.anchor, head=selection.head, version=self.document.version
-        ).encode()
+        )
+        message = cursor.encode()
+        if self.remote is not None:
+            at = {"anchor": selection.anchor, "head": selection.head, "version": cursor.version}
+            self.tell_others("cursor", user_id=session.user_id, **at)
         for other in list(self.sessions.values()):
             if other.protocol is WireProtocol.VERSIONED and other is not session:
                 self._send(Send(other, message, "cursor"))
@@ -348,6 +355,7 @@ class MessageHandling(RunControl):
         self.language = clean_language(message.language)
         self.mark_changed()
         out = LanguageOut(language=self.language, user_id=session.user_id).encode()
+        self.tell_others("language", language=self.language, user_id=session.user_id)
         for other in list(self.sessions.values()):
             if other.protocol is WireProtocol.VERSIONED:
                 self._send(Send(other, out, "language"))
@@ -365,13 +373,14 @@ class MessageHandling(RunControl):
         update = document.replace(text, ClientId(RESTORE_CLIENT), document.version + 1, session.user_id)
         if update is None:
             return None
-        self._publish(session, update, None)
+        self._publish(session, update, Made(text=text, seq_is_version=True))
         return update
 
-    def _publish(self, session: Session, update: Update, cursor_position: object) -> None:
-        """An update a client made was applied: store it, and show it once stored."""
+    def _publish(self, session: Session | None, update: Update, made: Made) -> None:
+        """An update a client made (``made`` says how) was applied: store it, and show it once
+        stored. ``session`` is its author's, None when the author left (`Rebasing`)."""
         changes = encode_changes(update.changes.to_json())
-        member = self.presence.get(session.user_id)
+        member = self.presence.get(UserId(update.user_id))
         self.unsynced.append(
             Record(
                 version=update.version,
@@ -384,10 +393,11 @@ class MessageHandling(RunControl):
                 time=self.wall_clock(),
             )
         )
+        self.remember(update.version, update.client_id, update.seq, update.user_id, made)
         self.mark_changed()
         # Encoded once for everyone but its author, not once per recipient.
         others = encode_update(update.version, None, update.seq, changes, update.user_id)
-        self._broadcast_update(update, session, cursor_position, others, changes)
+        self._broadcast_update(update, session, made.cursor_position, others, changes)
 
     def mark_changed(self) -> None:
         """A change to store: nothing shown to the room's clients from now on is shown before

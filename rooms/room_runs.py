@@ -46,6 +46,7 @@ from rooms.presence import Presence
 from rooms.protocol import Language, WireProtocol
 from rooms.questions import Question, Questions, judge
 from rooms.room_access import AccessControl
+from rooms.room_rebase import Made
 from rooms.run_protocol import (
     RUN_LANGUAGES,
     AllowRuns,
@@ -114,7 +115,7 @@ class RunControl(AccessControl):
     def _language(self, session: Session, message: Language) -> None: ...
 
     @abstractmethod
-    def _publish(self, session: Session, update: Update, cursor_position: object) -> None: ...
+    def _publish(self, session: Session | None, update: Update, made: Made) -> None: ...
 
     def init_runs(self, questions: Questions | None) -> None:
         self.questions = questions if questions is not None else Questions()
@@ -368,7 +369,7 @@ class RunControl(AccessControl):
         if language != self.language:
             self._language(session, Language(type="language", language=language))
         if update is not None:
-            self._publish(session, update, None)
+            self._publish(session, update, Made(text=starter, if_empty=True, seq_is_version=True))
 
     def question_message(self, session: Session, user_id: str | None) -> str:
         """The room's ``question`` message as the member sees it."""

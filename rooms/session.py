@@ -18,7 +18,7 @@ import hashlib
 import secrets
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rooms.access import Role
 from rooms.document import ClientId
@@ -120,5 +120,15 @@ class Reset:
     reason: str
 
 
-Action = Send | Left | Refused | Store | Reset
+@dataclass(frozen=True, slots=True)
+class Shared:
+    """Something this process's members did that other processes serving the room must show
+    (a room shared by several processes, `rooms.room_remote`): ``kind`` is joined, left, cursor
+    or language."""
+
+    kind: str
+    payload: dict[str, Any]
+
+
+Action = Send | Left | Refused | Store | Reset | Shared
 STORE = Store()

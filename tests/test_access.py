@@ -19,6 +19,7 @@ from rooms.access import (
     Role,
     admit,
     allowed,
+    merge,
     refusal,
     secret_digest,
 )
@@ -271,3 +272,31 @@ def test_admit_refuses_a_revoked_link_and_a_candidate_once_ended() -> None:
     access.revoke(Role.OBSERVER, 2.0)
     with pytest.raises(Forbidden, match="revoked"):
         admit(access, observer, open_rooms=True)
+
+
+def test_two_changes_of_one_access_state_are_merged_each_side_keeping_its_own() -> None:
+    """Two processes changed the same stored state at once (`rooms.access.merge`)."""
+    base = Access(private=True)
+    base.add_link(Role.CANDIDATE, 1.0)
+    base.add_link(Role.OBSERVER, 1.0)
+    mine, theirs = Access.from_json(base.to_json()), Access.from_json(base.to_json())
+    mine.locked = True  # here: locked, the candidate link renewed
+    mine.revoke(Role.CANDIDATE, 2.0)
+    made_here, _ = mine.add_link(Role.CANDIDATE, 2.0)
+    theirs.question = "fizzbuzz"  # there: a question, the observer link revoked, first shown
+    theirs.revoke(Role.OBSERVER, 3.0)
+    theirs.links[0].first_shown = 7
+    merged = merge(base, mine, theirs)
+    assert (True, "fizzbuzz", False, True) == (merged.locked, merged.question, merged.ended, merged.runs_allowed)
+    assert made_here.link_id == (merged.current(Role.CANDIDATE) or made_here).link_id
+    assert merged.current(Role.OBSERVER) is None
+    old_candidate = merged.by_id(base.links[0].link_id)
+    assert old_candidate is not None and (2.0, 7) == (old_candidate.revoked, old_candidate.first_shown)
+    # Both changed one setting: ours wins; an end on either side ends it.
+    theirs.locked, theirs.ended = False, True
+    both = merge(base, mine, theirs)
+    assert (True, True) == (both.locked, both.ended)
+    # A link dropped by the other side (revoked, past the kept number) is not brought back.
+    dropped = Access.from_json(theirs.to_json())
+    dropped.links = [link for link in dropped.links if link.role is not Role.OBSERVER]
+    assert merge(base, mine, dropped).by_id(base.links[1].link_id) is None

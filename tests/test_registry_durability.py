@@ -13,7 +13,7 @@ import pytest
 from rooms.errors import StorageUnavailable
 from rooms.lifecycle import EVICTION_RETRY_SECONDS
 from rooms.protocol import Hello, Language
-from rooms.registry import RoomRegistry
+from rooms.registry import STORE_RETRY_SECONDS, RoomRegistry
 from rooms.room_messages import RESTORE_CLIENT
 from rooms.session import CLOSE_TRY_AGAIN_LATER, Session
 from rooms.settings import Settings
@@ -350,6 +350,17 @@ async def test_a_failed_commit_drops_the_room_and_marks_the_store_unwell(
 ) -> None:
     await fail_a_commit(store, registry)
     assert ({}, False) == (registry.rooms, registry.store_ok)
+
+
+async def test_a_failed_commit_marks_the_store_unwell_for_a_while_only(
+    store: GatedStore, registry: RoomRegistry
+) -> None:
+    """A process that a load balancer stopped sending clients to after a failed commit would
+    never commit again: readiness lets clients in again to try after `STORE_RETRY_SECONDS`."""
+    await fail_a_commit(store, registry)
+    assert False is registry.store_ok
+    registry.committer.failed_at -= STORE_RETRY_SECONDS
+    assert True is registry.store_ok
 
 
 async def test_after_a_failed_commit_a_join_loads_what_the_store_holds(

@@ -43,6 +43,9 @@ PURE_MODULES = [
     "rooms/session.py",
     "rooms/access.py",
     "rooms/room_access.py",
+    "rooms/room_runs.py",
+    "rooms/room_rebase.py",
+    "rooms/room_remote.py",
 ]
 # `rooms.store` itself is the store's contract (plain records); its implementations are I/O.
 IMPURE = ("asyncio", "fastapi", "nicegui", "starlette", "uvicorn", "prometheus_client", "observability", "rooms.store.")

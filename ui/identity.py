@@ -1,5 +1,7 @@
 """Who the user is in rooms: a display name and a cursor colour, asked for in a dialog and kept
-by NiceGUI in ``app.storage.user`` (per browser, in a signed cookie)."""
+by NiceGUI in ``app.storage.user``: per browser (a signed cookie names it), on the server that
+served the page (files under ``DATA_DIR``; with several processes, a browser that moves to
+another process is asked again)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,105 @@
+"""Several processes serving one room: who is there, cursors, the language and the room's access
+state are the same on every process (`rooms.room_remote`, `rooms.shared_presence`, and
+`Room.refresh_access`), with real ``python app.py`` processes and raw `/ws` clients."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from websockets.exceptions import ConnectionClosed
+
+from rooms.session import CLOSE_REVOKED
+from tests.cluster import LiveCluster, running_cluster, services_unavailable
+from tests.conftest import Client
+from tests.test_server_roles import new_interview, say_hello
+
+pytestmark = [pytest.mark.slow, pytest.mark.live_server]
+
+Connect = Callable[..., Any]
+PRESENCE_TIMEOUT = 2.0  # PRESENCE_TIMEOUT_SECONDS of the processes
+
+
+@pytest.fixture(scope="module", autouse=True)
+def services() -> None:
+    if reason := services_unavailable():
+        pytest.skip(reason, allow_module_level=True)
+
+
+@pytest.fixture
+def live_cluster(tmp_path: Path) -> Iterator[LiveCluster]:
+    with running_cluster(tmp_path) as cluster:
+        yield cluster
+
+
+async def seen(client: Client, kind: str, timeout: float = 10.0, **fields: Any) -> dict[str, Any]:
+    """The first message of this type with these fields, among those kept and those to come."""
+    for index, message in enumerate(client.inbox):
+        if message.get("type") == kind and all(message.get(k) == v for k, v in fields.items()):
+            return client.inbox.pop(index)
+    deadline = time.monotonic() + timeout
+    while True:
+        message = await client.recv_type(kind, timeout=max(0.01, deadline - time.monotonic()))
+        if all(message.get(k) == v for k, v in fields.items()):
+            return message
+
+
+async def test_members_cursors_and_the_language_cross_processes_and_a_dead_ones_members_leave(
+    live_cluster: LiveCluster, connect_client: Connect
+) -> None:
+    first, second = await live_cluster.start(2, PRESENCE_TIMEOUT_SECONDS=str(PRESENCE_TIMEOUT))
+    room = f"presence-{uuid.uuid4().hex[:8]}"
+    ann: Client = await connect_client(first.ws(room))
+    ann_welcome = await say_hello(ann, "ann")
+    bob: Client = await connect_client(second.ws(room))
+    bob_welcome = await say_hello(bob, "bob")
+    ann_id, bob_id = ann_welcome["user_id"], bob_welcome["user_id"]
+    # Bob's process may not have heard of Ann when it welcomed him: then he is told at once.
+    if ann_id not in {member["user_id"] for member in bob_welcome["members"]}:
+        await seen(bob, "member_joined", user_id=ann_id)
+    await seen(ann, "member_joined", user_id=bob_id, username="bob")
+
+    await ann.send({"type": "cursor", "anchor": 0, "head": 0, "version": 0})
+    await seen(bob, "cursor", user_id=ann_id)
+    await ann.send({"type": "language", "language": "rust"})
+    await seen(bob, "language", language="rust")
+
+    started = time.monotonic()
+    live_cluster.kill(first)  # kill -9: no goodbye from its process
+    await seen(bob, "member_left", timeout=PRESENCE_TIMEOUT * 3, user_id=ann_id)
+    gone = time.monotonic() - started
+    print(f"a dead process's member left the other's room {gone:.2f} s after kill -9")
+    assert gone <= PRESENCE_TIMEOUT * 2
+
+
+async def test_a_lock_and_a_revocation_made_on_one_process_take_effect_on_another(
+    live_cluster: LiveCluster, connect_client: Connect
+) -> None:
+    first, second = await live_cluster.start(2)
+    interview = await new_interview(first)
+    interviewer: Client = await connect_client(first.ws(interview.room_id))
+    assert "welcome" == (await say_hello(interviewer, "boss", interview.tokens["interviewer"]))["type"]
+    candidate: Client = await connect_client(second.ws(interview.room_id))
+    welcome = await say_hello(candidate, "cand", interview.tokens["candidate"])
+    assert ("welcome", "candidate", False) == (welcome["type"], welcome["role"], welcome["locked"])
+
+    await interviewer.send({"type": "lock", "locked": True})
+    await seen(candidate, "locked", locked=True)
+    await candidate.send({"type": "push", "version": welcome["version"], "seq": 1, "changes": [[0, "x"]]})
+    refused = await seen(candidate, "error")
+    assert "read_only" == refused["code"]
+
+    started = time.monotonic()
+    await interviewer.send({"type": "revoke", "role": "candidate", "renew": True})
+    with pytest.raises(ConnectionClosed) as closed:
+        while True:
+            await candidate.recv(timeout=10)
+    print(f"a revocation on one process closed a member on another in {time.monotonic() - started:.2f} s")
+    assert CLOSE_REVOKED == closed.value.rcvd.code  # type: ignore[union-attr]
+    # Its link is dead on every process: a hello with it is refused on the other one too.
+    again: Client = await connect_client(second.ws(interview.room_id))
+    assert "error" == (await say_hello(again, "cand2", interview.tokens["candidate"]))["type"]
