@@ -43,7 +43,11 @@ $(NODE_STAMP): tests/node/package.json tests/node/package-lock.json
 		echo "npm not found: the differential ChangeSet test will be skipped"; \
 	fi
 
-# Debian packages the tests drive for real: chromium + chromium-driver, prometheus (promtool).
+# Debian packages the tests drive for real: chromium + chromium-driver, prometheus (promtool),
+# haproxy and docker-compose (scripts/system-deps.sh). The tests also use PostgreSQL
+# (TEST_DATABASE_URL, default 127.0.0.1:5432, database `test`, created if missing) and Redis
+# (TEST_REDIS_URL, default 127.0.0.1:6379) when they answer, and skip those tests with the reason
+# when they do not.
 system:
 	bash scripts/system-deps.sh
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 
+import structlog
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from observability import metrics
 from rooms.registry import RoomRegistry
+
+log = structlog.get_logger("collab.health")
 
 router = APIRouter()
 
@@ -44,8 +47,10 @@ async def readyz(request: Request) -> JSONResponse:
     except TimeoutError:
         return JSONResponse({"status": "unavailable", "reason": "store: not answering"}, status_code=503)
     except Exception as exc:
-        return JSONResponse({"status": "unavailable", "reason": f"store: {exc}"}, status_code=503)
-    if not registry.store_ok:
+        # The detail (a database's host, user, its own words) is for the logs, not for whoever asks.
+        log.warning("store_check_failed", error=str(exc))
+        return JSONResponse({"status": "unavailable", "reason": "store: cannot be read"}, status_code=503)
+    if not registry.committer.store_ok:
         return JSONResponse({"status": "unavailable", "reason": "store: the last commit failed"}, status_code=503)
     return JSONResponse({"status": "ready", "rooms": len(registry.rooms), "store": registry.store.name})
 

@@ -174,7 +174,7 @@ STREAM_CONNECTED = Gauge("collab_stream_connected", "1 while the stream follower
 COMMIT_CONFLICTS = Counter(
     "collab_commit_conflicts_total",
     "Commits of a shared room refused because another process stored first: the room's updates were "
-    "made again over the other's (or, for its access state, the room was loaded again).",
+    "made again over the other's, or its access state merged with the other's, and committed again.",
 )
 CATCH_UPS = Counter(
     "collab_catch_ups_total",

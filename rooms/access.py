@@ -239,6 +239,8 @@ def merge(base: Access, mine: Access, theirs: Access) -> Access:
     links: list[Link] = []
     for link in theirs.links:
         own = ours.get(link.link_id)
+        if own is None and link.link_id in known:
+            continue  # dropped here: revoked, beyond the revoked links kept
         if own is not None:
             revoked = [when for when in (own.revoked, link.revoked) if when is not None]
             shown = [version for version in (own.first_shown, link.first_shown) if version is not None]

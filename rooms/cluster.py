@@ -29,13 +29,14 @@ import contextlib
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from observability import metrics
-from rooms.errors import RoomError
+from rooms.errors import RoomError, StorageUnavailable
+from rooms.protocol import Hello
 from rooms.room import Room, RoomId, UncommittedUpdates, UpdatesMissing
 from rooms.session import Shared
 from rooms.shared_presence import SharedPresence
@@ -68,6 +69,7 @@ class Cluster:
         is_idle: Callable[[Room], bool],
         head_check_seconds: float,
         catch_up_limit: int,
+        reads_at_once: int = 2,
     ) -> None:
         self.store = store
         self.streams = streams
@@ -85,6 +87,11 @@ class Cluster:
         self._check_now = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
+        # Reads of the database for catch-ups and access states, at most this many at once:
+        # commits share the pool with them and must not wait behind a burst of them.
+        self._reads = asyncio.Semaphore(max(1, reads_at_once))
+        self._refresh_wanted: set[RoomId] = set()  # rooms whose access state to read again
+        self._digests: dict[RoomId, tuple[tuple[str, str, str], str]] = {}  # `_digest`
 
     @classmethod
     def joining(cls, registry: RoomRegistry) -> Cluster:
@@ -110,11 +117,17 @@ class Cluster:
         def on_members(room_id: str, members: dict[str, dict[str, Any]]) -> None:
             cluster.on_members(room_id, members)
 
+        prefix = settings.redis_key_prefix
         streams = UpdateStreams(
-            settings.redis_url, max_length=settings.stream_max_length, on_records=on_records, on_reconnect=on_reconnect
+            settings.redis_url,
+            max_length=settings.stream_max_length,
+            prefix=prefix,
+            on_records=on_records,
+            on_reconnect=on_reconnect,
         )
         presence = SharedPresence(
             settings.redis_url,
+            prefix=prefix,
             process_id=secrets.token_hex(8),
             timeout_seconds=settings.presence_timeout_seconds,
             on_event=on_event,
@@ -130,6 +143,7 @@ class Cluster:
             is_idle=is_idle,
             head_check_seconds=settings.cluster_head_check_seconds,
             catch_up_limit=settings.history_limit,
+            reads_at_once=max(1, settings.database_pool_size // 4),
         )
         committer.after_commit = cluster.after_commit
         registry.loaded.on_loaded = cluster.attach
@@ -170,6 +184,7 @@ class Cluster:
         """A room was unloaded."""
         self.streams.unfollow(room_id)
         self.presence.unfollow(room_id)
+        self._digests.pop(room_id, None)
         self._behind.discard(room_id)
         task = self._catching_up.pop(room_id, None)
         if task is not None:
@@ -197,7 +212,7 @@ class Cluster:
                 case "language":
                     room.remote_language(payload.get("language"), payload.get("user_id"))
                 case "access":
-                    self._spawn(self.refresh_access([room.room_id]), f"collab-access-{room_id}")
+                    self._refresh_soon(room.room_id)
                     return
         except RoomError as error:
             log.warning("presence_event_refused", room_id=room_id, kind=kind, error=str(error))
@@ -218,6 +233,8 @@ class Cluster:
         rooms that refused others' updates meanwhile now read them."""
         for write in writes:
             if write.records:
+                if len(self._publishes) == MAX_QUEUED_PUBLISHES:  # Redis far behind: the oldest go
+                    metrics.STREAM_APPENDS.labels("error").inc(len(self._publishes[0][1]))
                 self._publishes.append((write.room_id, write.records))
                 self._publish_wanted.set()
             if write.access is not None:  # the others read it now, not at their next check
@@ -244,7 +261,7 @@ class Cluster:
         room = self.rooms.get(RoomId(room_id))
         if room is None or room.failing:
             return
-        known = room.document.version - (len(room.pending) if room.pending is not None else 0)
+        known = room.committed_version
         fresh = [record for record in records if record.version > known]
         if not fresh:
             return
@@ -260,9 +277,7 @@ class Cluster:
             log.exception("stream_update_refused", room_id=room_id)
             self.catch_up(room.room_id)
             return
-        now = time.time()
-        for record in fresh:
-            metrics.STREAM_LAG.observe(max(0.0, now - record.time))
+        room.cursors_due()
         self.carry_out(room)
 
     def on_reconnect(self) -> None:
@@ -286,38 +301,108 @@ class Cluster:
         room_ids = list(self.rooms)
         if not room_ids:
             return
-        heads = await self.store.head(room_ids)
+        async with self._reads:
+            heads = await self.store.head(room_ids)
         for room_id, head in heads.items():
             room = self.rooms.get(RoomId(room_id))
-            if room is not None and head > room.document.version - (len(room.pending or ())):
+            if room is not None and head > room.committed_version:
                 self.catch_up(room.room_id)
-        await self.refresh_access(room_ids)
+        async with self._reads:
+            digests = await self.store.access_digests(room_ids)
+        changed = [room_id for room_id, digest in digests.items() if digest != self._digest(room_id)]
+        if changed:
+            await self.refresh_access(changed)
+
+    def _digest(self, room_id: RoomId) -> str:
+        """The digest of what the room last stored or read (remembered while it is the same)."""
+        room = self.rooms.get(room_id)
+        if room is None:
+            return ""
+        state = (room.access_stored, room.notes_stored, room.language)
+        known = self._digests.get(room_id)
+        if known is None or any(a is not b for a, b in zip(known[0], state, strict=True)):
+            known = self._digests[room_id] = (state, self.store.digest_of(*state))
+        return known[1]
+
+    async def stored_access(self, room_id: RoomId) -> tuple[str, str, str] | None:
+        """The room's access state, notes and language as stored now (None when they cannot be
+        read: this process's own view decides then)."""
+        try:
+            async with self._reads:
+                return (await self.store.accesses([room_id])).get(room_id)
+        except Exception:
+            log.warning("stored_access_unreadable", room_id=room_id, exc_info=True)
+            return None
+
+    async def admitting(
+        self, room: Room, hello: Hello, stored: tuple[str, str, str] | None, reopen: Callable[[], Awaitable[Room]]
+    ) -> Room:
+        """The room to admit ``hello`` to, brought up to what the client knows: the access state
+        ``stored`` now, and the version it was shown on another process (this one may be a
+        little behind: welcomed at an older version, the client would drop its unconfirmed
+        work). `StorageUnavailable` (reconnect in a moment) if it cannot get there in time."""
+        if stored is not None:
+            self.take_access(room, stored)
+        wanted = hello.version
+        if wanted is None or wanted <= room.document.version or hello.epoch not in (None, room.document.epoch):
+            return room
+        deadline = time.monotonic() + max(1.0, 2 * self.head_check_seconds)
+        while room.document.version < wanted and time.monotonic() < deadline:
+            self.catch_up(room.room_id)  # now, or after its own commit
+            task = self._catching_up.get(room.room_id)
+            if task is not None:
+                await asyncio.wait([task], timeout=0.5)
+            else:
+                await asyncio.sleep(0.02)  # its own commit goes first, then the catch-up
+            room = await reopen()  # the same room, or the one loaded after a reset
+        if room.document.version < wanted:
+            raise StorageUnavailable()
+        return room
+
+    def take_access(self, room: Room, stored: tuple[str, str, str]) -> None:
+        """Make what is stored the room's access state, notes and language, if it is news to it
+        (the language: unless the room changed it and has not stored it yet)."""
+        access, notes, language = stored
+        if room.failing:
+            return
+        try:
+            if (access, notes) != (room.access_stored, room.notes_stored):
+                room.refresh_access(access, notes)
+            if language != room.language and not room.language_unstored:
+                room.remote_language(language, None)
+        except (ValueError, RoomError):
+            log.error("stored_access_unreadable", room_id=room.room_id)
+        self.carry_out(room)
 
     async def refresh_access(self, room_ids: list[RoomId]) -> None:
         """Take the access state the database holds for these rooms (changed elsewhere)."""
-        stored = await self.store.accesses(room_ids)
-        for room_id, (access, notes) in stored.items():
+        async with self._reads:
+            stored = await self.store.accesses(room_ids)
+        for room_id, state in stored.items():
             room = self.rooms.get(RoomId(room_id))
-            if room is None or room.failing or (access, notes) == (room.access_stored, room.notes_stored):
-                continue
-            try:
-                room.refresh_access(access, notes)
-            except ValueError:
-                log.error("stored_access_unreadable", room_id=room_id)
-                continue
-            self.carry_out(room)
+            if room is not None:
+                self.take_access(room, state)
 
-    def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
-        task = asyncio.create_task(work, name=name)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-        task.add_done_callback(_log_failure)
+    def _refresh_soon(self, room_id: RoomId) -> None:
+        """Read the room's access state again soon: notices that come meanwhile share the read."""
+        first = not self._refresh_wanted
+        self._refresh_wanted.add(room_id)
+        if first:
+            task = asyncio.create_task(self._refresh_wanted_rooms(), name="collab-access-refresh")
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+            task.add_done_callback(_log_failure)
+
+    async def _refresh_wanted_rooms(self) -> None:
+        await asyncio.sleep(0)  # notices of the same loop turn join this read
+        wanted, self._refresh_wanted = list(self._refresh_wanted), set()
+        await self.refresh_access(wanted)
 
     def catch_up(self, room_id: RoomId) -> None:
         """Read what the room lacks from the database (once at a time per room)."""
         if room_id in self._catching_up or room_id not in self.rooms:
             return
-        task = asyncio.create_task(self._catch_up(room_id), name=f"collab-catch-up-{room_id}")
+        task = asyncio.create_task(self._catch_up(room_id), name="collab-catch-up")  # no room id: logs tag it
         self._catching_up[room_id] = task
         task.add_done_callback(lambda _: self._catching_up.pop(room_id, None))
 
@@ -332,7 +417,8 @@ class Cluster:
         after = room.document.version
         try:
             while True:
-                page = await self.store.history(room_id, after, CATCH_UP_PAGE)
+                async with self._reads:
+                    page = await self.store.history(room_id, after, CATCH_UP_PAGE)
                 records.extend(page)
                 if len(page) < CATCH_UP_PAGE or len(records) > self.catch_up_limit:
                     break
@@ -364,6 +450,7 @@ class Cluster:
             self.reset(room)
             return
         log.info("room_caught_up", room_id=room_id, updates=len(records), version=room.document.version)
+        room.cursors_due()
         self.carry_out(room)
 
 

@@ -30,6 +30,10 @@ from rooms.store import Record, RoomWrite, StaleWrite, Store, StoreConflict
 
 log = structlog.get_logger("collab.rooms")
 
+# How long after a failed commit readiness waits for a commit to succeed before it lets clients
+# in again to try one.
+STORE_RETRY_SECONDS = 10.0
+
 
 class Committer:
     """Commits rooms' changes in groups (see the module docstring)."""
@@ -54,7 +58,7 @@ class Committer:
         self.after_commit = after_commit
         self.max_retries = max_retries
         self.catch_up_limit = catch_up_limit  # most updates read to make a lost commit again
-        self.store_ok = True  # False after a failed commit, until one succeeds
+        self.last_ok = True  # whether the last commit succeeded
         self.failed_at = float("-inf")  # time.monotonic() of the last failed commit
         self._dirty: dict[RoomId, Room] = {}
         self._wanted: asyncio.Future[None] | None = None  # what the task sleeps on when idle
@@ -64,6 +68,13 @@ class Committer:
         self._done: asyncio.Future[None] | None = None
         self._idle_waiters: list[asyncio.Future[bool]] = []  # `wait_committed` calls
         self._cycle_waiters: list[asyncio.Future[None]] = []  # woken after every commit attempt
+
+    @property
+    def store_ok(self) -> bool:
+        """False after a failed commit, until one succeeds or `STORE_RETRY_SECONDS` passed: a
+        process that no load balancer sends clients to would never commit again after an
+        outage (readiness also needs the store's own check to pass)."""
+        return self.last_ok or time.monotonic() - self.failed_at >= STORE_RETRY_SECONDS
 
     def want(self, room: Room) -> None:
         """The room has changes to commit (started on first use)."""
@@ -179,7 +190,7 @@ class Committer:
             except Exception:
                 log.exception("store_commit_failed", rooms=len(writes), updates=sum(len(w.records) for w in writes))
                 metrics.STORE_ERRORS.inc()
-                self.store_ok = False
+                self.last_ok = False
                 self.failed_at = time.monotonic()
                 for room in rooms:
                     self._fail(room)
@@ -195,7 +206,7 @@ class Committer:
             for write in writes:  # a run is in one commit only: counted once, once stored
                 for run in write.runs:
                     metrics.RUNS.labels(run.language, run.kind, run.status).inc()
-            self.store_ok = True
+            self.last_ok = True
             try:
                 self.after_commit(writes)
             except Exception:
@@ -227,10 +238,10 @@ class Committer:
                 metrics.COMMIT_CONFLICTS.inc()
                 room = rooms[index]
                 attempts[room.room_id] = attempts.get(room.room_id, 0) + 1
-                if not stale.epoch and attempts[room.room_id] <= self.max_retries:
-                    await self._merge_access(room, taken, index)
+                retry = not stale.epoch and attempts[room.room_id] <= self.max_retries
+                if retry and await self._merge_access(room, taken, index):
                     continue
-                log.warning("stale_write", room_id=stale.room_id, reason=str(stale))
+                log.warning("stale_write", room_id=stale.room_id, reason="epoch" if stale.epoch else "access")
             except StoreConflict as conflict:
                 index = next((i for i, room in enumerate(rooms) if room.room_id == conflict.room_id), None)
                 if index is None or rooms[index].pending is None:
@@ -248,15 +259,18 @@ class Committer:
             if not taken:
                 return taken
 
-    async def _merge_access(self, room: Room, taken: list[tuple[RoomWrite, int]], index: int) -> None:
+    async def _merge_access(self, room: Room, taken: list[tuple[RoomWrite, int]], index: int) -> bool:
         """The room's access state and notes changed in the store since the write read them:
         both changes are kept in the write, now over what is stored (`Room.merge_access`)."""
-        stored = (await self.store.accesses([room.room_id])).get(room.room_id, ("", ""))
+        stored = (await self.store.accesses([room.room_id])).get(room.room_id, ("", ""))[:2]
+        if room.failing or not self.is_loaded(room):
+            return False
         write, count = taken[index]
         assert write.access_base is not None  # only a checked write is stale
         access, notes = room.merge_access(write.access_base, stored)
         taken[index] = (replace(write, access=access, notes=notes, access_base=stored), count)
         self.on_changed(room)
+        return True
 
     async def _make_again(self, room: Room, taken: list[tuple[RoomWrite, int]], index: int, committed: int) -> bool:
         """Make the room's updates after ``committed`` again over what the store holds after it,
@@ -267,7 +281,7 @@ class Committer:
             if room.failing or not self.is_loaded(room):
                 return False
             room.rebase_over(committed, records)
-        except ValueError:
+        except Exception:  # only this room is reset (what the store holds does not apply, ...)
             log.warning("commit_not_made_again", room_id=room.room_id, exc_info=True)
             return False
         log.info("commit_rebased", room_id=room.room_id, over=len(records))
@@ -280,6 +294,7 @@ class Committer:
                 runs=(*old.runs, *write.runs),
                 access=write.access if write.access is not None else old.access,
                 access_base=old.access_base if old.access is not None else write.access_base,
+                language_changed=old.language_changed or write.language_changed,
             ),
             count,
         )
@@ -296,7 +311,7 @@ class Committer:
             if len(page) < 1000:
                 return records
             if len(records) > self.catch_up_limit:
-                raise ValueError(f"room {room.room_id!r}: more than {self.catch_up_limit} updates to catch up")
+                raise ValueError(f"more than {self.catch_up_limit} updates to catch up")
             version = page[-1].version
 
     def _fail(self, room: Room) -> None:

@@ -110,9 +110,11 @@ FULL_TEXT_DIFF_MAX_EDITS = 100
 
 @dataclass(frozen=True, slots=True)
 class _Undo:
-    """What one applied update replaced: enough to take it back (`Document.rollback`)."""
+    """What one applied update replaced: enough to take it back (`Document.rollback`). Only
+    the first since the last `settle` keeps the text (the one a rollback goes back to): a
+    room's updates waiting for a stalled store do not each hold a copy of the document."""
 
-    text: str
+    text: str | None
     length: int
     client_id: ClientId
     last_seq: tuple[int, int] | None
@@ -416,17 +418,18 @@ class Document:
             del undo[: max(0, len(undo) - (self._version - version))]
 
     def rollback(self, version: int) -> None:
-        """Take back every update after ``version`` (none of them settled): the text, version,
-        history and seqs are as they were at ``version``. Raises `ValueError` when an update
-        after ``version`` was settled or made before `keep_undo`."""
+        """Take back every update after ``version``, the last settled one: the text, version,
+        history and seqs are as they were at ``version``. Raises `ValueError` for any other
+        version (one settled, or not the last settled), or without `keep_undo`."""
         undo = self._undo
-        count = self._version - version
-        if count < 0 or undo is None or count > len(undo):
+        if undo is None or self._version - version != len(undo):
             raise ValueError(f"cannot roll back from version {self._version} to {version}")
-        for _ in range(count):
+        if undo:
+            first = undo[0]
+            assert first.text is not None
+            self._text, self._length, self._version = first.text, first.length, version
+        while undo:
             entry = undo.pop()
-            self._text, self._length = entry.text, entry.length
-            self._version -= 1
             if self._history:  # the history may have forgotten it already (its limits)
                 self._history.pop()
                 self._totals.pop()
@@ -437,7 +440,8 @@ class Document:
 
     def _apply(self, text: str, client_id: ClientId, seq: int, changes: ChangeSet, user_id: str) -> Update:
         if self._undo is not None:
-            self._undo.append(_Undo(self._text, self._length, client_id, self._last_seq.get(client_id)))
+            kept = None if self._undo else self._text
+            self._undo.append(_Undo(kept, self._length, client_id, self._last_seq.get(client_id)))
         self._text = text
         self._length = changes.new_length
         self._version += 1

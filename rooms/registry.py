@@ -19,12 +19,12 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import structlog
 
 from observability import metrics
 from rooms.addresses import Address, AddressTable
+from rooms.cluster import Cluster
 from rooms.committer import Committer
 from rooms.document import ClientId, Update
 from rooms.errors import (
@@ -58,14 +58,7 @@ from rooms.settings import Settings
 from rooms.store import Store as RoomStore
 from rooms.store.memory import MemoryStore
 
-if TYPE_CHECKING:
-    from rooms.cluster import Cluster
-
 log = structlog.get_logger("collab.rooms")
-
-# How long after a failed commit readiness waits for a commit to succeed before it lets clients
-# in again to try one.
-STORE_RETRY_SECONDS = 10.0
 
 # A close waits at most this long: cutting a WebSocket close shorter would cancel the library's
 # own close timeout, which is what aborts the TCP connection of a client that stopped reading.
@@ -99,6 +92,7 @@ class RoomRegistry(PrivateRooms):
             on_committed=self._committed,
             on_failed=self._fail_room,
             on_changed=self._carry_out,
+            catch_up_limit=settings.history_limit,
         )
         self.loaded = LoadedRooms(
             settings,
@@ -118,19 +112,7 @@ class RoomRegistry(PrivateRooms):
         )
         self._shutdown_logged = False
         # Rooms shared with other processes (`REDIS_URL`): None in a single process.
-        self.cluster: Cluster | None = None
-        if settings.redis_url:
-            from rooms.cluster import Cluster
-
-            self.cluster = Cluster.joining(self)
-
-    @property
-    def store_ok(self) -> bool:
-        """False after a failed commit, until one succeeds or `STORE_RETRY_SECONDS` passed: a
-        process that no load balancer sends clients to would never commit again after an
-        outage (readiness also needs the store's own check to pass)."""
-        committer = self.committer
-        return committer.store_ok or time.monotonic() - committer.failed_at >= STORE_RETRY_SECONDS
+        self.cluster = Cluster.joining(self) if settings.redis_url else None
 
     # Lifecycle
 
@@ -235,6 +217,8 @@ class RoomRegistry(PrivateRooms):
         check_client_id(hello.client_id)  # before `open`: a refused hello makes no room
         attempt = self._link_attempt(address) if hello.token is not None else None
         try:
+            # A link is checked against the access state as stored now, not as last heard of.
+            stored = await self.cluster.stored_access(room_id) if self.cluster and hello.token else None
             try:
                 # A link never makes a room (one of a room deleted since would make an open one).
                 room = await self.open(room_id, address, create=hello.token is None)
@@ -242,6 +226,9 @@ class RoomRegistry(PrivateRooms):
                 if attempt is not None:
                     attempt.failed("unknown")
                 raise
+            if self.cluster is not None:
+                reopen = lambda: self.open(room_id, address, create=hello.token is None)  # noqa: E731
+                room = await self.cluster.admitting(room, hello, stored, reopen)
             # A reconnect that takes its own connection over does not count that connection twice.
             replaces = room.clients.get(ClientId(hello.client_id))
 

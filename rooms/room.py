@@ -97,8 +97,7 @@ class UpdatesMissing(Exception):
 
 class UncommittedUpdates(Exception):
     """Updates committed elsewhere arrived while the room has updates of its own not yet
-    committed: their versions may be the same. Feed them again once the room's commit returned
-    (a commit that lost the race to another process fails, and the room is reset)."""
+    committed: their versions may be the same. Its commit reads them if it lost (`rebase_over`)."""
 
     def __init__(self, version: int) -> None:
         self.version = version
@@ -149,7 +148,7 @@ class Room(MessageHandling):
         self.access = Access()
         self.notes = ""
         self.link_secrets: dict[str, str] = {}  # link_id -> secret, of links made while loaded
-        self.access_changed = False
+        self.access_changed = self.language_unstored = False  # (`RoomWrite.language_changed`)
         self._actions: list[Action] = []
         self.init_runs(questions)  # the question catalog, and the runs going on (`RunControl`)
 
@@ -401,9 +400,11 @@ class Room(MessageHandling):
             bound,
             access,
             self.notes,
-            access_base,
-            runs,
+            access_base=access_base,
+            language_changed=self.language_unstored,
+            runs=runs,
         )
+        self.language_unstored = False
         return write, self.changes_made
 
     def committed(self, count: int) -> None:

@@ -21,7 +21,7 @@ import structlog
 from rooms.access import SHARED_ROLES, Access, Act, Role, admit, allowed, merge, refusal
 from rooms.document import Document
 from rooms.errors import Forbidden, InvalidMessage
-from rooms.presence import UserId
+from rooms.presence import Presence, UserId
 from rooms.protocol import (
     End,
     EndedOut,
@@ -82,6 +82,8 @@ class AccessControl:
     # until it is committed, what is stored may be about to be replaced by it.
     access_written: int = 0
     changes_durable: int
+    presence: Presence
+    remote: set[UserId] | None
     access_changed: bool
 
     @abstractmethod
@@ -158,12 +160,17 @@ class AccessControl:
 
     def _remove(self, session: Session, user_id: UserId) -> None:
         target = self.sessions.get(user_id)
-        if target is None:
-            raise InvalidMessage(f"no member {user_id[:64]!r} in this room")
-        if target.role is Role.INTERVIEWER or target.role is None:
+        role = target.role if target is not None else None
+        if target is None:  # a member connected to another process: its role is in the presence
+            member = self.presence.get(user_id) if user_id in (self.remote or ()) else None
+            if member is None:
+                raise InvalidMessage(f"no member {user_id[:64]!r} in this room")
+            role = Role(member.role) if member.role in {r.value for r in Role} else None
+        if role is Role.INTERVIEWER or role is None:
             raise Forbidden("interviewers cannot be removed")
-        # Its link is revoked: the member cannot come back through it (nor anyone else).
-        self._revoke(session, target.role, renew=False, reason="removed from the room")
+        # Its link is revoked: the member cannot come back through it (nor anyone else), and
+        # the process it is connected to closes it when it reads the revocation.
+        self._revoke(session, role, renew=False, reason="removed from the room")
         log.info("member_removed", room_id=self.room_id, user_id=session.user_id, removed=user_id)
 
     def _revoke(self, session: Session, role: Role, renew: bool, reason: str = "link revoked") -> None:

@@ -104,6 +104,7 @@ class MessageHandling(RunControl, Rebasing, RemoteMembers):
     unsynced: list[Record]
     held: deque[tuple[int, Send]]
     failing: bool
+    language_unstored: bool
     _actions: list[Action]
 
     @abstractmethod
@@ -289,7 +290,8 @@ class MessageHandling(RunControl, Rebasing, RemoteMembers):
         if isinstance(result, Unchanged):
             # No version, nothing stored: only the author hears of it, after anything queued
             # for it before (`_send` keeps the line of messages held until their commit).
-            self.remember(result.version, session.client_id, result.seq, session.user_id, Made(push.version, changes))
+            made = Made(push.version, changes)
+            self.remember(result.version, session.client_id, result.seq, session.user_id, made, new_version=False)
             self._send(Send(session, encode_ack(result.seq, result.version), "ack"))
             return
         self._publish(session, result, Made(push.version, changes))
@@ -353,6 +355,7 @@ class MessageHandling(RunControl, Rebasing, RemoteMembers):
 
     def _language(self, session: Session, message: Language) -> None:
         self.language = clean_language(message.language)
+        self.language_unstored = True
         self.mark_changed()
         out = LanguageOut(language=self.language, user_id=session.user_id).encode()
         self.tell_others("language", language=self.language, user_id=session.user_id)

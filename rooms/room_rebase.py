@@ -29,7 +29,7 @@ from rooms.changes import ChangeSet
 from rooms.document import ClientId, Document, Unchanged, Update
 from rooms.errors import RoomError
 from rooms.presence import Presence, Selection, UserId
-from rooms.protocol import CodeChangeOut, encode_ack, encode_update
+from rooms.protocol import CodeChangeOut, WireProtocol, encode_ack, encode_update
 from rooms.session import CLOSE_TRY_AGAIN_LATER, Action, DropReason, Send, Session
 from rooms.settings import Settings
 from rooms.store import Record
@@ -65,11 +65,12 @@ class Made:
 class Pending:
     """An update not yet committed, and how it was made."""
 
-    version: int  # the version it made
+    version: int  # the version it made (the version it was applied at, when it made none)
     client_id: ClientId
     seq: int
     user_id: str
     made: Made
+    new_version: bool = True  # False: a push that changed nothing (it was only acknowledged)
 
 
 class Rebasing:
@@ -113,12 +114,21 @@ class Rebasing:
             self.pending = deque()
             self.document.keep_undo()
 
-    def remember(self, version: int, client_id: ClientId, seq: int, user_id: str, made: Made) -> None:
+    def remember(
+        self, version: int, client_id: ClientId, seq: int, user_id: str, made: Made, new_version: bool = True
+    ) -> None:
         """A push or text was applied at ``version`` (``made`` says how; a push that changed
         nothing too: its acknowledgement is made again with it): kept until ``version`` is
         committed, when the room is shared."""
         if self.pending is not None:
-            self.pending.append(Pending(version, client_id, seq, user_id, made))
+            self.pending.append(Pending(version, client_id, seq, user_id, made, new_version))
+
+    @property
+    def committed_version(self) -> int:
+        """The newest version committed: the document's, less the versions of its own updates
+        not yet committed."""
+        pending = self.pending
+        return self.document.version - (sum(entry.new_version for entry in pending) if pending else 0)
 
     def settle(self, version: int) -> None:
         """Every update up to ``version`` is committed (by this process or another)."""
@@ -148,7 +158,7 @@ class Rebasing:
         pending.clear()
         self.unsynced = []
         self.snapshot_version = min(self.snapshot_version, committed)
-        welcomed, full_text = self._drop_held_made_from_text(committed)
+        welcomed = self._drop_held_made_from_text(committed)
         length = document.length
         for member in self.presence:  # moved over updates taken back: kept inside the text
             if member.selection is not None:
@@ -166,23 +176,23 @@ class Rebasing:
         nothing = sum(1 for entry in again if not self._make_again(entry))
         for session in welcomed:
             self.leave(session, code=CLOSE_TRY_AGAIN_LATER, reason="the room moved on: reconnect")
-        if full_text:  # their text, as it is now
-            text = CodeChangeOut(code=document.text, user_id="").encode()
-            for session in full_text:
+        # Full-text clients: the text as it is now (an author gets no copy of its own change, and
+        # may have been shown the winner's text above).
+        text = CodeChangeOut(code=document.text, user_id="").encode()
+        for session in list(self.sessions.values()):
+            if session.protocol is WireProtocol.FULL_TEXT:
                 self._send(Send(session, text, "code_change"))
         return nothing
 
-    def _drop_held_made_from_text(self, committed: int) -> tuple[list[Session], set[Session]]:
+    def _drop_held_made_from_text(self, committed: int) -> list[Session]:
         """Drop the held messages made from the text after ``committed`` (being taken back):
         updates, acknowledgements, cursors and welcomes at a later version, and every
-        full-text message (they carry no version). The sessions whose welcome was dropped, and
-        the full-text sessions whose text was."""
+        full-text message (they carry no version: the text is sent again). The sessions whose
+        welcome was dropped."""
         kept: deque[tuple[int, Send]] = deque()
         welcomed: list[Session] = []
-        full_text: set[Session] = set()
         for count, send in self.held:
             if send.kind == "code_change":
-                full_text.add(send.session)
                 continue
             if send.kind in _VERSIONED and _top_version(send.message) > committed:
                 if send.kind == "welcome":
@@ -190,7 +200,7 @@ class Rebasing:
                 continue
             kept.append((count, send))
         self.held = kept
-        return welcomed, full_text
+        return welcomed
 
     def _make_again(self, entry: Pending) -> bool:
         """Apply a pending update again on top of the document; False if it is nothing now."""
@@ -211,7 +221,7 @@ class Rebasing:
                     max_steps=settings.max_rebase_steps,
                 )
                 if isinstance(result, Unchanged):
-                    self.remember(result.version, entry.client_id, entry.seq, entry.user_id, made)
+                    self.remember(result.version, entry.client_id, entry.seq, entry.user_id, made, new_version=False)
                     if author is not None:
                         self._send(Send(author, encode_ack(result.seq, result.version), "ack"))
                     return False

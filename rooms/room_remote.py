@@ -25,7 +25,7 @@ from typing import Any
 
 from rooms.document import Document
 from rooms.errors import InvalidMessage, VersionFromFuture, VersionTooOld
-from rooms.limits import clean_language
+from rooms.limits import clean_language, clean_username
 from rooms.presence import Member, Presence, Selection, UserId
 from rooms.protocol import CursorOut, LanguageOut, WireProtocol
 from rooms.session import Action, Send, Session, Shared
@@ -60,6 +60,7 @@ class RemoteMembers:
     def share_presence(self) -> None:
         if self.remote is None:
             self.remote = set()
+            self.cursors_waiting: dict[UserId, tuple[int, int, int]] = {}
 
     def tell_others(self, kind: str, **payload: Any) -> None:
         """Something the other processes serving the room must show (only when shared)."""
@@ -72,8 +73,8 @@ class RemoteMembers:
         if remote is None:
             return
         user_id, username, color, role = _member_fields(info, self.settings.max_username_chars)
-        if user_id in self.presence:
-            return
+        if user_id in self.presence or len(remote) >= self.settings.max_members_per_room:
+            return  # known, or more than a room holds: not shown (the others are)
         member = self.presence.add(user_id, username, color, role)
         remote.add(user_id)
         self._announce_joined(member)
@@ -110,6 +111,11 @@ class RemoteMembers:
             return
         assert isinstance(anchor, int) and isinstance(head, int) and isinstance(version, int)
         document = self.document
+        if version > document.version:
+            # Told before the update it was made after reached this process (cursors travel
+            # faster than commits): shown once it has (`cursors_due`), the newest per member.
+            self.cursors_waiting[UserId(user_id)] = (anchor, head, version)
+            return
         selection = Selection(anchor, head)
         try:
             if document.version - version <= self.settings.max_rebase_versions:
@@ -126,6 +132,14 @@ class RemoteMembers:
         for session in list(self.sessions.values()):
             if session.protocol is WireProtocol.VERSIONED:
                 self._send(Send(session, message, "cursor"))
+
+    def cursors_due(self) -> None:
+        """Show the waiting cursors of members of other processes whose version is here now."""
+        waiting = self.cursors_waiting
+        for user_id, (anchor, head, version) in list(waiting.items()):
+            if version <= self.document.version or user_id not in (self.remote or ()):
+                del waiting[user_id]
+                self.remote_cursor(user_id, anchor, head, version)
 
     def remote_language(self, language: object, user_id: object) -> None:
         """The room's language was changed on another process (which stored it)."""
@@ -148,6 +162,7 @@ def _member_fields(info: Mapping[str, object], max_username: int) -> tuple[UserI
         raise InvalidMessage("a remote member needs a user_id")
     if not isinstance(username, str) or len(username) > max_username:
         raise InvalidMessage("a remote member needs a username")
+    username = clean_username(username, max_username)  # as its own process did: checked again
     if not (isinstance(color, str) and len(color) == _COLOR_CHARS and color.startswith("#")):
         color = None
     if role not in _ROLES:

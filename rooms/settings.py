@@ -49,6 +49,7 @@ class Settings(BaseSettings):
     stream_max_length: int = Field(default=1_000, ge=10)
     cluster_head_check_seconds: float = Field(default=2.0, gt=0)
     presence_timeout_seconds: float = Field(default=10.0, ge=1)
+    redis_key_prefix: str = Field(default="collab:", min_length=1, max_length=64)
 
     # Document
     max_document_chars: int = Field(default=100_000, ge=1)

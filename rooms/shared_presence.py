@@ -115,6 +115,7 @@ class SharedPresence:
         if max_queued < 1 or batch_size < 1:
             raise ValueError("max_queued and batch_size must be at least 1")
         self.process_id, self.timeout_seconds, self.prefix = process_id, timeout_seconds, prefix
+        self.expiry_ms = max(1, round(timeout_seconds * 1000))  # of the process key
         self.on_event, self.on_members = on_event, on_members
         self.max_queued, self.batch_size = max_queued, batch_size
         self.timeout, self.poll_seconds = timeout, poll_seconds
@@ -294,14 +295,13 @@ class SharedPresence:
 
     async def _heartbeat(self) -> None:
         """This process is alive, its members are these; then every followed room's members."""
-        await self._writer.set(
-            process_key(self.prefix, self.process_id), "1", px=max(1, round(self.timeout_seconds * 1000))
-        )
+        await self._writer.set(process_key(self.prefix, self.process_id), "1", px=self.expiry_ms)
         for chunk in _chunks([room_id for room_id, members in self._own.items() if members], self.batch_size):
             async with self._writer.pipeline(transaction=False) as pipe:
                 for room_id in chunk:
                     members: dict[FieldT, EncodableT] = dict(self._own[room_id].items())
                     pipe.hset(members_key(self.prefix, room_id), mapping=members)
+                    pipe.pexpire(members_key(self.prefix, room_id), self.expiry_ms * 3)  # gone once unwritten
                 await pipe.execute()
         self._wanted.clear()
         await self._read_members(sorted(self._followed))

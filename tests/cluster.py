@@ -18,6 +18,7 @@ import contextlib
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import time
@@ -31,6 +32,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import psycopg
+import pytest
 import redis
 import redis.asyncio
 from psycopg import sql
@@ -49,7 +51,7 @@ from tests.postgres_schemas import unavailable as postgres_unavailable
 
 _REDIS = urlsplit(os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379"))
 REDIS_HOST, REDIS_PORT = _REDIS.hostname or "127.0.0.1", _REDIS.port or 6379
-REDIS_DB = 13  # the streams' own tests use 15
+REDIS_DB = 13  # flushed; test_streams.py uses 15, test_shared_presence.py 12, test_browser_cluster.py 11
 # Every wait of these tests is bounded; a process that starts answers within start_server's 60 s.
 CONVERGE_SECONDS = 45.0
 CONNECT_SECONDS = 3.0
@@ -255,6 +257,15 @@ class LiveCluster:
         return found
 
 
+# `PrivateRedis` runs a Redis of its own (to kill and start again): it needs the binary, which a
+# machine using a Redis elsewhere (TEST_REDIS_URL) may not have.
+REDIS_SERVER = shutil.which("redis-server")
+NO_REDIS_SERVER = (
+    "redis-server not found on PATH: this test runs a Redis of its own, to kill and restart "
+    "(Debian: apt-get install redis-server)"
+)
+
+
 class PrivateRedis:
     """A ``redis-server`` of the test's own, on a free loopback port, keeping nothing on disk:
     to be killed and started again on the same port."""
@@ -269,7 +280,9 @@ class PrivateRedis:
         return redis_url(self.port, db=0, host="127.0.0.1")
 
     def start(self) -> None:
-        argv = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        if REDIS_SERVER is None:
+            pytest.skip(NO_REDIS_SERVER)
+        argv = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
         with (self.tmp / f"redis-{self.port}.log").open("ab") as log:
             self.process = subprocess.Popen(argv, cwd=self.tmp, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 10

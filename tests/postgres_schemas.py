@@ -1,7 +1,9 @@
 """PostgreSQL for tests: each store gets a fresh schema of the test database, dropped afterwards.
 
 ``TEST_DATABASE_URL`` names the database (default: the local server, trust auth, database
-``test``). Tests that need it skip, saying why, when it does not answer.
+``test``); it is created when missing (from the server's ``postgres`` database). Tests that need
+it skip, saying why (libpq's own first line: server down, database missing, ...), when it does
+not answer.
 """
 
 from __future__ import annotations
@@ -20,16 +22,51 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an error's message (libpq's: "... failed: Connection refused",
+    "... FATAL:  database "test" does not exist"), after its type."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0].strip()}" if lines else type(exc).__name__
+
+
+def create_database(url: str) -> None:
+    """Creates ``url``'s database when the server has none by that name, from the server's
+    ``postgres`` database (which every server has). Another test process creating it at the
+    same time is no error."""
+    name = str(conninfo_to_dict(url).get("dbname") or "")
+    if not name or name == "postgres":
+        return
+    with psycopg.connect(make_conninfo(url, dbname="postgres"), autocommit=True, connect_timeout=3) as db:
+        if db.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+            return
+        # Two creations at once: the loser gets duplicate_database, or a unique_violation on
+        # pg_database's name index when both got past the check before either committed.
+        with contextlib.suppress(psycopg.errors.DuplicateDatabase, psycopg.errors.UniqueViolation):
+            db.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+
 @functools.cache
 def unavailable() -> str:
-    """Why PostgreSQL cannot be used for tests, or "" when it answers."""
+    """Why PostgreSQL cannot be used for tests, or "" when it answers (its database created
+    first when missing)."""
     params = conninfo_to_dict(TEST_DATABASE_URL)
+    where = f"{params.get('host', 'localhost')}:{params.get('port', 5432)}/{params.get('dbname', '')}"
     try:
         with psycopg.connect(TEST_DATABASE_URL, connect_timeout=3):
             return ""
     except psycopg.Error as exc:
-        where = f"{params.get('host', 'localhost')}:{params.get('port', 5432)}/{params.get('dbname', '')}"
-        return f"PostgreSQL at {where} (TEST_DATABASE_URL) does not answer: {type(exc).__name__}"
+        failed = exc
+    try:
+        create_database(TEST_DATABASE_URL)
+        with psycopg.connect(TEST_DATABASE_URL, connect_timeout=3):
+            return ""
+    except psycopg.Error as again:
+        # The first failure says why (server down, database missing, password refused, ...);
+        # the second, when it says something else, why creating the database did not help.
+        reason = first_line(failed)
+        if str(again) != str(failed):
+            reason += f"; then {first_line(again)}"
+        return f"PostgreSQL at {where} (TEST_DATABASE_URL) does not answer: {reason}"
 
 
 def require_postgres() -> None:

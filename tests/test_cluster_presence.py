@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 from websockets.exceptions import ConnectionClosed
 
+from rooms.changes import ChangeSet
+from rooms.replica import Replica
 from rooms.session import CLOSE_REVOKED
 from tests.cluster import LiveCluster, running_cluster, services_unavailable
 from tests.conftest import Client
@@ -103,3 +105,41 @@ async def test_a_lock_and_a_revocation_made_on_one_process_take_effect_on_anothe
     # Its link is dead on every process: a hello with it is refused on the other one too.
     again: Client = await connect_client(second.ws(interview.room_id))
     assert "error" == (await say_hello(again, "cand2", interview.tokens["candidate"]))["type"]
+
+
+async def test_a_client_that_moves_to_a_process_behind_resumes_where_it_was_and_keeps_its_work(
+    live_cluster: LiveCluster, connect_client: Connect
+) -> None:
+    """Its process committed what it was shown; the other has not heard of it yet (no stream
+    from that process, a slow head check): welcomed at an older version, the client would drop
+    its unconfirmed work. The process reads the room up to the client's version first."""
+    (ahead,) = await live_cluster.start(1, REDIS_URL="redis://127.0.0.1:9/0")  # nothing reaches Redis
+    (behind,) = await live_cluster.start(1, CLUSTER_HEAD_CHECK_SECONDS="600")
+    room = f"behind-{uuid.uuid4().hex[:8]}"
+    watcher: Client = await connect_client(behind.ws(room))  # the room is loaded there, at 0
+    await say_hello(watcher, "watcher")
+    kim = Replica("kim")
+    first: Client = await connect_client(ahead.ws(room))
+    await first.send(kim.hello("kim"))
+    for message in kim.receive([await first.recv_type("welcome")]).send:
+        await first.send(message)
+    await first.send(kim.edit(ChangeSet.of_replace(kim.length, 0, 0, "abc")) or {})
+    while kim.has_unconfirmed:
+        for message in kim.receive([await first.recv()]).send:
+            await first.send(message)
+    assert (1, "abc") == (kim.version, kim.text)
+    await first.close()
+    kim.edit(ChangeSet.of_replace(kim.length, 3, 3, "d"))  # typed while offline
+    second: Client = await connect_client(behind.ws(room))
+    await second.send(kim.hello("kim"))
+    welcome = await second.recv_type("welcome")
+    assert welcome["version"] >= 1 or welcome.get("doc") == "abc", welcome
+    received = kim.receive([welcome])
+    assert received.offer is None, received.offer
+    for message in received.send:
+        await second.send(message)
+    deadline = time.monotonic() + 10
+    while kim.has_unconfirmed and time.monotonic() < deadline:
+        for message in kim.receive([await second.recv(timeout=10)]).send:
+            await second.send(message)
+    assert ("abcd", False) == (kim.text, kim.has_unconfirmed)

@@ -19,6 +19,7 @@ import re
 import shutil
 import subprocess
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -456,3 +457,19 @@ def test_the_statistics_page_and_haproxys_metrics_answer(balancer: Balancer) -> 
 def test_the_fixture_refuses_a_count_of_servers_the_config_does_not_name() -> None:
     with pytest.raises(ValueError, match="names 3 servers, got 2"):
         haproxy_environment(":1", ":2", ["127.0.0.1:1", f"127.0.0.1:{free_port()}"])
+
+
+def test_the_proxy_log_holds_no_path_and_the_apps_metrics_are_not_public(balancer: Balancer) -> None:
+    """Paths hold room ids and link secrets (/join/<room>/<secret>): never logged, by the proxy
+    either; /metrics is for Prometheus, which scrapes each process directly."""
+    secret = "s3cr3t-link-secret-value"
+    with httpx.Client(timeout=5) as client:
+        client.get(f"{balancer.http}/join/room-1234/{secret}")
+        client.get(f"{balancer.http}/ws/room-1234")
+        assert 404 == client.get(f"{balancer.http}/metrics").status_code
+    deadline = time.monotonic() + 10
+    while "/join" not in balancer.log() and time.monotonic() < deadline:
+        time.sleep(0.05)  # haproxy writes its log asynchronously: there is no event to wait on
+    log = balancer.log()
+    assert "/join" in log and "/ws" in log
+    assert secret not in log and "room-1234" not in log

@@ -10,10 +10,11 @@ from typing import Any
 
 import pytest
 
+from rooms.committer import STORE_RETRY_SECONDS
 from rooms.errors import StorageUnavailable
 from rooms.lifecycle import EVICTION_RETRY_SECONDS
 from rooms.protocol import Hello, Language
-from rooms.registry import STORE_RETRY_SECONDS, RoomRegistry
+from rooms.registry import RoomRegistry
 from rooms.room_messages import RESTORE_CLIENT
 from rooms.session import CLOSE_TRY_AGAIN_LATER, Session
 from rooms.settings import Settings
@@ -349,7 +350,7 @@ async def test_a_failed_commit_drops_the_room_and_marks_the_store_unwell(
     store: GatedStore, registry: RoomRegistry
 ) -> None:
     await fail_a_commit(store, registry)
-    assert ({}, False) == (registry.rooms, registry.store_ok)
+    assert ({}, False) == (registry.rooms, registry.committer.store_ok)
 
 
 async def test_a_failed_commit_marks_the_store_unwell_for_a_while_only(
@@ -358,9 +359,9 @@ async def test_a_failed_commit_marks_the_store_unwell_for_a_while_only(
     """A process that a load balancer stopped sending clients to after a failed commit would
     never commit again: readiness lets clients in again to try after `STORE_RETRY_SECONDS`."""
     await fail_a_commit(store, registry)
-    assert False is registry.store_ok
+    assert False is registry.committer.store_ok
     registry.committer.failed_at -= STORE_RETRY_SECONDS
-    assert True is registry.store_ok
+    assert True is registry.committer.store_ok
 
 
 async def test_after_a_failed_commit_a_join_loads_what_the_store_holds(
@@ -377,7 +378,7 @@ async def test_a_successful_commit_marks_the_store_well_again(store: GatedStore,
     session, _ = await join(registry, "c3", "cy")
     registry.handle(session, push(1, 1, append(4, "!")))
     assert await registry.wait_committed(5.0)
-    assert True is registry.store_ok
+    assert True is registry.committer.store_ok
 
 
 async def test_a_store_that_cannot_load_makes_join_raise_storage_unavailable() -> None:

@@ -266,3 +266,35 @@ def test_access_stored_elsewhere_waits_while_the_room_has_an_access_change_of_it
     assert (True, True, "their notes") == (merged.locked, merged.ended, written[1])
     room.committed(count)  # the merged write is stored: what it shows goes out
     assert "ended" in types(room.take_actions(), members[Role.OBSERVER])
+
+
+def test_an_interviewer_removes_a_member_connected_to_another_process_by_its_link() -> None:
+    room, members = interview()
+    room.share()
+    room.share_presence()
+    room.remote_joined({"user_id": "far", "username": "Far", "role": "observer"})
+    room.take_actions()
+    room.receive(members[Role.INTERVIEWER], json.dumps({"type": "remove", "user_id": "far"}))
+    assert room.access.current(Role.OBSERVER) is None  # its process closes it when it reads this
+    assert members[Role.OBSERVER].revoked  # and the local observer came through the same link
+    room.remote_joined({"user_id": "boss2", "username": "Boss", "role": "interviewer"})
+    commit(room)
+    room.take_actions()
+    room.receive(members[Role.INTERVIEWER], json.dumps({"type": "remove", "user_id": "boss2"}))
+    assert "forbidden" in [m.get("code") for m in sent(room.take_actions(), members[Role.INTERVIEWER])]
+
+
+def test_a_remote_cursor_told_before_its_update_arrived_is_shown_once_it_has() -> None:
+    here, there = shared_pair()
+    ann, bea = here.join_versioned(hello("ann")), there.join_versioned(hello("bea"))
+    commit(here), commit(there)
+    here.take_actions()
+    here.sync_remote({"far": {"user_id": "far", "username": "Bea"}})
+    there.receive(bea, push(0, 1, [[0, "hello"]]))
+    records = commit(there)
+    here.remote_cursor("far", 5, 5, 1)  # at version 1, which this process has not yet
+    assert [] == [m for m in sent(here.take_actions(), ann) if m["type"] == "cursor"]
+    here.receive_committed(records)
+    here.cursors_due()
+    cursors = [(m["anchor"], m["version"]) for m in sent(here.take_actions(), ann) if m["type"] == "cursor"]
+    assert [(5, 1)] == cursors

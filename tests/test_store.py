@@ -878,3 +878,15 @@ async def test_a_directory_name_with_uri_characters_holds_the_database(tmp_path:
         assert ("hi", [path.name]) == (await again.text_at("r", 1), [p.name for p in path.parent.glob("*.sqlite3")])
     finally:
         await again.close()
+
+
+async def test_access_digests_are_the_digests_of_what_is_stored(store: Store) -> None:
+    """Processes compare digests every few seconds; a digest computed from what `accesses`
+    reads must be the one the store gives, whatever the text holds."""
+    timeline = Timeline()
+    write = replace(timeline.write(timeline.appends(1)), access='{"q":"\\u00e9\\u0000"}', notes="n\x00\x01é")
+    await store.commit([write])
+    state = (await store.accesses(["r", "missing"]))["r"]
+    assert (write.access, write.notes) == state[:2]
+    assert {"r": store.digest_of(*state)} == await store.access_digests(["r", "missing"])
+    assert store.digest_of(*state) != store.digest_of(state[0], "other notes", state[2])

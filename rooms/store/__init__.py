@@ -24,6 +24,7 @@ Nothing here is specific to SQLite: a backend needs ordered appends per room and
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from abc import ABC, abstractmethod
@@ -161,6 +162,9 @@ class RoomWrite:
     # wrote them: a store that several processes write refuses the commit (`StaleWrite`) when
     # others are stored now. None: not checked.
     access_base: tuple[str, str] | None = None
+    # Whether ``language`` is a change of this write: a store that several processes write
+    # keeps the stored language otherwise (another process may have changed it meanwhile).
+    language_changed: bool = True
     # Runs that ended since the last commit, in the order they ended (and are kept in). A write
     # may hold only runs; a run whose (room_id, run_id) is stored already is skipped (a retry).
     runs: Sequence[RunRecord] = ()
@@ -257,16 +261,27 @@ class Store(ABC):
         """The stored head version of each of ``room_ids`` that is stored (one read for all of
         them: processes sharing rooms ask it for every room they serve, to notice what they missed)."""
 
-    async def accesses(self, room_ids: Collection[str]) -> dict[str, tuple[str, str]]:
-        """The stored access state and notes of each of ``room_ids`` that is stored (("", "")
-        for an open room without notes): processes sharing rooms compare them with their own.
+    async def accesses(self, room_ids: Collection[str]) -> dict[str, tuple[str, str, str]]:
+        """The stored access state, notes and language of each of ``room_ids`` that is stored
+        (access and notes "" when none): processes sharing rooms compare them with their own.
         A load per room here; a store that several processes share reads them all at once."""
-        found: dict[str, tuple[str, str]] = {}
+        found: dict[str, tuple[str, str, str]] = {}
         for room_id in room_ids:
             stored = await self.load(room_id, 0)
             if stored is not None:
-                found[room_id] = (stored.access, stored.notes)
+                found[room_id] = (stored.access, stored.notes, stored.info.language)
         return found
+
+    async def access_digests(self, room_ids: Collection[str]) -> dict[str, str]:
+        """`digest_of` each stored room's `accesses` entry: what a process compares with its
+        own every few seconds, without reading every room's notes each time."""
+        return {room_id: self.digest_of(*state) for room_id, state in (await self.accesses(room_ids)).items()}
+
+    def digest_of(self, access: str, notes: str, language: str) -> str:
+        """A digest of a room's access state, notes and language, as `access_digests` gives it."""
+        return "".join(
+            hashlib.md5(text.encode(), usedforsecurity=False).hexdigest() for text in (access, notes, language)
+        )
 
     @abstractmethod
     async def text_at(self, room_id: str, version: int) -> str:

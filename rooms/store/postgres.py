@@ -48,6 +48,7 @@ from rooms.store import (
     replay,
 )
 from rooms.store.postgres_schema import (
+    ACCESS_DIGESTS,
     ACCESS_OF,
     ACCESSES,
     EXPIRED,
@@ -187,7 +188,8 @@ class PostgresStore(Store):
 
     def _error(self, doing: str, exc: BaseException) -> StoreError:
         """``exc`` as a `StoreError` naming the host and database, with no secret in it."""
-        detail = " ".join(str(exc).split()) or type(exc).__name__
+        # Without libpq's DETAIL (it quotes the row: a room id) and anything after it.
+        detail = " ".join(str(exc).split("DETAIL:")[0].split()) or type(exc).__name__
         for secret in self._secrets:
             detail = detail.replace(secret, "***")
         return StoreError(f"PostgreSQL {self.where}: {doing} failed: {detail}")
@@ -266,12 +268,23 @@ class PostgresStore(Store):
         async with self._connection("reading heads") as db:
             return await heads_of(db, room_ids)
 
-    async def accesses(self, room_ids: Collection[str]) -> dict[str, tuple[str, str]]:
+    async def accesses(self, room_ids: Collection[str]) -> dict[str, tuple[str, str, str]]:
         if not room_ids:
             return {}
         async with self._connection("reading access states") as db:
             cursor = await db.execute(ACCESSES, ([escape(room_id) for room_id in room_ids],))
-            return {unescape(i): (unescape(access), unescape(notes)) for i, access, notes in await cursor.fetchall()}
+            rows = await cursor.fetchall()
+            return {unescape(i): (unescape(access), unescape(notes), unescape(lang)) for i, access, notes, lang in rows}
+
+    async def access_digests(self, room_ids: Collection[str]) -> dict[str, str]:
+        if not room_ids:
+            return {}
+        async with self._connection("reading access digests") as db:
+            cursor = await db.execute(ACCESS_DIGESTS, ([escape(room_id) for room_id in room_ids],))
+            return {unescape(room_id): digest for room_id, digest in await cursor.fetchall()}
+
+    def digest_of(self, access: str, notes: str, language: str) -> str:
+        return super().digest_of(escape(access), escape(notes), escape(language))  # as stored
 
     async def load(self, room_id: str, history: int) -> StoredRoom | None:
         room = escape(room_id)

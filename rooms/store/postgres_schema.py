@@ -204,14 +204,22 @@ ON CONFLICT (room_id) DO NOTHING
 LOCK_ROOMS = "SELECT room_id, head, epoch FROM rooms WHERE room_id = ANY(%s::text[]) ORDER BY room_id FOR UPDATE"
 # The access state stored now of rooms whose writes replace one (read under the rooms' locks).
 ACCESS_OF = "SELECT room_id, access, notes FROM access WHERE room_id = ANY(%s::text[])"
+# `Store.digest_of` each stored room's access state, notes and language, computed where they are.
+ACCESS_DIGESTS = (
+    "SELECT room_id, md5(coalesce(access.access, '')) || md5(coalesce(access.notes, '')) || md5(language) "
+    "FROM rooms LEFT JOIN access USING (room_id) WHERE room_id = ANY(%s::text[])"
+)
 # Every stored room's access state and notes ("" when it has none stored).
 ACCESSES = (
-    "SELECT room_id, coalesce(access.access, ''), coalesce(access.notes, '') FROM rooms "
+    "SELECT room_id, coalesce(access.access, ''), coalesce(access.notes, ''), language FROM rooms "
     "LEFT JOIN access USING (room_id) WHERE room_id = ANY(%s::text[])"
 )
+# A room's language is written only by a write that changed it: another process's write with
+# the language it had before must not undo a change it has not heard of yet.
 _UPDATE_ROOMS = """
-UPDATE rooms SET language = b.language, head = b.head, updated = %s
-FROM unnest(%s::text[], %s::text[], %s::bigint[]) AS b(room_id, language, head) WHERE rooms.room_id = b.room_id
+UPDATE rooms SET language = CASE WHEN b.changed THEN b.language ELSE rooms.language END, head = b.head, updated = %s
+FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::boolean[]) AS b(room_id, language, head, changed)
+WHERE rooms.room_id = b.room_id
 """
 _INSERT_UPDATES = """
 INSERT INTO updates (room_id, version, client_id, seq, changes, user_id, author, color, time)
@@ -347,7 +355,7 @@ def write_statements(
     """The statements that store ``writes`` over rooms at ``heads`` (checked to follow them),
     each left out when it has nothing to write. Texts and room ids are escaped here."""
     e = escape
-    rooms: dict[str, tuple[str, str, int]] = {}
+    rooms: dict[str, tuple[str, str, int, bool]] = {}
     updates: list[tuple[object, ...]] = []
     clients: dict[tuple[str, str], tuple[object, ...]] = {}
     snapshots: dict[tuple[str, int], tuple[object, ...]] = {}
@@ -355,8 +363,9 @@ def write_statements(
     runs: list[tuple[object, ...]] = []
     for write in writes:
         room = e(write.room_id)
-        head = write.records[-1].version if write.records else rooms.get(room, ("", "", heads[write.room_id]))[2]
-        rooms[room] = (room, e(write.language), head)
+        head = write.records[-1].version if write.records else rooms.get(room, ("", "", heads[write.room_id], False))[2]
+        changed = write.language_changed or rooms.get(room, ("", "", 0, False))[3]
+        rooms[room] = (room, e(write.language), head, changed)
         for r in write.records:
             updates.append((room, r.version, e(r.client_id), r.seq, e(r.changes), e(r.user_id), e(r.author),
                             e(r.color), float(r.time)))  # fmt: skip
@@ -369,7 +378,7 @@ def write_statements(
             runs.append((room, e(run.run_id), run.version, e(run.user_id), e(run.author), e(run.color),
                          e(run.language), e(run.kind), float(run.started), run.duration_ms, e(run.status),
                          run.truncated, e(run.output), e(run.tests)))  # fmt: skip
-    statements: list[Statement] = [(_UPDATE_ROOMS, [now, *columns(rooms.values(), 3)])]
+    statements: list[Statement] = [(_UPDATE_ROOMS, [now, *columns(rooms.values(), 4)])]
     for query, rows, width in (
         (_INSERT_UPDATES, updates, 9),
         (_UPSERT_CLIENTS, list(clients.values()), 5),
