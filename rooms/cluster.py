@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from observability import metrics
+from rooms.access import Access, admit
 from rooms.errors import RoomError, StorageUnavailable
 from rooms.protocol import Hello
 from rooms.room import Room, RoomId, UncommittedUpdates, UpdatesMissing
@@ -239,6 +240,9 @@ class Cluster:
                 self._publish_wanted.set()
             if write.access is not None:  # the others read it now, not at their next check
                 self.presence.tell(write.room_id, "access", {})
+            room = self.rooms.get(RoomId(write.room_id))
+            if room is not None and write.records:  # its versions are here for good: cursors told at them
+                room.cursors_due()
         behind, self._behind = self._behind, set()
         for room_id in behind:
             self.catch_up(room_id)
@@ -263,7 +267,9 @@ class Cluster:
             return
         known = room.committed_version
         fresh = [record for record in records if record.version > known]
-        if not fresh:
+        if not fresh:  # it has them (its own, or read by a rebase or a catch-up)
+            room.cursors_due()
+            self.carry_out(room)
             return
         try:
             room.receive_committed(fresh)
@@ -335,52 +341,76 @@ class Cluster:
             return None
 
     async def admitting(
-        self, room: Room, hello: Hello, stored: tuple[str, str, str] | None, reopen: Callable[[], Awaitable[Room]]
+        self,
+        room: Room,
+        hello: Hello,
+        stored: tuple[str, str, str] | None,
+        reopen: Callable[[], Awaitable[Room]],
+        unused: Callable[[Room], None],
     ) -> Room:
-        """The room to admit ``hello`` to, brought up to what the client knows: the access state
-        ``stored`` now, and the version it was shown on another process (this one may be a
-        little behind: welcomed at an older version, the client would drop its unconfirmed
-        work). `StorageUnavailable` (reconnect in a moment) if it cannot get there in time."""
-        if stored is not None:
-            self.take_access(room, stored)
-        wanted = hello.version
-        if wanted is None or wanted <= room.document.version or hello.epoch not in (None, room.document.epoch):
+        """The room to admit ``hello`` to. Its link is checked against the access state
+        ``stored`` now too (this process may not have heard of a revocation yet). A client shown
+        a version this process does not have yet (it is a little behind) waits until it has read
+        up to it: welcomed at an older version, the client would drop its unconfirmed work.
+        `StorageUnavailable` (reconnect in a moment) if that takes too long; ``unused`` is told
+        of a room left without the member it was opened for."""
+        try:
+            if stored is not None:
+                try:
+                    admit(Access.from_json(stored[0]), hello.token, open_rooms=room.settings.open_rooms)
+                except ValueError:
+                    log.error("stored_access_unreadable", room_id=room.room_id)
+            room.admission(hello.token)  # a hello the room refuses waits for nothing
+            wanted = hello.version
+            if wanted is None or wanted <= room.document.version or hello.epoch not in (None, room.document.epoch):
+                return room
+            async with self._reads:
+                head = (await self.store.head([room.room_id])).get(room.room_id, 0)
+            if head < wanted:
+                return room  # a version the database never had: welcomed with the text as it is
+            deadline, pause = time.monotonic() + max(1.0, 2 * self.head_check_seconds), 0.02
+            while room.document.version < wanted and time.monotonic() < deadline:
+                self.catch_up(room.room_id)  # now, or once its own commit is done
+                task = self._catching_up.get(room.room_id)
+                if task is not None:
+                    await asyncio.wait([task], timeout=0.5)
+                else:
+                    await asyncio.sleep(pause)  # its own commit goes first
+                    pause = min(0.2, pause * 2)
+                room = await reopen()  # the same room, or the one loaded after a reset
+            if room.document.version < wanted:
+                raise StorageUnavailable()
             return room
-        deadline = time.monotonic() + max(1.0, 2 * self.head_check_seconds)
-        while room.document.version < wanted and time.monotonic() < deadline:
-            self.catch_up(room.room_id)  # now, or after its own commit
-            task = self._catching_up.get(room.room_id)
-            if task is not None:
-                await asyncio.wait([task], timeout=0.5)
-            else:
-                await asyncio.sleep(0.02)  # its own commit goes first, then the catch-up
-            room = await reopen()  # the same room, or the one loaded after a reset
-        if room.document.version < wanted:
-            raise StorageUnavailable()
-        return room
+        except BaseException:
+            unused(room)
+            raise
 
     def take_access(self, room: Room, stored: tuple[str, str, str]) -> None:
         """Make what is stored the room's access state, notes and language, if it is news to it
-        (the language: unless the room changed it and has not stored it yet)."""
+        (not while the room has its own change of them to store or being stored)."""
         access, notes, language = stored
         if room.failing:
             return
         try:
             if (access, notes) != (room.access_stored, room.notes_stored):
                 room.refresh_access(access, notes)
-            if language != room.language and not room.language_unstored:
+            own = room.language_unstored or room.changes_durable < room.access_written
+            if language != room.language and not own:
                 room.remote_language(language, None)
         except (ValueError, RoomError):
             log.error("stored_access_unreadable", room_id=room.room_id)
         self.carry_out(room)
 
     async def refresh_access(self, room_ids: list[RoomId]) -> None:
-        """Take the access state the database holds for these rooms (changed elsewhere)."""
+        """Take the access state the database holds for these rooms (changed elsewhere), unless
+        a room stored or changed its own meanwhile (what was read may be older than that)."""
+        before = {room_id: _marks(room) for room_id in room_ids if (room := self.rooms.get(room_id))}
         async with self._reads:
-            stored = await self.store.accesses(room_ids)
+            stored = await self.store.accesses(list(before))
         for room_id, state in stored.items():
             room = self.rooms.get(RoomId(room_id))
-            if room is not None:
+            marks = before.get(RoomId(room_id))
+            if room is not None and marks is not None and _same(marks, _marks(room)):
                 self.take_access(room, state)
 
     def _refresh_soon(self, room_id: RoomId) -> None:
@@ -452,6 +482,15 @@ class Cluster:
         log.info("room_caught_up", room_id=room_id, updates=len(records), version=room.document.version)
         room.cursors_due()
         self.carry_out(room)
+
+
+def _marks(room: Room) -> tuple[object, ...]:
+    """What changes when a room stores or changes its access state, notes or language."""
+    return (room.access_stored, room.notes_stored, room.language, room.access_written, room)
+
+
+def _same(before: tuple[object, ...], after: tuple[object, ...]) -> bool:
+    return all(a is b or a == b for a, b in zip(before, after, strict=True))
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:

@@ -262,12 +262,16 @@ class Committer:
     async def _merge_access(self, room: Room, taken: list[tuple[RoomWrite, int]], index: int) -> bool:
         """The room's access state and notes changed in the store since the write read them:
         both changes are kept in the write, now over what is stored (`Room.merge_access`)."""
-        stored = (await self.store.accesses([room.room_id])).get(room.room_id, ("", ""))[:2]
-        if room.failing or not self.is_loaded(room):
+        try:
+            stored = (await self.store.accesses([room.room_id])).get(room.room_id, ("", ""))[:2]
+            if room.failing or not self.is_loaded(room):
+                return False
+            write, count = taken[index]
+            assert write.access_base is not None  # only a checked write is stale
+            access, notes = room.merge_access(write.access_base, stored)
+        except Exception:  # only this room is reset (what is stored cannot be read, ...)
+            log.warning("access_not_merged", room_id=room.room_id, exc_info=True)
             return False
-        write, count = taken[index]
-        assert write.access_base is not None  # only a checked write is stale
-        access, notes = room.merge_access(write.access_base, stored)
         taken[index] = (replace(write, access=access, notes=notes, access_base=stored), count)
         self.on_changed(room)
         return True

@@ -111,8 +111,9 @@ FULL_TEXT_DIFF_MAX_EDITS = 100
 @dataclass(frozen=True, slots=True)
 class _Undo:
     """What one applied update replaced: enough to take it back (`Document.rollback`). Only
-    the first since the last `settle` keeps the text (the one a rollback goes back to): a
-    room's updates waiting for a stalled store do not each hold a copy of the document."""
+    the first after a point `settle` may be called at (`mark_settle_point`) keeps the text a
+    rollback goes back to: a room's updates waiting for a stalled store do not each hold a copy
+    of the document."""
 
     text: str | None
     length: int
@@ -157,6 +158,7 @@ class Document:
         self._dedup_limit = dedup_limit
         # With `keep_undo`, what each update since the last `settle` replaced (`rollback`).
         self._undo: list[_Undo] | None = None
+        self._text_next = False  # `mark_settle_point`
 
     @classmethod
     def restored(
@@ -411,6 +413,10 @@ class Document:
         if self._undo is None:
             self._undo = []
 
+    def mark_settle_point(self) -> None:
+        """`settle` may be called at the current version later: the next update keeps its text."""
+        self._text_next = True
+
     def settle(self, version: int) -> None:
         """Updates up to ``version`` are committed: they will never be rolled back."""
         undo = self._undo
@@ -422,7 +428,7 @@ class Document:
         history and seqs are as they were at ``version``. Raises `ValueError` for any other
         version (one settled, or not the last settled), or without `keep_undo`."""
         undo = self._undo
-        if undo is None or self._version - version != len(undo):
+        if undo is None or self._version - version != len(undo) or (undo and undo[0].text is None):
             raise ValueError(f"cannot roll back from version {self._version} to {version}")
         if undo:
             first = undo[0]
@@ -440,7 +446,8 @@ class Document:
 
     def _apply(self, text: str, client_id: ClientId, seq: int, changes: ChangeSet, user_id: str) -> Update:
         if self._undo is not None:
-            kept = None if self._undo else self._text
+            kept = self._text if not self._undo or self._text_next else None
+            self._text_next = False
             self._undo.append(_Undo(kept, self._length, client_id, self._last_seq.get(client_id)))
         self._text = text
         self._length = changes.new_length

@@ -228,7 +228,7 @@ class RoomRegistry(PrivateRooms):
                 raise
             if self.cluster is not None:
                 reopen = lambda: self.open(room_id, address, create=hello.token is None)  # noqa: E731
-                room = await self.cluster.admitting(room, hello, stored, reopen)
+                room = await self.cluster.admitting(room, hello, stored, reopen, self.loaded.schedule_eviction)
             # A reconnect that takes its own connection over does not count that connection twice.
             replaces = room.clients.get(ClientId(hello.client_id))
 

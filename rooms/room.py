@@ -372,6 +372,7 @@ class Room(MessageHandling):
         records, self.unsynced = self.unsynced, []
         runs, self.finished_runs = self.finished_runs, []
         document = self.document
+        document.mark_settle_point()  # this write's head: settled when it is committed
         head = records[-1].version if records else document.version
         self.snapshot_bytes += sum(len(record.changes) for record in records)
         snapshot = None
@@ -381,15 +382,14 @@ class Room(MessageHandling):
             or self.snapshot_bytes >= SNAPSHOT_BYTES_PER_DOCUMENT * settings.max_document_chars
         ):
             snapshot = document.text  # the text at `head`: every applied update is in `records`
-            self.snapshot_version = head
-            self.snapshot_bytes = 0
-        tokens = self.tokens
-        bound = {r.client_id: tokens[ClientId(r.client_id)] for r in records if r.client_id in tokens}
+            self.snapshot_version, self.snapshot_bytes = head, 0
+        bound = {r.client_id: self.tokens[ClientId(r.client_id)] for r in records if r.client_id in self.tokens}
         access, access_base = None, (self.access_stored, self.notes_stored)
+        if self.access_changed or self.language_unstored:  # stored when this write is committed
+            self.access_written = self.changes_made
         if self.access_changed:
             access, self.access_changed = self.access.to_json(), False
             self.access_stored, self.notes_stored = access, self.notes
-            self.access_written = self.changes_made
         write = RoomWrite(
             self.room_id,
             document.epoch,

@@ -51,6 +51,10 @@ class RemoteMembers:
     @abstractmethod
     def _send(self, send: Send) -> None: ...
 
+    @property
+    @abstractmethod
+    def committed_version(self) -> int: ...
+
     @abstractmethod
     def _announce_joined(self, member: Member) -> None: ...
 
@@ -111,7 +115,7 @@ class RemoteMembers:
             return
         assert isinstance(anchor, int) and isinstance(head, int) and isinstance(version, int)
         document = self.document
-        if version > document.version:
+        if version > self.committed_version:
             # Told before the update it was made after reached this process (cursors travel
             # faster than commits): shown once it has (`cursors_due`), the newest per member.
             self.cursors_waiting[UserId(user_id)] = (anchor, head, version)
@@ -137,7 +141,7 @@ class RemoteMembers:
         """Show the waiting cursors of members of other processes whose version is here now."""
         waiting = self.cursors_waiting
         for user_id, (anchor, head, version) in list(waiting.items()):
-            if version <= self.document.version or user_id not in (self.remote or ()):
+            if version <= self.committed_version or user_id not in (self.remote or ()):
                 del waiting[user_id]
                 self.remote_cursor(user_id, anchor, head, version)
 

@@ -207,6 +207,7 @@ def test_remote_cursors_are_mapped_and_kept_inside_the_text_and_bad_entries_are_
     ann = here.join_versioned(hello("ann"))
     here.receive(ann, push(0, 1, [[0, "hello"]]))
     commit(here)
+    here.settle(1)  # as the committer does: version 1 is committed
     here.take_actions()
     here.sync_remote(
         {"far": {"user_id": "far", "username": "Far"}, "bad": {"user_id": 7, "username": "x"}, "x": {"username": 1}}
