@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/report.py RESULTS.json                        # rewrites docs/benchmarks.md
     .venv/bin/python bench/report.py RESULTS.json --output /tmp/benchmarks.md
-    .venv/bin/python bench/report.py RESULTS.json --splice    # only its run_start section
+    .venv/bin/python bench/report.py RESULTS.json --splice    # only its run_start and cluster sections
 
 ``bench/run.py`` measures, saves the results file and calls `write`. The report keeps the part
 of the file it replaces that is written by hand, between `NOTES_BEGIN` and `NOTES_END` (what
@@ -29,6 +29,7 @@ from string import Template
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 # bench/ is a folder of scripts, not a package: its modules import each other as siblings.
 import abuse_report
+import cluster_report
 import report_tables as tables
 from load_result import Result
 from plan import CAPACITY_P99_MS, PAGE_TARGET_MIB, Plan, Series
@@ -38,7 +39,7 @@ from sections import FAR_OVER, QUIET_BUDGET_S, QUIET_CORES, QUIET_WAIT_S
 
 ROOT = Path(__file__).resolve().parent.parent
 # The sections a run may splice into an existing report (`splice`), and their headings.
-SPLICEABLE = {"run_start": tables.RUN_START_HEADING}
+SPLICEABLE = {"run_start": tables.RUN_START_HEADING, "cluster": cluster_report.HEADING}
 DOC = ROOT / "docs" / "benchmarks.md"
 METHOD = Path(__file__).resolve().parent / "method.md"
 NOTES_BEGIN = "<!-- notes: written by hand; make bench keeps this part as it is -->"
@@ -76,6 +77,7 @@ def render(results: Results, hand_written: str = f"{NOTES_BEGIN}\n\n{NOTES_END}"
     tables.browser(results, add)
     tables.run_start(results, add)
     abuse_report.render(results.abuse, add)
+    cluster_report.render(results.cluster, add, results.command)
     add(hand_written)
     add("")
     add(method(results.plan))
@@ -98,6 +100,8 @@ def splice(results: Results, output: Path) -> None:
         text = _spliced_block(text, fresh, SPLICEABLE[name])
     if results.run_start is not None:
         text = _spliced_raw(text, _run_start_line(results), '"section": "run_start"')
+    if results.cluster is not None:
+        text = _spliced_raw(text, json.dumps(results.cluster.to_json()), '"section": "cluster"')
     output.write_text(text)
 
 
@@ -214,6 +218,8 @@ def _raw(results: Results, add: Add) -> None:
         add(_run_start_line(results))
     if results.abuse is not None:
         add(json.dumps(results.abuse.to_json()))
+    if results.cluster is not None:
+        add(json.dumps(results.cluster.to_json()))
     add("```")
     add("")
     add("</details>")

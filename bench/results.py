@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 # bench/ is a folder of scripts, not a package: its modules import each other as siblings.
 import abuse
 from browser import BrowserResult
+from cluster_result import ClusterResult
 from load_result import Result
 from plan import Plan
 from previous import Previous
@@ -72,6 +73,7 @@ class Results:
     browser: list[BrowserResult] = field(default_factory=list)
     run_start: RunStartResult | None = None  # running code in the browser
     abuse: abuse.AbuseResult | None = None
+    cluster: ClusterResult | None = None  # several processes (bench/cluster.py)
     duration_s: float = 0.0
     quiet_waited_s: float = 0.0  # time spent waiting for other work to calm down
 
@@ -106,6 +108,7 @@ class Results:
             "browser": [r.to_json() for r in self.browser],
             "run_start": self.run_start.to_json() if self.run_start is not None else None,
             "abuse": _abuse_to_json(self.abuse) if self.abuse is not None else None,
+            "cluster": self.cluster.to_json() if self.cluster is not None else None,
             "duration_s": self.duration_s,
             "quiet_waited_s": self.quiet_waited_s,
         }
@@ -134,6 +137,7 @@ class Results:
             # Files written before the section existed have no entry for it.
             run_start=RunStartResult.from_json(data["run_start"]) if data.get("run_start") else None,
             abuse=_abuse_from_json(data["abuse"]) if data["abuse"] is not None else None,
+            cluster=ClusterResult.from_json(data["cluster"]) if data.get("cluster") else None,
             duration_s=float(data["duration_s"]),
             quiet_waited_s=float(data["quiet_waited_s"]),
             **loads,

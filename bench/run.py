@@ -5,6 +5,7 @@
     .venv/bin/python bench/run.py --only capacity --previous HEAD~3     # one section, another previous version
     .venv/bin/python bench/report.py RESULTS.json                       # render a saved run again
     .venv/bin/python bench/run.py --only run_start --splice             # into the report, the rest kept
+    .venv/bin/python bench/run.py --only cluster --splice               # likewise
 
 Runs on loopback, one server at a time, each started fresh for each measurement
 (``bench/servers.py``), with the same loads from ``bench/load.py``. The sections
@@ -27,6 +28,12 @@ Runs on loopback, one server at a time, each started fresh for each measurement
    five fresh browsers (one with ``--quick``), medians;
 9. abuse (``bench/abuse.py``): the server CPU of the costliest frame of each kind a client may
    send at the default limits, and ordinary rooms' p99 while one client floods the costliest push.
+10. several processes (``bench/cluster.py``, ``--only cluster``): ours on one, two and three
+    processes sharing rooms through PostgreSQL and Redis behind HAProxy, at growing loads in rooms
+    of 5 and of 50 (latency, capacity, each process's CPU per edit, how the rooms were spread);
+    one process with ``STORE=postgres`` against ``STORE=sqlite`` (commit and edit latency); and
+    the time a room's clients take to recover when the process serving most of them is killed.
+    Skipped, saying why, without PostgreSQL, Redis or HAProxy on this machine.
 
 What is measured goes to a results file (JSON, saved after every section, ``--results``), and
 the report is rendered from it (``bench/report.py``). The previous version is the git ref
@@ -81,7 +88,7 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument(
         "--splice",
         action="store_true",
-        help="keep the other sections of --output, put in only this run's (run_start alone can be)",
+        help="keep the other sections of --output, put in only this run's (run_start and cluster can be)",
     )
     parser.add_argument(
         "--previous",

@@ -18,6 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 # bench/ is a folder of scripts, not a package: its modules import each other as siblings.
 import abuse
 import browser
+import cluster
+import cluster_result
 import prometheus
 import run_start
 import servers
@@ -255,6 +257,13 @@ def abuse_section(bench: Bench) -> None:
     results.abuse = abuse.run(plan, quick=plan == abuse.QUICK)
 
 
+def cluster_section(bench: Bench) -> None:
+    """Several processes behind HAProxy, PostgreSQL against SQLite, recovery from a kill."""
+    results = bench.results
+    plan = cluster_result.QUICK if bench.quick else cluster_result.FULL
+    results.cluster = cluster.run(plan, lambda: wait_for_quiet(results))
+
+
 SECTIONS: dict[str, Callable[[Bench], None]] = {
     "capacity": capacity,
     "target": target,
@@ -265,4 +274,5 @@ SECTIONS: dict[str, Callable[[Bench], None]] = {
     "browser": browser_pages,
     "run_start": run_start_section,
     "abuse": abuse_section,
+    "cluster": cluster_section,
 }

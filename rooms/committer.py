@@ -241,7 +241,10 @@ class Committer:
                 retry = not stale.epoch and attempts[room.room_id] <= self.max_retries
                 if retry and await self._merge_access(room, taken, index):
                     continue
-                log.warning("stale_write", room_id=stale.room_id, reason="epoch" if stale.epoch else "access")
+                if stale.epoch:  # two processes opened a new room at once: this one loads the other's
+                    log.info("room_made_elsewhere", room_id=stale.room_id)
+                else:
+                    log.warning("stale_write", room_id=stale.room_id)
             except StoreConflict as conflict:
                 index = next((i for i, room in enumerate(rooms) if room.room_id == conflict.room_id), None)
                 if index is None or rooms[index].pending is None:

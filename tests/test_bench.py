@@ -20,6 +20,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 import abuse
 import abuse_report
 import browser
+import cluster
+import cluster_report
+import cluster_result
+import cluster_services
 import previous
 import prometheus
 import push_cost
@@ -28,6 +32,7 @@ import run_start
 import sections
 import servers
 from browser import BrowserLoad, BrowserResult
+from cluster_result import RecoveryRun
 from load import Load, Result, format_result, idle_memory, run_load
 from plan import QUICK, Series
 from results import Results
@@ -350,7 +355,7 @@ def test_only_sections_that_stand_alone_can_be_spliced(tmp_path: Path) -> None:
     output = tmp_path / "benchmarks.md"
     report.write(_measured(), output)
 
-    with pytest.raises(ValueError, match="sections browser cannot be spliced: only run_start can"):
+    with pytest.raises(ValueError, match="sections browser cannot be spliced: only run_start, cluster can"):
         report.splice(Results(QUICK, STARTED, sections=["browser", "run_start"]), output)
 
 
@@ -596,3 +601,216 @@ def test_abuse_changes_have_the_most_parts_and_keep_the_length() -> None:
     assert (3_000, 0) == (covered, added - removed)
     with pytest.raises(ValueError, match="too short"):
         abuse.push_changes(1_500, 1_000, 1_000)
+
+
+# Several processes (bench/cluster.py)
+
+CLUSTER_METRICS = "\n".join(
+    [
+        "collab_rooms 3.0",
+        "collab_members 15.0",
+        'collab_store_commit_seconds_bucket{le="0.001"} 40.0',
+        'collab_store_commit_seconds_bucket{le="0.01"} 100.0',
+        'collab_store_commit_seconds_bucket{le="+Inf"} 100.0',
+        "collab_store_commit_seconds_count 100.0",
+        "collab_store_commit_seconds_sum 0.3",
+        'collab_store_commit_updates_bucket{le="+Inf"} 100.0',
+        "collab_store_commit_updates_count 100.0",
+        "collab_store_commit_updates_sum 250.0",
+        "collab_commit_conflicts_total 2.0",
+        "collab_catch_ups_total 1.0",
+        "collab_stream_errors_total 1.0",
+        'collab_stream_appends_total{result="ok"} 240.0',
+        'collab_stream_appends_total{result="error"} 3.0',
+        "collab_stream_appends_created 1.7e9",
+    ]
+)
+
+
+def test_cluster_metrics_are_summed_over_their_labels() -> None:
+    assert 243.0 == cluster_result.metric_total(CLUSTER_METRICS, "collab_stream_appends_total")
+    assert 3.0 == cluster_result.metric_total(CLUSTER_METRICS, "collab_stream_appends_total", 'result="error"')
+    assert 3.0 == cluster_result.metric_total(CLUSTER_METRICS, "collab_rooms")  # not collab_rooms_something
+    assert 0.0 == cluster_result.metric_total(CLUSTER_METRICS, "collab_connections")
+
+
+def test_a_process_sample_reads_its_rooms_commits_and_cluster_counters() -> None:
+    log = "\n".join(
+        [
+            '{"event": "catch_up_failed", "level": "warning", "room_id": "a"}',
+            '{"event": "catch_up_failed", "level": "warning", "room_id": "b"}',
+            '{"event": "room_caught_up", "level": "info"}',
+            '{"event": "stream_update_refused", "level": "error"}',
+            "Traceback (most recent call last):",
+            "",
+        ]
+    )
+
+    sample = cluster_result.process_sample(1.5, CLUSTER_METRICS, CLUSTER_METRICS, log)
+
+    assert (1.5, 3, 15) == (sample.cpu_seconds, sample.rooms, sample.members)
+    assert (250.0, 100.0) == (sample.updates, sample.commits)
+    assert math.isclose(0.001 + 0.009 * (50 - 40) / 60, sample.commit_p50_ms / 1000)
+    assert (2.0, 1.0, 4.0) == (sample.conflicts, sample.catch_ups, sample.stream_errors)
+    assert {"catch_up_failed": 2, "stream_update_refused": 1, "unparsed": 1} == sample.log_events
+
+
+def _cluster_load(
+    part: str, processes: int, clients: int, p99: float, rooms: list[int], store: str = "postgres"
+) -> cluster_result.ClusterLoad:
+    result = _result(Kind.OURS, clients, p99, "1 process" if processes == 1 else f"{processes} processes")
+    result.edits = clients * 5
+    result.machine_cpu_percent = 150.0
+    result.server_cpu_percent = 80.0
+    result.client_cpu_percent = 30.0
+    result.extra["label"] = f"cluster, {part}, {processes} processes, {clients} clients"
+    cpu = 0.8 * (1 + (processes - 1) / 4)  # every process together: more CPU per edit with more processes
+    samples = [
+        cluster_result.ProcessSample(cpu_seconds=cpu / processes, rooms=n, members=n * 5, updates=10.0, commits=5.0)
+        for n in rooms
+    ]
+    for sample in samples:
+        sample.commit_p50_ms, sample.commit_p99_ms = (4.0, 12.0) if store == "postgres" else (1.0, 3.0)
+    return cluster_result.ClusterLoad(
+        part, processes, store, result, samples, haproxy_cpu_seconds=0.1, services_cpu_seconds=0.2
+    )
+
+
+def _cluster() -> cluster_result.ClusterResult:
+    small, large = cluster_result.QUICK.series
+    out = cluster_result.ClusterResult(cluster_result.QUICK, measured="2026-01-02 03:04", load_average=(1.0, 2.0, 3.0))
+    out.software, out.settings = "PostgreSQL 15.20, Redis 7.0.15, HAProxy 2.6.12", {"CLUSTER_HEAD_CHECK_SECONDS": "2"}
+    out.loads = [
+        _cluster_load(small.name, 1, 20, 10.0, [4]),
+        _cluster_load(small.name, 2, 20, 8.0, [2, 2]),
+        _cluster_load(small.name, 3, 20, 150.0, [2, 1, 1]),
+        _cluster_load(large.name, 1, 20, 12.0, [2]),
+        _cluster_load(large.name, 3, 20, 9.0, [1, 0, 1]),
+    ]
+    out.stores = [
+        _cluster_load("store", 1, 20, 30.0, [4], "postgres"),
+        _cluster_load("store", 1, 20, 10.0, [4], "sqlite"),
+    ]
+    out.recoveries = [
+        RecoveryRun([4, 1, 1], reconnected_s=0.2, recovered_s=0.5, typed=40, agreed=True),
+        RecoveryRun([4, 1, 1], reconnected_s=0.4, recovered_s=0.9, typed=40, agreed=True, log_events={"x": 2}),
+        RecoveryRun([4, 1, 1], typed=12, lost=1, error="every client back: not within 30 s: 5 of 6 clients live"),
+    ]
+    return out
+
+
+def test_report_renders_the_cluster_section() -> None:
+    results = Results(QUICK, STARTED, command="`bench/run.py --only cluster`", sections=["cluster"])
+    results.cluster = _cluster()
+
+    text = report.render(results)
+
+    section = text.split(f"\n{cluster_report.HEADING}\n")[1].split("<!-- notes")[0]
+    assert (
+        "Measured by `bench/run.py --only cluster` on 2026-01-02 03:04 UTC (load average 1.00, 2.00, 3.00;" in section
+    )
+    # Per process: rooms (members) and CPU; all processes' CPU per edit typed (1 s / 100 edits).
+    assert (
+        "| 20 | 100 | 2 | 2.7 / 8.0 | 2 (10) / 2 (10) | 50% / 50% | 10 | 4.0 / 12 | 10% | 20% | 30% | 10% |" in section
+    )
+    assert "against 1 process, at 20 clients: 2 processes 1.25×, 3 processes 1.50×." in section
+    assert "| 20 | 100 | 3 | 50 / 150 ✗ | 2 (10) / 1 (5) / 1 (5) |" in section
+    assert "1 process ≥ 20, 2 processes ≥ 20, 3 processes < 20 clients." in section
+    assert "1 process ≥ 20, 2 processes not run, 3 processes ≥ 20 clients." in section
+    assert "all the members of each room were on one process" in section
+    assert "| postgres | 1 | 10 / 30 | 4.0 / 12 | 2.0 | 80% | 8.0 | 20% | 10% |" in section
+    assert "PostgreSQL ÷ SQLite (medians of 1 and 1 runs): commit p50 4.00×, commit p99 4.00×" in section
+    assert "clients' p99 3.00×" in section
+    assert "| 1 | 0.20 s | 0.50 s | 40 | 0 | 0 | yes |" in section
+    assert (
+        "| 3 | failed: every client back: not within 30 s: 5 of 6 clients live | – | 12 | 1 | 0 | **no** |" in section
+    )
+    assert "Median over 2 runs: all back in 0.30 s, recovered in 0.70 s." in section
+    assert "Warnings and errors the surviving processes logged, by event: `x` ×2." in section
+    assert '{"section": "cluster"' in text
+
+
+def test_a_room_held_by_several_processes_is_reported() -> None:
+    out = _cluster()
+    out.loads = [_cluster_load(out.plan.series[0].name, 2, 20, 8.0, [4, 1])]  # 5 rooms held, 4 in the load
+    lines: list[str] = []
+
+    cluster_report.render(out, lines.append, "`x`")
+
+    assert "in 1 loads a room was held by several processes (cluster, rooms of 5" in "\n".join(lines)
+
+
+def test_a_cluster_section_without_its_services_says_why() -> None:
+    out = cluster_result.ClusterResult(
+        cluster_result.FULL, measured="2026-01-02 03:04", skipped="haproxy is not installed"
+    )
+    lines: list[str] = []
+
+    cluster_report.render(out, lines.append, "`make bench`")
+    cluster_report.render(None, lines.append, "`make bench`")
+
+    text = "\n".join(lines)
+    assert "**Not measured** by `make bench` on 2026-01-02 03:04 UTC: haproxy is not installed." in text
+    assert "Not measured in this run. `make bench` includes it (the `cluster` section" in text
+
+
+def test_cluster_results_render_again_from_the_saved_file(tmp_path: Path) -> None:
+    results = Results(QUICK, STARTED, sections=["cluster"])
+    results.cluster = _cluster()
+    results.cluster.stores[0].per_process[0].commit_p50_ms = math.nan  # a process that committed nothing
+    path = tmp_path / "results.json"
+
+    results.save(path)
+
+    assert "NaN" not in path.read_text()
+    again = Results.load(path)
+    assert again.cluster is not None and math.isnan(again.cluster.stores[0].per_process[0].commit_p50_ms)
+    assert report.render(results) == report.render(again)
+
+
+def test_the_cluster_section_is_spliced_before_the_notes_and_replaced_after(tmp_path: Path) -> None:
+    output = tmp_path / "benchmarks.md"
+    report.write(_measured(), output)
+    text = output.read_text()
+    where = report._block(text, cluster_report.HEADING)
+    assert where is not None
+    before = text[: where[0]] + text[where[1] :]  # a report written before the section existed
+    output.write_text(before)
+    later = Results(QUICK, STARTED, command="`bench/run.py --only cluster --splice`", sections=["cluster"])
+    later.cluster = _cluster()
+
+    report.splice(later, output)
+    report.splice(later, output)
+
+    text = output.read_text()
+    assert 1 == text.count(cluster_report.HEADING)
+    assert text.index("## Abuse") < text.index(cluster_report.HEADING) < text.index(report.NOTES_BEGIN)
+    assert 1 == text.count('{"section": "cluster"')
+    assert text.startswith(before.split(report.NOTES_BEGIN)[0])
+
+
+@pytest.mark.slow
+def test_the_cluster_section_measures_scaling_stores_and_recovery() -> None:
+    if reason := cluster_services.unavailable():
+        pytest.skip(f"the cluster section cannot run here: {reason}")
+    plan = dataclasses.replace(
+        cluster.QUICK,
+        seconds=1.0,
+        series=(Series("rooms of 2", 2, 5.0, (4,)),),
+        processes=(1, 3),
+        store_load=(1, 3),
+        recovery_placement=(2, 1, 1),
+    )
+
+    out = cluster.run(plan)
+
+    assert [] == out.failures
+    assert [1, 3] == [load.processes for load in out.loads]
+    assert all(4 == load.result.connected and load.result.deliveries > 0 for load in out.loads)
+    assert all(not load.rooms_split and 0 <= load.haproxy_cpu_seconds for load in out.loads)
+    assert [2, 2] == [sum(sample.rooms for sample in load.per_process) for load in out.loads]
+    assert ["postgres", "sqlite"] == [load.store for load in out.stores]
+    assert all(load.per_process[0].commits > 0 for load in out.stores)
+    [recovery] = out.recoveries
+    assert ("", True, 0, 0) == (recovery.error, recovery.agreed, recovery.lost, recovery.doubled)
+    assert 0 < recovery.reconnected_s <= recovery.recovered_s
