@@ -677,6 +677,19 @@ def rotate(servers: Sequence[LiveServer], first: int) -> list[LiveServer]:
     return [*servers[first:], *servers[:first]]
 
 
+@pytest.fixture(scope="module")
+def cluster_services() -> None:
+    """Skips the module, saying why, when PostgreSQL or Redis does not answer (autouse it)."""
+    if reason := services_unavailable():
+        pytest.skip(reason, allow_module_level=True)
+
+
+@pytest.fixture
+def live_cluster(tmp_path: Path) -> Iterator[LiveCluster]:
+    with running_cluster(tmp_path) as cluster:
+        yield cluster
+
+
 @contextlib.contextmanager
 def running_cluster(tmp: Path) -> Iterator[LiveCluster]:
     """A fresh database and Redis database, and the processes started on them, all stopped and

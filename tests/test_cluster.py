@@ -10,8 +10,6 @@ import asyncio
 import random
 import time
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import redis.asyncio
@@ -29,29 +27,22 @@ from tests.cluster import (
     private_redis,
     redis_url,
     rotate,
-    running_cluster,
-    services_unavailable,
     stored,
     stream_start,
     terminate_connections,
     typists_in,
     until,
 )
+from tests.cluster import cluster_services as cluster_services  # the fixtures
+from tests.cluster import live_cluster as live_cluster
 from tests.conftest import LiveServer, free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.live_server]
 
 
 @pytest.fixture(scope="module", autouse=True)
-def services() -> None:
-    if reason := services_unavailable():
-        pytest.skip(reason, allow_module_level=True)
-
-
-@pytest.fixture
-def live_cluster(tmp_path: Path) -> Iterator[LiveCluster]:
-    with running_cluster(tmp_path) as cluster:
-        yield cluster
+def services(cluster_services: None) -> None:
+    """PostgreSQL and Redis answer, or the module is skipped."""
 
 
 def new_room(tag: str) -> str:

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -16,7 +15,9 @@ from websockets.exceptions import ConnectionClosed
 from rooms.changes import ChangeSet
 from rooms.replica import Replica
 from rooms.session import CLOSE_REVOKED
-from tests.cluster import LiveCluster, running_cluster, services_unavailable
+from tests.cluster import LiveCluster
+from tests.cluster import cluster_services as cluster_services  # the fixtures
+from tests.cluster import live_cluster as live_cluster
 from tests.conftest import Client
 from tests.test_server_roles import new_interview, say_hello
 
@@ -27,15 +28,8 @@ PRESENCE_TIMEOUT = 2.0  # PRESENCE_TIMEOUT_SECONDS of the processes
 
 
 @pytest.fixture(scope="module", autouse=True)
-def services() -> None:
-    if reason := services_unavailable():
-        pytest.skip(reason, allow_module_level=True)
-
-
-@pytest.fixture
-def live_cluster(tmp_path: Path) -> Iterator[LiveCluster]:
-    with running_cluster(tmp_path) as cluster:
-        yield cluster
+def services(cluster_services: None) -> None:
+    """PostgreSQL and Redis answer, or the module is skipped."""
 
 
 async def seen(client: Client, kind: str, timeout: float = 10.0, **fields: Any) -> dict[str, Any]:

@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 from structlog.testing import capture_logs
 
 from rooms.shared_presence import SharedPresence, events_channel, members_key, process_key
 from tests.conftest import free_port
+from tests.redis_admin import delete_keys, redis_admin
 
 REDIS_URL = os.environ.get("TEST_PRESENCE_REDIS_URL", "redis://127.0.0.1:6379/12")
 WAIT = 5.0  # seconds anything expected may take at most
@@ -83,12 +83,7 @@ async def poll(condition: Callable[[], Awaitable[bool]], timeout: float = WAIT) 
 
 @pytest.fixture
 async def admin() -> AsyncIterator[Redis]:
-    client = Redis.from_url(REDIS_URL, socket_timeout=5)
-    try:
-        await client.ping()
-    except (RedisError, OSError) as exc:
-        await client.aclose()
-        pytest.skip(f"Redis does not answer at {REDIS_URL} ({type(exc).__name__}); set TEST_PRESENCE_REDIS_URL")
+    client = await redis_admin(REDIS_URL, "TEST_PRESENCE_REDIS_URL")
     yield client
     await client.aclose()
 
@@ -98,13 +93,6 @@ async def prefix(admin: Redis) -> AsyncIterator[str]:
     prefix = f"test-presence-{uuid.uuid4().hex}:"
     yield prefix
     await delete_keys(admin, prefix)
-
-
-async def delete_keys(admin: Redis, prefix: str) -> None:
-    """What FLUSHDB does to this test's keys, without touching others'."""
-    keys = [key async for key in admin.scan_iter(match=f"{prefix}*")]
-    if keys:
-        await admin.delete(*keys)
 
 
 @pytest.fixture

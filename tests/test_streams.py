@@ -15,12 +15,12 @@ from urllib.parse import urlsplit
 import pytest
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 from structlog.testing import capture_logs
 
 from rooms.store import Record
 from rooms.streams import UpdateStreams, decode_record, encode_record, secrets_of, stream_key
 from tests.conftest import free_port
+from tests.redis_admin import delete_keys, redis_admin
 
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 WAIT = 5.0  # seconds any expected delivery may take at most
@@ -83,12 +83,7 @@ class Received:
 
 @pytest.fixture
 async def admin() -> AsyncIterator[Redis]:
-    client = Redis.from_url(REDIS_URL, socket_timeout=5)
-    try:
-        await client.ping()
-    except (RedisError, OSError) as exc:
-        await client.aclose()
-        pytest.skip(f"Redis does not answer at {REDIS_URL} ({type(exc).__name__}); set TEST_REDIS_URL")
+    client = await redis_admin(REDIS_URL, "TEST_REDIS_URL")
     yield client
     await client.aclose()
 
@@ -98,12 +93,6 @@ async def prefix(admin: Redis) -> AsyncIterator[str]:
     prefix = f"test-streams-{uuid.uuid4().hex}:"
     yield prefix
     await delete_keys(admin, prefix)
-
-
-async def delete_keys(admin: Redis, prefix: str) -> None:
-    keys = [key async for key in admin.scan_iter(match=f"{prefix}*")]
-    if keys:
-        await admin.delete(*keys)
 
 
 @pytest.fixture
