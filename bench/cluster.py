@@ -38,7 +38,6 @@ import datetime
 import functools
 import json
 import math
-import multiprocessing
 import os
 import signal
 import subprocess
@@ -47,8 +46,6 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from multiprocessing.connection import Connection
-from multiprocessing.process import BaseProcess
 from pathlib import Path
 
 import psycopg
@@ -62,8 +59,8 @@ import cluster_services as services
 import servers
 from cluster_result import FULL, QUICK, ClusterLoad, ClusterPlan, ClusterResult, log_events, process_sample
 from load import Load, Result, format_result
-from load_driver import START_DELAY, _expect, _worker
-from load_result import Part, combine
+from load_driver import drive_clients
+from load_result import combine
 from plan import CAPACITY_P99_MS, Series
 from servers import Kind, Server
 
@@ -127,32 +124,11 @@ def _watch(start: float, seconds: float, apps: Sequence[Server], haproxy_pid: in
 
 def drive(load: Load, apps: Sequence[Server], haproxy_pid: int | None) -> tuple[Result, Window]:
     """`load_driver.run_load`, watching every app process (and HAProxy, PostgreSQL and Redis)."""
-    context = multiprocessing.get_context("spawn")
-    indices = list(range(load.rooms))
-    shares = [indices[i :: load.procs] for i in range(load.procs) if indices[i :: load.procs]]
-    pipes: list[Connection] = []
-    processes: list[BaseProcess] = []
-    for share in shares:
-        parent, child = context.Pipe()
-        process = context.Process(target=_worker, args=(load, share, child), daemon=True)
-        process.start()
-        pipes.append(parent)
-        processes.append(process)
-    try:
-        failures = sum(_expect(pipe, process, "ready", 180) for pipe, process in zip(pipes, processes, strict=True))
-        start = time.perf_counter() + START_DELAY
-        for pipe in pipes:
-            pipe.send(start)
-        window = _watch(start, load.seconds, apps, haproxy_pid)
-        parts: list[Part] = [
-            _expect(pipe, process, "done", load.seconds + load.drain_seconds + 120)
-            for pipe, process in zip(pipes, processes, strict=True)
-        ]
-    finally:
-        for worker_process in processes:
-            worker_process.join(timeout=10)
-            if worker_process.is_alive():
-                worker_process.kill()
+    windows: list[Window] = []
+    parts, failures, procs = drive_clients(
+        load, lambda start: windows.append(_watch(start, load.seconds, apps, haproxy_pid))
+    )
+    window = windows[0]
     result = Result(
         kind=Kind.OURS.value,
         rooms=load.rooms,
@@ -164,7 +140,7 @@ def drive(load: Load, apps: Sequence[Server], haproxy_pid: int | None) -> tuple[
         stalled=0,
         silent=0,
         batch=load.batch,
-        procs=len(shares),
+        procs=procs,
         connect_failures=failures,
     )
     combine(result, parts, load.seconds)

@@ -19,7 +19,7 @@ import socket
 import sys
 import time
 from array import array
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import replace
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -209,12 +209,39 @@ def _worker(load: Load, room_indices: list[int], pipe: Connection) -> None:
 
 def run_load(load: Load, server_pid: int | None = None) -> Result:
     """Drive one load from ``load.procs`` client processes; read the server's /proc if given."""
+    base = servers.proc_stats(server_pid) if server_pid else None
+    result = Result(
+        kind=load.kind.value,
+        rooms=load.rooms,
+        clients_per_room=load.clients,
+        clients=load.total_clients,
+        rate=load.rate,
+        seconds=load.seconds,
+        doc_chars=load.doc_chars,
+        stalled=load.stalled,
+        silent=load.silent,
+        batch=load.batch and load.kind is Kind.OURS,
+        procs=0,  # how many drove it: known once they did
+    )
+
+    def watch(start: float) -> None:
+        if server_pid:
+            _watch_server(server_pid, start, load.seconds, result, base)
+
+    parts, result.connect_failures, result.procs = drive_clients(load, watch)
+    combine(result, parts, load.seconds)
+    return result
+
+
+def drive_clients(load: Load, during: Callable[[float], object]) -> tuple[list[Part], int, int]:
+    """Start the client processes (each a share of the rooms), call ``during`` with the time they
+    start typing, and collect what they measured: their parts, the connections that failed, and
+    how many processes drove the load."""
     context = multiprocessing.get_context("spawn")
     indices = list(range(load.rooms))
     shares = [indices[i :: load.procs] for i in range(load.procs) if indices[i :: load.procs]]
     pipes: list[Connection] = []
     processes: list[BaseProcess] = []
-    base = servers.proc_stats(server_pid) if server_pid else None
     for share in shares:
         parent, child = context.Pipe()
         process = context.Process(target=_worker, args=(load, share, child), daemon=True)
@@ -226,22 +253,7 @@ def run_load(load: Load, server_pid: int | None = None) -> Result:
         start = time.perf_counter() + START_DELAY
         for pipe in pipes:
             pipe.send(start)
-        result = Result(
-            kind=load.kind.value,
-            rooms=load.rooms,
-            clients_per_room=load.clients,
-            clients=load.total_clients,
-            rate=load.rate,
-            seconds=load.seconds,
-            doc_chars=load.doc_chars,
-            stalled=load.stalled,
-            silent=load.silent,
-            batch=load.batch and load.kind is Kind.OURS,
-            procs=len(shares),
-            connect_failures=failures,
-        )
-        if server_pid:
-            _watch_server(server_pid, start, load.seconds, result, base)
+        during(start)
         parts: list[Part] = [
             _expect(pipe, process, "done", load.seconds + load.drain_seconds + 120)
             for pipe, process in zip(pipes, processes, strict=True)
@@ -251,8 +263,7 @@ def run_load(load: Load, server_pid: int | None = None) -> Result:
             worker_process.join(timeout=10)
             if worker_process.is_alive():
                 worker_process.kill()
-    combine(result, parts, load.seconds)
-    return result
+    return parts, failures, len(shares)
 
 
 def _expect(pipe: Connection, process: BaseProcess, what: str, timeout: float) -> Any:

@@ -132,13 +132,7 @@ class Server:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
 
 def command(kind: Kind, port: int, root: Path = ROOT) -> list[str]:
@@ -199,3 +193,14 @@ def running(kind: Kind, env: Mapping[str, str] | None = None, root: Path = ROOT)
             yield server
         finally:
             server.stop()
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """Stop a process this code started: SIGTERM, then SIGKILL after 15 s."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -62,13 +62,7 @@ class LiveServer:
         return httpx.get(f"{self.http}/metrics", timeout=10).text
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
 
 def start_server(tmp: Path, *, argv: Sequence[str] = (), **env: str) -> LiveServer:
@@ -287,3 +281,14 @@ async def connect_client() -> AsyncIterator[Callable[..., Any]]:
     for client in clients:
         with contextlib.suppress(Exception):
             await client.close()
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """Stop a process this code started: SIGTERM, then SIGKILL after 15 s."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
